@@ -1,0 +1,128 @@
+"""On-disk HDF5 cache of sentence features keyed by (model, feature table, text hash).
+
+Layout: ``/<model id>/<table>/digest`` (n, 16) uint8 BLAKE2b digests of the UTF-8
+text, and ``/<model id>/<table>/values`` (n, d) float32, both appendable and
+chunked; a table is e.g. ``mean/L12`` or ``surprisal``. A sentence is embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import h5py
+import numpy as np
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+
+def text_digests(sentences: Sequence[str]) -> np.ndarray:
+    """16-byte BLAKE2b digest of each text, shape (n, 16) uint8."""
+    out = np.empty((len(sentences), 16), np.uint8)
+    for i, s in enumerate(sentences):
+        out[i] = np.frombuffer(hashlib.blake2b(s.encode("utf-8"), digest_size=16).digest(), np.uint8)
+    return out
+
+
+def _as_keys(digests: np.ndarray) -> list[bytes]:
+    return np.ascontiguousarray(digests).view("V16").ravel().tolist()
+
+
+class FeatureCache:
+    """A process-safe, append-only feature cache in one HDF5 file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock")
+        self._index: dict[str, tuple[int, dict[bytes, int]]] = {}
+
+    @staticmethod
+    def _group(model_id: str, table: str) -> str:
+        return f"{quote(model_id, safe='')}/{table}"
+
+    def _open(self, mode: str) -> h5py.File:
+        try:
+            return h5py.File(self.path, mode)
+        except OSError as exc:
+            if mode == "r" and not self.path.exists():
+                raise FileNotFoundError(self.path) from exc
+            aside = self.path.with_suffix(f".corrupt-{int(time.time())}.h5")
+            log.warning("feature cache %s is unreadable (%s); moved aside to %s", self.path, exc, aside)
+            self.path.rename(aside)
+            self._index.clear()
+            return h5py.File(self.path, mode)
+
+    def _rows(self, f: h5py.File, name: str) -> dict[bytes, int]:
+        """Digest -> row index for one table, reread only when the table grew."""
+        if name not in f:
+            return {}
+        n = f[name]["digest"].shape[0]
+        cached = self._index.get(name)
+        if cached is not None and cached[0] == n:
+            return cached[1]
+        rows = {k: i for i, k in enumerate(_as_keys(f[name]["digest"][:]))}
+        self._index[name] = (n, rows)
+        return rows
+
+    def lookup(self, model_id: str, table: str, sentences: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """Cached values (rows of misses are zero) and a boolean hit mask."""
+        name = self._group(model_id, table)
+        hit = np.zeros(len(sentences), dtype=bool)
+        if not self.path.exists():
+            return None, hit
+        with self._lock, self._open("a") as f:
+            rows = self._rows(f, name)
+            if not rows:
+                return None, hit
+            keys = _as_keys(text_digests(sentences))
+            where = np.array([rows.get(k, -1) for k in keys], dtype=np.int64)
+            hit = where >= 0
+            values = f[name]["values"]
+            out = np.zeros((len(sentences), values.shape[1]), np.float32)
+            if hit.any():
+                want = where[hit]
+                if len(want) > values.shape[0] // 8:
+                    out[hit] = values[:][want]
+                else:
+                    uniq, inverse = np.unique(want, return_inverse=True)
+                    out[hit] = values[uniq.tolist()][inverse]
+            return out, hit
+
+    def store(self, model_id: str, table: str, sentences: Sequence[str], values: np.ndarray) -> None:
+        """Append rows for sentences not yet cached."""
+        name = self._group(model_id, table)
+        values = np.asarray(values, np.float32)
+        digests = text_digests(sentences)
+        with self._lock, self._open("a") as f:
+            if name not in f:
+                g = f.require_group(name)
+                g.create_dataset("digest", (0, 16), np.uint8, maxshape=(None, 16), chunks=(4096, 16))
+                d = values.shape[1]
+                g.create_dataset(
+                    "values", (0, d), np.float32, maxshape=(None, d), chunks=(max(1, 65536 // d), d)
+                )
+            rows = self._rows(f, name)
+            keys = _as_keys(digests)
+            fresh, seen = [], set()
+            for i, k in enumerate(keys):
+                if k not in rows and k not in seen:
+                    fresh.append(i)
+                    seen.add(k)
+            if not fresh:
+                return
+            g = f[name]
+            n0 = g["digest"].shape[0]
+            n1 = n0 + len(fresh)
+            g["values"].resize(n1, axis=0)
+            g["values"][n0:n1] = values[fresh]
+            g["digest"].resize(n1, axis=0)
+            g["digest"][n0:n1] = digests[fresh]
+            for j, i in enumerate(fresh):
+                rows[keys[i]] = n0 + j
+            self._index[name] = (n1, rows)

@@ -1,0 +1,403 @@
+"""The text twin: pretrained-model features -> stacked ridge readouts -> predicted responses.
+
+A twin has one ridge readout per feature block (a pooled hidden layer, or the
+surprisal-and-length block). Each block's alpha is chosen per target by exact
+leave-one-out; the blocks' predictions are combined with non-negative weights
+fit on those LOO predictions (stacked regression), so layer choice and feature
+combination are decided by inner cross-validation only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy.optimize import nnls
+
+from .cache import FeatureCache
+from .errors import FeatureModelError, TwinFileError
+from .features import SURPRISAL_KEY, TextFeatureExtractor, layer_key, length_features
+from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
+from .scoring import kfold
+
+FORMAT = "neurotwin.twin"
+FORMAT_VERSION = 1
+STATS_BLOCK = "stats"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neurotwin")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def default_layers(n_layers: int) -> tuple[int, ...]:
+    """Every other middle layer: for a 30-layer model 4, 6, ..., 24."""
+    lo = max(1, round(0.13 * n_layers))
+    hi = max(lo, round(0.8 * n_layers))
+    return tuple(range(lo, hi + 1, max(1, n_layers // 15)))
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Which features a twin uses. ``None`` fields are filled from the model by :meth:`resolve`."""
+
+    model: str = "smollm2-135m"
+    layers: tuple[int, ...] | None = None
+    poolings: tuple[str, ...] = ("last",)
+    surprisal: bool | None = None
+    length: bool = True
+
+    def resolve(self) -> FeaturePlan:
+        """Fill layers and surprisal from the model's config (no weights are loaded)."""
+        if self.layers is not None and self.surprisal is not None:
+            return self
+        from .models import model_info
+
+        n_layers, is_causal = model_info(self.model)
+        return replace(
+            self,
+            layers=self.layers if self.layers is not None else default_layers(n_layers),
+            surprisal=self.surprisal if self.surprisal is not None else is_causal,
+        )
+
+    @property
+    def blocks(self) -> list[str]:
+        names = [layer_key(p, layer) for p in self.poolings for layer in self.layers or ()]
+        if self.surprisal or self.length:
+            names.append(STATS_BLOCK)
+        return names
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> FeaturePlan:
+        d = json.loads(text)
+        d["layers"] = tuple(d["layers"]) if d["layers"] is not None else None
+        d["poolings"] = tuple(d["poolings"])
+        return cls(**d)
+
+
+class TextFeatures:
+    """Computes a plan's feature blocks for sentences, through the feature cache."""
+
+    def __init__(
+        self,
+        plan: FeaturePlan,
+        cache: FeatureCache | str | Path | None = None,
+        device: str = "cpu",
+        progress: bool = False,
+    ) -> None:
+        self.plan = plan.resolve()
+        self.extractor = TextFeatureExtractor(plan.model, device=device, cache=cache, progress=progress)
+
+    @property
+    def model_id(self) -> str:
+        return self.extractor.model_id
+
+    def __call__(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        plan = self.plan
+        blocks: dict[str, np.ndarray] = {}
+        if plan.layers or plan.surprisal:
+            blocks = self.extractor.extract(
+                sentences, layers=plan.layers or (), pooling=plan.poolings, surprisal=bool(plan.surprisal)
+            )
+        stats = []
+        if plan.surprisal:
+            stats.append(blocks.pop(SURPRISAL_KEY))
+        if plan.length:
+            stats.append(length_features(sentences))
+        if stats:
+            blocks[STATS_BLOCK] = np.hstack(stats)
+        return {name: blocks[name] for name in plan.blocks}
+
+
+@dataclass
+class Hyperparameters:
+    """What inner CV chose: an alpha per block and target, and the stacking weights."""
+
+    alphas: dict[str, np.ndarray]
+    stack_weights: np.ndarray  # (n_blocks, t)
+
+
+def _as_2d(Y: np.ndarray) -> np.ndarray:
+    Y = np.asarray(Y, np.float64)
+    return Y[:, None] if Y.ndim == 1 else Y
+
+
+def select_hyperparameters(
+    blocks: dict[str, np.ndarray], Y: np.ndarray, alphas: np.ndarray = DEFAULT_ALPHAS
+) -> tuple[Hyperparameters, np.ndarray]:
+    """Alphas by exact LOO per block and target, then NNLS stacking weights on the LOO predictions.
+
+    Returns the hyperparameters and the stacked LOO predictions (n, t).
+    """
+    Y = _as_2d(Y)
+    names = list(blocks)
+    loos = {name: loo_ridge(blocks[name], Y, alphas) for name in names}
+    P = np.stack([loos[name].best_predictions for name in names])  # (b, n, t)
+    weights = np.zeros((len(names), Y.shape[1]))
+    stacked = np.empty_like(Y)
+    for t in range(Y.shape[1]):
+        Pt = P[:, :, t].T
+        center = Pt.mean(0)
+        w, _ = nnls(Pt - center, Y[:, t] - Y[:, t].mean())
+        if not w.any():
+            w = np.full(len(names), 1.0 / len(names))
+        weights[:, t] = w
+        stacked[:, t] = Y[:, t].mean() + (Pt - center) @ w
+    hp = Hyperparameters({name: loos[name].best_alpha for name in names}, weights)
+    return hp, stacked
+
+
+@dataclass
+class Twin:
+    """A fitted text encoding model of one or more target responses."""
+
+    plan: FeaturePlan
+    model_id: str
+    targets: list[str]
+    readouts: dict[str, RidgeReadout]
+    stack_weights: np.ndarray
+    noise_var: np.ndarray
+    n_noise: int
+    training_hash: str = ""
+    scores: dict = field(default_factory=dict)
+    version: str = field(default_factory=package_version)
+    features: TextFeatures | None = field(default=None, repr=False)
+
+    # ----- fitting -----
+    @classmethod
+    def fit(
+        cls,
+        sentences: Sequence[str],
+        Y: np.ndarray,
+        targets: Sequence[str] | None = None,
+        plan: FeaturePlan | None = None,
+        features: TextFeatures | None = None,
+        hyperparameters: Hyperparameters | None = None,
+        alphas: np.ndarray = DEFAULT_ALPHAS,
+        training_hash: str = "",
+    ) -> Twin:
+        """Fit on sentences and responses (n, t); hyperparameters by inner LOO unless given."""
+        features = features or TextFeatures(plan or FeaturePlan())
+        blocks = features(sentences)
+        twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas)
+        twin.features = features
+        twin.training_hash = training_hash
+        return twin
+
+    @classmethod
+    def fit_blocks(
+        cls,
+        blocks: dict[str, np.ndarray],
+        Y: np.ndarray,
+        targets: Sequence[str] | None,
+        plan: FeaturePlan,
+        model_id: str,
+        hyperparameters: Hyperparameters | None = None,
+        alphas: np.ndarray = DEFAULT_ALPHAS,
+    ) -> Twin:
+        """Fit on precomputed feature blocks."""
+        Y = _as_2d(Y)
+        if len(Y) < 3:
+            raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        targets = list(targets) if targets is not None else [f"target{t}" for t in range(Y.shape[1])]
+        if hyperparameters is None:
+            hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
+            noise_var = ((Y - stacked) ** 2).mean(0)
+            loo_r = pearson_columns(stacked, Y)
+            scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r)))}
+        else:
+            noise_var, scores = None, {}
+        readouts = {name: RidgeReadout.fit(blocks[name], Y, hyperparameters.alphas[name]) for name in blocks}
+        twin = cls(plan, model_id, targets, readouts, hyperparameters.stack_weights, np.zeros(Y.shape[1]), 0)
+        if noise_var is None:  # fixed hyperparameters: in-sample residual variance
+            noise_var = ((Y - twin.predict_blocks(blocks)[0]) ** 2).mean(0)
+        twin.noise_var, twin.n_noise, twin.scores = noise_var, len(Y), scores
+        return twin
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters({k: r.alphas.copy() for k, r in self.readouts.items()}, self.stack_weights.copy())
+
+    @property
+    def n_train(self) -> int:
+        return next(iter(self.readouts.values())).n
+
+    # ----- prediction -----
+    def _features(self) -> TextFeatures:
+        if self.features is None:
+            self.features = TextFeatures(self.plan)
+        return self.features
+
+    def attach(self, features: TextFeatures) -> None:
+        """Use these feature settings (cache, device, progress); the model must match the twin's."""
+        if features.model_id != self.model_id:
+            raise FeatureModelError(
+                f"this twin was fit on features of '{self.model_id}', not '{features.model_id}'"
+            )
+        self.features = features
+
+    def predict_blocks(self, blocks: dict[str, np.ndarray], with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (m, t) from precomputed blocks, and the predictive SD when asked."""
+        names = list(self.readouts)
+        mean_y = self.readouts[names[0]].mean_y
+        pred = np.tile(mean_y, (len(blocks[names[0]]), 1))
+        epistemic = np.zeros_like(pred) if with_sd else None
+        for b, name in enumerate(names):
+            w = self.stack_weights[b]
+            if not w.any():
+                continue
+            readout = self.readouts[name]
+            pred += w * (readout.predict(blocks[name]) - mean_y)
+            if with_sd:
+                epistemic += w * readout.predict_sd(blocks[name], noise=False)
+        sd = np.sqrt(self.noise_var + epistemic**2) if with_sd else None
+        return pred, sd
+
+    def predict(self, sentences: Sequence[str], with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted responses (m, t) for sentences, and the predictive SD (m, t) when asked."""
+        return self.predict_blocks(self._features()(sentences), with_sd)
+
+    # ----- online refinement -----
+    def update(self, sentences: Sequence[str], Y: np.ndarray) -> None:
+        """Add new (sentence, response) pairs: exact update of every readout, no refit."""
+        self.update_blocks(self._features()(sentences), Y)
+
+    def update_blocks(self, blocks: dict[str, np.ndarray], Y: np.ndarray) -> None:
+        Y = _as_2d(Y)
+        if Y.shape[1] != len(self.targets):
+            raise ValueError(f"update expects {len(self.targets)} response column(s), got {Y.shape[1]}")
+        # Residuals before the update are out-of-sample: they refine the noise variance.
+        resid = Y - self.predict_blocks(blocks)[0]
+        total = self.n_noise + len(Y)
+        self.noise_var = (self.noise_var * self.n_noise + (resid**2).sum(0)) / total
+        self.n_noise = total
+        for name, readout in self.readouts.items():
+            readout.update(blocks[name], Y)
+
+    def reselect_alphas(self, alphas: np.ndarray = DEFAULT_ALPHAS) -> None:
+        """Re-choose each block's alpha by GCV from its statistics (stacking weights kept)."""
+        for readout in self.readouts.values():
+            readout.gcv_select(alphas)
+
+    # ----- persistence -----
+    def save(self, path: str | Path) -> None:
+        """Write the twin to one HDF5 file (atomically: a temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                neurotwin_version=self.version,
+                model_id=self.model_id,
+                plan=self.plan.to_json(),
+                targets=json.dumps(self.targets),
+                training_hash=self.training_hash,
+                scores=json.dumps(self.scores),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                n_noise=self.n_noise,
+            )
+            f["noise_var"] = self.noise_var
+            f["stack_weights"] = self.stack_weights
+            blocks = f.create_group("blocks")
+            for i, (name, readout) in enumerate(self.readouts.items()):
+                g = blocks.create_group(f"{i:03d}")
+                g.attrs["name"] = name
+                for key, value in readout.state().items():
+                    g.create_dataset(key, data=value)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: str | None = None) -> Twin:
+        """Read a twin file; with ``model``, fail unless the twin uses that feature model."""
+        path = Path(path)
+        if not path.exists():
+            raise TwinFileError(f"twin file '{path}' does not exist")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise TwinFileError(f"twin file '{path}' is not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise TwinFileError(f"'{path}' is an HDF5 file but not a NeuroTwin twin")
+            version = int(f.attrs.get("format_version", -1))
+            if version != FORMAT_VERSION:
+                raise TwinFileError(
+                    f"twin file '{path}' has format version {version}, written by neurotwin "
+                    f"{f.attrs.get('neurotwin_version')}; this neurotwin ({package_version()}) reads "
+                    f"version {FORMAT_VERSION}: refit the twin"
+                )
+            try:
+                readouts = {}
+                for key in sorted(f["blocks"]):
+                    g = f["blocks"][key]
+                    readouts[str(g.attrs["name"])] = RidgeReadout.from_state({k: g[k][()] for k in g})
+                twin = cls(
+                    plan=FeaturePlan.from_json(f.attrs["plan"]),
+                    model_id=str(f.attrs["model_id"]),
+                    targets=json.loads(f.attrs["targets"]),
+                    readouts=readouts,
+                    stack_weights=f["stack_weights"][()],
+                    noise_var=f["noise_var"][()],
+                    n_noise=int(f.attrs["n_noise"]),
+                    training_hash=str(f.attrs["training_hash"]),
+                    scores=json.loads(f.attrs["scores"]),
+                    version=str(f.attrs["neurotwin_version"]),
+                )
+            except (KeyError, OSError, ValueError, TypeError) as exc:
+                raise TwinFileError(f"twin file '{path}' is incomplete or damaged: {exc}") from None
+        if model is not None:
+            from .models import resolve_model
+
+            wanted = resolve_model(model)[0]
+            if wanted != twin.model_id:
+                raise FeatureModelError(f"twin file '{path}' uses feature model '{twin.model_id}', not '{wanted}'")
+        return twin
+
+
+def cross_validated_predictions(
+    blocks: dict[str, np.ndarray],
+    Y: np.ndarray,
+    n_folds: int = 10,
+    seed: int = 0,
+    groups: Sequence | None = None,
+    alphas: np.ndarray = DEFAULT_ALPHAS,
+) -> np.ndarray:
+    """Out-of-fold predictions (n, t) of the whole twin recipe: every choice made inside each training fold."""
+    Y = _as_2d(Y)
+    out = np.empty_like(Y)
+    for test in kfold(len(Y), n_folds, seed, groups):
+        train = np.setdiff1d(np.arange(len(Y)), test)
+        hp, _ = select_hyperparameters({k: v[train] for k, v in blocks.items()}, Y[train], alphas)
+        readouts = {k: RidgeReadout.fit(v[train], Y[train], hp.alphas[k]) for k, v in blocks.items()}
+        mean_y = Y[train].mean(0)
+        pred = np.tile(mean_y, (len(test), 1))
+        for b, (k, r) in enumerate(readouts.items()):
+            pred += hp.stack_weights[b] * (r.predict(blocks[k][test]) - mean_y)
+        out[test] = pred
+    return out
+
+
+def baseline_predictions(
+    X: np.ndarray, Y: np.ndarray, n_folds: int = 10, seed: int = 0, groups: Sequence | None = None
+) -> np.ndarray:
+    """Out-of-fold predictions of a plain ridge on X (alpha by inner LOO), on the twin's folds."""
+    Y = _as_2d(Y)
+    out = np.empty_like(Y)
+    for test in kfold(len(Y), n_folds, seed, groups):
+        train = np.setdiff1d(np.arange(len(Y)), test)
+        alpha = loo_ridge(X[train], Y[train]).best_alpha
+        out[test] = RidgeReadout.fit(X[train], Y[train], alpha).predict(X[test])
+    return out
