@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from scipy.optimize import nnls
 
-from .cache import FeatureCache
+from .cache import FeatureCache, text_digests
 from .errors import FeatureModelError, TwinFileError
 from .features import SURPRISAL_KEY, TextFeatureExtractor, layer_key, length_features
 from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
@@ -173,6 +173,7 @@ class Twin:
     training_hash: str = ""
     scores: dict = field(default_factory=dict)
     version: str = field(default_factory=package_version)
+    training_digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.uint8), repr=False)
     features: TextFeatures | None = field(default=None, repr=False)
 
     # ----- fitting -----
@@ -194,6 +195,7 @@ class Twin:
         twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas)
         twin.features = features
         twin.training_hash = training_hash
+        twin.training_digests = text_digests(sentences)
         return twin
 
     @classmethod
@@ -273,6 +275,7 @@ class Twin:
     def update(self, sentences: Sequence[str], Y: np.ndarray) -> None:
         """Add new (sentence, response) pairs: exact update of every readout, no refit."""
         self.update_blocks(self._features()(sentences), Y)
+        self.training_digests = np.vstack([self.training_digests, text_digests(sentences)])
 
     def update_blocks(self, blocks: dict[str, np.ndarray], Y: np.ndarray) -> None:
         Y = _as_2d(Y)
@@ -311,6 +314,7 @@ class Twin:
             )
             f["noise_var"] = self.noise_var
             f["stack_weights"] = self.stack_weights
+            f["training_digests"] = self.training_digests
             blocks = f.create_group("blocks")
             for i, (name, readout) in enumerate(self.readouts.items()):
                 g = blocks.create_group(f"{i:03d}")
@@ -355,6 +359,7 @@ class Twin:
                     training_hash=str(f.attrs["training_hash"]),
                     scores=json.loads(f.attrs["scores"]),
                     version=str(f.attrs["neurotwin_version"]),
+                    training_digests=f["training_digests"][()],
                 )
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise TwinFileError(f"twin file '{path}' is incomplete or damaged: {exc}") from None

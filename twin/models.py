@@ -64,6 +64,7 @@ def _smollm2_folder() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     log.info("converting %s to an fp32 folder in %s (once)", SMOLLM2_GGUF, target)
     quantized = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
@@ -84,6 +85,14 @@ def _smollm2_folder() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars or advice from transformers; NeuroTwin shows its own progress."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 def resolve_model(name: str) -> tuple[str, str]:
@@ -120,10 +129,9 @@ def load_text_model(name: str, device: str = "cpu") -> TextModel:
     model_id, source = resolve_model(name)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    transformers.logging.set_verbosity_error()
+    _quiet_transformers()
     config = _config(name, source)
     is_causal = _is_causal(config)
     loader = AutoModelForCausalLM if is_causal else AutoModel

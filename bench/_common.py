@@ -1,0 +1,30 @@
+"""Shared helpers for the benchmarks: locating the reference data and sampling new sentences."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PEREIRA = SHARED / "pereira2018_language_network.csv"
+
+
+def need_shared() -> None:
+    if not PEREIRA.exists():
+        sys.exit(f"skipped: reference data not found at {SHARED} (see the README)")
+
+
+def new_sentences(n: int, seed: int = 0) -> list[str]:
+    """n distinct sentences from WordNet examples and the Lee corpus, none from the Pereira set."""
+    import pandas as pd
+
+    from stimulus_synthesis import lee_sentences, wordnet_sentences
+
+    pool = list(dict.fromkeys([*wordnet_sentences("examples"), *lee_sentences()]))
+    if PEREIRA.exists():
+        taken = set(pd.read_csv(PEREIRA).sentence)
+        pool = [s for s in pool if s not in taken]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]

@@ -1,0 +1,58 @@
+"""`neurotwin twin fit` on the Pereira data, then `twin predict` on 10,000 new sentences.
+
+Cold feature cache (the converted model folder may be reused), then the same predict
+again from the cache. Prints wall-clock seconds of each command.
+Target: fit + first predict under 240 s on 2 cores; second predict under 5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import PEREIRA, need_shared, new_sentences  # noqa: E402
+
+
+def run(args: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run(["neurotwin", *args], env=env, check=True, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main(n: int = 10_000) -> None:
+    need_shared()
+    from twin.paths import cache_root
+
+    work = Path(tempfile.mkdtemp(prefix="nt-speed-"))
+    sentences = work / "new.txt"
+    texts = new_sentences(n)
+    sentences.write_text("\n".join(texts) + "\n")
+    words = sum(len(s.split()) for s in texts) / len(texts)
+    cache = work / "cache"
+    (cache / "models").mkdir(parents=True)
+    models = cache_root() / "models"
+    if models.exists():  # reuse the converted model; the feature cache stays cold
+        for d in models.iterdir():
+            os.symlink(d, cache / "models" / d.name)
+    env = {**os.environ, "NEUROTWIN_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    twin = work / "twin.h5"
+    t_fit = run(["twin", "fit", str(PEREIRA), "--out", str(twin)], env)
+    t_pred = run(["twin", "predict", str(twin), str(sentences), "--out", str(work / "p.csv")], env)
+    t_again = run(["twin", "predict", str(twin), str(sentences), "--out", str(work / "p2.csv")], env)
+    same = (work / "p.csv").read_bytes() == (work / "p2.csv").read_bytes()
+    print(f"sentences: {len(texts)} new (mean {words:.1f} words)")
+    print(f"twin fit (376 sentences, cold cache): {t_fit:6.1f} s")
+    print(f"twin predict (cold cache):            {t_pred:6.1f} s  ({len(texts) / t_pred:.0f} sentences/s)")
+    print(f"fit + predict:                        {t_fit + t_pred:6.1f} s  (target < 240 s)")
+    print(f"twin predict again (cached):          {t_again:6.1f} s  (target < 5 s); identical output: {same}")
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)

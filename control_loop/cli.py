@@ -1,0 +1,43 @@
+"""The ``neurotwin`` command line: one entry point whose groups come from each package."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from twin.cli import UserError, twin_group
+from twin.errors import TwinError
+
+
+class _Root(click.Group):
+    """Turns every package's user-facing error into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TwinError as exc:
+            raise UserError(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="neurotwin")
+def cli(verbose: int) -> None:
+    """NeuroTwin: closed-loop control of brain activity with a digital twin."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+cli.add_command(twin_group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="neurotwin")

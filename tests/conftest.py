@@ -1,0 +1,62 @@
+"""Shared fixtures: offline Hugging Face, the reference data, small synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PEREIRA = SHARED / "pereira2018_language_network.csv"
+
+ADJ = ["old", "quiet", "bright", "heavy", "small", "clever", "angry", "gentle"]
+NOUN = ["farmer", "river", "teacher", "machine", "garden", "doctor", "window", "village"]
+VERB = ["watched", "crossed", "painted", "repaired", "visited", "followed", "opened", "described"]
+
+
+@pytest.fixture(scope="session")
+def pereira():
+    """The shared Pereira 2018 language-network data, or a skip saying where it was looked for."""
+    if not PEREIRA.exists():
+        pytest.skip(f"reference data not found at {PEREIRA}")
+    from twin import load_dataset
+
+    return load_dataset(PEREIRA)
+
+
+def synthetic_sentences(n: int, seed: int = 0) -> list[str]:
+    """n distinct, grammatical sentences of varying length."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        words = ["The", rng.choice(ADJ), rng.choice(NOUN), rng.choice(VERB), "the", rng.choice(NOUN)]
+        if rng.random() < 0.5:
+            words += ["near", "the", rng.choice(ADJ), rng.choice(NOUN)]
+        s = " ".join(words) + "."
+        if s not in out:
+            out.append(s)
+    return out
+
+
+@pytest.fixture()
+def small_csv(tmp_path: Path) -> Path:
+    """40 sentences with a length-driven response and a second target."""
+    rng = random.Random(1)
+    rows = ["sentence,response,other"]
+    for s in synthetic_sentences(40):
+        rows.append(f'"{s}",{len(s.split()) * 0.1 + rng.gauss(0, 0.1):.4f},{rng.gauss(0, 1):.4f}')
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the session, so each sentence is embedded once across tests."""
+    return tmp_path_factory.mktemp("cache") / "features.h5"

@@ -1,0 +1,109 @@
+"""The twin on real brain data: accuracy, online refinement, persistence, file checks."""
+
+import h5py
+import numpy as np
+import pytest
+
+from twin import (
+    FeatureModelError,
+    FeaturePlan,
+    TextFeatures,
+    Twin,
+    TwinFileError,
+    baseline_predictions,
+    cross_validated_predictions,
+    length_features,
+    score,
+)
+
+
+@pytest.fixture(scope="module")
+def pereira_blocks(pereira, feature_cache):
+    features = TextFeatures(FeaturePlan(), cache=feature_cache)
+    return features, features(pereira.sentences)
+
+
+def test_accuracy_on_pereira_beats_length(pereira, pereira_blocks):
+    """Nested 10-fold CV: every choice (alpha, layers, combination) inside the training folds."""
+    _, blocks = pereira_blocks
+    Y = pereira.responses
+    twin_r = score(cross_validated_predictions(blocks, Y, 10, seed=0)[:, 0], Y[:, 0]).r
+    length = length_features(pereira.sentences)
+    length_r = max(
+        score(baseline_predictions(length[:, [j]], Y, 10, seed=0)[:, 0], Y[:, 0]).r for j in range(2)
+    )
+    print(f"twin r = {twin_r:.3f}, best length baseline r = {length_r:.3f}")
+    assert twin_r >= 0.53
+    assert twin_r >= length_r + 0.12
+
+
+def test_online_refinement_equals_refit(pereira, pereira_blocks):
+    features, _ = pereira_blocks
+    s, Y = pereira.sentences, pereira.responses
+    twin = Twin.fit(s[:276], Y[:276], ["response"], features=features)
+    before = twin.predict(s[-20:])[0]
+    twin.update(s[276:], Y[276:])
+    refit = Twin.fit(s, Y, ["response"], features=features, hyperparameters=twin.hyperparameters)
+    new = ["A quiet river runs past the old mill.", "Numbers were written on the wall."]
+    assert np.allclose(twin.predict(new)[0], refit.predict(new)[0], atol=1e-6, rtol=0)
+    assert np.allclose(twin.predict(s[-20:])[0], refit.predict(s[-20:])[0], atol=1e-6, rtol=0)
+    assert not np.allclose(before, twin.predict(s[-20:])[0])  # the update changed the twin
+    assert twin.n_train == 376 and len(twin.training_digests) == 376
+
+
+def test_predictive_sd_and_reselection(pereira, pereira_blocks):
+    features, _ = pereira_blocks
+    twin = Twin.fit(pereira.sentences[:200], pereira.responses[:200], ["response"], features=features)
+    _, sd = twin.predict(pereira.sentences[200:230], with_sd=True)
+    assert sd.shape == (30, 1) and (sd > 0).all()
+    assert sd.min() >= np.sqrt(twin.noise_var[0]) - 1e-12
+    twin.reselect_alphas()
+    assert np.isfinite(twin.predict(pereira.sentences[:3])[0]).all()
+
+
+def test_multiple_targets_and_save_load(tmp_path, small_csv, feature_cache):
+    from twin import load_dataset
+
+    data = load_dataset(small_csv)
+    plan = FeaturePlan(model="minilm", layers=(2, 4))
+    twin = Twin.fit(data.sentences, data.responses, data.targets, features=TextFeatures(plan, cache=feature_cache))
+    assert twin.targets == ["response", "other"]
+    assert twin.stack_weights.shape == (3, 2)
+    path = tmp_path / "twin.h5"
+    twin.save(path)
+    again = Twin.load(path)
+    assert again.model_id == "minilm" and again.plan == twin.plan
+    mean, sd = twin.predict(data.sentences[:4], with_sd=True)
+    mean2, sd2 = again.predict(data.sentences[:4], with_sd=True)
+    assert np.array_equal(mean, mean2) and np.array_equal(sd, sd2)
+    with pytest.raises(FeatureModelError, match="uses feature model 'minilm'"):
+        Twin.load(path, model="smollm2-135m")
+    with pytest.raises(FeatureModelError, match="fit on features of 'minilm'"):
+        again.attach(TextFeatures(FeaturePlan(model="smollm2-135m", layers=(2,), surprisal=False)))
+
+
+def test_bad_twin_files(tmp_path, small_csv, feature_cache):
+    from twin import load_dataset
+
+    data = load_dataset(small_csv)
+    twin = Twin.fit(
+        data.sentences, data.responses, data.targets,
+        features=TextFeatures(FeaturePlan(model="minilm", layers=(3,)), cache=feature_cache),
+    )
+    good = tmp_path / "twin.h5"
+    twin.save(good)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    with pytest.raises(TwinFileError, match="truncated or corrupt"):
+        Twin.load(truncated)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2, 3]
+    with pytest.raises(TwinFileError, match="not a NeuroTwin twin"):
+        Twin.load(foreign)
+    with h5py.File(good, "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(TwinFileError, match="format version 99"):
+        Twin.load(good)
+    with pytest.raises(TwinFileError, match="does not exist"):
+        Twin.load(tmp_path / "missing.h5")

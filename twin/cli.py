@@ -1,0 +1,165 @@
+"""``neurotwin twin ...``: fit, score and predict with a text twin."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import DataError
+
+
+class UserError(click.ClickException):
+    """A clear message for bad input; exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """'4-24:2' -> 4, 6, ..., 24; '4,8,12' -> 4, 8, 12; None or 'auto' -> model default."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                span, _, step = part.partition(":")
+                lo, hi = (int(x) for x in span.split("-"))
+                layers.extend(range(lo, hi + 1, int(step or 1)))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise UserError(f"--layers: cannot read {text!r}; use e.g. '4-24:2' or '4,8,12'") from None
+    if not layers or min(layers) < 0:
+        raise UserError(f"--layers: {text!r} gives no valid layer")
+    return tuple(sorted(set(layers)))
+
+
+def _features(model: str, cache: str | None, device: str, plan=None, progress: bool = True):
+    from .model import FeaturePlan, TextFeatures
+    from .paths import default_feature_cache
+
+    plan = plan or FeaturePlan(model=model)
+    cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
+    return TextFeatures(plan, cache=cache_path, device=device, progress=progress)
+
+
+cache_option = click.option(
+    "--cache",
+    default=None,
+    help="Feature cache file (default: $NEUROTWIN_CACHE/features.h5); 'none' to disable.",
+)
+device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+
+
+@click.group(name="twin")
+def twin_group() -> None:
+    """Fit, score and use a text encoding model (the twin)."""
+
+
+@twin_group.command("fit")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Twin file to write (.h5).")
+@click.option("--model", default="smollm2-135m", show_default=True, help="Offline alias, Hugging Face name or folder.")
+@click.option("--layers", default=None, help="Layers, e.g. '4-24:2' (default: every other middle layer).")
+@click.option("--pooling", default="last", show_default=True, help="Token pooling: last, mean, or 'last,mean'.")
+@click.option("--surprisal/--no-surprisal", default=None, help="Surprisal statistics (default: on for causal LMs).")
+@click.option("--length/--no-length", default=True, show_default=True, help="Sentence length in the stats block.")
+@click.option("--targets", default=None, help="Response columns to model (default: all but sentence/group).")
+@cache_option
+@device_option
+def fit_cmd(data, out, model, layers, pooling, surprisal, length, targets, cache, device) -> None:
+    """Fit a twin on DATA (CSV: 'sentence' plus response columns). Duplicate sentences are averaged."""
+    from .data import load_dataset
+    from .model import FeaturePlan, Twin
+
+    dataset = load_dataset(data, targets.split(",") if targets else None)
+    poolings = tuple(p.strip() for p in pooling.split(","))
+    if any(p not in ("last", "mean") for p in poolings):
+        raise UserError(f"--pooling: {pooling!r}; choose last, mean or 'last,mean'")
+    plan = FeaturePlan(model=model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal, length=length)
+    features = _features(model, cache, device, plan)
+    if features.plan.layers:
+        features.extractor.check_layers(features.plan.layers)
+    twin = Twin.fit(
+        dataset.sentences, dataset.responses, dataset.targets, features=features, training_hash=dataset.digest()
+    )
+    twin.save(out)
+    click.echo(f"fit {len(dataset)} unique sentences, targets: {', '.join(dataset.targets)}")
+    for target, r in twin.scores["inner_loo_r"].items():
+        click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
+    used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1)) if w > 0]
+    click.echo(f"  feature blocks with weight: {', '.join(used)}")
+    click.echo(f"wrote {out}")
+
+
+@twin_group.command("score")
+@click.argument("twin_file", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--folds", default=10, show_default=True, help="Outer cross-validation folds.")
+@click.option("--seed", default=0, show_default=True, help="Fold assignment seed.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here.")
+@cache_option
+@device_option
+def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
+    """Held-out r per target, with baselines and (given repeats) the noise ceiling.
+
+    Sentences the twin was trained on are scored by cross-validating the twin's
+    recipe; new sentences are scored on the fitted twin's predictions.
+    """
+    from .model import Twin
+    from .report import score_report
+
+    twin = Twin.load(twin_file)
+    from .data import load_dataset
+
+    dataset = load_dataset(data, twin.targets if _has_all(data, twin.targets) else None)
+    if dataset.targets != twin.targets:
+        raise DataError(f"data file '{data}' lacks the twin's target column(s) {twin.targets}")
+    twin.attach(_features(twin.plan.model, cache, device, twin.plan))
+    report = score_report(twin, dataset, folds=folds, seed=seed)
+    click.echo(report.text())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+def _has_all(data: Path, targets: list[str]) -> bool:
+    import pandas as pd
+
+    try:
+        columns = pd.read_csv(data, nrows=0).columns
+    except Exception:  # load_dataset gives the clear error
+        return False
+    return all(t in columns for t in targets)
+
+
+@twin_group.command("predict")
+@click.argument("twin_file", type=click.Path(path_type=Path))
+@click.argument("sentences", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write.")
+@cache_option
+@device_option
+def predict_cmd(twin_file, sentences, out, cache, device) -> None:
+    """Predict responses to SENTENCES (one per line): a CSV with each target and its predictive SD."""
+    import pandas as pd
+
+    from .data import load_sentences
+    from .model import Twin
+
+    twin = Twin.load(twin_file)
+    texts = load_sentences(sentences)
+    twin.attach(_features(twin.plan.model, cache, device, twin.plan))
+    mean, sd = twin.predict(texts, with_sd=True)
+    table = {"sentence": texts}
+    for t, name in enumerate(twin.targets):
+        table[name] = np.round(mean[:, t], 6)
+        table[f"{name}_sd"] = np.round(sd[:, t], 6)
+    tmp = Path(str(out) + ".tmp")
+    pd.DataFrame(table).to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    click.echo(f"predicted {len(texts)} sentences -> {out}")

@@ -1,0 +1,77 @@
+"""The score report: the twin's held-out r per target beside trivial baselines and the noise ceiling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import text_digests
+from .data import Dataset
+from .features import length_features, word_frequency_features
+from .model import Twin, baseline_predictions, cross_validated_predictions
+from .scoring import Score, score, split_half_ceiling
+
+BASELINES = {
+    "length (words)": lambda s: length_features(s)[:, :1],
+    "length (characters)": lambda s: length_features(s)[:, 1:],
+    "word frequency": word_frequency_features,
+}
+
+
+@dataclass
+class ScoreReport:
+    """Scores per target: the twin and each baseline."""
+
+    mode: str  # "cross-validated" or "held-out"
+    n: int
+    folds: int
+    rows: dict[str, dict[str, Score]] = field(default_factory=dict)  # target -> name -> score
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "n": self.n,
+            "folds": self.folds,
+            "targets": {t: {k: v.to_dict() for k, v in row.items()} for t, row in self.rows.items()},
+        }
+
+    def text(self) -> str:
+        how = f"{self.folds}-fold cross-validated" if self.mode == "cross-validated" else "held-out"
+        lines = [f"twin: {how} Pearson r on {self.n} sentences (95% bootstrap CI); baselines cross-validated"]
+        for target, row in self.rows.items():
+            lines.append(f"{target}:")
+            for name, s in row.items():
+                lines.append(f"  {name:22s} {s}")
+        return "\n".join(lines)
+
+
+def score_report(twin: Twin, dataset: Dataset, folds: int = 10, seed: int = 0) -> ScoreReport:
+    """Cross-validate the twin's recipe on sentences it was trained on, else score its predictions."""
+    trained = set(np.ascontiguousarray(twin.training_digests).view("V16").ravel().tolist())
+    keys = np.ascontiguousarray(text_digests(dataset.sentences)).view("V16").ravel().tolist()
+    seen = np.array([k in trained for k in keys])
+    features = twin._features()
+    Y = dataset.responses
+    if seen.any():  # any overlap with the training set: only the recipe can be scored honestly
+        blocks = features(dataset.sentences)
+        pred = cross_validated_predictions(blocks, Y, folds, seed, dataset.groups)
+        mode = "cross-validated"
+    else:
+        pred = twin.predict(dataset.sentences)[0]
+        mode = "held-out"
+    # Baselines have no fitted model to reuse: they are always cross-validated on these folds.
+    base = {
+        name: baseline_predictions(make(dataset.sentences), Y, folds, seed, dataset.groups)
+        for name, make in BASELINES.items()
+    }
+    report = ScoreReport(mode, len(Y), folds)
+    for t, target in enumerate(dataset.targets):
+        ceiling = None
+        if dataset.has_repeats:
+            ceiling = split_half_ceiling([r[:, t] for r in dataset.repeats], seed=seed)
+        row = {"twin": score(pred[:, t], Y[:, t], seed=seed, noise_ceiling=ceiling)}
+        for name, p in base.items():
+            row[name] = score(p[:, t], Y[:, t], seed=seed, noise_ceiling=ceiling)
+        report.rows[target] = row
+    return report
