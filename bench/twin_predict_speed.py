@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import PEREIRA, need_shared, new_sentences  # noqa: E402
+from bench._common import PEREIRA, need_shared, new_sentences
 
 
 def run(args: list[str], env: dict) -> float:

@@ -41,3 +41,7 @@ cli.add_command(twin_group)
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="neurotwin")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,8 +11,8 @@ def test_kfold_partitions_and_is_seeded():
     joined = np.concatenate(folds)
     assert sorted(joined) == list(range(103))
     assert max(map(len, folds)) - min(map(len, folds)) <= 1
-    assert all(np.array_equal(a, b) for a, b in zip(folds, kfold(103, 10, seed=4)))
-    assert not all(np.array_equal(a, b) for a, b in zip(folds, kfold(103, 10, seed=5)))
+    assert all(np.array_equal(a, b) for a, b in zip(folds, kfold(103, 10, seed=4), strict=False))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, kfold(103, 10, seed=5), strict=False))
 
 
 def test_grouped_folds_never_split_a_group():

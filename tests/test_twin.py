@@ -29,9 +29,7 @@ def test_accuracy_on_pereira_beats_length(pereira, pereira_blocks):
     Y = pereira.responses
     twin_r = score(cross_validated_predictions(blocks, Y, 10, seed=0)[:, 0], Y[:, 0]).r
     length = length_features(pereira.sentences)
-    length_r = max(
-        score(baseline_predictions(length[:, [j]], Y, 10, seed=0)[:, 0], Y[:, 0]).r for j in range(2)
-    )
+    length_r = max(score(baseline_predictions(length[:, [j]], Y, 10, seed=0)[:, 0], Y[:, 0]).r for j in range(2))
     print(f"twin r = {twin_r:.3f}, best length baseline r = {length_r:.3f}")
     assert twin_r >= 0.53
     assert twin_r >= length_r + 0.12
@@ -87,7 +85,9 @@ def test_bad_twin_files(tmp_path, small_csv, feature_cache):
 
     data = load_dataset(small_csv)
     twin = Twin.fit(
-        data.sentences, data.responses, data.targets,
+        data.sentences,
+        data.responses,
+        data.targets,
         features=TextFeatures(FeaturePlan(model="minilm", layers=(3,)), cache=feature_cache),
     )
     good = tmp_path / "twin.h5"

@@ -104,9 +104,7 @@ class FeatureCache:
                 g = f.require_group(name)
                 g.create_dataset("digest", (0, 16), np.uint8, maxshape=(None, 16), chunks=(4096, 16))
                 d = values.shape[1]
-                g.create_dataset(
-                    "values", (0, d), np.float32, maxshape=(None, d), chunks=(max(1, 65536 // d), d)
-                )
+                g.create_dataset("values", (0, d), np.float32, maxshape=(None, d), chunks=(max(1, 65536 // d), d))
             rows = self._rows(f, name)
             keys = _as_keys(digests)
             fresh, seen = [], set()

@@ -92,7 +92,7 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, targets, cache
     click.echo(f"fit {len(dataset)} unique sentences, targets: {', '.join(dataset.targets)}")
     for target, r in twin.scores["inner_loo_r"].items():
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
-    used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1)) if w > 0]
+    used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1), strict=False) if w > 0]
     click.echo(f"  feature blocks with weight: {', '.join(used)}")
     click.echo(f"wrote {out}")
 
@@ -142,16 +142,17 @@ def _has_all(data: Path, targets: list[str]) -> bool:
 @click.argument("twin_file", type=click.Path(path_type=Path))
 @click.argument("sentences", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write.")
+@click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
 @cache_option
 @device_option
-def predict_cmd(twin_file, sentences, out, cache, device) -> None:
+def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
     """Predict responses to SENTENCES (one per line): a CSV with each target and its predictive SD."""
     import pandas as pd
 
     from .data import load_sentences
     from .model import Twin
 
-    twin = Twin.load(twin_file)
+    twin = Twin.load(twin_file, model=model)
     texts = load_sentences(sentences)
     twin.attach(_features(twin.plan.model, cache, device, twin.plan))
     mean, sd = twin.predict(texts, with_sd=True)

@@ -153,9 +153,7 @@ class TextFeatureExtractor:
         limit = getattr(tm.model.config, "max_position_embeddings", None) or 10**9
         for i, x in enumerate(ids):
             if len(x) > limit:
-                raise DataError(
-                    f"sentence {i + 1} is {len(x)} tokens long; {tm.model_id} takes at most {limit}"
-                )
+                raise DataError(f"sentence {i + 1} is {len(x)} tokens long; {tm.model_id} takes at most {limit}")
             if len(x) <= (1 if tm.is_causal else 2):
                 raise DataError(f"sentence {i + 1} is empty after tokenization: {sentences[i]!r}")
         return ids

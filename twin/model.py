@@ -218,7 +218,7 @@ class Twin:
             hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
             noise_var = ((Y - stacked) ** 2).mean(0)
             loo_r = pearson_columns(stacked, Y)
-            scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r)))}
+            scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r), strict=False))}
         else:
             noise_var, scores = None, {}
         readouts = {name: RidgeReadout.fit(blocks[name], Y, hyperparameters.alphas[name]) for name in blocks}
@@ -245,12 +245,12 @@ class Twin:
     def attach(self, features: TextFeatures) -> None:
         """Use these feature settings (cache, device, progress); the model must match the twin's."""
         if features.model_id != self.model_id:
-            raise FeatureModelError(
-                f"this twin was fit on features of '{self.model_id}', not '{features.model_id}'"
-            )
+            raise FeatureModelError(f"this twin was fit on features of '{self.model_id}', not '{features.model_id}'")
         self.features = features
 
-    def predict_blocks(self, blocks: dict[str, np.ndarray], with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_blocks(
+        self, blocks: dict[str, np.ndarray], with_sd: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (m, t) from precomputed blocks, and the predictive SD when asked."""
         names = list(self.readouts)
         mean_y = self.readouts[names[0]].mean_y
@@ -332,7 +332,9 @@ class Twin:
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
-            raise TwinFileError(f"twin file '{path}' is not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+            raise TwinFileError(
+                f"twin file '{path}' is not a readable HDF5 file (truncated or corrupt?): {exc}"
+            ) from None
         with f:
             if f.attrs.get("format") != FORMAT:
                 raise TwinFileError(f"'{path}' is an HDF5 file but not a NeuroTwin twin")

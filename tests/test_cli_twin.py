@@ -1,0 +1,122 @@
+"""`neurotwin twin ...` as a user runs it: real subprocesses, real files, exit codes."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import synthetic_sentences
+
+
+def neurotwin(*args, cache: Path | None = None, check_ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "control_loop.cli", *map(str, args)]
+    if cache is not None and args and args[0] == "twin":
+        cmd += ["--cache", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check_ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_fit_predict_score_round_trip(tmp_path, small_csv):
+    cache = tmp_path / "features.h5"
+    twin = tmp_path / "twin.h5"
+    fit = neurotwin("twin", "fit", small_csv, "--out", twin, "--model", "minilm", cache=cache)
+    assert "fit 40 unique sentences, targets: response, other" in fit.stdout
+    assert "inner leave-one-out r" in fit.stdout
+
+    sentences = tmp_path / "new.txt"
+    new = synthetic_sentences(60, seed=7)[40:]
+    sentences.write_text("\n".join(new) + "\n\n")
+    out = tmp_path / "pred.csv"
+    first = neurotwin("twin", "predict", twin, sentences, "--out", out, cache=cache)
+    assert "features minilm" in first.stderr  # the progress bar on a cold cache
+    rows = list(csv.DictReader(out.open()))
+    assert [r["sentence"] for r in rows] == new
+    assert list(rows[0]) == ["sentence", "response", "response_sd", "other", "other_sd"]
+    assert all(float(r["response_sd"]) > 0 for r in rows)
+
+    again = tmp_path / "pred2.csv"
+    second = neurotwin("twin", "predict", twin, sentences, "--out", again, cache=cache)
+    assert "features minilm" not in second.stderr  # every sentence came from the cache
+    assert again.read_bytes() == out.read_bytes()
+
+    scored = neurotwin("twin", "score", twin, small_csv, "--folds", "5", "--json", tmp_path / "s.json", cache=cache)
+    assert "5-fold cross-validated" in scored.stdout
+    for name in ("twin", "length (words)", "length (characters)", "word frequency"):
+        assert name in scored.stdout
+    held = tmp_path / "held.csv"
+    held.write_text("sentence,response,other\n" + "".join(f'"{s}",{len(s.split())},0.5\n' for s in new))
+    assert "held-out" in neurotwin("twin", "score", twin, held, cache=cache).stdout
+
+
+def test_duplicates_are_averaged(tmp_path, small_csv):
+    text = small_csv.read_text().splitlines()
+    dup = tmp_path / "dup.csv"
+    dup.write_text("\n".join([*text, text[1], text[2]]) + "\n")
+    fit = neurotwin("twin", "fit", dup, "--out", tmp_path / "t.h5", "--model", "minilm", cache=tmp_path / "c.h5")
+    assert "fit 40 unique sentences" in fit.stdout
+
+
+def _bad(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", "", "is empty"),
+        ("nosentence.csv", "text,response\nhello there,1\n", "no 'sentence' column"),
+        ("noresponse.csv", "sentence\nhello there\n", "no response column"),
+        ("nan.csv", "sentence,response\nhello there,1\nsecond one,\n", "row 3 has a missing or non-numeric"),
+        ("text.csv", "sentence,response\nhello there,1\nsecond one,high\n", "non-numeric value 'high'"),
+        ("header.csv", "sentence,response\n", "no rows"),
+        ("binary.csv", b"sentence,response\n\xff\xfe\x00,1\n", "not UTF-8"),
+    ],
+)
+def test_bad_training_data_exits_2(tmp_path, name, content, message):
+    proc = neurotwin("twin", "fit", _bad(tmp_path, name, content), "--out", tmp_path / "t.h5", check_ok=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_missing_file_and_unknown_model_exit_2(tmp_path, small_csv):
+    proc = neurotwin("twin", "fit", tmp_path / "nope.csv", "--out", tmp_path / "t.h5", check_ok=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = neurotwin(
+        "twin", "fit", small_csv, "--out", tmp_path / "t.h5", "--model", "no-such-model-xyz", check_ok=False
+    )
+    assert proc.returncode == 2 and "unknown feature model 'no-such-model-xyz'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_twin_files_exit_2(tmp_path, small_csv):
+    cache = tmp_path / "c.h5"
+    twin = tmp_path / "twin.h5"
+    neurotwin("twin", "fit", small_csv, "--out", twin, "--model", "minilm", "--layers", "3", cache=cache)
+    sentences = _bad(tmp_path, "s.txt", "One sentence here.\n")
+    truncated = _bad(tmp_path, "trunc.h5", twin.read_bytes()[:2000])
+    for path, message in [
+        (truncated, "truncated or corrupt"),
+        (small_csv, "not a readable HDF5"),
+        (tmp_path / "none.h5", "does not exist"),
+    ]:
+        proc = neurotwin("twin", "predict", path, sentences, "--out", tmp_path / "p.csv", check_ok=False)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    proc = neurotwin(
+        "twin", "predict", twin, sentences, "--out", tmp_path / "p.csv", "--model", "smollm2-135m", check_ok=False
+    )
+    assert proc.returncode == 2 and "uses feature model 'minilm'" in proc.stderr
+    empty = _bad(tmp_path, "empty.txt", "\n\n")
+    proc = neurotwin("twin", "predict", twin, empty, "--out", tmp_path / "p.csv", check_ok=False)
+    assert proc.returncode == 2 and "has no sentences" in proc.stderr
+    assert not (tmp_path / "p.csv").exists()
