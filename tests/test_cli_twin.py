@@ -54,12 +54,20 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     assert "held-out" in neurotwin("twin", "score", twin, held, cache=cache).stdout
 
 
-def test_duplicates_are_averaged(tmp_path, small_csv):
-    text = small_csv.read_text().splitlines()
-    dup = tmp_path / "dup.csv"
-    dup.write_text("\n".join([*text, text[1], text[2]]) + "\n")
-    fit = neurotwin("twin", "fit", dup, "--out", tmp_path / "t.h5", "--model", "minilm", cache=tmp_path / "c.h5")
+def test_duplicates_are_averaged_and_repeats_give_a_ceiling(tmp_path):
+    import random
+
+    rng = random.Random(3)
+    sentences = synthetic_sentences(40)
+    truth = {s: len(s.split()) * 0.2 for s in sentences}
+    rows = [f'"{s}",{truth[s] + rng.gauss(0, 0.3):.4f}' for _ in range(2) for s in sentences]
+    data = tmp_path / "repeats.csv"
+    data.write_text("sentence,response\n" + "\n".join(rows) + "\n")
+    cache = tmp_path / "c.h5"
+    fit = neurotwin("twin", "fit", data, "--out", tmp_path / "t.h5", "--model", "minilm", cache=cache)
     assert "fit 40 unique sentences" in fit.stdout
+    scored = neurotwin("twin", "score", tmp_path / "t.h5", data, "--folds", "5", cache=cache)
+    assert "ceiling" in scored.stdout and "normalized" in scored.stdout
 
 
 def _bad(tmp_path: Path, name: str, content: str | bytes) -> Path:

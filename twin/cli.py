@@ -9,8 +9,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import DataError
-
 
 class UserError(click.ClickException):
     """A clear message for bad input; exit code 2, no traceback."""
@@ -111,31 +109,18 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
     Sentences the twin was trained on are scored by cross-validating the twin's
     recipe; new sentences are scored on the fitted twin's predictions.
     """
+    from .data import load_dataset
     from .model import Twin
     from .report import score_report
 
     twin = Twin.load(twin_file)
-    from .data import load_dataset
-
-    dataset = load_dataset(data, twin.targets if _has_all(data, twin.targets) else None)
-    if dataset.targets != twin.targets:
-        raise DataError(f"data file '{data}' lacks the twin's target column(s) {twin.targets}")
+    dataset = load_dataset(data, twin.targets)
     twin.attach(_features(twin.plan.model, cache, device, twin.plan))
     report = score_report(twin, dataset, folds=folds, seed=seed)
     click.echo(report.text())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
         click.echo(f"wrote {json_out}")
-
-
-def _has_all(data: Path, targets: list[str]) -> bool:
-    import pandas as pd
-
-    try:
-        columns = pd.read_csv(data, nrows=0).columns
-    except Exception:  # load_dataset gives the clear error
-        return False
-    return all(t in columns for t in targets)
 
 
 @twin_group.command("predict")
