@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from acquisition.cli import session_group
+from acquisition.session import SessionError
 from twin.cli import UserError, twin_group
 from twin.errors import TwinError
 
@@ -18,7 +20,7 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except TwinError as exc:
+        except (TwinError, SessionError) as exc:
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -36,6 +38,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(twin_group)
+cli.add_command(session_group)
 
 
 def main() -> None:

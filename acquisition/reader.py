@@ -1,0 +1,84 @@
+"""Read a session file into tidy tables, also while it is being written (SWMR) or after a crash."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .session import TABLES, check_session_file
+
+
+@dataclass
+class SessionData:
+    """A session's tables: one DataFrame each, strings decoded, estimates with one column per ROI."""
+
+    attrs: dict
+    rois: list[str]
+    stimuli: pd.DataFrame
+    events: pd.DataFrame
+    triggers: pd.DataFrame
+    samples: pd.DataFrame
+    estimates: pd.DataFrame
+    twin: pd.DataFrame
+    log: pd.DataFrame
+    extra: dict = field(default_factory=dict)
+
+    def latest_estimates(self) -> pd.DataFrame:
+        """The last revision of each trial's estimate."""
+        if self.estimates.empty:
+            return self.estimates
+        return self.estimates.groupby("trial", sort=True).tail(1).sort_values("trial").reset_index(drop=True)
+
+
+def _table(f: h5py.File, name: str, heap: np.ndarray, n: int | None = None) -> pd.DataFrame:
+    data = f[name][: n if n is not None else f[name].shape[0]]
+    out = {}
+    for col, kind in TABLES[name]:
+        if kind == "str":
+            offs, lens = data[f"{col}_off"], data[f"{col}_len"]
+            out[col] = [bytes(heap[o : o + n_]).decode("utf-8") for o, n_ in zip(offs, lens, strict=True)]
+        else:
+            out[col] = data[col]
+    return pd.DataFrame(out)
+
+
+def read_session(path: str | Path) -> SessionData:
+    """Everything flushed so far; safe while a writer is appending."""
+    path = Path(path)
+    check_session_file(path)
+    with h5py.File(path, "r", swmr=True) as f:
+        heap = f["strings"][:]
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        for key in ("rois", "seeds", "peers", "software"):
+            attrs[key] = json.loads(attrs[key])
+        rois = attrs["rois"]
+        # A row counts once every dataset it spans is written (values are flushed before the index).
+        n_samples = min(f["samples/time"].shape[0], f["samples/values"].shape[0], f["samples/run"].shape[0])
+        samples = pd.DataFrame(f["samples/values"][:n_samples], columns=rois)
+        samples.insert(0, "run", f["samples/run"][:n_samples])
+        samples.insert(0, "time", f["samples/time"][:n_samples])
+        n_est = min(f["estimates"].shape[0], f["estimates_values/beta"].shape[0], f["estimates_values/se"].shape[0])
+        est = _table(f, "estimates", heap, n_est)
+        est["provisional"] = est["provisional"].astype(bool)
+        beta, se = f["estimates_values/beta"][:n_est], f["estimates_values/se"][:n_est]
+        for j, roi in enumerate(rois):
+            est[roi] = beta[:, j]
+            est[f"{roi}_se"] = se[:, j]
+        twin = _table(f, "twin", heap)
+        twin["scores"] = [json.loads(s) if s else {} for s in twin["scores"]]
+        return SessionData(
+            attrs=attrs,
+            rois=rois,
+            stimuli=_table(f, "stimuli", heap),
+            events=_table(f, "events", heap),
+            triggers=_table(f, "triggers", heap),
+            samples=samples,
+            estimates=est,
+            twin=twin,
+            log=_table(f, "log", heap),
+        )

@@ -1,0 +1,408 @@
+"""The session file: one append-only HDF5 file per session, written in SWMR mode.
+
+Everything a session receives or decides is appended as it happens: stimuli,
+events (scheduled and measured onsets), scanner triggers, samples, per-trial
+estimates (each revision a new row), twin snapshots and a log. Appends are
+buffered and written at :meth:`SessionFile.flush`, which also runs by itself once
+``flush_interval`` seconds have passed; a crash loses nothing flushed. Layout:
+docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .recovery import clear_status_flags
+
+FORMAT = "neurotwin.session"
+FORMAT_VERSION = 1
+# The HDF5 1.10 file format: enough for SWMR, and readable by 1.10-era tools (h5dump, h5ls).
+LIBVER = ("v110", "v110")
+
+
+class SessionError(Exception):
+    """Bad input to, or a bad, session file; nothing already written is changed."""
+
+
+# Table schemas: 'str' columns are stored as offsets into the /strings byte heap.
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "stimuli": [("stimulus_id", "i8"), ("time", "f8"), ("text", "str"), ("image", "str"),
+                ("condition", "str"), ("source", "str")],
+    "events": [("stimulus_id", "i8"), ("run", "i4"), ("trial", "i8"), ("scheduled_onset", "f8"),
+               ("measured_onset", "f8"), ("duration", "f8"), ("condition", "str")],
+    "triggers": [("time", "f8"), ("volume", "i8"), ("run", "i4")],
+    "estimates": [("trial", "i8"), ("stimulus_id", "i8"), ("run", "i4"), ("time", "f8"), ("provisional", "u1")],
+    "twin": [("time", "f8"), ("version", "i8"), ("n_train", "i8"), ("scores", "str")],
+    "log": [("time", "f8"), ("kind", "str"), ("message", "str")],
+}  # fmt: skip
+
+
+def _dtype(schema: list[tuple[str, str]]) -> np.dtype:
+    fields = []
+    for name, kind in schema:
+        if kind == "str":
+            fields += [(f"{name}_off", "i8"), (f"{name}_len", "i8")]
+        else:
+            fields.append((name, kind))
+    return np.dtype(fields)
+
+
+@dataclass
+class _Pending:
+    rows: list[tuple]
+    arrays: dict[str, list[np.ndarray]]
+
+
+class SessionFile:
+    """Writer of a session file. Use :meth:`create` for a new session and :meth:`resume` to go on."""
+
+    def __init__(self, f: h5py.File, path: Path, flush_interval: float, lock: _WriterLock) -> None:
+        self._f = f
+        self._lock = lock
+        self.path = path
+        self.flush_interval = flush_interval
+        self.rois: list[str] = json.loads(f.attrs["rois"])
+        self._heap_pending: list[bytes] = []
+        self._heap_pending_size = 0
+        self._pending: dict[str, _Pending] = {name: _Pending([], {}) for name in [*TABLES, "samples"]}
+        self._last_flush = time.monotonic()
+        names = ["strings", *TABLES, "samples/time", "samples/run", "samples/values",
+                 "estimates_values/beta", "estimates_values/se"]  # fmt: skip
+        self._out = {name: _Appender(f[name]) for name in names}
+        # Validation state, read back so a resumed session checks against what is on disk.
+        self._stimuli = set(f["stimuli"]["stimulus_id"][:].tolist()) if f["stimuli"].shape[0] else set()
+        n = f["samples/time"].shape[0]
+        self._last_sample_time = float(f["samples/time"][n - 1]) if n else -np.inf
+
+    # ----- opening -----
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        rois: Sequence[str],
+        *,
+        protocol: str = "",
+        modality: str = "fmri",
+        seeds: dict | None = None,
+        peers: dict | None = None,
+        software: dict | None = None,
+        flush_interval: float = 1.0,
+    ) -> SessionFile:
+        """Start a new session file (refuses to overwrite one)."""
+        path = Path(path)
+        if path.exists():
+            raise SessionError(f"session file '{path}' already exists; resume it or choose another name")
+        if not rois:
+            raise SessionError("a session needs at least one ROI or recording site")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _WriterLock(path)
+        f = h5py.File(path, "w", libver=LIBVER)
+        R = len(rois)
+        f.attrs.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            modality=modality,
+            rois=json.dumps(list(rois)),
+            protocol=protocol,
+            seeds=json.dumps(seeds or {}),
+            peers=json.dumps(peers or {}),
+            software=json.dumps(software or _software_versions()),
+            start_time=time.time(),
+            start_time_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        f.create_dataset("strings", (0,), np.uint8, maxshape=(None,), chunks=(65536,))
+        for name, schema in TABLES.items():
+            f.create_dataset(name, (0,), _dtype(schema), maxshape=(None,), chunks=(1024,))
+        for group, width in (("samples", R), ("estimates_values", R)):
+            g = f.create_group(group)
+            if group == "samples":
+                g.create_dataset("time", (0,), "f8", maxshape=(None,), chunks=(4096,))
+                g.create_dataset("run", (0,), "i4", maxshape=(None,), chunks=(4096,))
+                g.create_dataset("values", (0, width), "f4", maxshape=(None, width), chunks=(4096, width))
+            else:
+                for key in ("beta", "se"):
+                    g.create_dataset(key, (0, width), "f8", maxshape=(None, width), chunks=(1024, width))
+        f.swmr_mode = True
+        f.flush()
+        return cls(f, path, flush_interval, lock)
+
+    @classmethod
+    def resume(cls, path: str | Path, flush_interval: float = 1.0) -> SessionFile:
+        """Reopen a session for appending, recovering it first if its writer crashed."""
+        path = Path(path)
+        check_session_file(path)
+        lock = _WriterLock(path)  # no other writer is alive past this point
+        clear_status_flags(path)  # a dead writer's flags, if any
+        try:
+            f = h5py.File(path, "r+", libver=LIBVER)
+            f.swmr_mode = True
+        except OSError as exc:
+            lock.release()
+            raise SessionError(f"cannot reopen session file '{path}' for writing: {exc}") from None
+        session = cls(f, path, flush_interval, lock)
+        session.log("resume", "session reopened for appending")
+        return session
+
+    # ----- appending -----
+    def _string(self, text: str | None) -> tuple[int, int]:
+        data = (text or "").encode("utf-8")
+        off = self._out["strings"].n + self._heap_pending_size
+        self._heap_pending.append(data)
+        self._heap_pending_size += len(data)
+        return off, len(data)
+
+    def _row(self, table: str, **values: Any) -> None:
+        row: list = []
+        for name, kind in TABLES[table]:
+            if kind == "str":
+                row.extend(self._string(values.get(name)))
+            else:
+                row.append(values[name])
+        self._pending[table].rows.append(tuple(row))
+        self._maybe_flush()
+
+    def add_stimulus(
+        self,
+        stimulus_id: int,
+        *,
+        text: str | None = None,
+        image: str | None = None,
+        condition: str = "",
+        source: str = "",
+    ) -> None:
+        """Record a stimulus (a sentence's text, or an image file reference)."""
+        if stimulus_id in self._stimuli:
+            raise SessionError(f"stimulus {stimulus_id} is already recorded")
+        if text is None and image is None:
+            raise SessionError(f"stimulus {stimulus_id} has neither text nor an image reference")
+        self._stimuli.add(int(stimulus_id))
+        self._row("stimuli", stimulus_id=stimulus_id, time=time.time(), text=text, image=image,
+                  condition=condition, source=source)  # fmt: skip
+
+    def _known(self, stimulus_id: int, what: str) -> None:
+        if stimulus_id not in self._stimuli:
+            raise SessionError(f"{what} refers to unknown stimulus {stimulus_id}; record the stimulus first")
+
+    def add_event(
+        self,
+        stimulus_id: int,
+        *,
+        run: int,
+        trial: int,
+        scheduled_onset: float,
+        measured_onset: float = np.nan,
+        duration: float,
+        condition: str = "",
+    ) -> None:
+        """Record a presentation: scheduled and measured onset (controller clock, s) and duration."""
+        self._known(stimulus_id, "event")
+        if not duration > 0:
+            raise SessionError(f"event for stimulus {stimulus_id}: duration must be positive, got {duration}")
+        self._row("events", stimulus_id=stimulus_id, run=run, trial=trial, scheduled_onset=scheduled_onset,
+                  measured_onset=measured_onset, duration=duration, condition=condition)  # fmt: skip
+
+    def add_trigger(self, t: float, volume: int, run: int) -> None:
+        """Record a scanner trigger (start of a volume)."""
+        self._row("triggers", time=t, volume=volume, run=run)
+
+    def add_samples(self, times: Sequence[float] | float, values: np.ndarray, run: int) -> None:
+        """Append samples: times (k,) increasing, values (k, n_rois) (one sample may be (n_rois,))."""
+        times = np.atleast_1d(np.asarray(times, np.float64))
+        values = np.asarray(values, np.float64)
+        if values.ndim == 1:
+            values = values[None, :]
+        R = len(self.rois)
+        if values.shape != (len(times), R):
+            raise SessionError(
+                f"samples: expected values of shape ({len(times)}, {R}) for {len(times)} time(s) and ROIs "
+                f"{self.rois}, got {values.shape}"
+            )
+        if not np.isfinite(times).all():
+            raise SessionError("samples: timestamps must be finite")
+        last = self._last_sample_time
+        if times[0] <= last or (np.diff(times) <= 0).any():
+            bad = times[0] if times[0] <= last else times[1:][np.diff(times) <= 0][0]
+            raise SessionError(f"samples: timestamp {bad:.6f} is not after the previous sample ({last:.6f})")
+        self._last_sample_time = float(times[-1])
+        pending = self._pending["samples"]
+        pending.arrays.setdefault("time", []).append(times)
+        pending.arrays.setdefault("run", []).append(np.full(len(times), run, np.int32))
+        pending.arrays.setdefault("values", []).append(values.astype(np.float32))
+        self._maybe_flush()
+
+    def add_estimate(
+        self,
+        trial: int,
+        stimulus_id: int,
+        beta: np.ndarray,
+        se: np.ndarray,
+        *,
+        run: int,
+        provisional: bool,
+    ) -> None:
+        """Append an estimate (revision) of one trial's response per ROI with its standard error."""
+        self._known(stimulus_id, "estimate")
+        R = len(self.rois)
+        beta = np.asarray(beta, np.float64).reshape(-1)
+        se = np.asarray(se, np.float64).reshape(-1)
+        if beta.shape != (R,) or se.shape != (R,):
+            raise SessionError(f"estimate: beta and se must have {R} value(s), got {beta.shape} and {se.shape}")
+        pending = self._pending["estimates"]
+        pending.arrays.setdefault("beta", []).append(beta[None])
+        pending.arrays.setdefault("se", []).append(se[None])
+        self._row("estimates", trial=trial, stimulus_id=stimulus_id, run=run, time=time.time(),
+                  provisional=int(provisional))  # fmt: skip
+
+    def add_twin_snapshot(self, version: int, n_train: int, scores: dict) -> None:
+        """Record a twin update: its version, training-set size and scores."""
+        self._row("twin", time=time.time(), version=version, n_train=n_train, scores=json.dumps(scores))
+
+    def log(self, kind: str, message: str) -> None:
+        """Record a session event (peer connected, outage, error, pause...)."""
+        self._row("log", time=time.time(), kind=kind, message=message)
+
+    # ----- writing -----
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything buffered and make it durable and visible to SWMR readers."""
+        f = self._f
+        out = self._out
+        if self._heap_pending:
+            blob = np.frombuffer(b"".join(self._heap_pending), np.uint8)
+            out["strings"].append(blob)
+            self._heap_pending.clear()
+            self._heap_pending_size = 0
+        for name, pending in self._pending.items():
+            if name == "samples":
+                if pending.arrays:
+                    # Values first: the time column's length is what counts a sample as written.
+                    for key in ("values", "run", "time"):
+                        out[f"samples/{key}"].append(np.concatenate(pending.arrays[key]))
+            else:
+                if pending.arrays:
+                    for key in ("beta", "se"):
+                        out[f"estimates_values/{key}"].append(np.concatenate(pending.arrays[key]))
+                if pending.rows:
+                    out[name].append(np.array(pending.rows, dtype=out[name].dtype))
+            pending.rows.clear()
+            pending.arrays.clear()
+        f.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self.flush()
+            self._f.close()
+        self._lock.release()
+
+    def __enter__(self) -> SessionFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Appender:
+    """Appends rows to one resizable dataset through h5py's low-level API (no per-call lookups)."""
+
+    def __init__(self, dataset: h5py.Dataset) -> None:
+        self.id = dataset.id
+        self.dtype = dataset.dtype
+        self.n = dataset.shape[0]
+        self.tail = dataset.shape[1:]
+
+    def append(self, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        m = data.shape[0]
+        if m == 0:
+            return
+        self.id.set_extent((self.n + m, *self.tail))
+        fspace = self.id.get_space()
+        fspace.select_hyperslab((self.n, *(0 for _ in self.tail)), data.shape)
+        self.id.write(h5py.h5s.create_simple(data.shape), fspace, data)
+        self.n += m
+
+
+def _software_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("neurotwin", "numpy", "h5py", "torch", "transformers", "pyzmq"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    out["hdf5"] = h5py.version.hdf5_version
+    return out
+
+
+def check_session_file(path: Path) -> None:
+    """Raise a clear SessionError unless ``path`` is a NeuroTwin session file."""
+    if not path.exists():
+        raise SessionError(f"session file '{path}' does not exist")
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise SessionError(f"'{path}' is not an HDF5 file, so not a NeuroTwin session")
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            if f.attrs.get("format") != FORMAT:
+                raise SessionError(f"'{path}' is an HDF5 file but not a NeuroTwin session")
+            if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+                raise SessionError(
+                    f"session file '{path}' has format version {f.attrs.get('format_version')}; "
+                    f"this neurotwin reads version {FORMAT_VERSION}"
+                )
+    except OSError as exc:
+        raise SessionError(f"session file '{path}' cannot be read: {exc}") from None
+
+
+def recover(path: str | Path) -> bool:
+    """Make a crashed session openable by any HDF5 tool; True if it needed it. Refuses a live writer's file."""
+    path = Path(path)
+    check_session_file(path)
+    lock = _WriterLock(path)
+    try:
+        return clear_status_flags(path)
+    finally:
+        lock.release()
+
+
+class _WriterLock:
+    """An exclusive lock on ``<session>.lock`` held while a process writes the session.
+
+    HDF5 releases its own file lock in SWMR mode, so this is what tells a live
+    writer from a dead one; the kernel drops it when the writer dies, even by SIGKILL.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "unknown"
+            self._fh.close()
+            raise SessionError(f"session file '{path}' is open for writing by another process (pid {holder})") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
