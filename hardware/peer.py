@@ -1,0 +1,417 @@
+"""Peers of the bridge: rig/presenter servers (ROUTER) and the controller's client (DEALER).
+
+Both are single-threaded and driven by ``poll()``. Reliable messages (see
+:mod:`hardware.protocol`) flow both ways through an :class:`~hardware.stream.Outbox`
+and :class:`~hardware.stream.Inbox`: acknowledged, replayed after a reconnect or
+restart, each delivered exactly once and in order. Heartbeats detect a lost peer
+within two intervals; the client then reconnects with a fresh socket and logs the
+outage with its duration. Ping/pong exchanges estimate the clock offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .protocol import DEFAULT_MAX_BYTES, RELIABLE_TYPES, ProtocolError, decode, encode
+from .stream import Inbox, Journal, Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CurveKeys:
+    """ZeroMQ CURVE keys (Z85 bytes). A server needs its secret key and the allowed client public keys."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None  # clients: the server's public key
+    allowed_clients: list[bytes] = field(default_factory=list)  # servers: who may connect
+
+
+class ClockSync:
+    """NTP-style offset estimate (remote clock minus local clock), from the lowest-delay exchanges."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self.samples: list[tuple[float, float]] = []  # (round-trip delay, offset)
+        self.keep = keep
+
+    def add(self, t0: float, t1: float, t2: float, t3: float) -> None:
+        delay = (t3 - t0) - (t2 - t1)
+        offset = ((t1 - t0) + (t2 - t3)) / 2
+        self.samples.append((delay, offset))
+        self.samples = self.samples[-self.keep :]
+
+    @property
+    def offset(self) -> float | None:
+        return min(self.samples)[1] if self.samples else None
+
+    @property
+    def delay(self) -> float | None:
+        return min(self.samples)[0] if self.samples else None
+
+
+class _Endpoint:
+    """What servers and clients share: reliable streams, journal, schedules, decoding."""
+
+    def __init__(
+        self,
+        role: str,
+        name: str,
+        *,
+        heartbeat: float,
+        max_bytes: int,
+        journal: str | Path | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.role = role
+        self.name = name
+        self.heartbeat = heartbeat
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.context = zmq.Context.instance()
+        self.journal = Journal(journal) if journal else None
+        self.outbox = Outbox(self.journal)
+        self.inbox = Inbox(self.journal)
+        self.restored: list[dict] = []  # reliable messages delivered before a restart
+        if self.journal is not None:
+            for kind, seq, payload in self.journal.records():
+                self.outbox.restore(kind, seq, payload)
+                msg = self.inbox.restore(kind, seq, payload)
+                if msg is not None:
+                    self.restored.append(msg)
+        self.errors: list[str] = []
+        self._last_ack_sent = 0
+        self._last_resend = 0.0
+
+    def _message(self, type_: str, **fields: Any) -> dict:
+        return {"type": type_, "t": self.clock(), **fields}
+
+    def _frame_reliable(self, message: dict) -> Callable[[int], bytes]:
+        def make(seq: int) -> bytes:
+            return encode({**message, "seq": seq})
+
+        return make
+
+    def _decode(self, frame: bytes, peer: str) -> dict | None:
+        try:
+            return decode(frame, self.max_bytes)
+        except ProtocolError as exc:
+            text = f"rejected message from {peer}: {exc}"
+            log.error(text)
+            self.errors.append(text)
+            return None
+
+    def _handle_reliable(self, message: dict) -> list[dict]:
+        return self.inbox.accept(message)
+
+    def _bookkeeping(self, now: float, send: Callable[[bytes], None]) -> None:
+        upto = self.inbox.expected - 1
+        if upto > self._last_ack_sent:
+            send(encode(self._message("ack", upto=upto)))
+            self._last_ack_sent = upto
+        if self.inbox.gap and now - self._last_resend > self.heartbeat / 2:
+            send(encode(self._message("resend", start=self.inbox.expected)))
+            self._last_resend = now
+
+
+class PeerServer(_Endpoint):
+    """The rig or presenter side: binds a ROUTER, serves one controller at a time."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        role: str = "rig",
+        name: str = "rig",
+        *,
+        heartbeat: float = 0.5,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        journal: str | Path | None = None,
+        curve: CurveKeys | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(role, name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 100_000)
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        if curve is not None:
+            _server_curve(self.socket, curve)
+        self.socket.bind(endpoint)
+        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.peer: bytes | None = None
+        self.peer_name = ""
+        self._peer_seen = 0.0
+        self._last_beat = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.peer is not None and self.clock() - self._peer_seen < 2 * self.heartbeat
+
+    def _send_to_peer(self, frame: bytes) -> bool:
+        if self.peer is None:
+            return False
+        try:
+            self.socket.send_multipart([self.peer, frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # peer gone or its queue full: replay covers it
+            return False
+
+    def send_reliable(self, type_: str, **fields: Any) -> int:
+        """Send a data message (sample, trigger, presented); returns its seq."""
+        seq, frame = self.outbox.add(self._frame_reliable(self._message(type_, **fields)))
+        if self.connected:
+            self._send_to_peer(frame)
+        return seq
+
+    def send(self, type_: str, **fields: Any) -> None:
+        """Send an unacknowledged message (error, heartbeat...) if a controller is connected."""
+        self._send_to_peer(encode(self._message(type_, **fields)))
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        """Handle traffic for up to ``timeout`` s; return new reliable messages from the controller, in order."""
+        delivered: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self.socket.poll(int(remaining * 1000)):
+                while True:
+                    try:
+                        ident, frame = self.socket.recv_multipart(zmq.NOBLOCK)[:2]
+                    except zmq.Again:
+                        break
+                    except ValueError:
+                        continue
+                    delivered += self._on_frame(ident, frame)
+            now = self.clock()
+            if self.peer is not None and now - self._last_beat >= self.heartbeat:
+                self.send("heartbeat")
+                self._last_beat = now
+            if self.peer is not None:
+                self._bookkeeping(now, self._send_to_peer)
+            if time.monotonic() >= deadline:
+                return delivered
+
+    def _on_frame(self, ident: bytes, frame: bytes) -> list[dict]:
+        recv_t = self.clock()
+        who = self.peer_name if ident == self.peer else f"peer {ident.hex()}"
+        msg = self._decode(frame, who)
+        if msg is None:
+            try:
+                self.socket.send_multipart([ident, encode(self._message("error", code="bad-message",
+                                                                        message=self.errors[-1]))], zmq.NOBLOCK)  # fmt: skip
+            except zmq.ZMQError:
+                pass
+            return []
+        kind = msg["type"]
+        if kind == "hello":
+            self.peer, self.peer_name, self._peer_seen = ident, msg["name"], recv_t
+            self._last_ack_sent = 0
+            reply = self._message("hello", role=self.role, name=self.name, resume_from=self.inbox.expected)
+            self._send_to_peer(encode(reply))
+            for frame_ in self.outbox.since(msg["resume_from"]):
+                self._send_to_peer(frame_)
+            log.info("%s: controller %s connected (resume from %d)", self.name, msg["name"], msg["resume_from"])
+            return []
+        if ident != self.peer:
+            return []  # only the controller that said hello last is served
+        self._peer_seen = recv_t
+        if kind == "ping":
+            self._send_to_peer(encode(self._message("pong", t0=msg["t0"], t1=recv_t, t2=self.clock())))
+        elif kind == "ack":
+            self.outbox.ack(msg["upto"])
+        elif kind == "resend":
+            for frame_ in self.outbox.since(msg["start"]):
+                self._send_to_peer(frame_)
+        elif kind == "bye":
+            self.peer = None
+        elif kind in RELIABLE_TYPES:
+            return self._handle_reliable(msg)
+        return []
+
+    def close(self) -> None:
+        self.socket.close(0)
+        if self.journal is not None:
+            self.journal.close()
+
+
+@dataclass
+class Outage:
+    """A period in which the controller heard nothing from a peer."""
+
+    peer: str
+    start: float
+    end: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+class PeerClient(_Endpoint):
+    """The controller's link to one rig or presenter: connects a DEALER, reconnects after outages."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        name: str = "controller",
+        *,
+        heartbeat: float = 0.5,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        journal: str | Path | None = None,
+        curve: CurveKeys | None = None,
+        clock: Callable[[], float] = time.time,
+        on_log: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__("controller", name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
+        self.endpoint = endpoint
+        self.curve = curve
+        self.on_log = on_log or (lambda kind, text: log.info("%s: %s", kind, text))
+        self.sync = ClockSync()
+        self.peer_name = endpoint
+        self.peer_role = ""
+        self.up = False
+        self.outages: list[Outage] = []
+        self.socket: zmq.Socket | None = None
+        self._seen = self.clock()
+        self._last_beat = 0.0
+        self._last_hello = 0.0
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.socket is not None:
+            self.socket.close(0)
+        s = self.context.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        if self.curve is not None:
+            _client_curve(s, self.curve)
+        s.connect(self.endpoint)
+        self.socket = s
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        self._last_hello = self.clock()
+        self._raw(encode(self._message("hello", role="controller", name=self.name, resume_from=self.inbox.expected)))
+
+    def _raw(self, frame: bytes) -> None:
+        try:
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # not connected yet; the next hello or replay covers it
+            pass
+
+    @property
+    def offset(self) -> float | None:
+        """Estimated peer clock minus controller clock (s)."""
+        return self.sync.offset
+
+    def to_local(self, remote_time: float) -> float:
+        """Map a timestamp of the peer's clock to the controller's clock."""
+        return remote_time - (self.sync.offset or 0.0)
+
+    def send_reliable(self, type_: str, **fields: Any) -> int:
+        """Send a command (schedule, start, stop, event) that must arrive exactly once."""
+        seq, frame = self.outbox.add(self._frame_reliable(self._message(type_, **fields)))
+        if self.up:
+            self._raw(frame)
+        return seq
+
+    def ping(self) -> None:
+        self._raw(encode(self._message("ping", t0=self.clock())))
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        """Handle traffic for up to ``timeout`` s; return new reliable messages from the peer, in order."""
+        delivered: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self.socket.poll(int(remaining * 1000)):
+                while True:
+                    try:
+                        frame = self.socket.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    delivered += self._on_frame(frame)
+            self._tick()
+            if time.monotonic() >= deadline:
+                return delivered
+
+    def _tick(self) -> None:
+        now = self.clock()
+        if self.up and now - self._seen > 2 * self.heartbeat:
+            self.up = False
+            self.outages.append(Outage(self.peer_name, self._seen))
+            self.on_log("outage", f"lost {self.peer_name}: nothing heard for {now - self._seen:.2f} s; reconnecting")
+            self._connect()
+        elif not self.up and now - self._last_hello >= min(0.1, self.heartbeat / 2):
+            self._send_hello()  # until the peer answers
+        if self.up:
+            if now - self._last_beat >= self.heartbeat:
+                self.ping()  # doubles as heartbeat and clock sample
+                self._last_beat = now
+            self._bookkeeping(now, self._raw)
+
+    def _on_frame(self, frame: bytes) -> list[dict]:
+        recv_t = self.clock()
+        msg = self._decode(frame, self.peer_name)
+        if msg is None:
+            return []
+        self._seen = recv_t
+        kind = msg["type"]
+        if kind == "hello":
+            self.peer_name, self.peer_role = msg["name"], msg["role"]
+            if not self.up and self.outages and self.outages[-1].end is None:
+                outage = self.outages[-1]
+                outage.end = recv_t
+                self.on_log("outage-end", f"{self.peer_name} back after {outage.duration:.2f} s")
+            self.up = True
+            self._last_ack_sent = 0
+            for frame_ in self.outbox.since(msg["resume_from"]):
+                self._raw(frame_)
+            self.ping()
+        elif kind == "pong":
+            self.sync.add(msg["t0"], msg["t1"], msg["t2"], recv_t)
+        elif kind == "ack":
+            self.outbox.ack(msg["upto"])
+        elif kind == "resend":
+            for frame_ in self.outbox.since(msg["start"]):
+                self._raw(frame_)
+        elif kind == "error":
+            text = f"{self.peer_name} reported {msg['code']}: {msg['message']}"
+            log.error(text)
+            self.errors.append(text)
+        elif kind in RELIABLE_TYPES:
+            return self._handle_reliable(msg)
+        return []
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self._raw(encode(self._message("bye")))
+            self.socket.close(0)
+        if self.journal is not None:
+            self.journal.close()
+
+
+def _server_curve(socket: zmq.Socket, keys: CurveKeys) -> None:
+    from .security import start_authenticator
+
+    start_authenticator(keys.allowed_clients)
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_server = True
+
+
+def _client_curve(socket: zmq.Socket, keys: CurveKeys) -> None:
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = keys.server_public

@@ -1,0 +1,187 @@
+"""The NeuroTwin wire protocol: message types, msgpack encoding, and schema checks on receipt.
+
+Every message is one ZeroMQ frame holding a msgpack map with at least ``v``
+(protocol version), ``type`` and ``t`` (the sender's clock, seconds). Reliable
+messages (data: ``sample``, ``trigger``, ``presented``; commands: ``schedule``,
+``start``, ``stop``, ``event``) also carry ``seq``, the sender's per-stream
+sequence number, and are acknowledged and replayed. See docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+# Reliable messages carry a per-stream ``seq``; they are acknowledged and replayed after reconnects.
+RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "schedule", "start", "stop", "event"})
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted: malformed, oversized, wrong version or wrong schema."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int
+    t: float
+
+
+class Hello(_Msg):
+    type: Literal["hello"]
+    role: Literal["controller", "rig", "presenter"]
+    name: str
+    session: str = ""
+    resume_from: int = 0  # the first reliable seq the sender of this hello still needs from the other side
+
+
+class Ping(_Msg):
+    type: Literal["ping"]
+    t0: float
+
+
+class Pong(_Msg):
+    type: Literal["pong"]
+    t0: float
+    t1: float  # server receive time
+    t2: float  # server send time
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"]
+
+
+class Ack(_Msg):
+    type: Literal["ack"]
+    upto: int  # every reliable seq <= upto has been received
+
+
+class Resend(_Msg):
+    type: Literal["resend"]
+    start: int  # replay every reliable message from this seq on
+
+
+class Trial(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trial: int
+    stimulus_id: int
+    kind: Literal["text", "image", "fixation"]
+    text: str = ""
+    image: bytes = b""  # PNG bytes
+    image_name: str = ""
+    onset: float  # seconds after the run's first trigger
+    duration: float = Field(gt=0)
+    word_by_word: float = 0.0  # seconds per word; 0 shows the sentence whole
+    condition: str = ""
+
+
+class Schedule(_Msg):
+    type: Literal["schedule"]
+    seq: int
+    run: int
+    trials: list[Trial]
+
+
+class Start(_Msg):
+    type: Literal["start"]
+    seq: int
+    run: int
+    tr: float = Field(gt=0)
+    n_volumes: int = Field(gt=0)
+
+
+class Stop(_Msg):
+    type: Literal["stop"]
+    seq: int
+    run: int
+
+
+class Presented(_Msg):
+    type: Literal["presented"]
+    seq: int
+    run: int
+    trial: int
+    stimulus_id: int
+    onset: float  # measured at the flip, sender's clock
+    offset: float
+    frame_interval: float = 0.0
+
+
+class Trigger(_Msg):
+    type: Literal["trigger"]
+    seq: int
+    run: int
+    volume: int
+    time: float
+
+
+class Sample(_Msg):
+    type: Literal["sample"]
+    seq: int
+    run: int
+    kind: Literal["fmri", "spikes"]
+    time: float  # acquisition time of the volume, or start of the count window (sender's clock)
+    width: float = 0.0  # window length for spike counts
+    values: list[float]
+
+
+class Event(_Msg):
+    """A stimulus event a rig must know about (a simulated subject's input)."""
+
+    type: Literal["event"]
+    seq: int
+    run: int
+    trial: int
+    stimulus_id: int
+    onset: float
+    duration: float
+    text: str = ""
+    image: bytes = b""
+
+
+class ErrorMsg(_Msg):
+    type: Literal["error"]
+    code: str
+    message: str
+
+
+class Bye(_Msg):
+    type: Literal["bye"]
+
+
+Message = Annotated[
+    Hello | Ping | Pong | Heartbeat | Ack | Resend | Schedule | Start | Stop | Presented | Trigger | Sample
+    | Event | ErrorMsg | Bye,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter = TypeAdapter(Message)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One frame for a message dict (``v`` is filled in)."""
+    message.setdefault("v", PROTOCOL_VERSION)
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Parse and check one frame; raise ProtocolError naming the problem."""
+    if len(frame) > max_bytes:
+        raise ProtocolError(f"message of {len(frame)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_bin_len=max_bytes, max_str_len=max_bytes)
+    except Exception as exc:  # msgpack raises several types for bad bytes
+        raise ProtocolError(f"not a msgpack message ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a message must be a map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})")
+    try:
+        return _ADAPTER.validate_python(obj).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ProtocolError(f"invalid {obj.get('type', 'untyped')!r} message: {where}: {first['msg']}") from None
