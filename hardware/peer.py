@@ -89,6 +89,7 @@ class _Endpoint:
         self.errors: list[str] = []
         self._last_ack_sent = 0
         self._last_resend = 0.0
+        self._peer_last = 0  # the peer's last reliable seq, from its heartbeats and pings
 
     def _message(self, type_: str, **fields: Any) -> dict:
         return {"type": type_, "t": self.clock(), **fields}
@@ -111,12 +112,14 @@ class _Endpoint:
     def _handle_reliable(self, message: dict) -> list[dict]:
         return self.inbox.accept(message)
 
-    def _bookkeeping(self, now: float, send: Callable[[bytes], None]) -> None:
+    def _bookkeeping(self, send: Callable[[bytes], None]) -> None:
         upto = self.inbox.expected - 1
         if upto > self._last_ack_sent:
             send(encode(self._message("ack", upto=upto)))
             self._last_ack_sent = upto
-        if self.inbox.gap and now - self._last_resend > self.heartbeat / 2:
+        behind = self.inbox.gap or self._peer_last >= self.inbox.expected
+        now = time.monotonic()
+        if behind and now - self._last_resend > self.heartbeat / 2:
             send(encode(self._message("resend", start=self.inbox.expected)))
             self._last_resend = now
 
@@ -153,7 +156,7 @@ class PeerServer(_Endpoint):
 
     @property
     def connected(self) -> bool:
-        return self.peer is not None and self.clock() - self._peer_seen < 2 * self.heartbeat
+        return self.peer is not None and time.monotonic() - self._peer_seen < 2 * self.heartbeat
 
     def _send_to_peer(self, frame: bytes) -> bool:
         if self.peer is None:
@@ -167,8 +170,7 @@ class PeerServer(_Endpoint):
     def send_reliable(self, type_: str, **fields: Any) -> int:
         """Send a data message (sample, trigger, presented); returns its seq."""
         seq, frame = self.outbox.add(self._frame_reliable(self._message(type_, **fields)))
-        if self.connected:
-            self._send_to_peer(frame)
+        self._send_to_peer(frame)  # if lost, the controller asks again (gap, or our heartbeat's 'last')
         return seq
 
     def send(self, type_: str, **fields: Any) -> None:
@@ -190,29 +192,30 @@ class PeerServer(_Endpoint):
                     except ValueError:
                         continue
                     delivered += self._on_frame(ident, frame)
-            now = self.clock()
+            now = time.monotonic()
             if self.peer is not None and now - self._last_beat >= self.heartbeat:
-                self.send("heartbeat")
+                self.send("heartbeat", last=self.outbox.next_seq - 1)
                 self._last_beat = now
             if self.peer is not None:
-                self._bookkeeping(now, self._send_to_peer)
+                self._bookkeeping(self._send_to_peer)
             if time.monotonic() >= deadline:
                 return delivered
 
     def _on_frame(self, ident: bytes, frame: bytes) -> list[dict]:
         recv_t = self.clock()
+        seen = time.monotonic()
         who = self.peer_name if ident == self.peer else f"peer {ident.hex()}"
         msg = self._decode(frame, who)
         if msg is None:
+            reply = encode(self._message("error", code="bad-message", message=self.errors[-1]))
             try:
-                self.socket.send_multipart([ident, encode(self._message("error", code="bad-message",
-                                                                        message=self.errors[-1]))], zmq.NOBLOCK)  # fmt: skip
+                self.socket.send_multipart([ident, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             return []
         kind = msg["type"]
         if kind == "hello":
-            self.peer, self.peer_name, self._peer_seen = ident, msg["name"], recv_t
+            self.peer, self.peer_name, self._peer_seen = ident, msg["name"], seen
             self._last_ack_sent = 0
             reply = self._message("hello", role=self.role, name=self.name, resume_from=self.inbox.expected)
             self._send_to_peer(encode(reply))
@@ -222,8 +225,9 @@ class PeerServer(_Endpoint):
             return []
         if ident != self.peer:
             return []  # only the controller that said hello last is served
-        self._peer_seen = recv_t
+        self._peer_seen = seen
         if kind == "ping":
+            self._peer_last = msg["last"]
             self._send_to_peer(encode(self._message("pong", t0=msg["t0"], t1=recv_t, t2=self.clock())))
         elif kind == "ack":
             self.outbox.ack(msg["upto"])
@@ -280,7 +284,7 @@ class PeerClient(_Endpoint):
         self.up = False
         self.outages: list[Outage] = []
         self.socket: zmq.Socket | None = None
-        self._seen = self.clock()
+        self._seen = time.monotonic()
         self._last_beat = 0.0
         self._last_hello = 0.0
         self._connect()
@@ -301,7 +305,7 @@ class PeerClient(_Endpoint):
         self._send_hello()
 
     def _send_hello(self) -> None:
-        self._last_hello = self.clock()
+        self._last_hello = time.monotonic()
         self._raw(encode(self._message("hello", role="controller", name=self.name, resume_from=self.inbox.expected)))
 
     def _raw(self, frame: bytes) -> None:
@@ -327,7 +331,7 @@ class PeerClient(_Endpoint):
         return seq
 
     def ping(self) -> None:
-        self._raw(encode(self._message("ping", t0=self.clock())))
+        self._raw(encode(self._message("ping", t0=self.clock(), last=self.outbox.next_seq - 1)))
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         """Handle traffic for up to ``timeout`` s; return new reliable messages from the peer, in order."""
@@ -347,10 +351,10 @@ class PeerClient(_Endpoint):
                 return delivered
 
     def _tick(self) -> None:
-        now = self.clock()
+        now = time.monotonic()
         if self.up and now - self._seen > 2 * self.heartbeat:
             self.up = False
-            self.outages.append(Outage(self.peer_name, self._seen))
+            self.outages.append(Outage(self.peer_name, self.clock() - (now - self._seen)))
             self.on_log("outage", f"lost {self.peer_name}: nothing heard for {now - self._seen:.2f} s; reconnecting")
             self._connect()
         elif not self.up and now - self._last_hello >= min(0.1, self.heartbeat / 2):
@@ -359,14 +363,14 @@ class PeerClient(_Endpoint):
             if now - self._last_beat >= self.heartbeat:
                 self.ping()  # doubles as heartbeat and clock sample
                 self._last_beat = now
-            self._bookkeeping(now, self._raw)
+            self._bookkeeping(self._raw)
 
     def _on_frame(self, frame: bytes) -> list[dict]:
         recv_t = self.clock()
         msg = self._decode(frame, self.peer_name)
         if msg is None:
             return []
-        self._seen = recv_t
+        self._seen = time.monotonic()
         kind = msg["type"]
         if kind == "hello":
             self.peer_name, self.peer_role = msg["name"], msg["role"]
@@ -381,6 +385,8 @@ class PeerClient(_Endpoint):
             self.ping()
         elif kind == "pong":
             self.sync.add(msg["t0"], msg["t1"], msg["t2"], recv_t)
+        elif kind == "heartbeat":
+            self._peer_last = msg["last"]
         elif kind == "ack":
             self.outbox.ack(msg["upto"])
         elif kind == "resend":

@@ -41,6 +41,7 @@ class Hello(_Msg):
 class Ping(_Msg):
     type: Literal["ping"]
     t0: float
+    last: int = 0  # the sender's last reliable seq: lets the receiver notice lost tail messages
 
 
 class Pong(_Msg):
@@ -52,6 +53,7 @@ class Pong(_Msg):
 
 class Heartbeat(_Msg):
     type: Literal["heartbeat"]
+    last: int = 0  # the sender's last reliable seq
 
 
 class Ack(_Msg):
@@ -123,6 +125,7 @@ class Sample(_Msg):
     seq: int
     run: int
     kind: Literal["fmri", "spikes"]
+    volume: int = -1  # fMRI volume index in the run (or window index)
     time: float  # acquisition time of the volume, or start of the count window (sender's clock)
     width: float = 0.0  # window length for spike counts
     values: list[float]
@@ -153,8 +156,21 @@ class Bye(_Msg):
 
 
 Message = Annotated[
-    Hello | Ping | Pong | Heartbeat | Ack | Resend | Schedule | Start | Stop | Presented | Trigger | Sample
-    | Event | ErrorMsg | Bye,
+    Hello
+    | Ping
+    | Pong
+    | Heartbeat
+    | Ack
+    | Resend
+    | Schedule
+    | Start
+    | Stop
+    | Presented
+    | Trigger
+    | Sample
+    | Event
+    | ErrorMsg
+    | Bye,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Message)
@@ -183,5 +199,8 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
         return _ADAPTER.validate_python(obj).model_dump()
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
+        loc = list(first["loc"])
+        if loc and loc[0] == obj.get("type"):
+            loc = loc[1:]  # the discriminator tag
+        where = ".".join(str(x) for x in loc) or "message"
         raise ProtocolError(f"invalid {obj.get('type', 'untyped')!r} message: {where}: {first['msg']}") from None

@@ -36,10 +36,7 @@ class Journal:
     def _valid_length(self) -> int | None:
         if not self.path.exists():
             return None
-        end = 0
-        for end, _ in self._scan():
-            pass
-        return end
+        return max((end for end, _ in self._scan()), default=0)
 
     def _scan(self) -> Iterator[tuple[int, list]]:
         data = self.path.read_bytes() if self.path.exists() else b""

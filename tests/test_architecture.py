@@ -8,8 +8,8 @@ PACKAGES = ["twin", "stimulus_synthesis", "acquisition", "hardware", "control_lo
 # What each package may import from the others.
 ALLOWED = {
     "twin": set(),
-    "hardware": set(),
-    "acquisition": {"hardware"},
+    "hardware": {"twin", "acquisition"},  # the simulated subject's features, the HRF
+    "acquisition": set(),
     "stimulus_synthesis": {"twin"},
     "control_loop": {"twin", "stimulus_synthesis", "acquisition", "hardware"},
 }

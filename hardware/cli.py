@@ -1,0 +1,76 @@
+"""``neurotwin rig ...``: serve simulated rigs and manage CURVE keys."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+
+def curve_options(f):
+    f = click.option("--curve-secret", type=click.Path(path_type=Path), default=None,
+                     help="This rig's .key_secret file: turn on CURVE encryption and authentication.")(f)  # fmt: skip
+    f = click.option("--curve-allow", type=click.Path(path_type=Path), multiple=True,
+                     help="Public .key file of a controller allowed to connect (repeatable).")(f)  # fmt: skip
+    return f
+
+
+def server_curve(secret: Path | None, allow: tuple[Path, ...]):
+    if secret is None:
+        return None
+    from .peer import CurveKeys
+    from .security import load_pair, load_public
+
+    public, secret_key = load_pair(secret)
+    if not allow:
+        raise click.UsageError("--curve-secret needs at least one --curve-allow public key")
+    return CurveKeys(public, secret_key, allowed_clients=[load_public(p) for p in allow])
+
+
+@click.group(name="rig")
+def rig_group() -> None:
+    """Simulated rigs and rig keys."""
+
+
+@rig_group.command("simulate-fmri")
+@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option("--journal", type=click.Path(path_type=Path), default=None,
+              help="Journal file: a rig restarted with the same journal resumes without loss.")  # fmt: skip
+@click.option("--subject", default=None, help="Ground-truth subject as module:attr (default: the language subject).")
+@click.option("--noise-sd", type=float, default=None, help="Per-trial noise SD (default: the subject's, 0.623).")
+@click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated time runs this many times faster.")
+@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: run until killed).")
+@curve_options
+def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, duration, curve_secret, curve_allow):
+    """A scanner with a simulated subject: a trigger and one sample per ROI every TR."""
+    from .peer import PeerServer
+    from .rigs import SimulatedFMRIRig, sim_clock
+    from .subject import load_subject
+
+    logging.getLogger().setLevel(logging.INFO)
+    server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
+                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
+    rig = SimulatedFMRIRig(server, load_subject(subject), noise_sd=noise_sd, seed=seed)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    click.echo(f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", err=True)
+    try:
+        rig.serve(duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+@rig_group.command("keygen")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("name")
+def keygen(folder: Path, name: str) -> None:
+    """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it) into FOLDER."""
+    from .security import generate_keys
+
+    public, secret = generate_keys(folder, name)
+    click.echo(f"public key: {public}\nsecret key: {secret}")

@@ -1,0 +1,70 @@
+"""Simulated subjects: ground-truth response functions that simulated rigs turn into signals.
+
+A subject is any callable ``subject(stimuli) -> (n, n_rois)`` expected responses
+with an attribute ``rois``; load one with ``module:attr``. The default language
+subject is not the twin: it reads all-MiniLM-L6-v2 features (layer 3, mean
+pooled), word frequency and length through a saturating nonlinearity, fit to the
+Pereira 2018 language-network responses (weights in ``subjects/language.npz``;
+refit with ``python -m hardware.subjects.refit``) and calibrated to the
+single-participant figures of Tuckute et al. 2024: signal SD 0.188 and noise SD
+0.623 per trial (SNR 0.30).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PARAMS = Path(__file__).with_name("subjects") / "language.npz"
+SIGNAL_SD = 0.188
+NOISE_SD = 0.623
+BASELINE = 1.0  # response to a sentence relative to fixation
+
+
+def subject_features(sentences: Sequence[str]) -> np.ndarray:
+    """The subject's own stimulus features: MiniLM layer 3 (mean), word frequency, length."""
+    from twin.features import TextFeatureExtractor, length_features, word_frequency_features
+
+    emb = TextFeatureExtractor("minilm").extract(list(sentences), layers=[3], pooling="mean")["mean/L3"]
+    return np.hstack([emb, word_frequency_features(sentences), length_features(sentences)])
+
+
+class LanguageSubject:
+    """Language network ('lang') and a multiple-demand control region ('md')."""
+
+    rois = ("lang", "md")
+    signal_sd = SIGNAL_SD
+    noise_sd = NOISE_SD
+
+    def __init__(self, params: str | Path = PARAMS) -> None:
+        p = np.load(params)
+        self.coef, self.intercept = p["coef"], float(p["intercept"])
+        self.z_mean, self.z_sd, self.gain = float(p["z_mean"]), float(p["z_sd"]), float(p["gain"])
+        self.g_mean, self.g_sd = float(p["g_mean"]), float(p["g_sd"])
+        self.md_coef, self.md_mean, self.md_sd = p["md_coef"], float(p["md_mean"]), float(p["md_sd"])
+
+    def __call__(self, stimuli: Sequence[str]) -> np.ndarray:
+        X = subject_features(stimuli)
+        z = (X @ self.coef + self.intercept - self.z_mean) / self.z_sd
+        g = (np.tanh(self.gain * z) - self.g_mean) / self.g_sd  # saturating, unit SD on Pereira
+        lang = BASELINE + SIGNAL_SD * g
+        md = 0.6 + SIGNAL_SD * ((X[:, -3:] @ self.md_coef - self.md_mean) / self.md_sd)
+        return np.column_stack([lang, md])
+
+
+def load_subject(spec: str | None) -> Any:
+    """A subject from ``module:attr`` (a callable, or a class to instantiate); default: LanguageSubject."""
+    if not spec:
+        return LanguageSubject()
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"subject must be given as module:attr, got {spec!r}")
+    obj = getattr(importlib.import_module(module), attr)
+    subject = obj() if isinstance(obj, type) else obj
+    if not callable(subject):
+        raise ValueError(f"subject {spec!r} is not callable")
+    return subject

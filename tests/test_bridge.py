@@ -1,0 +1,231 @@
+"""The ZeroMQ bridge with real sockets and processes: faults, bad input, CURVE, clock sync."""
+
+import os
+import signal
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hardware import PeerClient, PeerServer, ProtocolError, decode, encode
+from hardware.peer import CurveKeys
+from hardware.security import generate_keys, load_pair, load_public
+from hardware.stream import Inbox, Journal, Outbox
+
+from .netutil import CuttableProxy, free_port, start_rig
+
+N_VOLUMES = 60
+
+
+def _collect(client, samples, until, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not until():
+        for msg in client.poll(0.02):
+            samples.setdefault(msg["type"], []).append(msg)
+
+
+def _start_run(client, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not client.up and time.monotonic() < end:
+        client.poll(0.05)
+    assert client.up, "the rig never answered"
+    client.send_reliable("start", run=1, tr=2.0, n_volumes=N_VOLUMES)
+    for trial in range(8):
+        client.send_reliable("event", run=1, trial=trial, stimulus_id=trial, onset=4.0 + 12 * trial, duration=2.0,
+                             text=" ".join(["word"] * (trial + 3)))  # fmt: skip
+
+
+def _assert_exactly_once(got):
+    for kind in ("sample", "trigger"):
+        volumes = [m["volume"] for m in got[kind]]
+        assert volumes == list(range(N_VOLUMES)), f"{kind}: {volumes}"
+    seqs = sorted(m["seq"] for kind in ("sample", "trigger") for m in got[kind])
+    assert seqs == list(range(1, 2 * N_VOLUMES + 1))
+
+
+def test_rig_killed_and_restarted_loses_and_repeats_nothing(tmp_path):
+    port, journal = free_port(), tmp_path / "rig.journal"
+    rig = start_rig(port, journal)
+    logs = []
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.2, on_log=lambda k, t: logs.append((k, t)))
+    try:
+        _start_run(client)
+        got = {}
+        _collect(client, got, lambda: len(got.get("sample", [])) >= 15, 30)
+        os.kill(rig.pid, signal.SIGKILL)
+        rig.wait()
+        _collect(client, got, lambda: not client.up, 5)
+        assert not client.up
+        time.sleep(1.0)
+        rig = start_rig(port, journal)
+        _collect(client, got, lambda: len(got.get("sample", [])) >= N_VOLUMES, 60)
+        _collect(client, got, lambda: False, 0.5)  # anything extra would be a duplicate
+        _assert_exactly_once(got)
+        assert len(client.outages) == 1 and client.outages[0].duration > 1.0
+        assert [k for k, _ in logs] == ["outage", "outage-end"]
+        assert f"back after {client.outages[0].duration:.2f} s" in logs[1][1]
+        # The signal carries the subject's response: volumes after a long event are higher on 'lang'.
+        values = np.array([m["values"] for m in got["sample"]])
+        assert values.shape == (N_VOLUMES, 2) and np.isfinite(values).all()
+    finally:
+        client.close()
+        rig.kill()
+        rig.wait()
+
+
+def test_network_cut_for_5_seconds_loses_and_repeats_nothing(tmp_path):
+    port = free_port()
+    rig = start_rig(port, tmp_path / "rig.journal", speed=8.0)
+    proxy = CuttableProxy(port)
+    logs = []
+    client = PeerClient(f"tcp://127.0.0.1:{proxy.port}", heartbeat=0.2, on_log=lambda k, t: logs.append((k, t)))
+    try:
+        _start_run(client)
+        got = {}
+        _collect(client, got, lambda: len(got.get("sample", [])) >= 10, 30)
+        proxy.cut()
+        _collect(client, got, lambda: False, 5.0)
+        proxy.restore()
+        _collect(client, got, lambda: len(got.get("sample", [])) >= N_VOLUMES, 60)
+        _collect(client, got, lambda: False, 0.5)
+        _assert_exactly_once(got)
+        assert len(client.outages) == 1
+        assert 4.0 < client.outages[0].duration < 8.0
+        assert any(k == "outage-end" and "back after" in t for k, t in logs)
+    finally:
+        client.close()
+        proxy.close()
+        rig.kill()
+        rig.wait()
+
+
+def test_bad_messages_are_logged_and_the_rig_keeps_running(tmp_path):
+    port = free_port()
+    rig = start_rig(port, tmp_path / "rig.journal")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(f"tcp://127.0.0.1:{port}")
+    bad = [
+        b"\xc1\xff garbage",
+        msgpack.packb({"v": 1, "type": "sample", "t": 1.0})[:-3],  # truncated
+        msgpack.packb({"v": 99, "type": "heartbeat", "t": 1.0}),
+        msgpack.packb({"v": 1, "type": "sample", "t": 1.0, "seq": "x"}),
+        msgpack.packb({"v": 1, "type": "heartbeat", "t": 1.0, "pad": b"x" * (5 * 1024 * 1024)}),
+    ]
+    try:
+        time.sleep(3.0)  # the rig process starts
+        for frame in bad:
+            raw.send(frame)
+        replies = []
+        while raw.poll(3000) and len(replies) < len(bad):
+            replies.append(decode(raw.recv()))
+        assert [r["type"] for r in replies] == ["error"] * len(bad)
+        client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.2)
+        _start_run(client)
+        got = {}
+        _collect(client, got, lambda: len(got.get("sample", [])) >= 3, 20)
+        assert len(got["sample"]) >= 3  # still serving
+        client.close()
+    finally:
+        raw.close(0)
+        rig.send_signal(signal.SIGTERM)
+        _, err = rig.communicate(timeout=10)
+    for needle in ("not a msgpack message", "protocol version 99", "'sample' message: seq", "exceeds the limit"):
+        assert needle in err, err
+    assert err.count("rejected message from peer") == len(bad)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=512))
+def test_decoder_only_ever_raises_protocol_error(data):
+    try:
+        msg = decode(data)
+    except ProtocolError:
+        return
+    assert isinstance(msg, dict) and msg["v"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "type", "t", "seq", "values", "run", "kind"]),
+                       st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=8), st.binary(max_size=8))))  # fmt: skip
+def test_decoder_on_random_maps(obj):
+    try:
+        decode(msgpack.packb(obj))
+    except ProtocolError:
+        pass
+
+
+def test_round_trip_encoding():
+    msg = {"type": "sample", "t": 1.5, "seq": 3, "run": 1, "kind": "fmri", "volume": 2, "time": 1.4,
+           "values": [0.5, 1.0]}  # fmt: skip
+    out = decode(encode(dict(msg)))
+    assert out == {**msg, "v": 1, "width": 0.0}
+
+
+def test_curve_only_admits_configured_keys(tmp_path):
+    _, rig_secret = generate_keys(tmp_path, "rig")
+    ctl_public, ctl_secret = generate_keys(tmp_path, "controller")
+    _, intruder_secret = generate_keys(tmp_path, "intruder")
+    port = free_port()
+    rig = start_rig(port, tmp_path / "rig.journal", "--curve-secret", str(rig_secret), "--curve-allow", str(ctl_public))
+    rig_public = load_public(rig_secret)
+    endpoint = f"tcp://127.0.0.1:{port}"
+
+    def keys(secret_file):
+        public, secret = load_pair(secret_file)
+        return CurveKeys(public, secret, server_public=rig_public)
+
+    try:
+        good = PeerClient(endpoint, heartbeat=0.2, curve=keys(ctl_secret))
+        _start_run(good)
+        got = {}
+        _collect(good, got, lambda: len(got.get("sample", [])) >= 2, 20)
+        assert len(got["sample"]) >= 2
+        for intruder in (PeerClient(endpoint, heartbeat=0.2, curve=keys(intruder_secret)),
+                         PeerClient(endpoint, heartbeat=0.2)):  # fmt: skip
+            seen = {}
+            _collect(intruder, seen, lambda: False, 2.0)
+            assert not intruder.up and not seen
+            intruder.close()
+        good.close()
+    finally:
+        rig.kill()
+        rig.wait()
+
+
+def test_clock_offset_is_estimated():
+    server = PeerServer("tcp://127.0.0.1:*", clock=lambda: time.time() + 100.0)
+    client = PeerClient(server.endpoint, heartbeat=0.05)
+    try:
+        end = time.monotonic() + 3
+        while time.monotonic() < end and len(client.sync.samples) < 20:
+            server.poll(0.002)
+            client.poll(0.002)
+        assert client.offset == pytest.approx(100.0, abs=0.005)
+        assert client.to_local(client.offset + 5.0) == pytest.approx(5.0)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_streams_deduplicate_and_fill_gaps(tmp_path):
+    journal = Journal(tmp_path / "j")
+    out = Outbox(journal)
+    frames = [out.add(lambda seq: encode({"type": "heartbeat", "t": float(seq)}))[1] for _ in range(5)]
+    out.ack(2)
+    assert out.since(1) == frames[2:]
+    inbox = Inbox()
+    msgs = [{"seq": s} for s in (1, 3, 2, 2, 5, 4, 1)]
+    delivered = [m["seq"] for msg in msgs for m in inbox.accept(msg)]
+    assert delivered == [1, 2, 3, 4, 5] and inbox.duplicates == 2 and not inbox.gap
+    journal.close()
+    with open(tmp_path / "j", "ab") as f:
+        f.write(b"\x40\x00\x00\x00partial")  # a record cut short by a crash
+    again = Outbox(Journal(tmp_path / "j"))
+    for kind, seq, payload in Journal(tmp_path / "j").records():
+        again.restore(kind, seq, payload)
+    assert again.next_seq == 6 and again.since(1) == frames[2:]
