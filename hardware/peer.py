@@ -41,12 +41,14 @@ class ClockSync:
     def __init__(self, keep: int = 32) -> None:
         self.samples: list[tuple[float, float]] = []  # (round-trip delay, offset)
         self.keep = keep
+        self.count = 0  # exchanges so far
 
     def add(self, t0: float, t1: float, t2: float, t3: float) -> None:
         delay = (t3 - t0) - (t2 - t1)
         offset = ((t1 - t0) + (t2 - t3)) / 2
         self.samples.append((delay, offset))
         self.samples = self.samples[-self.keep :]
+        self.count += 1
 
     @property
     def offset(self) -> float | None:

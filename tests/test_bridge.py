@@ -150,8 +150,12 @@ def test_decoder_only_ever_raises_protocol_error(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["v", "type", "t", "seq", "values", "run", "kind"]),
-                       st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=8), st.binary(max_size=8))))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from(["v", "type", "t", "seq", "values", "run", "kind"]),
+        st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=8), st.binary(max_size=8)),
+    )
+)
 def test_decoder_on_random_maps(obj):
     try:
         decode(msgpack.packb(obj))
