@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hardware import PeerClient, PeerServer  # noqa: E402
+from hardware import PeerClient, PeerServer
 
 
 def serve(endpoint: str, rate: float, seconds: float) -> None:
@@ -63,8 +63,10 @@ def main() -> None:
                 client.poll(0.0)  # busy-wait: what is measured is the link, not a poll timeout
             rtts.append(time.perf_counter() - t)
         rtts = np.array(rtts) * 1e3
-        print(f"round trip controller <-> rig (separate processes, 5,000 pings): "
-              f"p50 {np.percentile(rtts, 50):.3f} ms, p99 {np.percentile(rtts, 99):.3f} ms (target p99 < 2 ms)")
+        print(
+            f"round trip controller <-> rig (separate processes, 5,000 pings): "
+            f"p50 {np.percentile(rtts, 50):.3f} ms, p99 {np.percentile(rtts, 99):.3f} ms (target p99 < 2 ms)"
+        )
         client.send_reliable("start", run=1, tr=1.0, n_volumes=1)
         got, first, last = [], None, None
         deadline = time.time() + seconds + 20
@@ -74,9 +76,11 @@ def main() -> None:
                 first = first or time.perf_counter()
                 last = time.perf_counter()
         ok = got == list(range(int(rate * seconds)))
-        print(f"throughput: {len(got)} samples in {last - first:.2f} s = {len(got) / (last - first):,.0f} samples/s "
-              f"at a target of {rate:,.0f}/s; exactly once and in order: {ok}; duplicates dropped: "
-              f"{client.inbox.duplicates}")
+        print(
+            f"throughput: {len(got)} samples in {last - first:.2f} s = {len(got) / (last - first):,.0f} samples/s "
+            f"at a target of {rate:,.0f}/s; exactly once and in order: {ok}; duplicates dropped: "
+            f"{client.inbox.duplicates}"
+        )
     finally:
         client.close()
         proc.wait(timeout=30)

@@ -55,8 +55,36 @@ def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, dura
     server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
                         curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
     rig = SimulatedFMRIRig(server, load_subject(subject), noise_sd=noise_sd, seed=seed)
+    _serve(rig, server, f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", duration)
+
+
+@rig_group.command("simulate-ephys")
+@click.option("--bind", default="tcp://127.0.0.1:5561", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option("--journal", type=click.Path(path_type=Path), default=None, help="Journal file (restart without loss).")
+@click.option("--tuning", default=None, help="Tuning function as module:attr (default: V1-like Gabor sites).")
+@click.option("--sites", default=16, show_default=True, help="Number of sites of the default tuning.")
+@click.option("--baseline", default=5.0, show_default=True, help="Spontaneous rate (spikes/s).")
+@click.option("--seed", default=0, show_default=True, help="Spike-count seed.")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated time runs this many times faster.")
+@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
+@curve_options
+def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbeat, curve_secret, curve_allow):
+    """An electrophysiology array: Poisson spike counts per window from a tuning function."""
+    from .peer import PeerServer
+    from .rigs import SimulatedEphysRig, gabor_tuning, sim_clock
+    from .subject import load_subject
+
+    logging.getLogger().setLevel(logging.INFO)
+    server = PeerServer(bind, role="rig", name="ephys-sim", heartbeat=heartbeat, journal=journal,
+                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
+    subject = load_subject(tuning) if tuning else gabor_tuning(sites)
+    rig = SimulatedEphysRig(server, subject, baseline=baseline, seed=seed)
+    _serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
+
+
+def _serve(rig, server, banner: str, duration: float | None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    click.echo(f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", err=True)
+    click.echo(banner, err=True)
     try:
         rig.serve(duration)
     except KeyboardInterrupt:

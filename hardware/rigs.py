@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
+from scipy import stats
 
 from acquisition.glm import event_regressors
 
@@ -41,39 +42,27 @@ def sim_clock(speed: float = 1.0) -> Callable[[], float]:
 @dataclass
 class _Run:
     run: int
-    tr: float
+    tr: float  # volume or window length (s)
     n_volumes: int
     t0: float
-    noise: np.ndarray  # (n_volumes, rois)
-    drift: np.ndarray  # (n_volumes, rois)
+    state: dict = field(default_factory=dict)  # per-rig precomputed noise, drift...
     next_volume: int = 0
-    events: list[tuple[float, float, np.ndarray]] = field(default_factory=list)  # onset, duration, amplitudes
+    events: list[tuple[float, float, np.ndarray]] = field(default_factory=list)  # onset, duration, response
 
 
-class SimulatedFMRIRig:
-    """A scanner (trigger every TR) and a simulated subject, served over the bridge."""
+class _SimulatedRig:
+    """Commands, journal restore and emission of due volumes/windows, shared by the simulated rigs."""
 
-    def __init__(
-        self,
-        server: PeerServer,
-        subject: Callable,
-        *,
-        noise_sd: float | None = None,
-        ar1: float = 0.4,
-        drift_sd: float = 0.3,
-        seed: int = 0,
-    ) -> None:
+    kind = "fmri"
+
+    def __init__(self, server: PeerServer, subject: Callable, seed: int) -> None:
         self.server = server
         self.subject = subject
         self.rois = list(getattr(subject, "rois", ["roi0"]))
-        beta_noise = noise_sd if noise_sd is not None else getattr(subject, "noise_sd", 0.623)
-        self.ts_noise = beta_noise / BETA_NOISE_PER_TS_NOISE
-        self.ar1, self.drift_sd, self.seed = ar1, drift_sd, seed
+        self.seed = seed
         self.runs: dict[int, _Run] = {}
-        self._responses: dict[str, np.ndarray] = {}
-        self._restore()
+        self._responses: dict[bytes, np.ndarray] = {}
 
-    # ----- state -----
     def _restore(self) -> None:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
         if self.server.journal is None:
@@ -92,55 +81,45 @@ class SimulatedFMRIRig:
             if run is not None and msg["type"] == "sample":
                 run.next_volume = max(run.next_volume, msg["volume"] + 1)
 
+    def _prepare(self, run: _Run, rng: np.random.Generator) -> None:
+        """Precompute a run's deterministic randomness."""
+
     def _command(self, msg: dict, t0: float | None = None) -> None:
         kind = msg["type"]
         if kind == "start":
-            rng = np.random.default_rng([self.seed, msg["run"]])
-            n, R = msg["n_volumes"], len(self.rois)
-            noise = np.zeros((n, R))
-            innovations = rng.normal(0, self.ts_noise * np.sqrt(1 - self.ar1**2), (n, R))
-            noise[0] = rng.normal(0, self.ts_noise, R)
-            for k in range(1, n):
-                noise[k] = self.ar1 * noise[k - 1] + innovations[k]
-            t = np.arange(n) * msg["tr"]
-            phase = rng.uniform(0, 2 * np.pi, R)
-            drift = self.drift_sd * (np.sin(2 * np.pi * t[:, None] / 300.0 + phase) + t[:, None] / max(t[-1], 1))
-            if t0 is None:  # live: the scanner starts now (rig clock); journaled so a restart keeps the timing
+            if t0 is None:  # live: the run starts now (rig clock); journaled so a restart keeps the timing
                 t0 = self.server.clock()
                 if self.server.journal is not None:
                     self.server.journal.append("run-start", msg["run"], {"run": msg["run"], "t0": t0})
-                log.info("run %d started: %d volumes, TR %.2f s", msg["run"], n, msg["tr"])
-            self.runs[msg["run"]] = _Run(msg["run"], msg["tr"], n, t0, noise, drift)
+                log.info("run %d started: %d volumes of %.3f s", msg["run"], msg["n_volumes"], msg["tr"])
+            run = _Run(msg["run"], msg["tr"], msg["n_volumes"], t0)
+            self._prepare(run, np.random.default_rng([self.seed, msg["run"]]))
+            self.runs[msg["run"]] = run
         elif kind == "event":
             run = self.runs.get(msg["run"])
             if run is None:
                 log.error("event for run %d, which has not started", msg["run"])
                 return
-            run.events.append((msg["onset"], msg["duration"], self._response(msg["text"])))
+            run.events.append((msg["onset"], msg["duration"], self._response(msg)))
         elif kind == "stop":
             run = self.runs.get(msg["run"])
             if run is not None:
                 run.n_volumes = min(run.n_volumes, run.next_volume)
 
-    def _response(self, text: str) -> np.ndarray:
-        if text not in self._responses:
-            self._responses[text] = np.asarray(self.subject([text]), np.float64).reshape(-1)
-        return self._responses[text]
+    def _response(self, msg: dict) -> np.ndarray:
+        """The subject's expected response to an event's stimulus (text, or PNG bytes as an RGB array)."""
+        key = msg["image"] or msg["text"].encode("utf-8")
+        if key not in self._responses:
+            stimulus = decode_png(msg["image"]) if msg["image"] else msg["text"]
+            self._responses[key] = np.asarray(self.subject([stimulus]), np.float64).reshape(-1)
+        return self._responses[key]
 
-    def volume_values(self, run: _Run, k: int) -> np.ndarray:
-        """The subject's BOLD signal at volume k of a run (noise and drift included)."""
-        t = k * run.tr
-        value = run.noise[k] + run.drift[k]
-        if run.events:
-            onsets = np.array([e[0] for e in run.events])
-            durations = np.array([e[1] for e in run.events])
-            amps = np.stack([e[2] for e in run.events])
-            value = value + event_regressors(np.array([t]), onsets, durations)[0] @ amps
-        return value
+    def values(self, run: _Run, k: int) -> tuple[list[float], float]:
+        """(values, width) of volume or window k."""
+        raise NotImplementedError
 
-    # ----- serving -----
     def step(self, timeout: float = 0.005) -> None:
-        """Handle commands, then emit every volume that is due."""
+        """Handle commands, then emit every volume or window that is due."""
         for msg in self.server.poll(timeout):
             self._command(msg)
         now = self.server.clock()
@@ -149,10 +128,11 @@ class SimulatedFMRIRig:
             while run.next_volume < due:
                 k = run.next_volume
                 t_k = run.t0 + k * run.tr
-                self.server.send_reliable("trigger", run=run.run, volume=k, time=t_k)
-                values = self.volume_values(run, k)
-                self.server.send_reliable("sample", run=run.run, kind="fmri", volume=k, time=t_k,
-                                          values=[float(v) for v in values])  # fmt: skip
+                if self.kind == "fmri":
+                    self.server.send_reliable("trigger", run=run.run, volume=k, time=t_k)
+                values, width = self.values(run, k)
+                self.server.send_reliable("sample", run=run.run, kind=self.kind, volume=k, time=t_k, width=width,
+                                          values=values)  # fmt: skip
                 run.next_volume += 1
 
     def serve(self, duration: float | None = None) -> None:
@@ -160,3 +140,116 @@ class SimulatedFMRIRig:
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
             self.step()
+
+
+class SimulatedFMRIRig(_SimulatedRig):
+    """A scanner (trigger every TR) and a simulated subject: HRF-convolved responses, drift, AR(1) noise."""
+
+    def __init__(
+        self,
+        server: PeerServer,
+        subject: Callable,
+        *,
+        noise_sd: float | None = None,
+        ar1: float = 0.4,
+        drift_sd: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(server, subject, seed)
+        beta_noise = noise_sd if noise_sd is not None else getattr(subject, "noise_sd", 0.623)
+        self.ts_noise = beta_noise / BETA_NOISE_PER_TS_NOISE
+        self.ar1, self.drift_sd = ar1, drift_sd
+        self._restore()
+
+    def _prepare(self, run: _Run, rng: np.random.Generator) -> None:
+        n, R = run.n_volumes, len(self.rois)
+        noise = np.zeros((n, R))
+        innovations = rng.normal(0, self.ts_noise * np.sqrt(1 - self.ar1**2), (n, R))
+        noise[0] = rng.normal(0, self.ts_noise, R)
+        for k in range(1, n):
+            noise[k] = self.ar1 * noise[k - 1] + innovations[k]
+        t = np.arange(n) * run.tr
+        phase = rng.uniform(0, 2 * np.pi, R)
+        run.state["noise"] = noise
+        run.state["drift"] = self.drift_sd * (
+            np.sin(2 * np.pi * t[:, None] / 300.0 + phase) + t[:, None] / max(t[-1], 1)
+        )
+
+    def values(self, run: _Run, k: int) -> tuple[list[float], float]:
+        value = run.state["noise"][k] + run.state["drift"][k]
+        if run.events:
+            onsets = np.array([e[0] for e in run.events])
+            durations = np.array([e[1] for e in run.events])
+            amps = np.stack([e[2] for e in run.events])
+            value = value + event_regressors(np.array([k * run.tr]), onsets, durations)[0] @ amps
+        return [float(v) for v in value], 0.0
+
+
+class SimulatedEphysRig(_SimulatedRig):
+    """An array of recording sites: Poisson spike counts per window from a tuning function.
+
+    ``subject(stimuli) -> (n, sites)`` gives each site's evoked rate (spikes/s) while a
+    stimulus is on (after ``latency``); sites fire at ``baseline`` spikes/s otherwise.
+    """
+
+    kind = "spikes"
+
+    def __init__(self, server: PeerServer, subject: Callable, *, baseline: float = 5.0, latency: float = 0.05,
+                 seed: int = 0) -> None:  # fmt: skip
+        super().__init__(server, subject, seed)
+        self.baseline, self.latency = baseline, latency
+        self._restore()
+
+    def _prepare(self, run: _Run, rng: np.random.Generator) -> None:
+        run.state["uniform"] = rng.random((run.n_volumes, len(self.rois)))  # one Poisson draw per window and site
+
+    def values(self, run: _Run, k: int) -> tuple[list[float], float]:
+        lo, hi = k * run.tr, (k + 1) * run.tr
+        rate = np.full(len(self.rois), self.baseline)
+        for onset, duration, evoked in run.events:
+            a, b = onset + self.latency, onset + self.latency + duration
+            overlap = max(0.0, min(hi, b) - max(lo, a))
+            rate = rate + np.clip(evoked, 0, None) * overlap / run.tr
+        counts = stats.poisson.ppf(run.state["uniform"][k], rate * run.tr)
+        return [float(c) for c in counts], run.tr
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) from PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
+    """A default ephys subject: V1-like sites, each the rectified response of one random Gabor filter."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    filters = []
+    for _ in range(n_sites):
+        theta, freq = rng.uniform(0, np.pi), rng.uniform(2, 8)
+        cx, cy, sigma = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0.2, 0.5)
+        xr = (x - cx) * np.cos(theta) + (y - cy) * np.sin(theta)
+        env = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+        filters.append(env * np.cos(2 * np.pi * freq * xr / 2))
+    bank = np.stack(filters).reshape(n_sites, -1)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+
+    def tuning(stimuli) -> np.ndarray:
+        from PIL import Image
+
+        rows = []
+        for s in stimuli:
+            if isinstance(s, str):
+                rows.append(np.full(n_sites, 10.0))
+                continue
+            gray = np.asarray(Image.fromarray(np.asarray(s, np.uint8)).convert("L").resize((size, size)), float)
+            gray = (gray - gray.mean()) / 255.0
+            rows.append(60.0 * np.maximum(bank @ gray.ravel(), 0) / np.sqrt(size))
+        return np.array(rows)
+
+    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
+    return tuning
