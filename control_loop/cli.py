@@ -10,7 +10,7 @@ import click
 
 from acquisition.cli import session_group
 from acquisition.session import SessionError
-from hardware.cli import rig_group
+from hardware.cli import present_cmd, rig_group
 from twin.cli import UserError, twin_group
 from twin.errors import TwinError
 
@@ -41,6 +41,7 @@ def cli(verbose: int) -> None:
 cli.add_command(twin_group)
 cli.add_command(session_group)
 cli.add_command(rig_group)
+cli.add_command(present_cmd)
 
 
 def main() -> None:

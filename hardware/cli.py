@@ -102,3 +102,47 @@ def keygen(folder: Path, name: str) -> None:
 
     public, secret = generate_keys(folder, name)
     click.echo(f"public key: {public}\nsecret key: {secret}")
+
+
+@click.command("present")
+@click.option("--bind", default="tcp://127.0.0.1:5570", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option("--null", "null", is_flag=True, help="No window: the same protocol and timing, for simulation.")
+@click.option(
+    "--trigger-key", default="5", show_default=True, help="Scanner trigger key; '' to wait for trigger messages."
+)
+@click.option("--fullscreen", is_flag=True, help="Full screen (the scanner projector).")
+@click.option("--size", default="1024x768", show_default=True, help="Window size WxH.")
+@click.option("--screen", default=0, show_default=True, help="Screen number.")
+@click.option("--screenshots", type=click.Path(path_type=Path), default=None, help="Save every frame shown here.")
+@click.option("--journal", type=click.Path(path_type=Path), default=None, help="Journal file (restart without loss).")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated time speed (with --null).")
+@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@curve_options
+def present_cmd(bind, null, trigger_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat, duration,
+                curve_secret, curve_allow):  # fmt: skip
+    """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
+    from .peer import PeerServer
+    from .presenter import NullDisplay, Presenter, PsychoPyDisplay
+    from .rigs import sim_clock
+
+    logging.getLogger().setLevel(logging.INFO)
+    clock = sim_clock(speed if null else 1.0)
+    server = PeerServer(bind, role="presenter", name="null-presenter" if null else "psychopy", heartbeat=heartbeat,
+                        journal=journal, curve=server_curve(curve_secret, curve_allow), clock=clock)  # fmt: skip
+    if null:
+        display = NullDisplay(clock)
+    else:
+        try:
+            w, h = (int(x) for x in size.lower().split("x"))
+        except ValueError:
+            raise click.UsageError(f"--size must be WxH, e.g. 1024x768, not {size!r}") from None
+        try:
+            display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    presenter = Presenter(server, display, trigger_key or None)
+    try:
+        _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
+    finally:
+        display.close()

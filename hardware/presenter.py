@@ -1,0 +1,209 @@
+"""The stimulus presenter: receives a run's schedule, waits for the scanner trigger, shows each
+trial at its onset (taken at the screen flip) and reports every measured onset back.
+
+:class:`PsychoPyDisplay` draws in a real PsychoPy window (imported only when used;
+``pip install neurotwin[presenter]``); :class:`NullDisplay` keeps the same timing
+without a screen, for simulation. The scanner trigger is the keyboard key ``5``
+by default (as scanners send it), or a ``trigger`` message from the controller.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .peer import PeerServer
+
+log = logging.getLogger(__name__)
+
+
+class NullDisplay:
+    """No window: a 'flip' happens exactly when asked, on the presenter's clock."""
+
+    frame_interval = 1 / 60
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    def prepare(self, kind: str, content: str | bytes) -> Any:
+        return None
+
+    def show(self, prepared: Any, label: str) -> float:
+        return self.clock()
+
+    def fixation(self) -> float:
+        return self.clock()
+
+    def key_pressed(self, key: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class PsychoPyDisplay:
+    """A PsychoPy window. Stimuli are prepared (decoded, uploaded) ahead of their onset; ``show``
+    draws, captures the back buffer if asked, flips, and returns the flip time on the wall clock."""
+
+    def __init__(
+        self,
+        size: tuple[int, int] = (1024, 768),
+        fullscreen: bool = False,
+        screen: int = 0,
+        text_height: float = 0.06,
+        screenshots: str | Path | None = None,
+    ) -> None:
+        try:
+            from psychopy import core, event, visual
+            from psychopy import logging as plog
+        except ImportError as exc:
+            raise RuntimeError("the PsychoPy presenter needs PsychoPy: pip install 'neurotwin[presenter]'") from exc
+        plog.console.setLevel(plog.ERROR)
+        self._core, self._event = core, event
+        self.win = visual.Window(size, fullscr=fullscreen, screen=screen, color="black", units="height",
+                                 allowGUI=False, waitBlanking=True)  # fmt: skip
+        self.win.mouseVisible = False
+        self._visual = visual
+        self.text_height = text_height
+        self.cross = visual.TextStim(self.win, text="+", height=0.08, color="white")
+        measured = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10)
+        self.frame_interval = 1.0 / measured if measured else 1 / 60
+        # PsychoPy's clock -> wall clock
+        self._to_wall = time.time() - core.getTime()
+        self.screenshots = Path(screenshots) if screenshots else None
+        self._shots = 0
+        if self.screenshots:
+            self.screenshots.mkdir(parents=True, exist_ok=True)
+
+    def prepare(self, kind: str, content: str | bytes) -> Any:
+        """A ready-to-draw stimulus: text, or an image from PNG bytes."""
+        if kind == "text":
+            return self._visual.TextStim(self.win, text=content, height=self.text_height, color="white", wrapWidth=1.2)
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(content)).convert("RGB")
+        w, h = img.size
+        return self._visual.ImageStim(self.win, image=img, units="height",
+                                      size=(0.8 * w / max(w, h), 0.8 * h / max(w, h)))  # fmt: skip
+
+    def show(self, prepared: Any, label: str) -> float:
+        prepared.draw()
+        return self._flip(label)
+
+    def fixation(self) -> float:
+        self.cross.draw()
+        return self._flip("fixation")
+
+    def _flip(self, label: str) -> float:
+        shot = None
+        if self.screenshots is not None:  # the back buffer, before the flip shows it
+            shot = self.win.getMovieFrame(buffer="back")
+            self.win.movieFrames.clear()
+        t = self.win.flip() + self._to_wall
+        if shot is not None:  # written after the flip, so it never delays one
+            self._shots += 1
+            shot.save(self.screenshots / f"{self._shots:04d}-{label}.png")
+        return t
+
+    def key_pressed(self, key: str) -> bool:
+        return key in self._event.getKeys(keyList=[key, "escape"])
+
+    def close(self) -> None:
+        self.win.close()
+
+
+class Presenter:
+    """Serves the presentation protocol: schedule -> trigger -> trials at their onsets -> 'presented'."""
+
+    def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5") -> None:
+        self.server = server
+        self.display = display
+        self.trigger_key = trigger_key
+        self.schedules: dict[int, list[dict]] = {}
+        self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
+        self.done: set[tuple[int, int]] = set()
+        self.log: list[dict] = []
+
+    def _commands(self, timeout: float) -> None:
+        for msg in self.server.poll(timeout):
+            kind = msg["type"]
+            if kind == "schedule":
+                self.schedules[msg["run"]] = sorted(msg["trials"], key=lambda tr: tr["onset"])
+                log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
+            elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
+                self.triggered[msg["run"]] = self.server.clock()
+            elif kind == "stop":
+                self.schedules.pop(msg["run"], None)
+
+    def _wait_until(self, t: float) -> None:
+        """Serve the link until shortly before t, then spin so the flip lands on time."""
+        while (left := t - self.server.clock()) > 0.004:
+            self._commands(min(left - 0.003, 0.02))
+        while self.server.clock() < t - self.display.frame_interval / 2:
+            pass
+
+    def _present(self, run: int, trial: dict) -> None:
+        start = self.triggered[run] + trial["onset"]
+        kind = trial["kind"]
+        if kind == "image":
+            frames = [(start, self.display.prepare("image", trial["image"]), "image")]
+        elif kind == "text" and trial["word_by_word"] > 0:
+            words = trial["text"].split()
+            frames = [(start + i * trial["word_by_word"], self.display.prepare("text", w), "text")
+                      for i, w in enumerate(words)]  # fmt: skip
+        elif kind == "text":
+            frames = [(start, self.display.prepare("text", trial["text"]), "text")]
+        else:
+            frames = []
+        onset = None
+        for at, prepared, label in frames:
+            self._wait_until(at)
+            flip = self.display.show(prepared, label)
+            onset = flip if onset is None else onset
+        if onset is None:  # a fixation trial
+            self._wait_until(start)
+            onset = self.display.fixation()
+        self._wait_until(start + trial["duration"])
+        offset = self.display.fixation()  # a fixation cross between trials
+        entry = {"run": run, "trial": trial["trial"], "stimulus_id": trial["stimulus_id"], "scheduled": start,
+                 "onset": onset, "offset": offset}  # fmt: skip
+        self.log.append(entry)
+        log.info("presented %s", entry)
+        self.server.send_reliable("presented", run=run, trial=trial["trial"], stimulus_id=trial["stimulus_id"],
+                                  onset=onset, offset=offset, frame_interval=self.display.frame_interval)  # fmt: skip
+        self.done.add((run, trial["trial"]))
+
+    def step(self, timeout: float = 0.01) -> None:
+        """Serve the link; on a trigger, present the run's due trials."""
+        self._commands(timeout)
+        for run, trials in list(self.schedules.items()):
+            if run not in self.triggered:
+                if self.trigger_key and self.display.key_pressed(self.trigger_key):
+                    self.triggered[run] = self.server.clock()
+                    log.info("run %d: trigger key", run)
+                else:
+                    continue
+            for trial in trials:
+                if (run, trial["trial"]) not in self.done:
+                    self._present(run, trial)
+
+    def serve(self, duration: float | None = None) -> None:
+        self.display.fixation()
+        end = None if duration is None else time.monotonic() + duration
+        while end is None or time.monotonic() < end:
+            self.step()
+
+
+def blank_fraction(png_or_array: Any) -> float:
+    """Fraction of pixels equal to the most common value (1.0 for a blank screenshot)."""
+    from PIL import Image
+
+    img = Image.open(png_or_array) if isinstance(png_or_array, (str, Path)) else png_or_array
+    a = np.asarray(img.convert("L")).ravel()
+    return float(np.bincount(a).max() / a.size)

@@ -1,0 +1,118 @@
+"""The presenter: the null presenter in simulation, and PsychoPy in a real window under Xvfb."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hardware import PeerClient
+from hardware.presenter import blank_fraction
+
+from .netutil import ROOT, free_port
+
+
+def _png(array) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple[list[dict], float, PeerClient]:
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    end = time.monotonic() + timeout
+    while not client.up and time.monotonic() < end:
+        client.poll(0.05)
+    assert client.up, "the presenter never answered"
+    client.send_reliable("schedule", run=1, trials=trials)
+    client.poll(0.5)
+    sent = client.clock()
+    client.send_reliable("trigger", run=1, volume=0, time=sent)
+    got: list[dict] = []
+    while len(got) < len(trials) and time.monotonic() < end:
+        got += client.poll(0.05)
+    return got, sent, client
+
+
+def _trials():
+    x = np.mgrid[0:128, 0:128][1]
+    grating = np.repeat((128 + 100 * np.sin(2 * np.pi * x / 16))[..., None], 3, 2)
+    return [
+        {"trial": 0, "stimulus_id": 10, "kind": "text", "text": "The quick brown fox jumps over the lazy dog.",
+         "onset": 0.5, "duration": 0.5},
+        {"trial": 1, "stimulus_id": 11, "kind": "image", "image": _png(grating), "image_name": "grating.png",
+         "onset": 1.5, "duration": 0.5},
+        {"trial": 2, "stimulus_id": 12, "kind": "text", "text": "one word at a time", "onset": 2.5,
+         "duration": 1.0, "word_by_word": 0.2},
+    ]  # fmt: skip
+
+
+def _check_onsets(got, sent, client, tolerance):
+    assert [m["trial"] for m in got] == [0, 1, 2]
+    for m, trial in zip(got, _trials(), strict=True):
+        onset = client.to_local(m["onset"]) - sent  # on the controller's clock, from the trigger
+        assert abs(onset - trial["onset"]) < tolerance(m), (m, onset)
+        assert m["offset"] - m["onset"] == pytest.approx(trial["duration"], abs=tolerance(m))
+
+
+def test_null_presenter_keeps_the_schedule():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
+                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3"],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        got, sent, client = _run_schedule(port, _trials())
+        # The trigger reached the presenter one network hop after 'sent': allow a few ms.
+        _check_onsets(got, sent, client, lambda m: 0.01)
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture()
+def xvfb():
+    if importlib.util.find_spec("psychopy") is None:
+        pytest.skip("PsychoPy is not installed (pip install 'neurotwin[presenter]'; .ci/setup installs it)")
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (Debian package xvfb; .ci/setup installs it)")
+    display = f":{90 + os.getpid() % 9}"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1.0)
+    yield display
+    proc.kill()
+    proc.wait()
+
+
+def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):
+    port = free_port()
+    shots = tmp_path / "shots"
+    env = {**os.environ, "DISPLAY": xvfb}
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--trigger-key", "", "--size", "800x600", "--screenshots", str(shots)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        got, sent, client = _run_schedule(port, _trials(), timeout=120)
+        frame = max(m["frame_interval"] for m in got)
+        # Within one frame (at least a 60 Hz frame, as Xvfb flips without vsync) plus the trigger's hop.
+        _check_onsets(got, sent, client, lambda m: max(frame, 1 / 60) + 0.005)
+        client.close()
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    names = sorted(p.name for p in shots.glob("*.png"))
+    text_shots = [p for p in sorted(shots.glob("*-text.png"))]
+    image_shots = list(shots.glob("*-image.png"))
+    assert text_shots and image_shots and any("fixation" in n for n in names), (names, err[-2000:])
+    for shot in [text_shots[0], image_shots[0]]:
+        assert blank_fraction(shot) < 0.99, shot  # something was drawn
+    assert len(text_shots) == 1 + len("one word at a time".split())  # whole sentence, then word by word
