@@ -114,6 +114,27 @@ class _Endpoint:
     def _handle_reliable(self, message: dict) -> list[dict]:
         return self.inbox.accept(message)
 
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        """Handle traffic for up to ``timeout`` s; return the peer's new reliable messages, in order."""
+        delivered: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self.socket.poll(int(remaining * 1000)):
+                while (got := self._receive()) is not None:
+                    delivered += got
+            self._tick()
+            if time.monotonic() >= deadline:
+                return delivered
+
+    def _receive(self) -> list[dict] | None:
+        """Handle one waiting frame (None when there is none)."""
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        """Heartbeats, acknowledgements, resends, outage checks."""
+        raise NotImplementedError
+
     def _bookkeeping(self, send: Callable[[bytes], None]) -> None:
         upto = self.inbox.expected - 1
         if upto > self._last_ack_sent:
@@ -179,29 +200,23 @@ class PeerServer(_Endpoint):
         """Send an unacknowledged message (error, heartbeat...) if a controller is connected."""
         self._send_to_peer(encode(self._message(type_, **fields)))
 
-    def poll(self, timeout: float = 0.0) -> list[dict]:
-        """Handle traffic for up to ``timeout`` s; return new reliable messages from the controller, in order."""
-        delivered: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            if self.socket.poll(int(remaining * 1000)):
-                while True:
-                    try:
-                        ident, frame = self.socket.recv_multipart(zmq.NOBLOCK)[:2]
-                    except zmq.Again:
-                        break
-                    except ValueError:
-                        continue
-                    delivered += self._on_frame(ident, frame)
-            now = time.monotonic()
-            if self.peer is not None and now - self._last_beat >= self.heartbeat:
-                self.send("heartbeat", last=self.outbox.next_seq - 1)
-                self._last_beat = now
-            if self.peer is not None:
-                self._bookkeeping(self._send_to_peer)
-            if time.monotonic() >= deadline:
-                return delivered
+    def _receive(self) -> list[dict] | None:
+        try:
+            ident, frame = self.socket.recv_multipart(zmq.NOBLOCK)[:2]
+        except zmq.Again:
+            return None
+        except ValueError:  # fewer frames than an identity and a message
+            return []
+        return self._on_frame(ident, frame)
+
+    def _tick(self) -> None:
+        if self.peer is None:
+            return
+        now = time.monotonic()
+        if now - self._last_beat >= self.heartbeat:
+            self.send("heartbeat", last=self.outbox.next_seq - 1)
+            self._last_beat = now
+        self._bookkeeping(self._send_to_peer)
 
     def _on_frame(self, ident: bytes, frame: bytes) -> list[dict]:
         recv_t = self.clock()
@@ -335,22 +350,12 @@ class PeerClient(_Endpoint):
     def ping(self) -> None:
         self._raw(encode(self._message("ping", t0=self.clock(), last=self.outbox.next_seq - 1)))
 
-    def poll(self, timeout: float = 0.0) -> list[dict]:
-        """Handle traffic for up to ``timeout`` s; return new reliable messages from the peer, in order."""
-        delivered: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            if self.socket.poll(int(remaining * 1000)):
-                while True:
-                    try:
-                        frame = self.socket.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    delivered += self._on_frame(frame)
-            self._tick()
-            if time.monotonic() >= deadline:
-                return delivered
+    def _receive(self) -> list[dict] | None:
+        try:
+            frame = self.socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return self._on_frame(frame)
 
     def _tick(self) -> None:
         now = time.monotonic()
