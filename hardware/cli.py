@@ -49,12 +49,12 @@ def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, dura
     """A scanner with a simulated subject: a trigger and one sample per ROI every TR."""
     from .peer import PeerServer
     from .rigs import SimulatedFMRIRig, sim_clock
-    from .subject import load_subject
 
     logging.getLogger().setLevel(logging.INFO)
+    truth = _load_subject(subject)
     server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
                         curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
-    rig = SimulatedFMRIRig(server, load_subject(subject), noise_sd=noise_sd, seed=seed)
+    rig = SimulatedFMRIRig(server, truth, noise_sd=noise_sd, seed=seed)
     _serve(rig, server, f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", duration)
 
 
@@ -72,18 +72,30 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
     """An electrophysiology array: Poisson spike counts per window from a tuning function."""
     from .peer import PeerServer
     from .rigs import SimulatedEphysRig, gabor_tuning, sim_clock
-    from .subject import load_subject
 
     logging.getLogger().setLevel(logging.INFO)
+    subject = _load_subject(tuning) if tuning else gabor_tuning(sites)
     server = PeerServer(bind, role="rig", name="ephys-sim", heartbeat=heartbeat, journal=journal,
                         curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
-    subject = load_subject(tuning) if tuning else gabor_tuning(sites)
     rig = SimulatedEphysRig(server, subject, baseline=baseline, seed=seed)
     _serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _load_subject(spec: str | None):
+    from .subject import load_subject
+
+    try:
+        return load_subject(spec)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot load {spec!r}: {exc}") from None
+
+
 def _serve(rig, server, banner: str, duration: float | None) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     click.echo(banner, err=True)
     try:
         rig.serve(duration)

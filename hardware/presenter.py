@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class NullDisplay:
-    """No window: a 'flip' happens exactly when asked, on the presenter's clock."""
+    """No window: a 'flip' happens exactly when asked, on the presenter's clock (no frames to wait for)."""
 
-    frame_interval = 1 / 60
+    frame_interval = 0.0
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock

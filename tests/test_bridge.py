@@ -296,3 +296,14 @@ def test_ephys_rig_streams_spike_counts_that_follow_the_stimulus(tmp_path):
         client.close()
         rig.kill()
         rig.wait()
+
+
+def test_unloadable_subject_is_a_clear_error():
+    import subprocess
+    import sys
+
+    from .netutil import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--subject", "nope:thing",
+                           "--duration", "1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "cannot load 'nope:thing'" in proc.stderr and "Traceback" not in proc.stderr
