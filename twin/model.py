@@ -385,15 +385,11 @@ def cross_validated_predictions(
     """Out-of-fold predictions (n, t) of the whole twin recipe: every choice made inside each training fold."""
     Y = _as_2d(Y)
     out = np.empty_like(Y)
+    plan = FeaturePlan(layers=(), surprisal=False)  # not used: the blocks are given
     for test in kfold(len(Y), n_folds, seed, groups):
         train = np.setdiff1d(np.arange(len(Y)), test)
-        hp, _ = select_hyperparameters({k: v[train] for k, v in blocks.items()}, Y[train], alphas)
-        readouts = {k: RidgeReadout.fit(v[train], Y[train], hp.alphas[k]) for k, v in blocks.items()}
-        mean_y = Y[train].mean(0)
-        pred = np.tile(mean_y, (len(test), 1))
-        for b, (k, r) in enumerate(readouts.items()):
-            pred += hp.stack_weights[b] * (r.predict(blocks[k][test]) - mean_y)
-        out[test] = pred
+        twin = Twin.fit_blocks({k: v[train] for k, v in blocks.items()}, Y[train], None, plan, "", alphas=alphas)
+        out[test] = twin.predict_blocks({k: v[test] for k, v in blocks.items()})[0]
     return out
 
 
