@@ -1,0 +1,125 @@
+"""Choose stimuli from scored candidates: drive, suppress, hit a target value, or control one ROI,
+under constraints, with a diversity limit and (for the closed loop) uncertainty-aware acquisition."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .constraints import ConstraintError, Constraints
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What to select for.
+
+    * ``drive`` / ``suppress``: highest / lowest predicted response of ``roi``.
+    * ``target``: closest to ``value``.
+    * ``control``: raise ``roi`` while holding the other ROIs near their pool means
+      (penalty ``hold`` per unit of their absolute deviation).
+
+    ``acquisition``: ``mean`` (exploit), ``ucb`` (add ``beta`` predictive SDs in the
+    goal's direction) or ``thompson`` (one draw from each candidate's predictive distribution).
+    """
+
+    kind: Literal["drive", "suppress", "target", "control"] = "drive"
+    roi: int = 0
+    value: float = 0.0
+    hold: float = 1.0
+    acquisition: Literal["mean", "ucb", "thompson"] = "mean"
+    beta: float = 1.0
+
+
+def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None, rng: np.random.Generator | None = None
+              ) -> np.ndarray:  # fmt: skip
+    """Higher is better, per candidate. ``mean``/``sd`` are (n, rois)."""
+    mean = np.asarray(mean, np.float64)
+    mean = mean[:, None] if mean.ndim == 1 else mean
+    sd = np.zeros_like(mean) if sd is None else (np.asarray(sd, np.float64).reshape(mean.shape))
+    if goal.acquisition == "thompson":
+        rng = rng or np.random.default_rng()
+        mean = mean + sd * rng.standard_normal(mean.shape)
+    bonus = goal.beta * sd[:, goal.roi] if goal.acquisition == "ucb" else 0.0
+    m = mean[:, goal.roi]
+    if goal.kind == "drive":
+        return m + bonus
+    if goal.kind == "suppress":
+        return -m + bonus
+    if goal.kind == "target":
+        return -np.abs(m - goal.value) + bonus
+    if goal.kind == "control":
+        others = np.delete(mean, goal.roi, axis=1)
+        return m + bonus - goal.hold * np.abs(others - others.mean(0)).sum(1)
+    raise ValueError(f"unknown goal {goal.kind!r}")
+
+
+@dataclass
+class Selection:
+    """Chosen candidate indices, best first, and why the others were passed over."""
+
+    index: np.ndarray
+    score: np.ndarray
+    rejected: Counter
+
+
+def select(
+    sentences: list[str],
+    mean: np.ndarray,
+    n: int,
+    goal: Goal = Goal(),
+    *,
+    sd: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    constraints: Constraints | None = None,
+    shown: np.ndarray | None = None,
+    exclude: set[str] | None = None,
+    rng: np.random.Generator | None = None,
+) -> Selection:
+    """Greedy: the best-scoring candidates that pass the constraints and are not near-duplicates
+    (cosine similarity of ``embeddings`` above ``constraints.max_similarity``) of each other or
+    of already ``shown`` stimuli' embeddings. Raises ConstraintError if fewer than n qualify."""
+    constraints = constraints or Constraints()
+    if len(sentences) == 0:
+        raise ConstraintError("the candidate pool is empty")
+    scores = objective(goal, mean, sd, rng)
+    order = np.argsort(-scores, kind="stable")
+    unit = None
+    if embeddings is not None:
+        unit = np.asarray(embeddings, np.float32)
+        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    kept = np.zeros((0, unit.shape[1]), np.float32) if unit is not None else None
+    if unit is not None and shown is not None and len(shown):
+        s = np.asarray(shown, np.float32)
+        kept = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+    chosen: list[int] = []
+    rejected: Counter = Counter()
+    seen_text = set(exclude or ())
+    for i in order:
+        text = sentences[i]
+        if text in seen_text:
+            rejected["already shown or chosen"] += 1
+            continue
+        problems = constraints.violations(text)
+        if problems:
+            rejected.update(p.split(":")[0] for p in problems)
+            continue
+        if kept is not None:
+            if len(kept) and float((kept @ unit[i]).max()) > constraints.max_similarity:
+                rejected["near-duplicate"] += 1
+                continue
+            kept = np.vstack([kept, unit[i]])
+        chosen.append(int(i))
+        seen_text.add(text)
+        if len(chosen) == n:
+            break
+    if len(chosen) < n:
+        reasons = ", ".join(f"{k}: {v}" for k, v in rejected.most_common())
+        raise ConstraintError(
+            f"only {len(chosen)} of {len(sentences)} candidates satisfy the constraints, {n} needed "
+            f"(passed over: {reasons or 'none'})"
+        )
+    idx = np.array(chosen)
+    return Selection(idx, scores[idx], rejected)
