@@ -2,16 +2,23 @@
 
 from .constraints import ConstraintError, Constraints, flesch_reading_ease
 from .corpus import lee_sentences, wordnet_sentences
+from .pool import Pool, PoolError, load_pool, normalize, split_sentences, write_pool
 from .selection import Goal, Selection, objective, select
 
 __all__ = [
     "ConstraintError",
     "Constraints",
     "Goal",
+    "Pool",
+    "PoolError",
     "Selection",
     "flesch_reading_ease",
     "lee_sentences",
+    "load_pool",
+    "normalize",
     "objective",
     "select",
+    "split_sentences",
     "wordnet_sentences",
+    "write_pool",
 ]
