@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -26,7 +26,6 @@ class SessionData:
     estimates: pd.DataFrame
     twin: pd.DataFrame
     log: pd.DataFrame
-    extra: dict = field(default_factory=dict)
 
     def latest_estimates(self) -> pd.DataFrame:
         """The last revision of each trial's estimate."""

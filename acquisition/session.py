@@ -123,15 +123,11 @@ class SessionFile:
         f.create_dataset("strings", (0,), np.uint8, maxshape=(None,), chunks=(65536,))
         for name, schema in TABLES.items():
             f.create_dataset(name, (0,), _dtype(schema), maxshape=(None,), chunks=(1024,))
-        for group, width in (("samples", R), ("estimates_values", R)):
-            g = f.create_group(group)
-            if group == "samples":
-                g.create_dataset("time", (0,), "f8", maxshape=(None,), chunks=(4096,))
-                g.create_dataset("run", (0,), "i4", maxshape=(None,), chunks=(4096,))
-                g.create_dataset("values", (0, width), "f4", maxshape=(None, width), chunks=(4096, width))
-            else:
-                for key in ("beta", "se"):
-                    g.create_dataset(key, (0, width), "f8", maxshape=(None, width), chunks=(1024, width))
+        f.create_dataset("samples/time", (0,), "f8", maxshape=(None,), chunks=(4096,))
+        f.create_dataset("samples/run", (0,), "i4", maxshape=(None,), chunks=(4096,))
+        f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
+        for key in ("beta", "se"):
+            f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
         f.swmr_mode = True
         f.flush()
         return cls(f, path, flush_interval, lock)

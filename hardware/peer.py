@@ -163,11 +163,8 @@ class PeerServer(_Endpoint):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(role, name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
-        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket = _socket(self.context, zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.SNDHWM, 100_000)
-        self.socket.setsockopt(zmq.RCVHWM, 100_000)
         if curve is not None:
             _server_curve(self.socket, curve)
         self.socket.bind(endpoint)
@@ -309,11 +306,8 @@ class PeerClient(_Endpoint):
     def _connect(self) -> None:
         if self.socket is not None:
             self.socket.close(0)
-        s = self.context.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
+        s = _socket(self.context, zmq.DEALER)
         s.setsockopt(zmq.IMMEDIATE, 1)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.setsockopt(zmq.RCVHWM, 100_000)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         if self.curve is not None:
             _client_curve(s, self.curve)
@@ -413,6 +407,18 @@ class PeerClient(_Endpoint):
             self.socket.close(0)
         if self.journal is not None:
             self.journal.close()
+
+
+HIGH_WATER_MARK = 100_000  # messages queued per peer and direction; overflow is recovered by replay
+
+
+def _socket(context: zmq.Context, kind: int) -> zmq.Socket:
+    """A socket with the options both sides share: bounded queues, no linger on close."""
+    s = context.socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    s.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    return s
 
 
 def _server_curve(socket: zmq.Socket, keys: CurveKeys) -> None:

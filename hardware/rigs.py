@@ -67,13 +67,14 @@ class _SimulatedRig:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
         if self.server.journal is None:
             return
+        records = list(self.server.journal.records())
         started = {}
-        for kind, _seq, payload in self.server.journal.records():
+        for kind, _seq, payload in records:
             if kind == "run-start":
                 started[payload["run"]] = payload["t0"]
         for msg in self.server.restored:
             self._command(msg, t0=started.get(msg.get("run")))
-        for kind, _seq, payload in self.server.journal.records():
+        for kind, _seq, payload in records:
             if kind != "out":
                 continue
             msg = msgpack.unpackb(payload, raw=False)

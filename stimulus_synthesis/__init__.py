@@ -2,7 +2,7 @@
 
 from .constraints import ConstraintError, Constraints, flesch_reading_ease
 from .corpus import lee_sentences, wordnet_sentences
-from .pool import Pool, PoolError, load_pool, normalize, split_sentences, write_pool
+from .pool import Pool, PoolError, clean, load_pool, normalize, split_sentences, write_pool
 from .selection import Goal, Selection, objective, select
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Pool",
     "PoolError",
     "Selection",
+    "clean",
     "flesch_reading_ease",
     "lee_sentences",
     "load_pool",

@@ -22,7 +22,7 @@ def corpus_group() -> None:
 def build_cmd(out: Path, sources: str, min_words: int, max_words: int) -> None:
     """The default offline pool: WordNet example sentences and glosses, and gensim's Lee news corpus."""
     from .corpus import lee_sentences, wordnet_sentences
-    from .pool import normalize, write_pool
+    from .pool import clean, write_pool
 
     chosen = [s.strip() for s in sources.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SOURCES]
@@ -33,17 +33,17 @@ def build_cmd(out: Path, sources: str, min_words: int, max_words: int) -> None:
         "wordnet-glosses": lambda: wordnet_sentences("glosses", min_words),
         "lee": lambda: lee_sentences(min_words),
     }
-    sentences: dict[str, None] = {}
+    raw: list[str] = []
     for name in chosen:
         try:
-            texts = [normalize(s) for s in readers[name]()]
+            texts = list(readers[name]())
         except (FileNotFoundError, ImportError) as exc:
             raise click.ClickException(f"source {name}: {exc}") from None
-        before = len(sentences)
-        sentences.update(dict.fromkeys(s for s in texts if min_words <= len(s.split()) <= max_words))
-        click.echo(f"{name}: {len(sentences) - before} new sentences")
-    write_pool(list(sentences), out)
-    click.echo(f"wrote {len(sentences)} sentences to {out}")
+        click.echo(f"{name}: {len(texts)} sentences read")
+        raw += texts
+    pool = clean(raw, min_words, max_words)
+    write_pool(pool.sentences, out)
+    click.echo(f"wrote {pool.summary()} to {out}")
 
 
 @corpus_group.command("info")

@@ -43,7 +43,9 @@ def lee_sentences(min_words: int = 5) -> Iterator[str]:
     """Sentences of the Lee news corpus bundled in the gensim wheel."""
     from gensim.test.utils import datapath
 
+    from .pool import split_sentences
+
     text = Path(datapath("lee_background.cor")).read_text(encoding="utf-8", errors="replace")
-    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", " ".join(text.split())):
+    for sentence in split_sentences(text):
         if len(sentence.split()) >= min_words:
-            yield sentence.strip()
+            yield sentence

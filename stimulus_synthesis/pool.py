@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,18 @@ def load_pool(path: str | Path, column: str = "sentence", min_words: int = 3, ma
         raw = [row[column] or "" for row in reader]
     else:
         raw = _read(path).splitlines()
-    cleaned = [normalize(s) for s in raw]
-    cleaned = [s for s in cleaned if s]
-    distinct = list(dict.fromkeys(cleaned))
-    kept = [s for s in distinct if min_words <= len(s.split()) <= max_words]
-    pool = Pool(kept, len(cleaned), len(cleaned) - len(distinct), len(distinct) - len(kept))
-    if not kept:
+    pool = clean(raw, min_words, max_words)
+    if not pool.sentences:
         raise PoolError(f"pool '{path}' has no usable sentences ({pool.summary()})")
     return pool
+
+
+def clean(raw: Iterable[str], min_words: int = 3, max_words: int = 60) -> Pool:
+    """Normalize, drop blanks, deduplicate (first seen wins) and keep sentences within the length limits."""
+    cleaned = [s for s in map(normalize, raw) if s]
+    distinct = list(dict.fromkeys(cleaned))
+    kept = [s for s in distinct if min_words <= len(s.split()) <= max_words]
+    return Pool(kept, len(cleaned), len(cleaned) - len(distinct), len(distinct) - len(kept))
 
 
 def write_pool(sentences: list[str], out: str | Path) -> None:

@@ -67,7 +67,7 @@ def test_corpus_build_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     pool = load_pool(out, min_words=5, max_words=40)
     assert len(pool) > 100_000 and pool.duplicates == 0
-    assert "lee:" in proc.stdout and "wordnet-glosses:" in proc.stdout
+    assert "lee: " in proc.stdout and "wordnet-glosses: " in proc.stdout and "0 duplicates" not in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "control_loop.cli", "corpus", "info", str(tmp_path / "x.txt")],
                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

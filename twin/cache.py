@@ -29,7 +29,8 @@ def text_digests(sentences: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _as_keys(digests: np.ndarray) -> list[bytes]:
+def digest_keys(digests: np.ndarray) -> list[bytes]:
+    """Hashable keys (16-byte values) for rows of digests."""
     return np.ascontiguousarray(digests).view("V16").ravel().tolist()
 
 
@@ -66,7 +67,7 @@ class FeatureCache:
         cached = self._index.get(name)
         if cached is not None and cached[0] == n:
             return cached[1]
-        rows = {k: i for i, k in enumerate(_as_keys(f[name]["digest"][:]))}
+        rows = {k: i for i, k in enumerate(digest_keys(f[name]["digest"][:]))}
         self._index[name] = (n, rows)
         return rows
 
@@ -80,7 +81,7 @@ class FeatureCache:
             rows = self._rows(f, name)
             if not rows:
                 return None, hit
-            keys = _as_keys(text_digests(sentences))
+            keys = digest_keys(text_digests(sentences))
             where = np.array([rows.get(k, -1) for k in keys], dtype=np.int64)
             hit = where >= 0
             values = f[name]["values"]
@@ -106,7 +107,7 @@ class FeatureCache:
                 d = values.shape[1]
                 g.create_dataset("values", (0, d), np.float32, maxshape=(None, d), chunks=(max(1, 65536 // d), d))
             rows = self._rows(f, name)
-            keys = _as_keys(digests)
+            keys = digest_keys(digests)
             fresh, seen = [], set()
             for i, k in enumerate(keys):
                 if k not in rows and k not in seen:

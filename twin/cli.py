@@ -37,13 +37,12 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(layers)))
 
 
-def _features(model: str, cache: str | None, device: str, plan=None, progress: bool = True):
-    from .model import FeaturePlan, TextFeatures
+def _features(plan, cache: str | None, device: str):
+    from .model import TextFeatures
     from .paths import default_feature_cache
 
-    plan = plan or FeaturePlan(model=model)
     cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
-    return TextFeatures(plan, cache=cache_path, device=device, progress=progress)
+    return TextFeatures(plan, cache=cache_path, device=device, progress=True)
 
 
 cache_option = click.option(
@@ -80,7 +79,7 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, targets, cache
     if any(p not in ("last", "mean") for p in poolings):
         raise UserError(f"--pooling: {pooling!r}; choose last, mean or 'last,mean'")
     plan = FeaturePlan(model=model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal, length=length)
-    features = _features(model, cache, device, plan)
+    features = _features(plan, cache, device)
     if features.plan.layers:
         features.extractor.check_layers(features.plan.layers)
     twin = Twin.fit(
@@ -115,7 +114,7 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
 
     twin = Twin.load(twin_file)
     dataset = load_dataset(data, twin.targets)
-    twin.attach(_features(twin.plan.model, cache, device, twin.plan))
+    twin.attach(_features(twin.plan, cache, device))
     report = score_report(twin, dataset, folds=folds, seed=seed)
     click.echo(report.text())
     if json_out:
@@ -139,7 +138,7 @@ def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
 
     twin = Twin.load(twin_file, model=model)
     texts = load_sentences(sentences)
-    twin.attach(_features(twin.plan.model, cache, device, twin.plan))
+    twin.attach(_features(twin.plan, cache, device))
     mean, sd = twin.predict(texts, with_sd=True)
     table = {"sentence": texts}
     for t, name in enumerate(twin.targets):

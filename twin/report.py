@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import text_digests
+from .cache import digest_keys, text_digests
 from .data import Dataset
 from .features import length_features, word_frequency_features
 from .model import Twin, baseline_predictions, cross_validated_predictions
@@ -48,9 +48,8 @@ class ScoreReport:
 
 def score_report(twin: Twin, dataset: Dataset, folds: int = 10, seed: int = 0) -> ScoreReport:
     """Cross-validate the twin's recipe on sentences it was trained on, else score its predictions."""
-    trained = set(np.ascontiguousarray(twin.training_digests).view("V16").ravel().tolist())
-    keys = np.ascontiguousarray(text_digests(dataset.sentences)).view("V16").ravel().tolist()
-    seen = np.array([k in trained for k in keys])
+    trained = set(digest_keys(twin.training_digests))
+    seen = np.array([k in trained for k in digest_keys(text_digests(dataset.sentences))])
     features = twin._features()
     Y = dataset.responses
     if seen.any():  # any overlap with the training set: only the recipe can be scored honestly
