@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -70,6 +70,31 @@ class FeatureCache:
         rows = {k: i for i, k in enumerate(digest_keys(f[name]["digest"][:]))}
         self._index[name] = (n, rows)
         return rows
+
+    def rows(self, model_id: str, table: str, digests: np.ndarray) -> np.ndarray:
+        """Row of each digest in a table, -1 where absent."""
+        name = self._group(model_id, table)
+        if not self.path.exists():
+            return np.full(len(digests), -1, np.int64)
+        with self._lock, self._open("a") as f:
+            rows = self._rows(f, name)
+            return np.fromiter((rows.get(k, -1) for k in digest_keys(digests)), np.int64, len(digests))
+
+    def scan(self, model_id: str, table: str, chunk_rows: int = 32768) -> Iterator[tuple[int, np.ndarray]]:
+        """Every row of a table in order, as (first row, values) chunks; one buffer is reused,
+        so consume each chunk before asking for the next. The cache stays locked while scanning."""
+        name = self._group(model_id, table)
+        with self._lock, self._open("r") as f:
+            if name not in f:
+                return
+            values = f[name]["values"]
+            n, d = values.shape
+            buf = np.empty((min(chunk_rows, max(n, 1)), d), np.float32)
+            for a in range(0, n, chunk_rows):
+                b = min(n, a + chunk_rows)
+                view = buf[: b - a]
+                values.read_direct(view, np.s_[a:b])
+                yield a, view
 
     def lookup(self, model_id: str, table: str, sentences: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray]:
         """Cached values (rows of misses are zero) and a boolean hit mask."""

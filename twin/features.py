@@ -141,6 +141,11 @@ class TextFeatureExtractor:
         if bad:
             raise FeatureModelError(f"layer(s) {bad} out of range: {self.model_id} has layers 0..{n}")
 
+    def check_lengths(self, sentences: Sequence[str]) -> None:
+        """Raise DataError naming the first sentence that is empty or too long for the model."""
+        for a in range(0, len(sentences), 65536):
+            self._tokenize(sentences[a : a + 65536])
+
     def _tokenize(self, sentences: Sequence[str]) -> list[list[int]]:
         tm = self.text_model
         tok = tm.tokenizer
@@ -153,7 +158,10 @@ class TextFeatureExtractor:
         limit = getattr(tm.model.config, "max_position_embeddings", None) or 10**9
         for i, x in enumerate(ids):
             if len(x) > limit:
-                raise DataError(f"sentence {i + 1} is {len(x)} tokens long; {tm.model_id} takes at most {limit}")
+                snippet = sentences[i][:60] + ("..." if len(sentences[i]) > 60 else "")
+                raise DataError(
+                    f"sentence {i + 1} ({snippet!r}) is {len(x)} tokens long; {tm.model_id} takes at most {limit}"
+                )
             if len(x) <= (1 if tm.is_causal else 2):
                 raise DataError(f"sentence {i + 1} is empty after tokenization: {sentences[i]!r}")
         return ids

@@ -9,6 +9,7 @@ combination are decided by inner cross-validation only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -21,13 +22,16 @@ from scipy.optimize import nnls
 
 from .cache import FeatureCache, text_digests
 from .errors import FeatureModelError, TwinFileError
-from .features import SURPRISAL_KEY, TextFeatureExtractor, layer_key, length_features
+from .features import SURPRISAL_KEY, SURPRISAL_STATS, TextFeatureExtractor, layer_key, length_features
+from .models import model_info
+from .projection import Projection, reference_projection
 from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
 from .scoring import kfold
 
 FORMAT = "neurotwin.twin"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATS_BLOCK = "stats"
+DEFAULT_COMPONENTS = 32
 
 
 def package_version() -> str:
@@ -48,26 +52,33 @@ def default_layers(n_layers: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class FeaturePlan:
-    """Which features a twin uses. ``None`` fields are filled from the model by :meth:`resolve`."""
+    """Which features a twin uses. ``None`` fields are filled from the model by :meth:`resolve`.
+
+    ``components``: read each pooled layer through its top principal components of
+    the shipped reference sentences (:mod:`twin.projection`); ``None`` reads whole layers.
+    """
 
     model: str = "smollm2-135m"
     layers: tuple[int, ...] | None = None
     poolings: tuple[str, ...] = ("last",)
     surprisal: bool | None = None
     length: bool = True
+    components: int | None = DEFAULT_COMPONENTS
 
     def resolve(self) -> FeaturePlan:
         """Fill layers and surprisal from the model's config (no weights are loaded)."""
         if self.layers is not None and self.surprisal is not None:
             return self
-        from .models import model_info
-
-        n_layers, is_causal = model_info(self.model)
+        info = model_info(self.model)
         return replace(
             self,
-            layers=self.layers if self.layers is not None else default_layers(n_layers),
-            surprisal=self.surprisal if self.surprisal is not None else is_causal,
+            layers=self.layers if self.layers is not None else default_layers(info.n_layers),
+            surprisal=self.surprisal if self.surprisal is not None else info.is_causal,
         )
+
+    @property
+    def layer_blocks(self) -> list[str]:
+        return [layer_key(p, layer) for p in self.poolings for layer in self.layers or ()]
 
     @property
     def blocks(self) -> list[str]:
@@ -84,11 +95,16 @@ class FeaturePlan:
         d = json.loads(text)
         d["layers"] = tuple(d["layers"]) if d["layers"] is not None else None
         d["poolings"] = tuple(d["poolings"])
+        d.setdefault("components", None)
         return cls(**d)
 
 
 class TextFeatures:
-    """Computes a plan's feature blocks for sentences, through the feature cache."""
+    """Computes a plan's feature blocks for sentences, cached as one table per plan.
+
+    Sentences missing from the cache are computed in chunks, each stored as soon as
+    it is done, so an interrupted run over a large pool resumes where it stopped.
+    """
 
     def __init__(
         self,
@@ -96,29 +112,118 @@ class TextFeatures:
         cache: FeatureCache | str | Path | None = None,
         device: str = "cpu",
         progress: bool = False,
+        projection: Projection | None = None,
+        chunk: int = 1024,
     ) -> None:
         self.plan = plan.resolve()
-        self.extractor = TextFeatureExtractor(plan.model, device=device, cache=cache, progress=progress)
+        self.extractor = TextFeatureExtractor(plan.model, device=device)
+        self.cache = FeatureCache(cache) if isinstance(cache, (str, Path)) else cache
+        self.progress = progress
+        self.chunk = chunk
+        self._projection = projection
 
     @property
     def model_id(self) -> str:
         return self.extractor.model_id
 
-    def __call__(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+    @property
+    def projection(self) -> Projection | None:
+        """The plan's per-layer projection (loaded or fit on first use), or None for whole layers."""
+        if self.plan.components is None or not self.plan.layer_blocks:
+            return None
+        if self._projection is None:
+            self._projection = reference_projection(self.extractor, self.plan.layer_blocks, self.plan.components)
+        return self._projection
+
+    @property
+    def table(self) -> str:
+        """Feature-cache table of this plan (its hash covers the plan and the projection)."""
+        h = hashlib.blake2b(self.plan.to_json().encode(), digest_size=6)
+        if self.projection is not None:
+            h.update(self.projection.digest.encode())
+        return f"twin/{h.hexdigest()}"
+
+    def block_dims(self) -> dict[str, int]:
+        """Width of each block, in plan order."""
+        plan, proj = self.plan, self.projection
+        dims = {}
+        for name in plan.layer_blocks:
+            dims[name] = proj.dims(name) if proj is not None else model_info(plan.model).hidden_size
+        if plan.surprisal or plan.length:
+            dims[STATS_BLOCK] = len(SURPRISAL_STATS) * bool(plan.surprisal) + 2 * bool(plan.length)
+        return dims
+
+    def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
+        """Blocks from concatenated rows (views, no copy)."""
+        out, at = {}, 0
+        for name, d in self.block_dims().items():
+            out[name] = Z[:, at : at + d]
+            at += d
+        return out
+
+    def _compute(self, sentences: list[str]) -> np.ndarray:
         plan = self.plan
-        blocks: dict[str, np.ndarray] = {}
+        raw: dict[str, np.ndarray] = {}
         if plan.layers or plan.surprisal:
-            blocks = self.extractor.extract(
+            raw = self.extractor.extract(
                 sentences, layers=plan.layers or (), pooling=plan.poolings, surprisal=bool(plan.surprisal)
             )
-        stats = []
+        proj = self.projection
+        parts = [proj.apply(name, raw[name]) if proj is not None else raw[name] for name in plan.layer_blocks]
         if plan.surprisal:
-            stats.append(blocks.pop(SURPRISAL_KEY))
+            parts.append(raw[SURPRISAL_KEY])
         if plan.length:
-            stats.append(length_features(sentences))
-        if stats:
-            blocks[STATS_BLOCK] = np.hstack(stats)
-        return {name: blocks[name] for name in plan.blocks}
+            parts.append(length_features(sentences))
+        return np.hstack(parts).astype(np.float32)
+
+    def matrix(self, sentences: Sequence[str]) -> np.ndarray:
+        """Concatenated features (n, d), through the cache."""
+        sentences = list(sentences)
+        out, hit = None, np.zeros(len(sentences), bool)
+        if self.cache is not None:
+            out, hit = self.cache.lookup(self.model_id, self.table, sentences)
+        if out is None:
+            out = np.empty((len(sentences), sum(self.block_dims().values())), np.float32)
+        self._fill(sentences, np.flatnonzero(~hit), out)
+        return out
+
+    def ensure(self, sentences: Sequence[str]) -> int:
+        """Compute and cache the features of every sentence not yet cached; returns how many were new."""
+        if self.cache is None:
+            raise ValueError("ensure() needs a feature cache")
+        sentences = list(sentences)
+        rows = self.cache.rows(self.model_id, self.table, text_digests(sentences))
+        todo = np.flatnonzero(rows < 0)
+        if len(todo) and (self.plan.layers or self.plan.surprisal):
+            self.extractor.check_lengths([sentences[i] for i in todo])  # fail before any work
+        self._fill(sentences, todo, None)
+        return len(todo)
+
+    def _fill(self, sentences: list[str], todo: np.ndarray, out: np.ndarray | None) -> None:
+        if not len(todo):
+            return
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"features {self.model_id}", unit="sent", mininterval=1.0)
+        try:
+            for a in range(0, len(todo), self.chunk):
+                rows = todo[a : a + self.chunk]
+                batch = [sentences[i] for i in rows]
+                values = self._compute(batch)
+                if out is not None:
+                    out[rows] = values
+                if self.cache is not None:
+                    self.cache.store(self.model_id, self.table, batch, values)
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def __call__(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.split(self.matrix(sentences))
 
 
 @dataclass
@@ -174,6 +279,7 @@ class Twin:
     scores: dict = field(default_factory=dict)
     version: str = field(default_factory=package_version)
     training_digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.uint8), repr=False)
+    projection: Projection | None = field(default=None, repr=False)
     features: TextFeatures | None = field(default=None, repr=False)
 
     # ----- fitting -----
@@ -193,6 +299,7 @@ class Twin:
         features = features or TextFeatures(plan or FeaturePlan())
         blocks = features(sentences)
         twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas)
+        twin.projection = features.projection
         twin.features = features
         twin.training_hash = training_hash
         twin.training_digests = text_digests(sentences)
@@ -239,14 +346,32 @@ class Twin:
     # ----- prediction -----
     def _features(self) -> TextFeatures:
         if self.features is None:
-            self.features = TextFeatures(self.plan)
+            self.features = TextFeatures(self.plan, projection=self.projection)
         return self.features
 
     def attach(self, features: TextFeatures) -> None:
-        """Use these feature settings (cache, device, progress); the model must match the twin's."""
+        """Use these feature settings (cache, device, progress); the model must match the twin's.
+
+        The twin's own plan and projection replace the ones ``features`` was made with.
+        """
         if features.model_id != self.model_id:
             raise FeatureModelError(f"this twin was fit on features of '{self.model_id}', not '{features.model_id}'")
+        features.plan, features._projection = self.plan, self.projection
         self.features = features
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole twin as one affine map of concatenated blocks: ``predict = Z @ W + b``.
+
+        Returns W (d, t) and b (t,), blocks in plan order (see :meth:`TextFeatures.split`).
+        """
+        names = list(self.readouts)
+        mean_y = self.readouts[names[0]].mean_y
+        W, b = [], mean_y.copy()
+        for i, name in enumerate(names):
+            readout, w = self.readouts[name], self.stack_weights[i]
+            W.append(readout.coef_ * w)
+            b += w * (readout.intercept_ - mean_y)
+        return np.vstack(W), b
 
     def predict_blocks(
         self, blocks: dict[str, np.ndarray], with_sd: bool = False
@@ -315,6 +440,9 @@ class Twin:
             f["noise_var"] = self.noise_var
             f["stack_weights"] = self.stack_weights
             f["training_digests"] = self.training_digests
+            if self.projection is not None:
+                for key, value in self.projection.to_arrays().items():
+                    f.create_dataset(f"projection/{key}", data=value)
             blocks = f.create_group("blocks")
             for i, (name, readout) in enumerate(self.readouts.items()):
                 g = blocks.create_group(f"{i:03d}")
@@ -363,6 +491,12 @@ class Twin:
                     version=str(f.attrs["neurotwin_version"]),
                     training_digests=f["training_digests"][()],
                 )
+                if "projection" in f:
+                    arrays = {}
+                    f["projection"].visititems(
+                        lambda k, v: arrays.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None
+                    )
+                    twin.projection = Projection.from_arrays(arrays)
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise TwinFileError(f"twin file '{path}' is incomplete or damaged: {exc}") from None
         if model is not None:

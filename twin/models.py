@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import FeatureModelError
 from .paths import cache_root
@@ -142,18 +142,22 @@ def load_text_model(name: str, device: str = "cpu") -> TextModel:
     model.eval().to(device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    n_layers = _n_layers(config)
-    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
-    return TextModel(model_id, model, tokenizer, is_causal, n_layers, hidden)
+    return TextModel(model_id, model, tokenizer, is_causal, _n_layers(config), _hidden_size(config))
+
+
+class ModelInfo(NamedTuple):
+    n_layers: int
+    is_causal: bool
+    hidden_size: int
 
 
 @lru_cache(maxsize=16)
-def model_info(name: str) -> tuple[int, bool]:
-    """(number of hidden layers, is a causal LM) from a model's config, without loading weights."""
+def model_info(name: str) -> ModelInfo:
+    """Layer count, causal-LM flag and hidden size from a model's config, without loading weights."""
     if name.strip().lower() == "smollm2-135m" and not (cache_root() / "models" / "smollm2-135m-instruct").exists():
-        return 30, True  # known without converting the GGUF file
+        return ModelInfo(30, True, 576)  # known without converting the GGUF file
     config = _config(name, resolve_model(name)[1])
-    return _n_layers(config), _is_causal(config)
+    return ModelInfo(_n_layers(config), _is_causal(config), _hidden_size(config))
 
 
 def _config(name: str, source: str) -> Any:
@@ -171,6 +175,10 @@ def _config(name: str, source: str) -> Any:
 
 def _is_causal(config: Any) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+
+
+def _hidden_size(config: Any) -> int:
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
 
 
 def _n_layers(config: Any) -> int:

@@ -1,0 +1,161 @@
+"""Fixed per-layer principal-component projections of hidden states.
+
+A twin may read each pooled layer through its top ``k`` principal components,
+fit without labels on a shipped reference set of 3,000 WordNet example sentences
+(``reference_sentences.txt``). Because the projection depends only on the model
+and the layer, every twin with the same plan reads the same low-dimensional
+features: a candidate pool embedded once serves every such twin, and re-scoring it
+after a readout update is one matrix-vector product. On the Pereira 2018 data 32
+components per layer predict as well as the full 576-dimensional layers.
+
+Projections of the default model ship in ``projections/``; others are computed
+from the reference sentences at first use and kept in the cache folder.
+Regenerate the shipped ones with ``python -m twin.projection``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from .paths import cache_root
+
+log = logging.getLogger(__name__)
+
+REFERENCE = Path(__file__).with_name("reference_sentences.txt")
+SHIPPED = Path(__file__).with_name("projections")
+STORED_COMPONENTS = 32  # columns kept in a projection file
+
+
+def reference_sentences() -> list[str]:
+    """The unlabeled sentences projections are fit on."""
+    return [s for s in REFERENCE.read_text(encoding="utf-8").splitlines() if s]
+
+
+@dataclass
+class Projection:
+    """Per-block centring vector and orthonormal basis: ``(X - mean) @ basis``."""
+
+    means: dict[str, np.ndarray]  # block -> (p,)
+    bases: dict[str, np.ndarray]  # block -> (p, k)
+
+    def apply(self, block: str, X: np.ndarray) -> np.ndarray:
+        if block not in self.bases:
+            return X
+        return ((np.asarray(X, np.float32) - self.means[block]) @ self.bases[block]).astype(np.float32)
+
+    def dims(self, block: str) -> int | None:
+        return self.bases[block].shape[1] if block in self.bases else None
+
+    @property
+    def digest(self) -> str:
+        """A short hash of every number in the projection."""
+        h = hashlib.blake2b(digest_size=8)
+        for name in sorted(self.bases):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.means[name], np.float32).tobytes())
+            h.update(np.ascontiguousarray(self.bases[name], np.float32).tobytes())
+        return h.hexdigest()
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.bases:
+            out[f"{name}/mean"] = self.means[name]
+            out[f"{name}/basis"] = self.bases[name]
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Projection:
+        names = sorted({k.rsplit("/", 1)[0] for k in arrays})
+        return cls(
+            {n: np.asarray(arrays[f"{n}/mean"], np.float32) for n in names},
+            {n: np.asarray(arrays[f"{n}/basis"], np.float32) for n in names},
+        )
+
+
+def principal_basis(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (p,) and top-k principal axes (p, k) of X, each axis signed so its largest entry is positive."""
+    X = np.asarray(X, np.float64)
+    mean = X.mean(0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    basis = vt[:k].T
+    flip = np.sign(basis[np.abs(basis).argmax(0), np.arange(basis.shape[1])])
+    return mean.astype(np.float32), (basis * flip).astype(np.float32)
+
+
+def _stored_file(model_id: str) -> list[Path]:
+    name = quote(model_id, safe="") + ".npz"
+    return [SHIPPED / name, cache_root() / "projections" / name]
+
+
+def _load_stored(model_id: str) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for path in reversed(_stored_file(model_id)):  # shipped entries win
+        if path.exists():
+            with np.load(path) as z:
+                arrays.update({k: z[k] for k in z.files})
+    return arrays
+
+
+def reference_projection(extractor, blocks: Sequence[str], k: int) -> Projection:
+    """The projection of these pooled-layer blocks (``last/L12``...) onto k reference components.
+
+    ``extractor`` is a :class:`twin.features.TextFeatureExtractor`; it runs only for
+    blocks with no stored projection, and what it computes is stored in the cache folder.
+    """
+    model_id = extractor.model_id
+    stored = _load_stored(model_id)
+    missing = [b for b in blocks if f"{b}/basis" not in stored or stored[f"{b}/basis"].shape[1] < k]
+    if missing:
+        log.info("fitting %d-component projections of %s on the reference sentences (once)", k, model_id)
+        layers = sorted({int(b.split("/L")[1]) for b in missing})
+        poolings = sorted({b.split("/")[0] for b in missing})
+        feats = extractor.extract(reference_sentences(), layers=layers, pooling=poolings)
+        fresh = {}
+        for b in missing:
+            mean, basis = principal_basis(feats[b], max(k, STORED_COMPONENTS))
+            fresh[f"{b}/mean"], fresh[f"{b}/basis"] = mean, basis
+        path = _stored_file(model_id)[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = {}
+        if path.exists():
+            with np.load(path) as z:
+                previous = {key: z[key] for key in z.files}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **{**previous, **fresh})
+        tmp.replace(path)
+        stored.update(fresh)
+    return Projection(
+        {b: stored[f"{b}/mean"] for b in blocks},
+        {b: np.ascontiguousarray(stored[f"{b}/basis"][:, :k]) for b in blocks},
+    )
+
+
+def main() -> None:
+    """Recompute the shipped projections of the default model's default layers."""
+    from .features import TextFeatureExtractor
+    from .model import FeaturePlan
+
+    plan = FeaturePlan().resolve()
+    layer_blocks = [b for b in plan.blocks if "/L" in b]
+    ex = TextFeatureExtractor(plan.model, progress=True)
+    layers = sorted({int(b.split("/L")[1]) for b in layer_blocks})
+    poolings = sorted({b.split("/")[0] for b in layer_blocks})
+    feats = ex.extract(reference_sentences(), layers=layers, pooling=poolings)
+    arrays = {}
+    for b in layer_blocks:
+        arrays[f"{b}/mean"], arrays[f"{b}/basis"] = principal_basis(feats[b], STORED_COMPONENTS)
+    SHIPPED.mkdir(exist_ok=True)
+    out = _stored_file(ex.model_id)[0]
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {out} ({len(layer_blocks)} blocks, {STORED_COMPONENTS} components)")
+
+
+if __name__ == "__main__":
+    main()
