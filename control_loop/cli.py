@@ -11,7 +11,8 @@ import click
 from acquisition.cli import session_group
 from acquisition.session import SessionError
 from hardware.cli import present_cmd, rig_group
-from stimulus_synthesis.cli import corpus_group
+from stimulus_synthesis.cli import corpus_group, synthesize_cmd
+from stimulus_synthesis.constraints import ConstraintError
 from stimulus_synthesis.pool import PoolError
 from twin.cli import UserError, twin_group
 from twin.errors import TwinError
@@ -23,7 +24,7 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (TwinError, SessionError, PoolError) as exc:
+        except (TwinError, SessionError, PoolError, ConstraintError) as exc:
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -45,6 +46,7 @@ cli.add_command(session_group)
 cli.add_command(rig_group)
 cli.add_command(present_cmd)
 cli.add_command(corpus_group)
+cli.add_command(synthesize_cmd)
 
 
 def main() -> None:

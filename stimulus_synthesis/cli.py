@@ -54,3 +54,98 @@ def info_cmd(pool: Path, column: str) -> None:
     from .pool import load_pool
 
     click.echo(f"{pool}: {load_pool(pool, column).summary()}")
+
+
+@click.command("synthesize")
+@click.option("--twin", "twin_file", required=True, type=click.Path(path_type=Path), help="Twin file (.h5).")
+@click.option("--pool", "pool_path", required=True, type=click.Path(path_type=Path),
+              help="Candidates: .txt (one per line), .csv/.tsv (--column) or a folder of .txt.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV of chosen sentences to write.")
+@click.option("--goal", type=click.Choice(["drive", "suppress", "target", "control"]), default="drive",
+              show_default=True)  # fmt: skip
+@click.option("--n", "n", default=250, show_default=True, help="How many sentences to choose.")
+@click.option("--roi", default=None, help="Target ROI (a twin target; default: the first).")
+@click.option("--value", default=0.0, help="Response to aim at (goal target).")
+@click.option("--hold", default=1.0, help="Penalty per unit change of the other ROIs (goal control).")
+@click.option("--acquisition", type=click.Choice(["mean", "ucb", "thompson"]), default="mean", show_default=True)
+@click.option("--beta", default=1.0, show_default=True, help="Predictive SDs added by --acquisition ucb.")
+@click.option("--column", default="sentence", show_default=True, help="Column of a CSV/TSV pool.")
+@click.option("--min-words", default=3, show_default=True)
+@click.option("--max-words", default=40, show_default=True)
+@click.option("--charset", default=r"[A-Za-z0-9 ,.;:'\"?!()\-]", show_default=True,
+              help="Regular-expression class every character must match ('' for any).")  # fmt: skip
+@click.option("--blocklist", default=None,
+              help="Blocked words or /regex/ patterns: comma-separated, or @FILE with one per line.")  # fmt: skip
+@click.option("--min-readability", type=float, default=None, help="Lowest Flesch reading ease.")
+@click.option("--max-readability", type=float, default=None, help="Highest Flesch reading ease.")
+@click.option("--max-similarity", default=0.9, show_default=True, help="Highest cosine similarity between any two.")
+@click.option("--exclude", type=click.Path(path_type=Path), default=None,
+              help="Sentences already shown (one per line): never chosen, and nothing too similar.")  # fmt: skip
+@click.option("--generate", "budget", default=0, show_default=True,
+              help="Candidates to evaluate in local search beyond the pool (0: corpus only).")  # fmt: skip
+@click.option("--naturalness-model", default="smollm2-135m", show_default=True, help="Causal LM judging naturalness.")
+@click.option("--max-nll", default=7.0, show_default=True, help="Highest mean surprisal (nats/token) generated.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
+              help="CSV of every generated candidate evaluated.")  # fmt: skip
+@click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache", default=None, help="Feature cache file (default: $NEUROTWIN_CACHE/features.h5).")
+@click.option("--device", default="cpu", show_default=True)
+def synthesize_cmd(twin_file, pool_path, out, goal, n, roi, value, hold, acquisition, beta, column, min_words,
+                   max_words, charset, blocklist, min_readability, max_readability, max_similarity, exclude,
+                   budget, naturalness_model, max_nll, log_path, model, seed, cache, device) -> None:  # fmt: skip
+    """Choose (and optionally generate) sentences the twin predicts will drive or suppress a target.
+
+    Writes OUT, a CSV with each sentence's predicted response and uncertainty per
+    target, its source (corpus or generated) and a constraint report. The pool is
+    embedded once into the feature cache (resumable); later runs only re-score it.
+    """
+    import pandas as pd
+
+    from twin import Twin
+    from twin.cli import UserError, _features
+
+    from .constraints import Constraints
+    from .embedded import EmbeddedPool
+    from .generate import Naturalness
+    from .pool import load_pool
+    from .selection import Goal
+    from .synthesize import synthesize_sentences
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    twin = Twin.load(twin_file, model=model)
+    if roi is not None and roi not in twin.targets:
+        raise UserError(f"--roi {roi!r} is not a target of this twin (targets: {', '.join(twin.targets)})")
+    blocked: list[str] = []
+    if blocklist:
+        if blocklist.startswith("@"):
+            blocked = [w.strip() for w in Path(blocklist[1:]).read_text(encoding="utf-8").splitlines() if w.strip()]
+        else:
+            blocked = [w.strip() for w in blocklist.split(",") if w.strip()]
+    constraints = Constraints(min_words, max_words, charset or None, blocked, min_readability, max_readability,
+                              max_similarity)  # fmt: skip
+    shown = load_pool(exclude, min_words=1, max_words=10**6).sentences if exclude else []
+    pool = load_pool(pool_path, column)
+    click.echo(f"pool {pool_path}: {pool.summary()}")
+    features = _features(twin.plan, cache, device)
+    twin.attach(features)
+    embedded = EmbeddedPool.build(pool.sentences, features)
+    target = twin.targets.index(roi) if roi else 0
+    result = synthesize_sentences(
+        twin, embedded, n, Goal(goal, target, value, hold, acquisition, beta), constraints,
+        exclude=set(shown), shown=shown, generate_budget=budget,
+        naturalness=Naturalness(naturalness_model, max_nll=max_nll, device=device), seed=seed, progress=True,
+    )  # fmt: skip
+    tmp = Path(str(out) + ".tmp")
+    pd.DataFrame(result.rows).to_csv(tmp, index=False)
+    if log_path and result.log:
+        log_tmp = Path(str(log_path) + ".tmp")
+        pd.DataFrame([c.row() for c in result.log]).to_csv(log_tmp, index=False)
+        log_tmp.replace(log_path)
+    tmp.replace(out)
+    generated = sum(r["source"] == "generated" for r in result.rows)
+    name = twin.targets[target]
+    values = [r[f"predicted_{name}"] for r in result.rows]
+    click.echo(f"wrote {len(result.rows)} sentences ({generated} generated) to {out}; predicted {name} "
+               f"{min(values):.3f} to {max(values):.3f}")  # fmt: skip

@@ -1,0 +1,140 @@
+"""Sentence synthesis end to end: score a pool with the twin, optionally generate beyond it, select."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from twin import TextFeatures, Twin
+
+from .constraints import ConstraintError, Constraints, flesch_reading_ease
+from .embedded import EmbeddedPool
+from .generate import Candidate, Naturalness, generate
+from .selection import Goal, objective, select
+
+
+@dataclass
+class SynthesisResult:
+    """The chosen sentences with their predictions and provenance, plus the generation log."""
+
+    rows: list[dict]
+    log: list[Candidate] = field(default_factory=list)
+    rejected: dict = field(default_factory=dict)
+
+
+def _report(sentence: str, constraints: Constraints, similarity: float) -> str:
+    words = len(sentence.split())
+    hi = constraints.max_words if constraints.max_words is not None else "any"
+    parts = [f"words {words} in [{constraints.min_words}, {hi}]", "charset ok" if constraints.charset else ""]
+    if constraints.blocklist:
+        parts.append(f"none of {len(constraints.blocklist)} blocked")
+    parts.append(f"readability {flesch_reading_ease(sentence):.0f}")
+    parts.append(f"max similarity {similarity:.2f} <= {constraints.max_similarity:g}")
+    return "; ".join(p for p in parts if p)
+
+
+def synthesize_sentences(
+    twin: Twin,
+    pool: EmbeddedPool,
+    n: int,
+    goal: Goal | None = None,
+    constraints: Constraints | None = None,
+    *,
+    exclude: set[str] | None = None,
+    shown: list[str] | None = None,
+    generate_budget: int = 0,
+    naturalness: Naturalness | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> SynthesisResult:
+    """The n best sentences for the goal from the pool (and, with a budget, from local search beyond it)."""
+    goal = goal or Goal()
+    constraints = constraints or Constraints()
+    features: TextFeatures = pool.features
+    rng = np.random.default_rng(seed)
+    mean, sd = pool.predict(twin, with_sd=True)
+    scores = objective(goal, mean, sd, rng)
+    order = np.argsort(-scores, kind="stable")
+    shown_emb = None
+    if shown:
+        shown_emb = _layer_features(features, features.matrix(shown))
+    size = min(len(order), max(20 * n, 2000))
+    while True:  # a shortlist, widened until enough of it passes the constraints
+        short = order[:size]
+        texts = [pool.sentences[i] for i in short]
+        try:
+            sel = select(texts, mean[short], n, goal, sd=sd[short], embeddings=pool.embeddings(short),
+                         constraints=constraints, shown=shown_emb, exclude=exclude, rng=rng)  # fmt: skip
+            break
+        except ConstraintError:
+            if size == len(order):
+                raise
+            size = min(len(order), size * 4)
+    chosen = [(pool.sentences[short[i]], mean[short[i]], sd[short[i]], "corpus", None) for i in sel.index]
+    log: list[Candidate] = []
+    if generate_budget > 0:
+        seeds = [c[0] for c in chosen[: min(16, n)]]
+        stats_index = _stats_columns(features)
+
+        def predict(texts):
+            return twin.predict_blocks(features(texts), with_sd=True)
+
+        nll_of = None
+        naturalness = naturalness or Naturalness()
+        if stats_index is not None and naturalness.model == features.plan.model:
+
+            def nll_of(texts):  # the twin's own surprisal block: no second pass through the LM
+                return features.matrix(texts)[:, stats_index]
+
+        gen = generate(seeds, predict, goal, naturalness=naturalness, nll_of=nll_of, constraints=constraints,
+                       exclude=(exclude or set()) | set(pool.sentences), budget=generate_budget, seed=seed,
+                       progress=progress)  # fmt: skip
+        log = gen.log
+        if gen.best:
+            texts = [c[0] for c in chosen] + [c.sentence for c in gen.best]
+            m, s = predict([c.sentence for c in gen.best])
+            all_mean = np.vstack([np.array([c[1] for c in chosen]), m])
+            all_sd = np.vstack([np.array([c[2] for c in chosen]), s])
+            sel2 = select(texts, all_mean, n, goal, sd=all_sd,
+                          embeddings=_layer_features(features, features.matrix(texts)),
+                          constraints=constraints, shown=shown_emb, exclude=exclude, rng=rng)  # fmt: skip
+            nll = {c.sentence: c.nll for c in gen.best}
+            chosen = [(texts[i], all_mean[i], all_sd[i], "generated" if texts[i] in nll else "corpus",
+                       nll.get(texts[i])) for i in sel2.index]  # fmt: skip
+    final_texts = [c[0] for c in chosen]
+    unit = _unit(_layer_features(features, features.matrix(final_texts)))
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -1.0)
+    if shown_emb is not None and len(shown_emb):
+        sim = np.hstack([sim, unit @ _unit(shown_emb).T])
+    rows = []
+    for rank, (text, m, s, source, nll) in enumerate(chosen, 1):
+        row = {"rank": rank, "sentence": text, "source": source}
+        for t, name in enumerate(twin.targets):
+            row[f"predicted_{name}"] = round(float(m[t]), 6)
+            row[f"uncertainty_{name}"] = round(float(s[t]), 6)
+        row["objective"] = round(float(objective(goal, m[None], s[None], rng)[0]), 6)
+        row["nll"] = "" if nll is None else round(nll, 3)
+        row["constraints"] = _report(text, constraints, float(sim[rank - 1].max()) if len(chosen) > 1 else 0.0)
+        rows.append(row)
+    return SynthesisResult(rows, log, dict(sel.rejected))
+
+
+def _stats_columns(features: TextFeatures) -> list[int] | None:
+    """Columns of (mean, total, max) surprisal in the concatenated features, if the plan has them."""
+    if not features.plan.surprisal:
+        return None
+    at = sum(d for name, d in features.block_dims().items() if name != "stats")
+    return [at, at + 1, at + 2]
+
+
+def _layer_features(features: TextFeatures, Z: np.ndarray) -> np.ndarray:
+    blocks = features.split(Z)
+    names = features.plan.layer_blocks
+    return np.hstack([blocks[b] for b in names]) if names else Z
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
