@@ -17,6 +17,7 @@ from .model import (
     cross_validated_predictions,
 )
 from .models import OFFLINE_MODELS, load_text_model
+from .projection import Projection, reference_projection
 from .ridge import RidgeReadout, loo_ridge
 from .scoring import Score, kfold, ncsnr, nsd_ceiling, score, split_half_ceiling
 
@@ -28,6 +29,7 @@ __all__ = [
     "FeatureModelError",
     "FeaturePlan",
     "Hyperparameters",
+    "Projection",
     "RidgeReadout",
     "Score",
     "TextFeatureExtractor",
@@ -45,6 +47,7 @@ __all__ = [
     "loo_ridge",
     "ncsnr",
     "nsd_ceiling",
+    "reference_projection",
     "score",
     "split_half_ceiling",
     "word_frequency_features",

@@ -66,10 +66,12 @@ def twin_group() -> None:
 @click.option("--pooling", default="last", show_default=True, help="Token pooling: last, mean, or 'last,mean'.")
 @click.option("--surprisal/--no-surprisal", default=None, help="Surprisal statistics (default: on for causal LMs).")
 @click.option("--length/--no-length", default=True, show_default=True, help="Sentence length in the stats block.")
+@click.option("--components", default=32, show_default=True,
+              help="Principal components read per layer (0: the whole layer).")  # fmt: skip
 @click.option("--targets", default=None, help="Response columns to model (default: all but sentence/group).")
 @cache_option
 @device_option
-def fit_cmd(data, out, model, layers, pooling, surprisal, length, targets, cache, device) -> None:
+def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device) -> None:
     """Fit a twin on DATA (CSV: 'sentence' plus response columns). Duplicate sentences are averaged."""
     from .data import load_dataset
     from .model import FeaturePlan, Twin
@@ -78,7 +80,10 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, targets, cache
     poolings = tuple(p.strip() for p in pooling.split(","))
     if any(p not in ("last", "mean") for p in poolings):
         raise UserError(f"--pooling: {pooling!r}; choose last, mean or 'last,mean'")
-    plan = FeaturePlan(model=model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal, length=length)
+    if components < 0:
+        raise UserError(f"--components must be 0 (whole layers) or more, got {components}")
+    plan = FeaturePlan(model=model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal,
+                       length=length, components=components or None)  # fmt: skip
     features = _features(plan, cache, device)
     if features.plan.layers:
         features.extractor.check_layers(features.plan.layers)

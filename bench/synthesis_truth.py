@@ -1,0 +1,111 @@
+"""Synthetic-truth check of sentence selection and generation.
+
+Ground truth is the simulated language subject of the bridge (``hardware.subject``:
+MiniLM features, word frequency and length through a saturating nonlinearity,
+not the twin). A pool of new sentences is embedded; 300 of them are "measured"
+(true response plus the subject's per-trial noise, SD 0.623, SNR 0.3; and, for
+comparison, the mean of 5 such measurements); the default twin is fit on those and
+chooses drive and suppress sets of 50 from the rest of the pool.
+Targets: drive set's true mean above the pool's 90th percentile, suppress set's
+below the 10th. Then local search starts from the corpus' 16 best sentences and
+the margin by which generation raises (lowers) the predicted response is printed,
+with the naturalness filter rechecked on every generated sentence.
+Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench._common import new_sentences
+
+
+def main(n_pool: int = 4000, seed: int = 0) -> None:
+    from hardware.subject import NOISE_SD, LanguageSubject
+    from stimulus_synthesis import Constraints, Goal, select
+    from stimulus_synthesis.embedded import EmbeddedPool
+    from stimulus_synthesis.generate import Naturalness, generate
+    from twin import FeaturePlan, TextFeatures, Twin
+
+    work = Path(tempfile.mkdtemp(prefix="nt-truth-"))
+    try:
+        sentences = new_sentences(n_pool, seed=11)
+        subject = LanguageSubject()
+        truth = subject(sentences)[:, 0]
+        features = TextFeatures(FeaturePlan(), cache=work / "features.h5", progress=True)
+        t = time.perf_counter()
+        pool = EmbeddedPool.build(sentences, features)
+        print(f"pool: {len(sentences)} sentences embedded in {time.perf_counter() - t:.0f} s")
+        p10, p90 = np.percentile(truth, [10, 90])
+        print(f"pool true response: floor {truth.min():.3f}, 10th pct {p10:.3f}, median {np.median(truth):.3f}, "
+              f"90th pct {p90:.3f}\n")  # fmt: skip
+        free = Constraints(min_words=1, max_words=None, charset=None, max_similarity=1.0)
+        for split in range(3):
+            rng = np.random.default_rng(split)
+            train = rng.choice(len(sentences), 300, replace=False)
+            rest = np.setdiff1d(np.arange(len(sentences)), train)
+            texts = [sentences[i] for i in rest]
+            for label, repeats in [("single trials", 1), ("mean of 5 trials", 5)]:
+                y = truth[train] + rng.standard_normal((300, repeats)).mean(1) * NOISE_SD
+                twin = Twin.fit([sentences[i] for i in train], y, ["lang"], features=features)
+                mean, _ = pool.predict(twin)
+                r = np.corrcoef(mean[rest, 0], truth[rest])[0, 1]
+                print(f"training set {split}, {label}: twin-vs-truth r on the unmeasured pool {r:.3f}")
+                for cname, constraints in [("no constraints", free), ("default constraints", Constraints())]:
+                    out = []
+                    for kind in ("drive", "suppress"):
+                        sel = select(texts, mean[rest], 50, Goal(kind), embeddings=pool.embeddings(rest),
+                                     constraints=constraints)  # fmt: skip
+                        chosen = truth[rest][sel.index].mean()
+                        ok = chosen > p90 if kind == "drive" else chosen < p10
+                        out.append(f"{kind} {chosen:.3f} (pct {(truth < chosen).mean() * 100:.1f}, "
+                                   f"{'PASS' if ok else 'FAIL'})")  # fmt: skip
+                    print(f"    {cname:20s} " + "; ".join(out))
+        print()
+        constraints = Constraints()
+        naturalness = Naturalness()
+        stats = [sum(d for k, d in features.block_dims().items() if k != "stats") + i for i in range(3)]
+        for kind in ("drive", "suppress"):
+            goal = Goal(kind)
+            sel = select([sentences[i] for i in rest], mean[rest], 16, goal, constraints=constraints)
+            seeds = [sentences[rest[i]] for i in sel.index]
+            t = time.perf_counter()
+            gen = generate(
+                seeds, lambda s: twin.predict(s, with_sd=True), goal, naturalness=naturalness,
+                nll_of=lambda s: features.matrix(s)[:, stats], constraints=constraints, budget=384, seed=seed,
+            )  # fmt: skip
+            dt = time.perf_counter() - t
+            seed_pred = np.array([c.predicted for c in gen.seeds])
+            best = gen.best[:16]
+            gen_pred = np.array([c.predicted for c in best])
+            recheck = naturalness.nll([c.sentence for c in best])
+            origin = {c.sentence: c.origin for c in [*gen.seeds, *gen.log]}
+            passed = sum(
+                not naturalness.problems(c.sentence, st, origin[c.sentence])
+                for c, st in zip(best, recheck, strict=True)
+            )
+            sign = 1 if kind == "drive" else -1
+            true_seed = subject(seeds)[:, 0].mean()
+            true_gen = subject([c.sentence for c in best])[:, 0].mean() if best else float("nan")
+            print(f"generation ({kind}): {len(gen.log)} candidates in {dt:.0f} s, {len(gen.best)} accepted; "
+                  f"predicted mean of the 16 corpus seeds {seed_pred.mean():.3f} -> best 16 generated "
+                  f"{gen_pred.mean():.3f} (margin {sign * (gen_pred.mean() - seed_pred.mean()):+.3f}); "
+                  f"naturalness filter passed by {passed}/{len(best)}; subject's true mean {true_seed:.3f} -> "
+                  f"{true_gen:.3f}")  # fmt: skip
+            for c in best[:3]:
+                print(f"    {c.predicted:+.3f}  {c.nll:.2f} nats/token  {c.operator:10s} {c.sentence}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 4000)
