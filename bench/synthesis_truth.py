@@ -84,23 +84,30 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
                 nll_of=lambda s: features.matrix(s)[:, stats], constraints=constraints, budget=384, seed=seed,
             )  # fmt: skip
             dt = time.perf_counter() - t
-            seed_pred = np.array([c.predicted for c in gen.seeds])
-            best = gen.best[:16]
-            gen_pred = np.array([c.predicted for c in best])
-            recheck = naturalness.nll([c.sentence for c in best])
-            origin = {c.sentence: c.origin for c in [*gen.seeds, *gen.log]}
-            passed = sum(
-                not naturalness.problems(c.sentence, st, origin[c.sentence])
-                for c, st in zip(best, recheck, strict=True)
-            )
             sign = 1 if kind == "drive" else -1
+            by_seed = {c.sentence: c.predicted for c in gen.seeds}
+            ancestor = {c.sentence: c.sentence for c in gen.seeds}
+            for c in gen.log:  # the log is in evaluation order, so parents come first
+                ancestor[c.sentence] = ancestor.get(c.parent, c.parent)
+            gains = {s: 0.0 for s in by_seed}
+            for c in gen.best:
+                root = ancestor[c.sentence]
+                gains[root] = max(gains[root], sign * (c.predicted - by_seed[root]))
+            best = gen.best[:16]
+            recheck = naturalness.nll([c.sentence for c in best]) if best else np.zeros((0, 3))
+            origin = {c.sentence: c.origin for c in [*gen.seeds, *gen.log]}
+            passed = sum(not naturalness.problems(c.sentence, st, origin[c.sentence])
+                         for c, st in zip(best, recheck, strict=True))  # fmt: skip
+            top_seed = max(sign * v for v in by_seed.values())
+            top_gen = max((sign * c.predicted for c in gen.best), default=float("nan"))
+            improved = sum(g > 0 for g in gains.values())
             true_seed = subject(seeds)[:, 0].mean()
             true_gen = subject([c.sentence for c in best])[:, 0].mean() if best else float("nan")
             print(f"generation ({kind}): {len(gen.log)} candidates in {dt:.0f} s, {len(gen.best)} accepted; "
-                  f"predicted mean of the 16 corpus seeds {seed_pred.mean():.3f} -> best 16 generated "
-                  f"{gen_pred.mean():.3f} (margin {sign * (gen_pred.mean() - seed_pred.mean()):+.3f}); "
-                  f"naturalness filter passed by {passed}/{len(best)}; subject's true mean {true_seed:.3f} -> "
-                  f"{true_gen:.3f}")  # fmt: skip
+                  f"{improved}/16 corpus seeds improved, mean gain per seed {np.mean(list(gains.values())):+.3f} "
+                  f"(predicted, in the goal's direction); best corpus {sign * top_seed:.3f} -> best generated "
+                  f"{sign * top_gen:.3f}; naturalness filter rechecked on the best {len(best)}: {passed} pass; "
+                  f"subject's true mean, seeds {true_seed:.3f}, best generated {true_gen:.3f}")  # fmt: skip
             for c in best[:3]:
                 print(f"    {c.predicted:+.3f}  {c.nll:.2f} nats/token  {c.operator:10s} {c.sentence}")
     finally:

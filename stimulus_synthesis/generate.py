@@ -8,7 +8,8 @@ parent) and judges naturalness. A candidate passes when its mean surprisal
 corpus sentence it descends from and of its parent; when the edit costs little log-probability
 (a substitution or deletion at most ``edit_cost`` nats more surprisal in total than
 its parent, an insertion at most the parent's mean per-token surprisal plus
-``edit_cost``); when no word is doubled; and when every word is a known word
+``edit_cost``); when no word is doubled and the sentence does not end on a
+function word; and when every word is a known word
 (``wordfreq``).
 An optuna ask/tell study is the optimizer over edits (which operator, which
 parent, where, which proposal): it learns which edits raise the objective. Every
@@ -33,6 +34,11 @@ from .selection import Goal, objective
 log = logging.getLogger(__name__)
 
 OPERATORS = ("substitute", "insert", "delete", "recombine")
+#: A sentence cut short ends on one of these; generated sentences may not (unless their corpus ancestor did).
+DANGLING = frozenset(
+    "a an the of to in on at by for with from into and or but nor so if that which who whom whose "
+    "is are was were be been being not no very my your his her its our their this these those".split()
+)
 _CLAUSE = re.compile(r"(?<=,)\s+|\s+(?=(?:and|but|while|because|which|that|when|so)\s)")
 _CORE = re.compile(r"^([\"'(]*)([A-Za-z][A-Za-z'-]*)([^A-Za-z]*)$")
 
@@ -86,6 +92,8 @@ class Naturalness:
             if cost > allowed:
                 out.append(f"unnatural edit: {cost:.1f} nats more surprisal > {allowed:.1f}")
         words = [w.strip(".,;:!?\"'()").lower() for w in sentence.split()]
+        if origin is not None and words and words[-1] in DANGLING:
+            out.append(f"ends on '{words[-1]}'")
         if any(a == b and a for a, b in itertools.pairwise(words)):
             out.append("doubled word")
         unknown = self.unknown_words(sentence)
