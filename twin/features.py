@@ -144,9 +144,9 @@ class TextFeatureExtractor:
     def check_lengths(self, sentences: Sequence[str]) -> None:
         """Raise DataError naming the first sentence that is empty or too long for the model."""
         for a in range(0, len(sentences), 65536):
-            self._tokenize(sentences[a : a + 65536])
+            self._tokenize(sentences[a : a + 65536], offset=a)
 
-    def _tokenize(self, sentences: Sequence[str]) -> list[list[int]]:
+    def _tokenize(self, sentences: Sequence[str], offset: int = 0) -> list[list[int]]:
         tm = self.text_model
         tok = tm.tokenizer
         if tm.is_causal:
@@ -160,10 +160,11 @@ class TextFeatureExtractor:
             if len(x) > limit:
                 snippet = sentences[i][:60] + ("..." if len(sentences[i]) > 60 else "")
                 raise DataError(
-                    f"sentence {i + 1} ({snippet!r}) is {len(x)} tokens long; {tm.model_id} takes at most {limit}"
+                    f"sentence {offset + i + 1} ({snippet!r}) is {len(x)} tokens long; "
+                    f"{tm.model_id} takes at most {limit}"
                 )
             if len(x) <= (1 if tm.is_causal else 2):
-                raise DataError(f"sentence {i + 1} is empty after tokenization: {sentences[i]!r}")
+                raise DataError(f"sentence {offset + i + 1} is empty after tokenization: {sentences[i]!r}")
         return ids
 
     def _batches(self, ids: list[list[int]]) -> Iterable[_Batch]:
