@@ -73,7 +73,7 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
         print()
         constraints = Constraints()
         naturalness = Naturalness()
-        stats = [sum(d for k, d in features.block_dims().items() if k != "stats") + i for i in range(3)]
+        stats = features.surprisal_columns()
         for kind in ("drive", "suppress"):
             goal = Goal(kind)
             sel = select([sentences[i] for i in rest], mean[rest], 16, goal, constraints=constraints)

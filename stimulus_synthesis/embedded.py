@@ -79,5 +79,4 @@ class EmbeddedPool:
         """Layer features of some pool sentences (for diversity), from the cache."""
         f = self.features
         Z, _ = f.cache.lookup(f.model_id, f.table, [self.sentences[i] for i in index])
-        blocks = f.split(Z)
-        return np.hstack([blocks[name] for name in f.plan.layer_blocks] or [Z])
+        return f.layer_matrix(Z)

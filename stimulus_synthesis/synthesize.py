@@ -58,7 +58,7 @@ def synthesize_sentences(
     order = np.argsort(-scores, kind="stable")
     shown_emb = None
     if shown:
-        shown_emb = _layer_features(features, features.matrix(shown))
+        shown_emb = features.layer_matrix(features.matrix(shown))
     size = min(len(order), max(20 * n, 2000))
     while True:  # a shortlist, widened until enough of it passes the constraints
         short = order[:size]
@@ -75,7 +75,7 @@ def synthesize_sentences(
     log: list[Candidate] = []
     if generate_budget > 0:
         seeds = [c[0] for c in chosen[: min(16, n)]]
-        stats_index = _stats_columns(features)
+        stats_index = features.surprisal_columns()
 
         def predict(texts):
             return twin.predict_blocks(features(texts), with_sd=True)
@@ -97,13 +97,13 @@ def synthesize_sentences(
             all_mean = np.vstack([np.array([c[1] for c in chosen]), m])
             all_sd = np.vstack([np.array([c[2] for c in chosen]), s])
             sel2 = select(texts, all_mean, n, goal, sd=all_sd,
-                          embeddings=_layer_features(features, features.matrix(texts)),
+                          embeddings=features.layer_matrix(features.matrix(texts)),
                           constraints=constraints, shown=shown_emb, exclude=exclude, rng=rng)  # fmt: skip
             nll = {c.sentence: c.nll for c in gen.best}
             chosen = [(texts[i], all_mean[i], all_sd[i], "generated" if texts[i] in nll else "corpus",
                        nll.get(texts[i])) for i in sel2.index]  # fmt: skip
     final_texts = [c[0] for c in chosen]
-    unit = _unit(_layer_features(features, features.matrix(final_texts)))
+    unit = _unit(features.layer_matrix(features.matrix(final_texts)))
     sim = unit @ unit.T
     np.fill_diagonal(sim, -1.0)
     if shown_emb is not None and len(shown_emb):
@@ -119,20 +119,6 @@ def synthesize_sentences(
         row["constraints"] = _report(text, constraints, float(sim[rank - 1].max()) if len(chosen) > 1 else 0.0)
         rows.append(row)
     return SynthesisResult(rows, log, dict(sel.rejected))
-
-
-def _stats_columns(features: TextFeatures) -> list[int] | None:
-    """Columns of (mean, total, max) surprisal in the concatenated features, if the plan has them."""
-    if not features.plan.surprisal:
-        return None
-    at = sum(d for name, d in features.block_dims().items() if name != "stats")
-    return [at, at + 1, at + 2]
-
-
-def _layer_features(features: TextFeatures, Z: np.ndarray) -> np.ndarray:
-    blocks = features.split(Z)
-    names = features.plan.layer_blocks
-    return np.hstack([blocks[b] for b in names]) if names else Z
 
 
 def _unit(X: np.ndarray) -> np.ndarray:

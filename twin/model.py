@@ -153,13 +153,29 @@ class TextFeatures:
             dims[STATS_BLOCK] = len(SURPRISAL_STATS) * bool(plan.surprisal) + 2 * bool(plan.length)
         return dims
 
-    def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
-        """Blocks from concatenated rows (views, no copy)."""
+    def block_slices(self) -> dict[str, slice]:
+        """Columns of each block in the concatenated rows."""
         out, at = {}, 0
         for name, d in self.block_dims().items():
-            out[name] = Z[:, at : at + d]
+            out[name] = slice(at, at + d)
             at += d
         return out
+
+    def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
+        """Blocks from concatenated rows (views, no copy)."""
+        return {name: Z[:, cols] for name, cols in self.block_slices().items()}
+
+    def layer_matrix(self, Z: np.ndarray) -> np.ndarray:
+        """The layer blocks of concatenated rows (all of Z when the plan has no layers)."""
+        names = self.plan.layer_blocks
+        return Z[:, : self.block_slices()[names[-1]].stop] if names else Z
+
+    def surprisal_columns(self) -> slice | None:
+        """Columns of (mean, total, max) surprisal in the concatenated rows, if the plan has them."""
+        if not self.plan.surprisal:
+            return None
+        start = self.block_slices()[STATS_BLOCK].start  # surprisal comes first in the stats block
+        return slice(start, start + len(SURPRISAL_STATS))
 
     def _compute(self, sentences: list[str]) -> np.ndarray:
         plan = self.plan
