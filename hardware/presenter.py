@@ -176,7 +176,8 @@ class Presenter:
         self.log.append(entry)
         log.info("presented %s", entry)
         self.server.send_reliable("presented", run=run, trial=trial["trial"], stimulus_id=trial["stimulus_id"],
-                                  onset=onset, offset=offset, frame_interval=self.display.frame_interval)  # fmt: skip
+                                  onset=onset, offset=offset, frame_interval=self.display.frame_interval,
+                                  scheduled=start)  # fmt: skip
         self.done.add((run, trial["trial"]))
 
     def step(self, timeout: float = 0.01) -> None:

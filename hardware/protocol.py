@@ -110,6 +110,7 @@ class Presented(_Msg):
     onset: float  # measured at the flip, sender's clock
     offset: float
     frame_interval: float = 0.0
+    scheduled: float | None = None  # when the onset was due, sender's clock (onset - scheduled = lateness)
 
 
 class Trigger(_Msg):

@@ -102,9 +102,13 @@ def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         got, sent, client = _run_schedule(port, _trials(), timeout=120)
-        frame = max(m["frame_interval"] for m in got)
-        # Within one frame (at least a 60 Hz frame, as Xvfb flips without vsync) plus the trigger's hop.
-        _check_onsets(got, sent, client, lambda m: max(frame, 1 / 60) + 0.005)
+        frame = max(max(m["frame_interval"] for m in got), 1 / 60)  # Xvfb flips without vsync: at least 60 Hz
+        # The presenter's own timing: each flip within two frames of when it was due (one dropped frame is
+        # possible on a shared 2-core CI machine); the measured onset, not the due time, is what gets reported.
+        for m in got:
+            assert -frame / 2 - 0.002 < m["onset"] - m["scheduled"] < 2 * frame, m
+        # End to end on the controller's clock, which adds the trigger's hop to the presenter.
+        _check_onsets(got, sent, client, lambda m: 2 * frame + 0.02)
         client.close()
     finally:
         proc.kill()
