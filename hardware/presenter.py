@@ -121,7 +121,11 @@ class PsychoPyDisplay:
 class Presenter:
     """Serves the presentation protocol: schedule -> trigger -> trials at their onsets -> 'presented'."""
 
-    def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5") -> None:
+    def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5", safety: Any = None) -> None:
+        from stimulus_synthesis.safety import SafetyLimits
+
+        self.safety = safety or SafetyLimits()
+        self.refused: list[dict] = []
         self.server = server
         self.display = display
         self.trigger_key = trigger_key
@@ -134,12 +138,44 @@ class Presenter:
         for msg in self.server.poll(timeout):
             kind = msg["type"]
             if kind == "schedule":
-                self.schedules[msg["run"]] = sorted(msg["trials"], key=lambda tr: tr["onset"])
+                trials = self._safe(msg["run"], msg["trials"])
+                self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
                 log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
             elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
                 self.triggered[msg["run"]] = self.server.clock()
             elif kind == "stop":
                 self.schedules.pop(msg["run"], None)
+
+    def _safe(self, run: int, trials: list[dict]) -> list[dict]:
+        """The trials that pass the photosensitivity limits; each refused one is reported with its reason."""
+        from stimulus_synthesis.safety import check_image, check_sequence
+
+        from .rigs import decode_png
+
+        grey = np.full((8, 8, 3), self.safety.background, np.uint8)
+        frames: list[tuple[float, np.ndarray]] = [(0.0, grey)]
+        keep = []
+        for trial in sorted(trials, key=lambda tr: tr["onset"]):
+            if trial["kind"] != "image":
+                keep.append(trial)
+                continue
+            try:
+                image = decode_png(trial["image"])
+                report = check_image(image, self.safety)
+                seq = check_sequence([*frames, (trial["onset"], image), (trial["onset"] + trial["duration"], grey)],
+                                     self.safety)  # fmt: skip
+                reason = "; ".join(report.reasons + seq.reasons)
+            except Exception as exc:  # a corrupt image is refused, not shown
+                reason = f"unreadable image: {exc}"
+            if reason:
+                log.error("run %d trial %d refused: %s", run, trial["trial"], reason)
+                self.refused.append({"run": run, "trial": trial["trial"], "reason": reason})
+                self.server.send_reliable("refused", run=run, trial=trial["trial"], stimulus_id=trial["stimulus_id"],
+                                          reason=reason)  # fmt: skip
+                continue
+            frames += [(trial["onset"], image), (trial["onset"] + trial["duration"], grey)]
+            keep.append(trial)
+        return keep
 
     def _wait_until(self, t: float) -> None:
         """Serve the link until shortly before t, then spin so the flip lands on time."""

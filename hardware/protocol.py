@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 # Reliable messages carry a per-stream ``seq``; they are acknowledged and replayed after reconnects.
-RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "schedule", "start", "stop", "event"})
+RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "refused", "schedule", "start", "stop", "event"})
 
 
 class ProtocolError(Exception):
@@ -113,6 +113,17 @@ class Presented(_Msg):
     scheduled: float | None = None  # when the onset was due, sender's clock (onset - scheduled = lateness)
 
 
+class Refused(_Msg):
+    """The presenter will not show a trial (an image outside the safety limits)."""
+
+    type: Literal["refused"]
+    seq: int
+    run: int
+    trial: int
+    stimulus_id: int
+    reason: str
+
+
 class Trigger(_Msg):
     type: Literal["trigger"]
     seq: int
@@ -167,6 +178,7 @@ Message = Annotated[
     | Start
     | Stop
     | Presented
+    | Refused
     | Trigger
     | Sample
     | Event

@@ -254,3 +254,69 @@ def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
 
     tuning.rois = tuple(f"site{i}" for i in range(n_sites))
     return tuning
+
+
+def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Callable:
+    """V4-like sites: a sparse random readout of one EfficientNet-Lite0 layer at one place, softplus output.
+
+    Each site pools 4 random channels of ``layer`` (14 x 14 map) under a Gaussian
+    window at a random place near the centre; the drive is standardized on a fixed
+    set of natural crops and turned into a rate of 20 softplus(1.5 z - 1) spikes/s.
+    Not the twin: other layer, no spatial grid, a nonlinearity, Poisson noise in the rig.
+    """
+    import torch
+
+    from twin.vision import load_vision_model, to_tensor
+
+    vision = load_vision_model("efficientnet-lite0")
+    net = vision.module.eval()
+    named = dict(net.named_modules())
+    rng = np.random.default_rng(seed)
+    grid = np.arange(14)
+    weights = np.zeros((n_sites, 80, 14, 14), np.float32)
+    for i in range(n_sites):
+        cy, cx = rng.uniform(4, 10, 2)
+        window = np.exp(-((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2) / (2 * 1.5**2))
+        for c in rng.choice(80, 4, replace=False):
+            weights[i, c] = rng.choice([1.0, 1.0, -0.5]) * window / window.sum()
+    w = torch.from_numpy(weights).reshape(n_sites, -1)
+    mean = torch.tensor(vision.mean)[:, None, None]
+    std = torch.tensor(vision.std)[:, None, None]
+
+    def drive(images) -> np.ndarray:
+        got: list = []
+        hook = named[layer].register_forward_hook(lambda _m, _i, out: got.append(out.flatten(1) @ w.T))
+        try:
+            with torch.no_grad():
+                for start in range(0, len(images), 32):
+                    net((to_tensor(images[start : start + 32], vision.size) - mean) / std)
+        finally:
+            hook.remove()
+        return torch.cat(got).numpy().astype(np.float64)
+
+    # Standardize on a fixed natural set (crops of a few sample photos), so rates are comparable across sites.
+    import skimage.data
+
+    ref_imgs = []
+    for name in ("astronaut", "chelsea", "coffee", "camera", "coins", "grass"):
+        a = np.asarray(getattr(skimage.data, name)())
+        a = np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a[..., :3]
+        h, wd = a.shape[:2]
+        for _ in range(8):
+            s = int(rng.uniform(0.3, 1.0) * min(h, wd))
+            y, x = rng.integers(0, h - s + 1), rng.integers(0, wd - s + 1)
+            ref_imgs.append(np.ascontiguousarray(a[y : y + s, x : x + s]))
+    ref = drive(ref_imgs)
+    mu, sd = ref.mean(0), ref.std(0) + 1e-9
+
+    def tuning(stimuli) -> np.ndarray:
+        images = [s for s in stimuli if not isinstance(s, str)]
+        rates = np.full((len(stimuli), n_sites), 5.0)
+        if images:
+            z = (drive(images) - mu) / sd
+            idx = [i for i, s in enumerate(stimuli) if not isinstance(s, str)]
+            rates[idx] = 20.0 * np.logaddexp(0, 1.5 * z - 1.0)
+        return rates
+
+    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
+    return tuning

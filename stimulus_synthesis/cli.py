@@ -58,9 +58,12 @@ def info_cmd(pool: Path, column: str) -> None:
 
 @click.command("synthesize")
 @click.option("--twin", "twin_file", required=True, type=click.Path(path_type=Path), help="Twin file (.h5).")
-@click.option("--pool", "pool_path", required=True, type=click.Path(path_type=Path),
-              help="Candidates: .txt (one per line), .csv/.tsv (--column) or a folder of .txt.")  # fmt: skip
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV of chosen sentences to write.")
+@click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
+              help="Sentences from a pool, or images synthesized by gradient or CMA-ES.")  # fmt: skip
+@click.option("--pool", "pool_path", default=None, type=click.Path(path_type=Path),
+              help="Candidates (text): .txt (one per line), .csv/.tsv (--column) or a folder of .txt.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="CSV to write (images: PNGs go in a folder named after it).")  # fmt: skip
 @click.option("--goal", type=click.Choice(["drive", "suppress", "target", "control"]), default="drive",
               show_default=True)  # fmt: skip
 @click.option("--n", "n", default=250, show_default=True, help="How many sentences to choose.")
@@ -88,18 +91,31 @@ def info_cmd(pool: Path, column: str) -> None:
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
               help="CSV of every generated candidate evaluated.")  # fmt: skip
 @click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
+@click.option("--method", type=click.Choice(["gradient", "cmaes"]), default="gradient", show_default=True,
+              help="Image synthesis: gradient ascent, or CMA-ES (gradient-free).")  # fmt: skip
+@click.option("--steps", default=256, show_default=True, help="Twin evaluations per image.")
+@click.option("--size", default=128, show_default=True, help="Image side (pixels).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache", default=None, help="Feature cache file (default: $NEUROTWIN_CACHE/features.h5).")
 @click.option("--device", default="cpu", show_default=True)
-def synthesize_cmd(twin_file, pool_path, out, goal, n, roi, value, hold, acquisition, beta, column, min_words,
-                   max_words, charset, blocklist, min_readability, max_readability, max_similarity, exclude,
-                   budget, naturalness_model, max_nll, log_path, model, seed, cache, device) -> None:  # fmt: skip
-    """Choose (and optionally generate) sentences the twin predicts will drive or suppress a target.
+def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hold, acquisition, beta, column,
+                   min_words, max_words, charset, blocklist, min_readability, max_readability, max_similarity,
+                   exclude, budget, naturalness_model, max_nll, log_path, model, method, steps, size, seed, cache,
+                   device) -> None:  # fmt: skip
+    """Choose (and optionally generate) sentences, or synthesize images, that the twin predicts will
+    drive or suppress a target.
 
-    Writes OUT, a CSV with each sentence's predicted response and uncertainty per
-    target, its source (corpus or generated) and a constraint report. The pool is
+    Text: writes OUT, a CSV with each sentence's predicted response and uncertainty
+    per target, its source (corpus or generated) and a constraint report. The pool is
     embedded once into the feature cache (resumable); later runs only re-score it.
+    Images (--modality image): writes PNGs within the safety limits to a folder named
+    after OUT, and OUT, a CSV with each image's predicted responses and safety report.
     """
+    if modality == "image":
+        _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, size, seed)
+        return
+    if pool_path is None:
+        raise click.UsageError("--pool is required for sentences (--modality text)")
     import pandas as pd
 
     from twin import Twin
@@ -149,3 +165,56 @@ def synthesize_cmd(twin_file, pool_path, out, goal, n, roi, value, hold, acquisi
     values = [r[f"predicted_{name}"] for r in result.rows]
     click.echo(f"wrote {len(result.rows)} sentences ({generated} generated) to {out}; predicted {name} "
                f"{min(values):.3f} to {max(values):.3f}")  # fmt: skip
+
+
+def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, size, seed) -> None:
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from twin import Twin
+    from twin.cli import UserError
+
+    from .images import evolve_images, synthesize_images, twin_predictor
+    from .selection import Goal
+
+    if n < 1 or steps < 1 or size < 32:
+        raise UserError(f"--n and --steps must be at least 1 and --size at least 32 (got {n}, {steps}, {size})")
+    twin = Twin.load(twin_file, model=model)
+    if twin.modality != "image":
+        raise UserError(f"twin '{twin_file}' models sentences; image synthesis needs a twin fit on images")
+    if roi is not None and roi not in twin.targets:
+        raise UserError(f"--roi {roi!r} is not a target of this twin (targets: {', '.join(twin.targets)})")
+    target = twin.targets.index(roi) if roi else 0
+    g = Goal(goal, target, value, hold)
+    predict = twin_predictor(twin)
+    reference = next(iter(twin.readouts.values())).mean_y  # the training images' mean response
+    if method == "gradient":
+        images = synthesize_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True)
+    else:
+        images = evolve_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True)
+    folder = out.with_suffix("")
+    tmp_dir = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    rows = []
+    for i, item in enumerate(sorted(images, key=lambda it: -it.objective)):
+        if not item.safety.ok or not np.isfinite(item.predicted).all():
+            shutil.rmtree(tmp_dir)
+            raise UserError(f"image {i} failed its final check ({item.safety}); nothing written")
+        name = f"{goal}-{i:03d}.png"
+        Image.fromarray(item.image).save(tmp_dir / name)
+        row = {"rank": i + 1, "image": f"{folder.name}/{name}", "method": item.method, "objective": item.objective}
+        row |= {f"predicted_{t}": float(v) for t, v in zip(twin.targets, item.predicted, strict=True)}
+        row |= {"contrast_scale": item.contrast_scale, "safe": item.safety.ok}
+        row |= {f"safety_{k}": round(v, 4) for k, v in item.safety.figures.items()}
+        rows.append(row)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp_dir.replace(folder)
+    tmp = Path(str(out) + ".tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(out)
+    click.echo(f"wrote {len(rows)} images to {folder}/ and their predictions and safety reports to {out}")

@@ -10,3 +10,21 @@ def length_subject(stimuli):
 
 length_subject.rois = ("lang", "md")
 length_subject.noise_sd = 0.2
+
+
+def nan_image_model():
+    """An image feature network that produces NaN (for the bad-input tests)."""
+    import torch
+
+    from twin.vision import VisionModel
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.conv.weight.data.fill_(float("nan"))  # e.g. weights that diverged in training
+
+        def forward(self, x):
+            return self.conv(x)
+
+    return VisionModel(Broken(), 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ("conv",))

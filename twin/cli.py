@@ -71,10 +71,23 @@ def twin_group() -> None:
 @click.option("--targets", default=None, help="Response columns to model (default: all but sentence/group).")
 @cache_option
 @device_option
-def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device) -> None:
-    """Fit a twin on DATA (CSV: 'sentence' plus response columns). Duplicate sentences are averaged."""
+@click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
+              help="Sentences, or images (CSV column 'image': paths relative to the CSV).")  # fmt: skip
+@click.option("--grid", default=3, show_default=True, help="Images: spatial pooling grid per layer.")
+def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device, modality,
+            grid) -> None:  # fmt: skip
+    """Fit a twin on DATA (CSV: 'sentence' or 'image' plus response columns). Duplicates are averaged.
+
+    Images: --model efficientnet-lite0 (default for images), gabor-v1, or module:attr
+    (any torch nn.Module, e.g. a torchvision or timm network with your weights) and
+    --layers as its module names, comma-separated.
+    """
     from .data import load_dataset
     from .model import FeaturePlan, Twin
+
+    if modality == "image":
+        _fit_images(data, out, model, layers, grid, targets, device)
+        return
 
     dataset = load_dataset(data, targets.split(",") if targets else None)
     poolings = tuple(p.strip() for p in pooling.split(","))
@@ -96,6 +109,40 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
     used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1), strict=False) if w > 0]
     click.echo(f"  feature blocks with weight: {', '.join(used)}")
+    click.echo(f"wrote {out}")
+
+
+def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int, targets: str | None,
+                device: str) -> None:  # fmt: skip
+    import pandas as pd
+
+    from .data import DataError
+    from .model import Twin
+    from .vision import ImageFeatures, ImagePlan
+
+    if not data.exists():
+        raise DataError(f"training file '{data}' does not exist")
+    try:
+        frame = pd.read_csv(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"'{data}' is not a readable CSV: {exc}") from None
+    if "image" not in frame.columns:
+        raise DataError(f"'{data}' has no 'image' column (columns: {', '.join(map(str, frame.columns))})")
+    names = targets.split(",") if targets else [c for c in frame.columns if c not in ("image", "group")]
+    bad = [c for c in names if c not in frame.columns or not pd.api.types.is_numeric_dtype(frame[c])]
+    if not names or bad:
+        raise DataError(f"'{data}': response column(s) missing or not numeric: {bad or 'none given'}")
+    Y = frame[names].to_numpy(float)
+    if not np.isfinite(Y).all():
+        raise DataError(f"'{data}': responses contain NaN or infinite values")
+    paths = [str((data.parent / p) if not Path(p).is_absolute() else p) for p in frame["image"]]
+    model = "efficientnet-lite0" if model == "smollm2-135m" else model
+    plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)
+    twin = Twin.fit(paths, Y, names, features=ImageFeatures(plan, device=device))
+    twin.save(out)
+    click.echo(f"fit {len(paths)} images on {model} ({', '.join(twin.plan.layers or ())}), targets: {', '.join(names)}")
+    for target, r in twin.scores["inner_loo_r"].items():
+        click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
     click.echo(f"wrote {out}")
 
 

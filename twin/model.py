@@ -27,11 +27,31 @@ from .models import model_info
 from .projection import Projection, reference_projection
 from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
 from .scoring import kfold
+from .vision import ImageFeatures, ImagePlan, image_digests
 
 FORMAT = "neurotwin.twin"
 FORMAT_VERSION = 2
 STATS_BLOCK = "stats"
 DEFAULT_COMPONENTS = 32
+
+
+def plan_from_json(text: str) -> FeaturePlan | ImagePlan:
+    """A text or image feature plan from its JSON."""
+    return ImagePlan.from_json(text) if json.loads(text).get("modality") == "image" else FeaturePlan.from_json(text)
+
+
+def features_for(plan: FeaturePlan | ImagePlan, projection: Projection | None = None) -> TextFeatures | ImageFeatures:
+    """The feature computer for a plan."""
+    if isinstance(plan, ImagePlan):
+        return ImageFeatures(plan)
+    return TextFeatures(plan, projection=projection)
+
+
+def stimulus_digests(stimuli: Sequence) -> np.ndarray:
+    """Digests of sentences or images, as kept in a twin for its training stimuli."""
+    if stimuli and not isinstance(stimuli[0], str):
+        return image_digests(stimuli)
+    return text_digests(stimuli)
 
 
 def package_version() -> str:
@@ -282,9 +302,9 @@ def select_hyperparameters(
 
 @dataclass
 class Twin:
-    """A fitted text encoding model of one or more target responses."""
+    """A fitted encoding model (of sentences or images) of one or more target responses."""
 
-    plan: FeaturePlan
+    plan: FeaturePlan | ImagePlan
     model_id: str
     targets: list[str]
     readouts: dict[str, RidgeReadout]
@@ -296,29 +316,32 @@ class Twin:
     version: str = field(default_factory=package_version)
     training_digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.uint8), repr=False)
     projection: Projection | None = field(default=None, repr=False)
-    features: TextFeatures | None = field(default=None, repr=False)
+    features: TextFeatures | ImageFeatures | None = field(default=None, repr=False)
 
     # ----- fitting -----
     @classmethod
     def fit(
         cls,
-        sentences: Sequence[str],
+        sentences: Sequence,
         Y: np.ndarray,
         targets: Sequence[str] | None = None,
-        plan: FeaturePlan | None = None,
-        features: TextFeatures | None = None,
+        plan: FeaturePlan | ImagePlan | None = None,
+        features: TextFeatures | ImageFeatures | None = None,
         hyperparameters: Hyperparameters | None = None,
         alphas: np.ndarray = DEFAULT_ALPHAS,
         training_hash: str = "",
     ) -> Twin:
-        """Fit on sentences and responses (n, t); hyperparameters by inner LOO unless given."""
-        features = features or TextFeatures(plan or FeaturePlan())
+        """Fit on stimuli (sentences, or images with an ImagePlan) and responses (n, t).
+
+        Hyperparameters are chosen by inner LOO unless given.
+        """
+        features = features or features_for(plan or FeaturePlan())
         blocks = features(sentences)
         twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas)
         twin.projection = features.projection
         twin.features = features
         twin.training_hash = training_hash
-        twin.training_digests = text_digests(sentences)
+        twin.training_digests = stimulus_digests(list(sentences))
         return twin
 
     @classmethod
@@ -327,7 +350,7 @@ class Twin:
         blocks: dict[str, np.ndarray],
         Y: np.ndarray,
         targets: Sequence[str] | None,
-        plan: FeaturePlan,
+        plan: FeaturePlan | ImagePlan,
         model_id: str,
         hyperparameters: Hyperparameters | None = None,
         alphas: np.ndarray = DEFAULT_ALPHAS,
@@ -360,19 +383,27 @@ class Twin:
         return next(iter(self.readouts.values())).n
 
     # ----- prediction -----
-    def _features(self) -> TextFeatures:
+    @property
+    def modality(self) -> str:
+        return "image" if isinstance(self.plan, ImagePlan) else "text"
+
+    def _features(self) -> TextFeatures | ImageFeatures:
         if self.features is None:
-            self.features = TextFeatures(self.plan, projection=self.projection)
+            self.features = features_for(self.plan, self.projection)
         return self.features
 
-    def attach(self, features: TextFeatures) -> None:
+    def attach(self, features: TextFeatures | ImageFeatures) -> None:
         """Use these feature settings (cache, device, progress); the model must match the twin's.
 
         The twin's own plan and projection replace the ones ``features`` was made with.
         """
         if features.model_id != self.model_id:
             raise FeatureModelError(f"this twin was fit on features of '{self.model_id}', not '{features.model_id}'")
-        features.plan, features._projection = self.plan, self.projection
+        if isinstance(features, ImageFeatures):
+            if features.plan != self.plan:
+                raise FeatureModelError(f"this twin uses image features {self.plan}, not {features.plan}")
+        else:
+            features.plan, features._projection = self.plan, self.projection
         self.features = features
 
     def linear(self) -> tuple[np.ndarray, np.ndarray]:
@@ -408,15 +439,15 @@ class Twin:
         sd = np.sqrt(self.noise_var + epistemic**2) if with_sd else None
         return pred, sd
 
-    def predict(self, sentences: Sequence[str], with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted responses (m, t) for sentences, and the predictive SD (m, t) when asked."""
+    def predict(self, sentences: Sequence, with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted responses (m, t) for sentences (or images), and the predictive SD (m, t) when asked."""
         return self.predict_blocks(self._features()(sentences), with_sd)
 
     # ----- online refinement -----
-    def update(self, sentences: Sequence[str], Y: np.ndarray) -> None:
-        """Add new (sentence, response) pairs: exact update of every readout, no refit."""
+    def update(self, sentences: Sequence, Y: np.ndarray) -> None:
+        """Add new (stimulus, response) pairs: exact update of every readout, no refit."""
         self.update_blocks(self._features()(sentences), Y)
-        self.training_digests = np.vstack([self.training_digests, text_digests(sentences)])
+        self.training_digests = np.vstack([self.training_digests, stimulus_digests(list(sentences))])
 
     def update_blocks(self, blocks: dict[str, np.ndarray], Y: np.ndarray) -> None:
         Y = _as_2d(Y)
@@ -495,7 +526,7 @@ class Twin:
                     g = f["blocks"][key]
                     readouts[str(g.attrs["name"])] = RidgeReadout.from_state({k: g[k][()] for k in g})
                 twin = cls(
-                    plan=FeaturePlan.from_json(f.attrs["plan"]),
+                    plan=plan_from_json(f.attrs["plan"]),
                     model_id=str(f.attrs["model_id"]),
                     targets=json.loads(f.attrs["targets"]),
                     readouts=readouts,
@@ -518,7 +549,7 @@ class Twin:
         if model is not None:
             from .models import resolve_model
 
-            wanted = resolve_model(model)[0]
+            wanted = model if twin.modality == "image" else resolve_model(model)[0]
             if wanted != twin.model_id:
                 raise FeatureModelError(f"twin file '{path}' uses feature model '{twin.model_id}', not '{wanted}'")
         return twin

@@ -1,0 +1,201 @@
+"""Images: visual features, the image twin, synthesis within the safety limits, and the presenter's refusal."""
+
+import csv
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hardware import PeerClient
+from hardware.rigs import gabor_tuning
+from stimulus_synthesis import Goal
+from stimulus_synthesis.images import evolve_images, natural_images, synthesize_images, twin_predictor
+from stimulus_synthesis.safety import SafetyLimits, check_image, check_sequence, make_safe
+from twin import DataError, FeatureModelError, Twin
+from twin.vision import ImageFeatures, ImagePlan
+
+from .netutil import ROOT, free_port
+from .test_cli_twin import neurotwin
+
+YY, XX = np.mgrid[0:256, 0:256]
+
+
+def _grey(a) -> np.ndarray:
+    return np.repeat(np.asarray(a, np.uint8)[..., None], 3, 2)
+
+
+GRATING = _grey((np.sin(2 * np.pi * XX / 16) > 0) * 255)
+CHECKERBOARD = _grey(((YY // 16 + XX // 16) % 2) * 255)
+RED = np.zeros((256, 256, 3), np.uint8)
+RED[..., 0] = 255
+BLACK = np.zeros((256, 256, 3), np.uint8)
+
+
+def _png(a) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def natural():
+    return natural_images(240, 96, seed=1)
+
+
+@pytest.fixture(scope="module")
+def v1_twin(natural):
+    """A Gabor-bank twin fit on 160 natural images' Poisson responses of other (random) Gabor sites."""
+    truth = gabor_tuning(4, seed=3)
+    rates = truth(natural)
+    counts = np.random.default_rng(0).poisson(rates[:160] * 0.5) / 0.5
+    twin = Twin.fit(natural[:160], counts, list(truth.rois), plan=ImagePlan(model="gabor-v1"))
+    return twin, truth, rates
+
+
+def test_known_unsafe_images_are_refused_with_a_reason():
+    for image, words in [(GRATING, "regular high-contrast pattern"), (CHECKERBOARD, "regular high-contrast pattern"),
+                         (RED, "saturated red")]:  # fmt: skip
+        report = check_image(image)
+        assert not report.ok and words in str(report), (words, report)
+    flash = check_sequence([(0.0, RED), (0.1, BLACK), (0.2, RED), (0.3, BLACK)])
+    assert not flash.ok and "saturated red flash" in str(flash)
+    white = np.full((64, 64, 3), 255, np.uint8)
+    strobe = check_sequence([(i * 0.1, white if i % 2 else BLACK) for i in range(10)])
+    assert not strobe.ok and "flashes within one second" in str(strobe)
+    # The same patterns small (a patch under a quarter of the field) or faint are allowed.
+    patch = np.full((256, 256, 3), 128, np.uint8)
+    patch[96:160, 96:160] = GRATING[96:160, 96:160]
+    assert check_image(patch).ok
+    faint = _grey(128 + 6 * np.sin(2 * np.pi * XX / 16))
+    assert check_image(faint).ok
+    # One flash (grey -> white -> grey) per second is within the guideline.
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    assert check_sequence([(0.0, grey), (0.2, white), (0.7, grey)]).ok
+
+
+def test_make_safe_scales_contrast_into_the_limits():
+    safe, scale = make_safe(GRATING)
+    assert 0 < scale < 1 and check_image(safe).ok
+    assert make_safe(safe)[1] == 1.0  # already safe: unchanged
+    with pytest.raises(ValueError, match="max_area"):
+        SafetyLimits(max_area=0)
+
+
+def test_natural_image_set_is_safe_and_varied(natural):
+    assert len(natural) == 240 and natural[0].shape == (96, 96, 3)
+    assert all(check_image(im).ok for im in natural[:40])
+    assert np.std([im.mean() for im in natural]) > 5
+
+
+def test_image_twin_predicts_held_out_sites_and_survives_save_load(v1_twin, natural, tmp_path):
+    twin, _, rates = v1_twin
+    pred, sd = twin.predict(natural[160:], with_sd=True)
+    assert sd.shape == pred.shape and (sd > 0).all()
+    r = [np.corrcoef(pred[:, j], rates[160:, j])[0, 1] for j in range(rates.shape[1])]
+    assert min(r) > 0.25 and np.mean(r) > 0.35, r  # 160 noisy trials, phase-specific sites: well above chance
+    twin.save(tmp_path / "t.h5")
+    back = Twin.load(tmp_path / "t.h5")
+    assert back.modality == "image" and back.plan == twin.plan
+    np.testing.assert_allclose(back.predict(natural[160:170])[0], pred[:10], rtol=1e-6)
+    back.update(natural[200:210], rates[200:210])  # online refinement as for text
+    assert back.n_train == 170 and back.training_digests.shape == (170, 16)
+
+
+def test_gradient_and_cmaes_synthesis_drive_a_site_inside_the_limits(v1_twin, natural):
+    twin, truth, rates = v1_twin
+    predict = twin_predictor(twin)
+    grad = synthesize_images(predict, Goal("drive", roi=0), n=2, steps=48, size=96, seed=0)
+    cma = evolve_images(predict, Goal("drive", roi=0), n=1, evaluations=40, size=96, seed=0)
+    for item in grad + cma:
+        assert item.safety.ok and check_image(item.image).ok, item.safety
+        assert item.image.dtype == np.uint8 and item.image.shape == (96, 96, 3)
+    assert grad[0].trace[-1] > grad[0].trace[0]  # the objective rose
+    true = truth([g.image for g in grad])[:, 0]
+    assert true.mean() > np.median(rates[:, 0]), (true, np.median(rates[:, 0]))
+    assert cma[0].trace[-1] >= cma[0].trace[0]
+    sup = synthesize_images(predict, Goal("suppress", roi=0), n=1, steps=48, size=96, seed=0)
+    assert sup[0].predicted[0] < grad[0].predicted[0]
+
+
+def test_image_bad_input_is_named():
+    feats = ImageFeatures(ImagePlan(model="gabor-v1"))
+    with pytest.raises(DataError, match="not an image file"):
+        feats([ROOT / "README.md"])
+    with pytest.raises(DataError, match="does not exist"):
+        feats(["/nonexistent/x.png"])
+    with pytest.raises(DataError, match="shape"):
+        feats([np.zeros((4, 4, 3), np.uint8)])
+    with pytest.raises(DataError, match="dtype int32"):
+        feats([np.zeros((32, 32, 3), np.int32)])
+    with pytest.raises(FeatureModelError, match="NaN"):
+        ImageFeatures(ImagePlan(model="tests.subjects:nan_image_model"))([np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(FeatureModelError, match="no layer"):
+        ImageFeatures(ImagePlan(model="gabor-v1", layers=("nope",)))
+    with pytest.raises(FeatureModelError, match="unknown image model"):
+        ImageFeatures(ImagePlan(model="resnet-9000"))
+
+
+def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin):
+    _, truth, rates = v1_twin
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *truth.rois])
+        for i in range(60):
+            Image.fromarray(natural[i]).save(folder / f"{i}.png")
+            w.writerow([f"imgs/{i}.png", *rates[i]])
+    twin = tmp_path / "v1.h5"
+    fit = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out", twin)
+    assert "fit 60 images on gabor-v1" in fit.stdout and twin.exists()
+    out = tmp_path / "drive.csv"
+    neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", out, "--n", "2", "--steps", "24",
+              "--size", "96", "--roi", "site1")  # fmt: skip
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 2 and all(r["safe"] == "True" for r in rows)
+    for row in rows:
+        image = np.asarray(Image.open(tmp_path / row["image"]).convert("RGB"))
+        assert check_image(image).ok and float(row["predicted_site1"]) == pytest.approx(
+            Twin.load(twin).predict([image])[0][0, 1], rel=0.05, abs=0.5)  # fmt: skip
+    # Bad input: a text file posing as an image; a text twin asked for images. Nothing written.
+    (folder / "0.png").write_text("not a png")
+    bad = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out",
+                    tmp_path / "bad.h5", check_ok=False)  # fmt: skip
+    assert bad.returncode == 2 and "not an image file" in bad.stderr and not (tmp_path / "bad.h5").exists()
+
+
+def test_presenter_refuses_unsafe_images_and_shows_safe_ones(tmp_path):
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
+                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3"],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+        end = time.monotonic() + 60
+        while not client.up and time.monotonic() < end:
+            client.poll(0.05)
+        safe = np.full((64, 64, 3), 128, np.uint8)
+        safe[24:40, 24:40] = 160
+        trials = [
+            {"trial": 0, "stimulus_id": 1, "kind": "image", "image": _png(GRATING), "onset": 0.2, "duration": 0.2},
+            {"trial": 1, "stimulus_id": 2, "kind": "image", "image": _png(safe), "onset": 0.6, "duration": 0.2},
+            {"trial": 2, "stimulus_id": 3, "kind": "image", "image": _png(RED), "onset": 1.0, "duration": 0.2},
+        ]
+        client.send_reliable("schedule", run=1, trials=trials)
+        got = client.poll(0.3)  # refusals come back as soon as the schedule is checked
+        client.send_reliable("trigger", run=1, volume=0, time=client.clock())
+        while len(got) < 3 and time.monotonic() < end:
+            got += client.poll(0.05)
+        by_trial = {m["trial"]: m for m in got}
+        assert by_trial[0]["type"] == "refused" and "regular high-contrast pattern" in by_trial[0]["reason"]
+        assert by_trial[2]["type"] == "refused" and "saturated red" in by_trial[2]["reason"]
+        assert by_trial[1]["type"] == "presented"
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
