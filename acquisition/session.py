@@ -185,6 +185,10 @@ class SessionFile:
         self._row("stimuli", stimulus_id=stimulus_id, time=time.time(), text=text, image=image,
                   condition=condition, source=source)  # fmt: skip
 
+    def has_stimulus(self, stimulus_id: int) -> bool:
+        """Whether a stimulus with this id is recorded."""
+        return int(stimulus_id) in self._stimuli
+
     def _known(self, stimulus_id: int, what: str) -> None:
         if stimulus_id not in self._stimuli:
             raise SessionError(f"{what} refers to unknown stimulus {stimulus_id}; record the stimulus first")

@@ -17,6 +17,9 @@ from stimulus_synthesis.pool import PoolError
 from twin.cli import UserError, twin_group
 from twin.errors import TwinError
 
+from .commands import protocol_group, report_cmd, simulate_cmd
+from .protocol import ProtocolError
+
 
 class _Root(click.Group):
     """Turns every package's user-facing error into a one-line message and exit code 2."""
@@ -24,7 +27,7 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (TwinError, SessionError, PoolError, ConstraintError) as exc:
+        except (TwinError, SessionError, PoolError, ConstraintError, ProtocolError) as exc:
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -47,6 +50,9 @@ cli.add_command(rig_group)
 cli.add_command(present_cmd)
 cli.add_command(corpus_group)
 cli.add_command(synthesize_cmd)
+cli.add_command(simulate_cmd)
+cli.add_command(protocol_group)
+cli.add_command(report_cmd)
 
 
 def main() -> None:

@@ -153,7 +153,7 @@ def present_cmd(bind, null, trigger_key, fullscreen, size, screen, screenshots, 
             display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-    presenter = Presenter(server, display, trigger_key or None)
+    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0)
     try:
         _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:

@@ -334,6 +334,10 @@ class PeerClient(_Endpoint):
         """Map a timestamp of the peer's clock to the controller's clock."""
         return remote_time - (self.sync.offset or 0.0)
 
+    def to_remote(self, local_time: float) -> float | None:
+        """Map a controller timestamp to the peer's clock (None before the clocks are compared)."""
+        return None if self.sync.offset is None else local_time + self.sync.offset
+
     def send_reliable(self, type_: str, **fields: Any) -> int:
         """Send a command (schedule, start, stop, event) that must arrive exactly once."""
         seq, frame = self.outbox.add(self._frame_reliable(self._message(type_, **fields)))

@@ -34,11 +34,11 @@ class NullDisplay:
     def prepare(self, kind: str, content: str | bytes) -> Any:
         return None
 
-    def show(self, prepared: Any, label: str) -> float:
-        return self.clock()
+    def show(self, prepared: Any, label: str, due: float | None = None) -> float:
+        return self.clock() if due is None else due  # a simulated screen flips exactly when due
 
-    def fixation(self) -> float:
-        return self.clock()
+    def fixation(self, due: float | None = None) -> float:
+        return self.clock() if due is None else due
 
     def key_pressed(self, key: str) -> bool:
         return False
@@ -92,11 +92,11 @@ class PsychoPyDisplay:
         return self._visual.ImageStim(self.win, image=img, units="height",
                                       size=(0.8 * w / max(w, h), 0.8 * h / max(w, h)))  # fmt: skip
 
-    def show(self, prepared: Any, label: str) -> float:
+    def show(self, prepared: Any, label: str, due: float | None = None) -> float:
         prepared.draw()
         return self._flip(label)
 
-    def fixation(self) -> float:
+    def fixation(self, due: float | None = None) -> float:
         self.cross.draw()
         return self._flip("fixation")
 
@@ -121,9 +121,11 @@ class PsychoPyDisplay:
 class Presenter:
     """Serves the presentation protocol: schedule -> trigger -> trials at their onsets -> 'presented'."""
 
-    def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5", safety: Any = None) -> None:
+    def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5", safety: Any = None,
+                 speed: float = 1.0) -> None:  # fmt: skip
         from stimulus_synthesis.safety import SafetyLimits
 
+        self.speed = speed  # the server's clock runs this many times faster than real time (simulation)
         self.safety = safety or SafetyLimits()
         self.refused: list[dict] = []
         self.server = server
@@ -142,7 +144,10 @@ class Presenter:
                 self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
                 log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
             elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
-                self.triggered[msg["run"]] = self.server.clock()
+                now = self.server.clock()
+                at = msg.get("receiver_time")
+                # A relayed trigger says when the volume began on this clock; receipt time adds the hop.
+                self.triggered[msg["run"]] = at if at is not None and now - 2.0 * self.speed < at <= now else now
             elif kind == "stop":
                 self.schedules.pop(msg["run"], None)
 
@@ -179,7 +184,7 @@ class Presenter:
 
     def _wait_until(self, t: float) -> None:
         """Serve the link until shortly before t, then spin so the flip lands on time."""
-        while (left := t - self.server.clock()) > 0.004:
+        while (left := (t - self.server.clock()) / self.speed) > 0.004:  # real seconds left
             self._commands(min(left - 0.003, 0.02))
         while self.server.clock() < t - self.display.frame_interval / 2:
             pass
@@ -200,13 +205,13 @@ class Presenter:
         onset = None
         for at, prepared, label in frames:
             self._wait_until(at)
-            flip = self.display.show(prepared, label)
+            flip = self.display.show(prepared, label, at)
             onset = flip if onset is None else onset
         if onset is None:  # a fixation trial
             self._wait_until(start)
-            onset = self.display.fixation()
+            onset = self.display.fixation(start)
         self._wait_until(start + trial["duration"])
-        offset = self.display.fixation()  # a fixation cross between trials
+        offset = self.display.fixation(start + trial["duration"])  # a fixation cross between trials
         entry = {"run": run, "trial": trial["trial"], "stimulus_id": trial["stimulus_id"], "scheduled": start,
                  "onset": onset, "offset": offset}  # fmt: skip
         self.log.append(entry)

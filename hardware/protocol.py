@@ -130,6 +130,7 @@ class Trigger(_Msg):
     run: int
     volume: int
     time: float
+    receiver_time: float | None = None  # relayed triggers: the same instant on the receiver's clock
 
 
 class Sample(_Msg):

@@ -62,6 +62,7 @@ class _SimulatedRig:
         self.seed = seed
         self.runs: dict[int, _Run] = {}
         self._responses: dict[bytes, np.ndarray] = {}
+        self._early: dict[int, list] = {}  # run -> events received before its 'start'
 
     def _restore(self) -> None:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
@@ -94,14 +95,16 @@ class _SimulatedRig:
                     self.server.journal.append("run-start", msg["run"], {"run": msg["run"], "t0": t0})
                 log.info("run %d started: %d volumes of %.3f s", msg["run"], msg["n_volumes"], msg["tr"])
             run = _Run(msg["run"], msg["tr"], msg["n_volumes"], t0)
+            run.events.extend(self._early.pop(msg["run"], []))
             self._prepare(run, np.random.default_rng([self.seed, msg["run"]]))
             self.runs[msg["run"]] = run
         elif kind == "event":
             run = self.runs.get(msg["run"])
-            if run is None:
-                log.error("event for run %d, which has not started", msg["run"])
+            response = self._response(msg)
+            if run is None:  # sent before 'start' (so the subject's responses are ready when the clock starts)
+                self._early.setdefault(msg["run"], []).append((msg["onset"], msg["duration"], response))
                 return
-            run.events.append((msg["onset"], msg["duration"], self._response(msg)))
+            run.events.append((msg["onset"], msg["duration"], response))
         elif kind == "stop":
             run = self.runs.get(msg["run"])
             if run is not None:

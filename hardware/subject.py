@@ -13,6 +13,7 @@ single-participant figures of Tuckute et al. 2024: signal SD 0.188 and noise SD
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,20 @@ class LanguageSubject:
 
 
 def load_subject(spec: str | None) -> Any:
-    """A subject from ``module:attr`` (a callable, or a class to instantiate); default: LanguageSubject."""
+    """A subject from ``module:attr``: a callable, or a class or factory (no required arguments) making one.
+
+    Default: LanguageSubject."""
     if not spec:
         return LanguageSubject()
     module, _, attr = spec.partition(":")
     if not attr:
         raise ValueError(f"subject must be given as module:attr, got {spec!r}")
     obj = getattr(importlib.import_module(module), attr)
-    subject = obj() if isinstance(obj, type) else obj
+    factory = isinstance(obj, type) or (
+        callable(obj) and not hasattr(obj, "rois")
+        and all(p.default is not p.empty for p in inspect.signature(obj).parameters.values())
+    )  # fmt: skip
+    subject = obj() if factory else obj
     if not callable(subject):
         raise ValueError(f"subject {spec!r} is not callable")
     return subject

@@ -28,3 +28,12 @@ def nan_image_model():
             return self.conv(x)
 
     return VisionModel(Broken(), 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ("conv",))
+
+
+def length_language_subject(stimuli):
+    """A fast language subject: longer sentences drive 'lang'; 'md' is constant."""
+    return np.array([[0.5 + 0.05 * len(s.split()), 0.5] for s in stimuli])
+
+
+length_language_subject.rois = ("lang", "md")
+length_language_subject.noise_sd = 0.3

@@ -43,8 +43,9 @@ def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple
 
 
 def _trials():
-    x = np.mgrid[0:128, 0:128][1]
-    grating = np.repeat((128 + 100 * np.sin(2 * np.pi * x / 16))[..., None], 3, 2)
+    y, x = np.mgrid[0:128, 0:128]
+    envelope = np.exp(-((x - 64) ** 2 + (y - 64) ** 2) / (2 * 12**2))  # a patch: within the safety limits
+    grating = np.repeat((128 + 100 * envelope * np.sin(2 * np.pi * x / 16))[..., None], 3, 2)
     return [
         {"trial": 0, "stimulus_id": 10, "kind": "text", "text": "The quick brown fox jumps over the lazy dog.",
          "onset": 0.5, "duration": 0.5},

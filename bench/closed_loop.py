@@ -1,0 +1,71 @@
+"""Closed loop against open loop at equal scanner time, in simulation, at 5 seeds.
+
+Runs protocols/closed_loop_language.toml and protocols/open_loop_language.toml
+(the same 390 trials and 28.8 min of scanner time; the open loop measures baseline
+sentences where the closed loop runs its rounds) with `neurotwin simulate` against
+the default simulated subject, then scores each final evaluation block by the
+subject's true (noise-free) responses: drive - suppress separation in units of the
+evaluation baseline sentences' true SD, and Welch t-tests of drive > baseline >
+suppress. Target: closed-loop separation at least 1.25 x the open loop's.
+Run: .venv/bin/python bench/closed_loop.py [seeds, default 5]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def evaluate(session: Path) -> dict:
+    from acquisition import read_session
+    from hardware.subject import LanguageSubject
+
+    d = read_session(session)
+    runs = [json.loads(m) for m in d.log.loc[d.log.kind == "run-complete", "message"]]
+    trials = [t for r in runs if r["kind"] == "evaluation" for t in r["trials"]]
+    ev = d.events[d.events.trial.isin(trials)].merge(d.stimuli[["stimulus_id", "text"]], on="stimulus_id")
+    truth = LanguageSubject()(list(ev.text))[:, 0]
+    g = {c: truth[ev.condition.to_numpy() == c] for c in "DBS"}
+    p_db = stats.ttest_ind(g["D"], g["B"], equal_var=False, alternative="greater").pvalue
+    p_bs = stats.ttest_ind(g["B"], g["S"], equal_var=False, alternative="greater").pvalue
+    sep = (g["D"].mean() - g["S"].mean()) / g["B"].std(ddof=1)
+    return {"D": g["D"].mean(), "B": g["B"].mean(), "S": g["S"].mean(), "sep": sep, "p_db": p_db, "p_bs": p_bs}
+
+
+def main(n_seeds: int = 5) -> None:
+    work = Path(tempfile.mkdtemp(prefix="nt-loop-"))
+    results: dict[str, list[dict]] = {"closed": [], "open": []}
+    for seed in range(n_seeds):
+        for name in ("closed", "open"):
+            out = work / f"{name}-{seed}.h5"
+            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_language.toml",
+                   "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
+            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+            r = evaluate(out)
+            results[name].append(r)
+            print(f"seed {seed} {name:6s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
+                  f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",
+                  flush=True)  # fmt: skip
+    print()
+    for name in ("closed", "open"):
+        seps = np.array([r["sep"] for r in results[name]])
+        sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in results[name])
+        print(f"{name}-loop separation: mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
+              f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
+    ratio = np.mean([r["sep"] for r in results["closed"]]) / np.mean([r["sep"] for r in results["open"]])
+    print(f"closed / open separation: {ratio:.2f} (target at least 1.25: {'PASS' if ratio >= 1.25 else 'FAIL'})")
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))

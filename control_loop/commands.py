@@ -1,0 +1,176 @@
+"""Commands of the control loop: simulate, session run/resume, protocol check, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from acquisition.cli import session_group
+
+from .protocol import Protocol, ProtocolError, load_protocol
+
+
+def _features(protocol: Protocol):
+    if protocol.modality == "text":
+        from twin import FeaturePlan, TextFeatures
+        from twin.paths import default_feature_cache
+
+        return TextFeatures(FeaturePlan(), cache=default_feature_cache(), progress=True)
+    from twin.vision import ImageFeatures, ImagePlan
+
+    return ImageFeatures(ImagePlan())
+
+
+def _default_out(protocol_path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("sessions") / f"{protocol_path.stem}-{stamp}.h5"
+
+
+def _run_or_pause(runner, out: Path) -> None:
+    """Run; Ctrl-C pauses (the file is closed cleanly; the unfinished run is repeated on resume)."""
+    import sys
+
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        click.echo(f"paused: {out} is closed and intact; continue with: neurotwin session resume {out}", err=True)
+        sys.exit(130)
+
+
+def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
+    from hardware.rigs import sim_clock
+
+    from .report import write_report
+    from .session import SessionRunner
+    from .simulate import simulated_peers, subject_rois
+
+    features = _features(protocol)
+    with simulated_peers(protocol, peers, out.with_name(out.stem + "-logs")) as (rig, presenter):
+        runner = SessionRunner(protocol, out, rig, presenter, clock=sim_clock(peers["speed"]), features=features,
+                               rois=subject_rois(protocol, peers), progress=click.echo, peers=peers)  # fmt: skip
+        _run_or_pause(runner, out)
+    click.echo(f"session file: {out}")
+    if report:
+        click.echo(f"report: {write_report(out)}")
+
+
+@click.command("simulate")
+@click.argument("protocol_file", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Session file (default: sessions/NAME-TIME.h5)."
+)
+@click.option("--speed", type=float, default=None, help="Simulated time speed (default: the protocol's).")
+@click.option("--subject", default=None, help="Simulated subject as module:attr (default: the modality's).")
+@click.option("--seed", type=int, default=None, help="Override the protocol's seed.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML report at the end.")
+def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, subject: str | None, seed: int | None,
+                 report: bool) -> None:  # fmt: skip
+    """Run PROTOCOL end to end against a simulated rig and presenter (separate processes, 127.0.0.1)."""
+    from .simulate import simulation_peers
+
+    protocol = load_protocol(protocol_file)
+    if seed is not None:
+        protocol = protocol.model_copy(update={"seed": seed})
+    out = out or _default_out(protocol_file)
+    _run_simulated(protocol, out, simulation_peers(protocol, subject, speed), report)
+
+
+@session_group.command("run")
+@click.argument("protocol_file", type=click.Path(path_type=Path))
+@click.option("--rig", required=True, help="Rig endpoint, e.g. tcp://scanner-pc:5560.")
+@click.option("--presenter", required=True, help="Presenter endpoint, e.g. tcp://stim-pc:5570.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Session file to write.")
+@click.option("--rois", default=None, help="ROIs the rig reports, comma-separated (default: the protocol's).")
+def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None) -> None:
+    """Run PROTOCOL with a real rig and presenter."""
+    from .report import write_report
+    from .session import SessionRunner
+
+    protocol = load_protocol(protocol_file)
+    runner = SessionRunner(protocol, out, rig, presenter, features=_features(protocol),
+                           rois=rois.split(",") if rois else None, progress=click.echo)  # fmt: skip
+    _run_or_pause(runner, out)
+    click.echo(f"session file: {out}\nreport: {write_report(out)}")
+
+
+@session_group.command("resume")
+@click.argument("session_file", type=click.Path(path_type=Path, exists=True))
+@click.option("--report/--no-report", default=True, show_default=True)
+def resume_cmd(session_file: Path, report: bool) -> None:
+    """Continue a stopped or killed session from its file, without repeating or losing a trial."""
+    import json
+
+    from acquisition import read_session, recover
+
+    from .session import SessionRunner
+    from .simulate import peers_of
+
+    recover(session_file)
+    protocol = Protocol.model_validate_json(read_session(session_file).attrs["protocol"])
+    peers = peers_of(session_file)
+    if peers.get("mode") == "simulation":
+        _run_simulated(protocol, session_file, peers, report)
+        return
+    runner = SessionRunner(protocol, session_file, peers["rig"], peers["presenter"], features=_features(protocol),
+                           progress=click.echo, peers=peers)  # fmt: skip
+    _run_or_pause(runner, session_file)
+    click.echo(f"session file: {session_file} ({json.dumps(peers)})")
+
+
+@click.group("protocol")
+def protocol_group() -> None:
+    """Protocol files: validate and summarize."""
+
+
+@protocol_group.command("check")
+@click.argument("protocol_file", type=click.Path(path_type=Path))
+def check_cmd(protocol_file: Path) -> None:
+    """Validate PROTOCOL and print what it will do: duration, stimuli per condition, safety limits."""
+    from .simulate import simulation_peers, subject_rois
+
+    protocol = load_protocol(protocol_file)
+    rois = subject_rois(protocol, simulation_peers(protocol))
+    unknown = [r for r in protocol.target.rois if r not in rois]
+    if unknown:
+        raise ProtocolError(f"protocol '{protocol_file}': target.rois: unknown ROI(s) {unknown}; "
+                            f"the {protocol.modality} subject reports {rois}")  # fmt: skip
+    d = protocol.design
+    click.echo(f"{protocol.name} ({protocol.modality}): {protocol.description}")
+    click.echo(f"  design: {d.kind}, TR {d.tr:g} s, {d.trial_duration:g} s stimuli every {d.iti:g} s, "
+               f"{d.trials_per_run} trials per run")  # fmt: skip
+    runs = protocol.runs()
+    click.echo(f"  {len(runs)} runs, {protocol.total_trials} trials, {protocol.scanner_minutes:.1f} min of "
+               f"{'scanner' if protocol.modality == 'text' else 'recording'} time")  # fmt: skip
+    for phase in protocol.phases:
+        rounds = f" x {phase.rounds} rounds" if phase.kind == "closed_loop" else ""
+        conds = {"localizer": "sentences / nonword lists", "baseline": "baseline (random from the source)",
+                 "closed_loop": protocol.target.goal + f" ({phase.acquisition})",
+                 "evaluation": ", ".join(phase.conditions)}[phase.kind]  # fmt: skip
+        click.echo(f"  phase {phase.name!r}: {phase.kind}, {phase.trials} trials{rounds}: {conds}")
+    s = protocol.stimuli
+    if protocol.modality == "text":
+        click.echo(f"  stimuli: {s.source}, {s.candidates} candidates, {s.min_words}-{s.max_words} words, "
+                   f"blocklist {s.blocklist or 'none'}, max similarity {s.max_similarity}")  # fmt: skip
+    else:
+        click.echo(f"  stimuli: natural images ({s.candidates}) and synthesized images ({s.image_size} px, "
+                   f"{s.synthesis_steps} twin evaluations each)")  # fmt: skip
+        sl = protocol.safety
+        click.echo(f"  safety (ITU-R BT.1702): flashes >= {sl.flash_delta:g} cd/m2 over > {sl.max_area:.0%} "
+                   f"at most {sl.max_flashes_per_s}/s; no regular pattern or saturated red over > "
+                   f"{sl.max_area:.0%}")  # fmt: skip
+    st = protocol.stopping
+    click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
+               f"target effect {st.target_effect or '-'}")  # fmt: skip
+    click.echo("  valid")
+
+
+@click.command("report")
+@click.argument("session_file", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: SESSION-report/).")
+def report_cmd(session_file: Path, out: Path | None) -> None:
+    """Write an HTML report (figures as PNG) and a JSON summary of a session."""
+    from .report import write_report
+
+    click.echo(f"report: {write_report(session_file, out)}")

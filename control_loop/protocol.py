@@ -1,0 +1,184 @@
+"""Protocol files: TOML validated against a schema, with errors that name the field and the allowed values.
+
+A protocol says what a session does: the modality and target, the design (TR,
+trial timing, trials per run), its phases (localizer, baseline measurement,
+closed-loop rounds, final evaluation), where stimuli come from and under which
+constraints, when to stop, the safety limits, and the seeds.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+
+
+class ProtocolError(Exception):
+    """A protocol file is missing, not TOML, or does not follow the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    rois: list[str] = Field(min_length=1, description="Target ROIs (fMRI) or sites (ephys); the first is controlled.")
+    goal: Literal["drive", "suppress", "both", "control"] = "both"
+    hold: float = Field(1.0, ge=0, description="Control goal: penalty per unit change of the other ROIs.")
+
+
+class Design(_Strict):
+    kind: Literal["event", "blocked"] = "event"
+    tr: float = Field(2.0, gt=0, le=10, description="Volume (fMRI) or count window (ephys) length, s.")
+    trial_duration: float = Field(gt=0, description="How long each stimulus is shown, s.")
+    iti: float = Field(gt=0, description="Onset-to-onset interval between trials, s (at least trial_duration).")
+    trials_per_run: int = Field(gt=0, le=500)
+    block_size: int = Field(1, ge=1, description="Trials of one condition in a row (blocked designs).")
+    rest: float = Field(12.0, ge=0, description="Fixation at the start and the end of each run, s.")
+
+    @model_validator(mode="after")
+    def _timing(self) -> Design:
+        if self.iti < self.trial_duration:
+            raise ValueError(
+                f"iti ({self.iti:g} s) is shorter than trial_duration ({self.trial_duration:g} s): trials would overlap"
+            )
+        if self.kind == "blocked" and self.block_size < 2:
+            raise ValueError("a blocked design needs block_size of 2 or more")
+        return self
+
+
+class Phase(_Strict):
+    name: str
+    kind: Literal["localizer", "baseline", "closed_loop", "evaluation"]
+    trials: int = Field(gt=0, description="Trials per round (closed_loop) or in all (other phases).")
+    rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
+    acquisition: Literal["mean", "ucb", "thompson"] = "ucb"
+    beta: float = Field(1.0, ge=0)
+    conditions: list[Literal["drive", "suppress", "baseline"]] = ["drive", "suppress", "baseline"]
+
+
+class Stimuli(_Strict):
+    source: str = Field("default", description="'default' (the offline corpus or natural images) or a pool file.")
+    candidates: int = Field(4000, gt=0, description="Candidates drawn from the source.")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(40, ge=1)
+    blocklist: list[str] = []
+    max_similarity: float = Field(0.9, gt=0, le=1)
+    image_size: int = Field(128, ge=32, le=1024)
+    synthesis_steps: int = Field(128, ge=1, description="Images: twin evaluations per synthesized image.")
+
+    @model_validator(mode="after")
+    def _words(self) -> Stimuli:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
+        return self
+
+
+class Stopping(_Strict):
+    max_trials: int | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0)
+    target_effect: float | None = Field(
+        None, gt=0, description="Stop closed-loop rounds once drive - suppress (predicted, baseline SDs) reaches it."
+    )
+
+
+class Safety(_Strict):
+    peak_luminance: float = Field(200.0, gt=0)
+    max_mean_luminance: float = Field(160.0, gt=0, le=160)
+    max_area: float = Field(0.25, gt=0, le=0.25, description="ITU-R BT.1702: at most a quarter of the screen.")
+    max_flashes_per_s: int = Field(3, ge=0, le=3, description="ITU-R BT.1702: at most 3 flashes per second.")
+    flash_delta: float = Field(20.0, gt=0, le=20, description="cd/m^2; the guideline's 20 is the most allowed.")
+
+
+class Simulation(_Strict):
+    subject: str | None = Field(None, description="module:attr of a simulated subject (default: the modality's).")
+    speed: float = Field(100.0, gt=0, description="Simulated time runs this many times faster than real time.")
+    noise_sd: float | None = Field(None, gt=0)
+
+
+class Protocol(_Strict):
+    name: str
+    description: str = ""
+    modality: Literal["text", "image"]
+    target: Target
+    design: Design
+    phases: list[Phase] = Field(min_length=1)
+    stimuli: Stimuli = Stimuli()
+    stopping: Stopping = Stopping()
+    safety: Safety = Safety()
+    simulation: Simulation = Simulation()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _phases(self) -> Protocol:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        if self.phases[-1].kind != "evaluation" and any(p.kind == "evaluation" for p in self.phases):
+            raise ValueError("the evaluation phase must come last")
+        fits = any(p.kind in ("baseline", "localizer") for p in self.phases)
+        if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
+            raise ValueError("closed_loop and evaluation phases need a baseline phase before them to fit the twin")
+        return self
+
+    @property
+    def total_trials(self) -> int:
+        return sum(p.trials * (p.rounds if p.kind == "closed_loop" else 1) for p in self.phases)
+
+    def runs(self) -> list[tuple[str, int, int]]:
+        """(phase, round, trials) of every run in order (a phase's trials split into runs)."""
+        out = []
+        for p in self.phases:
+            for r in range(p.rounds if p.kind == "closed_loop" else 1):
+                left = p.trials
+                while left > 0:
+                    n = min(left, self.design.trials_per_run)
+                    out.append((p.name, r, n))
+                    left -= n
+        return out
+
+    def run_seconds(self, trials: int) -> float:
+        return 2 * self.design.rest + trials * self.design.iti
+
+    @property
+    def scanner_minutes(self) -> float:
+        return sum(self.run_seconds(n) for _, _, n in self.runs()) / 60
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol file; ProtocolError lists every problem with its field."""
+    path = Path(path)
+    if not path.exists():
+        shipped = PROTOCOLS / path.name
+        if shipped.exists() and not path.is_absolute() and len(path.parts) == 1:
+            path = shipped
+        else:
+            raise ProtocolError(f"protocol file '{path}' does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"protocol '{path}' is not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"protocol '{path}' is not valid TOML: {exc}") from None
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "literal_error":
+                msg = f"must be one of {err['ctx']['expected']}, got {err['input']!r}"
+            elif err["type"] == "extra_forbidden":
+                msg = "is not a protocol field (misspelt?)"
+            elif err["type"] == "missing":
+                msg = "is required"
+            lines.append(f"  {_where(err['loc'])}: {msg}")
+        raise ProtocolError(f"protocol '{path}' has {len(lines)} problem(s):\n" + "\n".join(lines)) from None

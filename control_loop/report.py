@@ -1,0 +1,144 @@
+"""The session report: an HTML page with matplotlib figures (PNG) and a JSON summary of the same numbers."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from acquisition import read_session
+
+CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
+
+
+def _runs(data) -> list[dict]:
+    return [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+
+
+def summarize(session_file: str | Path) -> dict:
+    """The report's numbers: per-condition means, twin accuracy per run, evaluation contrasts."""
+    data = read_session(session_file)
+    protocol = json.loads(data.attrs["protocol"])
+    target = protocol["target"]["rois"][0]
+    est = data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+    runs = _runs(data)
+    out: dict = {
+        "session": str(session_file),
+        "protocol": protocol["name"],
+        "modality": protocol["modality"],
+        "target": target,
+        "trials": len(est),
+        "runs": [],
+        "conditions": {},
+        "evaluation": {},
+    }
+    for record in runs:
+        rows = est[est.trial.isin(record["trials"])]
+        entry = {"index": record["index"], "run": record["run"], "phase": record["phase"], "kind": record["kind"],
+                 "trials": len(rows)}  # fmt: skip
+        pred = record.get("predicted") or {}
+        if pred:
+            p = np.array([pred[str(t)] for t in rows.trial])
+            entry["twin_r"] = float(np.corrcoef(p, rows[target])[0, 1]) if len(rows) > 2 else None
+        out["runs"].append(entry)
+    for cond, rows in est.groupby("condition"):
+        v = rows[target].to_numpy()
+        sem = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+        out["conditions"][str(cond)] = {"n": len(v), "mean": float(v.mean()), "sem": sem}
+    evaluation = [r["trials"] for r in runs if r["kind"] == "evaluation"]
+    if evaluation:
+        ev = est[est.trial.isin([t for trials in evaluation for t in trials])]
+        groups = {c: ev.loc[ev.condition == c, target].to_numpy() for c in ("D", "B", "S")}
+        for a, b in (("D", "B"), ("B", "S"), ("D", "S")):
+            if len(groups[a]) > 1 and len(groups[b]) > 1:
+                t, p = stats.ttest_ind(groups[a], groups[b], equal_var=False)
+                out["evaluation"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {
+                    "difference": float(groups[a].mean() - groups[b].mean()), "t": float(t), "p": float(p)}  # fmt: skip
+    return out
+
+
+def write_report(session_file: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    session_file = Path(session_file)
+    out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(session_file)
+    data = read_session(session_file)
+    target = summary["target"]
+    est = data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+    figures = []
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    conds = [c for c in ("S", "B", "D", "NONW", "SENT") if c in summary["conditions"]]
+    means = [summary["conditions"][c]["mean"] for c in conds]
+    sems = [summary["conditions"][c]["sem"] for c in conds]
+    colors = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}
+    ax.bar([CONDITION_NAMES[c] for c in conds], means, yerr=sems, capsize=4, color=[colors[c] for c in conds])
+    ax.set_ylabel(f"{target} response (mean ± SEM)")
+    ax.set_title("Condition means")
+    figures.append(("conditions.png", "Condition means with standard errors", fig))
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for record in _runs(data):
+        pred = record.get("predicted") or {}
+        rows = est[est.trial.isin(record["trials"])]
+        if pred:
+            ax.scatter([pred[str(t)] for t in rows.trial], rows[target], s=10, label=f"run {record['index'] + 1}")
+    ax.set_xlabel("twin prediction (before measuring)")
+    ax.set_ylabel(f"measured {target}")
+    ax.set_title("Predicted vs measured, per stimulus")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    figures.append(("predicted_vs_measured.png", "Twin predictions against measured responses", fig))
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
+    ax.plot([r["index"] + 1 for r in scored], [r["twin_r"] for r in scored], "o-")
+    ax.set_xlabel("run")
+    ax.set_ylabel("r (prediction, measurement)")
+    ax.set_title("Twin accuracy over runs")
+    figures.append(("twin_accuracy.png", "Twin accuracy on each run's new stimuli", fig))
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    last = data.samples.run.max() if len(data.samples) else None
+    if last is not None:
+        s = data.samples[data.samples.run == last]
+        t0 = s.time.min()
+        ax.plot(s.time - t0, s[target], lw=0.8, color="k")
+        ev = data.events[data.events.run == last]
+        for _, e in ev.iterrows():
+            ax.axvline(e.measured_onset - t0, color=colors.get(e.condition, "#999"), alpha=0.4, lw=0.8)
+    ax.set_xlabel("time in the last run (s)")
+    ax.set_ylabel(target)
+    ax.set_title("Target time course with trial onsets (colour: condition)")
+    figures.append(("timecourse.png", "Time course of the target with trial onsets", fig))
+
+    for name, _, fig in figures:
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
+                   f"<td>{v['p']:.2g}</td></tr>" for k, v in summary["evaluation"].items())  # fmt: skip
+    body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+                   for n, c, _ in figures)  # fmt: skip
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}figure{{display:inline-block;margin:1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6em}}</style></head><body>
+<h1>{html.escape(summary["protocol"])}</h1>
+<p>Session <code>{html.escape(str(session_file))}</code>: {summary["trials"]} trials in {len(summary["runs"])} runs;
+target <b>{html.escape(target)}</b>.</p>
+<h2>Evaluation (Welch t-tests on measured responses)</h2>
+<table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
+<h2>Figures</h2>{body}
+<p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    return out_dir / "report.html"

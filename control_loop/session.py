@@ -1,0 +1,426 @@
+"""The session runner: propose -> present -> measure -> refine the twin -> propose again.
+
+The controller talks to a rig and a presenter over ZeroMQ (real ones, or the
+simulated rig and null presenter as separate processes). Each run: choose the
+trials for its phase, schedule them on the presenter, start the rig and tell it
+the events (a simulated subject needs them), relay the rig's first trigger to the
+presenter, record every sample, trigger and presentation in the session file,
+estimate each trial's response at the end of the run (LSS GLM with HRF for fMRI,
+count windows for spikes) and refine the twin.
+
+Resuming a killed session: a run's trials (events and estimates) are written
+together at the end of the run, so a run is either complete in the file or
+repeated (under a new run number; the interrupted run's samples stay recorded).
+The twin is rebuilt from the file's estimates in run order and every choice is
+seeded by (protocol seed, run index), so a resumed session continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acquisition import SessionFile, TrialEstimator, read_session, window_rates
+from acquisition.session import SessionError
+from hardware import PeerClient
+
+from .protocol import Protocol
+
+log = logging.getLogger(__name__)
+LOCALIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fedorenko2010_localizer"
+
+
+@dataclass
+class Trial:
+    trial: int  # global trial number in the session
+    stimulus_id: int
+    condition: str  # B baseline, D drive, S suppress, SENT / NONW (localizer)
+    stimulus: Any  # sentence or uint8 image
+    onset: float = 0.0  # from the run's first volume, s
+
+
+@dataclass
+class RunPlan:
+    index: int  # run index within the protocol (0-based)
+    phase: str
+    kind: str
+    round: int
+    trials: list[Trial] = field(default_factory=list)
+    predicted: dict[int, float] = field(default_factory=dict)  # trial -> the twin's prediction before measuring
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Candidates:
+    """The stimulus source of a session: candidate sentences (or images) and their twin features."""
+
+    def __init__(self, protocol: Protocol, features: Any, cache: Path | None = None) -> None:
+        self.protocol = protocol
+        s = protocol.stimuli
+        rng = np.random.default_rng([protocol.seed, 17])
+        if protocol.modality == "text":
+            from stimulus_synthesis import EmbeddedPool, lee_sentences, load_pool, wordnet_sentences
+
+            if s.source == "default":
+                pool = list(dict.fromkeys([*wordnet_sentences("examples"), *lee_sentences()]))
+            else:
+                pool = load_pool(s.source).sentences
+            pool = [p for p in pool if s.min_words <= len(p.split()) <= s.max_words]
+            pool = sorted(pool)
+            rng.shuffle(pool)
+            self.items: list[Any] = pool[: s.candidates]
+            self.embedded = EmbeddedPool.build(self.items, features)
+        else:
+            from stimulus_synthesis.images import natural_images
+
+            self.items = natural_images(s.candidates, s.image_size, seed=protocol.seed)
+            self.embedded = None
+        self.features = features
+
+
+class SessionRunner:
+    """Runs a protocol against a rig and a presenter, writing one session file."""
+
+    def __init__(self, protocol: Protocol, path: str | Path, rig: str, presenter: str, *,
+                 clock: Callable[[], float] = time.time, features: Any = None, rois: list[str] | None = None,
+                 progress: Callable[[str], None] | None = None, heartbeat: float = 0.3,
+                 peers: dict | None = None) -> None:  # fmt: skip
+        self.protocol = protocol
+        self.peers = peers or {"mode": "live", "rig": rig, "presenter": presenter}
+        self.path = Path(path)
+        self.images_dir = self.path.with_name(self.path.stem + "-images")
+        self.clock = clock
+        self.rig = PeerClient(rig, heartbeat=heartbeat, clock=clock)
+        self.presenter = PeerClient(presenter, heartbeat=heartbeat, clock=clock)
+        self.features = features
+        self.progress = progress or (lambda msg: log.info(msg))
+        self.rois = rois or list(protocol.target.rois)
+        missing = [r for r in protocol.target.rois if r not in self.rois]
+        if missing:
+            raise SessionError(f"target.rois: {missing} not measured by the rig (it measures {self.rois})")
+        self.target = self.rois.index(protocol.target.rois[0])
+        self.twin: Any = None
+        self.session: SessionFile | None = None
+        self.candidates: Candidates | None = None
+        self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
+        self.next_trial = 0
+        self.next_run = 1
+        self._fit_data: tuple[list[Any], list[np.ndarray]] = ([], [])
+        self.stimuli: dict[int, Any] = {}
+
+    # ----- opening, resuming, the twin -----
+    def _open(self) -> list[dict]:
+        """Create or resume the session file; returns the completed runs' records."""
+        p = self.protocol
+        if not self.path.exists():
+            modality = "fmri" if p.modality == "text" else "spikes"
+            self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,
+                                              seeds={"protocol": p.seed}, peers=self.peers)  # fmt: skip
+            return []
+        data = read_session(self.path)
+        if data.attrs.get("protocol") != p.model_dump_json():
+            raise SessionError(f"session file '{self.path}' was started with another protocol")
+        self.session = SessionFile.resume(self.path)
+        done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+        self.next_run = int(max([0, *data.samples.run.tolist(), *data.events.run.tolist()])) + 1
+        self.next_trial = int(data.events.trial.max()) + 1 if len(data.events) else 0
+        est = data.latest_estimates().set_index("trial")
+        stimuli = data.stimuli.set_index("stimulus_id")
+        for record in done:
+            trials = record["trials"]
+            ids = [int(data.events.loc[data.events.trial == t, "stimulus_id"].iloc[0]) for t in trials]
+            self.shown |= set(ids)
+            stims = [self._stimulus_from_row(i, stimuli.loc[i]) for i in ids]
+            self._learn(record["kind"], stims, est.loc[trials, self.rois].to_numpy())
+        self.session.log("resume", f"resumed after {len(done)} complete run(s)")
+        self.progress(f"resuming {self.path}: {len(done)} run(s) complete, {len(data.events)} trials recorded")
+        return done
+
+    def _connect(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while not (self.rig.up and self.presenter.up):
+            if time.monotonic() > end:
+                missing = [n for n, c in (("rig", self.rig), ("presenter", self.presenter)) if not c.up]
+                raise SessionError(f"no answer from the {' and '.join(missing)} within {timeout:.0f} s")
+            self.rig.poll(0.02)
+            self.presenter.poll(0.02)
+
+    def _stimulus_from_row(self, stimulus_id: int, row: Any) -> Any:
+        if self.protocol.modality == "text":
+            return row.text
+        from twin.vision import load_image
+
+        return load_image(self.path.parent / row.image)
+
+    def _learn(self, kind: str, stimuli: list[Any], Y: np.ndarray) -> None:
+        """Baseline data waits for the first fit; later runs refine the fitted twin online."""
+        if kind == "localizer" or not stimuli:
+            return
+        if self.twin is None:
+            self._fit_data[0].extend(stimuli)
+            self._fit_data[1].append(np.asarray(Y, np.float64))
+        else:
+            self.twin.update(stimuli, Y)
+
+    def _ensure_twin(self) -> None:
+        from twin import Twin
+
+        if self.twin is None and self._fit_data[0]:
+            self.twin = Twin.fit(self._fit_data[0], np.vstack(self._fit_data[1]), self.rois, features=self.features)
+
+    # ----- choosing trials -----
+    def _plan(self, index: int, phase_name: str, round_: int, n: int) -> RunPlan:
+        phase = next(p for p in self.protocol.phases if p.name == phase_name)
+        rng = np.random.default_rng([self.protocol.seed, index])
+        plan = RunPlan(index, phase_name, phase.kind, round_)
+        if phase.kind == "localizer":
+            chosen = self._localizer(n, rng)
+        elif phase.kind == "baseline":
+            chosen = [("B", i) for i in self._random_unshown(n, rng)]
+        else:
+            self._ensure_twin()
+            if self.twin is None:
+                raise SessionError(f"phase '{phase_name}' needs a twin, but no baseline was measured before it")
+            conditions = self._conditions(phase)
+            counts = {c: n // len(conditions) + (i < n % len(conditions)) for i, c in enumerate(conditions)}
+            chosen = []
+            for cond, k in counts.items():
+                if cond == "baseline":
+                    chosen += [("B", i) for i in self._random_unshown(k, rng, exclude={i for _, i in chosen})]
+                else:
+                    acq = phase.acquisition if phase.kind == "closed_loop" else "mean"
+                    chosen += [(cond[0].upper(), i) for i in self._best(cond, k, acq, phase.beta, chosen, rng)]
+        order = rng.permutation(len(chosen)) if self.protocol.design.kind == "event" else np.arange(len(chosen))
+        if self.protocol.design.kind == "blocked" and phase.kind != "localizer":
+            b = self.protocol.design.block_size
+            blocks = [list(range(i, min(i + b, len(chosen)))) for i in range(0, len(chosen), b)]
+            order = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+        d = self.protocol.design
+        for pos, j in enumerate(order):
+            cond, ref = chosen[j]
+            stimulus = self.candidates.items[ref] if isinstance(ref, int | np.integer) else ref
+            sid = int(ref) if isinstance(ref, int | np.integer) else 10**6 + self.next_trial + pos
+            plan.trials.append(Trial(self.next_trial + pos, sid, cond, stimulus, d.rest + pos * d.iti))
+        if self.twin is not None:
+            pred = self.twin.predict([t.stimulus for t in plan.trials])[0][:, self.target]
+            plan.predicted = {t.trial: float(v) for t, v in zip(plan.trials, pred, strict=True)}
+        return plan
+
+    def _conditions(self, phase: Any) -> list[str]:
+        goal = self.protocol.target.goal
+        if phase.kind == "evaluation":
+            return list(phase.conditions)
+        return {"both": ["drive", "suppress"], "drive": ["drive"], "suppress": ["suppress"],
+                "control": ["control"]}[goal]  # fmt: skip
+
+    def _random_unshown(self, n: int, rng: np.random.Generator, exclude: set | None = None) -> list[int]:
+        free = np.array([i for i in range(len(self.candidates.items)) if i not in self.shown | (exclude or set())])
+        if len(free) < n:
+            raise SessionError(f"only {len(free)} unshown candidates left for {n} trials: raise stimuli.candidates")
+        return [int(i) for i in rng.choice(free, n, replace=False)]
+
+    def _best(self, cond: str, k: int, acquisition: str, beta: float, chosen: list, rng: np.random.Generator
+              ) -> list[Any]:  # fmt: skip
+        from stimulus_synthesis import Constraints, Goal, select
+
+        goal = Goal("drive" if cond == "control" else cond, self.target, acquisition=acquisition, beta=beta,
+                    hold=self.protocol.target.hold)  # fmt: skip
+        if cond == "control":
+            goal = Goal("control", self.target, hold=self.protocol.target.hold, acquisition=acquisition, beta=beta)
+        taken = self.shown | {i for _, i in chosen if isinstance(i, int | np.integer)}
+        if self.protocol.modality == "image":
+            return self._synthesize(goal, k, rng)
+        free = np.array([i for i in range(len(self.candidates.items)) if i not in taken])
+        mean, sd = self.candidates.embedded.predict(self.twin, with_sd=acquisition != "mean")
+        s = self.protocol.stimuli
+        constraints = Constraints(s.min_words, s.max_words, None, list(s.blocklist), None, None, s.max_similarity)
+        sel = select([self.candidates.items[i] for i in free], mean[free], k, goal,
+                     sd=None if sd is None else sd[free], embeddings=self.candidates.embedded.embeddings(free),
+                     constraints=constraints, rng=rng)  # fmt: skip
+        return [int(free[i]) for i in sel.index]
+
+    def _synthesize(self, goal: Any, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+        from stimulus_synthesis.images import synthesize_images, twin_predictor
+
+        reference = next(iter(self.twin.readouts.values())).mean_y
+        out = synthesize_images(twin_predictor(self.twin), goal, n=k, steps=self.protocol.stimuli.synthesis_steps,
+                                size=self.protocol.stimuli.image_size, reference=reference,
+                                seed=int(rng.integers(2**31)))  # fmt: skip
+        return [o.image for o in out]
+
+    def _localizer(self, n: int, rng: np.random.Generator) -> list[tuple[str, Any]]:
+        import pandas as pd
+
+        files = sorted(LOCALIZER.glob("*.csv"))
+        if not files:
+            raise SessionError(f"localizer stimuli not found at {LOCALIZER} (see ../shared/data/README)")
+        rows = pd.concat([pd.read_csv(f) for f in files])
+        words = rows.filter(like="stim").iloc[:, 1:13].astype(str).agg(" ".join, axis=1).str.capitalize()
+        kinds = rows.iloc[:, 13].astype(str).str.strip()
+        sent = [w for w, c in zip(words, kinds, strict=True) if c == "S"]
+        nonw = [w for w, c in zip(words, kinds, strict=True) if c == "N"]
+        b = self.protocol.design.block_size
+        out: list[tuple[str, Any]] = []
+        for block in range(math.ceil(n / b)):
+            cond, source = (("SENT", sent), ("NONW", nonw))[block % 2]
+            out += [(cond, source[int(rng.integers(len(source)))]) for _ in range(b)]
+        return out[:n]
+
+    # ----- one run -----
+    def _record_stimuli(self, plan: RunPlan) -> None:
+        for t in plan.trials:
+            if self.session.has_stimulus(t.stimulus_id):
+                continue
+            if isinstance(t.stimulus, str):
+                self.session.add_stimulus(t.stimulus_id, text=t.stimulus, condition=t.condition, source="corpus")
+            else:
+                self.images_dir.mkdir(exist_ok=True)
+                name = f"{self.images_dir.name}/{t.stimulus_id}.png"
+                (self.path.parent / name).write_bytes(_png(t.stimulus))
+                self.session.add_stimulus(t.stimulus_id, image=name, condition=t.condition,
+                                          source="natural" if t.stimulus_id < 10**6 else "synthesized")  # fmt: skip
+
+    def _run(self, plan: RunPlan) -> None:
+        d = self.protocol.design
+        run = self.next_run
+        self.next_run += 1
+        n_volumes = math.ceil(self.protocol.run_seconds(len(plan.trials)) / d.tr) + 1
+        trials = []
+        for t in plan.trials:
+            entry = {"trial": t.trial, "stimulus_id": t.stimulus_id, "onset": t.onset, "duration": d.trial_duration}
+            if isinstance(t.stimulus, str):
+                entry |= {"kind": "text", "text": t.stimulus, "word_by_word": 0.0}
+            else:
+                entry |= {"kind": "image", "image": _png(t.stimulus)}
+            trials.append(entry)
+        self.presenter.send_reliable("schedule", run=run, trials=trials)
+        for e in trials:
+            self.rig.send_reliable("event", run=run, trial=e["trial"], stimulus_id=e["stimulus_id"],
+                                   onset=e["onset"], duration=e["duration"], text=e.get("text", ""),
+                                   image=e.get("image", b""))  # fmt: skip
+        self.rig.send_reliable("start", run=run, tr=d.tr, n_volumes=n_volumes)  # after the events: see the rig
+        times, rel_times, values, presented, refused, late = [], [], [], {}, {}, {}
+        t0 = rig_t0 = None
+        deadline = time.monotonic() + 120 + n_volumes * d.tr
+        while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
+            if time.monotonic() > deadline:
+                raise SessionError(f"run {run}: the rig or the presenter stopped answering")
+            for msg in self.rig.poll(0.01):
+                if msg["type"] == "trigger":
+                    self.session.add_trigger(self.rig.to_local(msg["time"]), msg["volume"], run)
+                    if msg["volume"] == 0:
+                        t0 = self.rig.to_local(msg["time"])
+                        self._relay_trigger(run, msg["time"], t0)
+                elif msg["type"] == "sample" and msg["run"] == run:
+                    t = self.rig.to_local(msg["time"])
+                    rig_t0 = msg["time"] if msg["volume"] == 0 else rig_t0
+                    rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
+                    if t0 is None and msg["volume"] == 0:
+                        t0 = t
+                        self._relay_trigger(run, msg["time"], t0)
+                    times.append(t)
+                    values.append(msg["values"])
+                    self.session.add_samples(t, np.asarray(msg["values"]), run)
+            for msg in self.presenter.poll(0.0):
+                if msg["type"] == "presented" and msg["run"] == run:
+                    presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
+                    late[msg["trial"]] = msg["onset"] - msg["scheduled"] if msg.get("scheduled") else 0.0
+                elif msg["type"] == "refused" and msg["run"] == run:
+                    refused[msg["trial"]] = msg["reason"]
+                    self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
+        self._estimate(plan, run, np.array(rel_times), np.array(values), t0, presented, late)
+
+    def _relay_trigger(self, run: int, rig_time: float, local: float) -> None:
+        """The rig's first volume starts the presenter's schedule, at that instant on the presenter's clock."""
+        self.presenter.send_reliable("trigger", run=run, volume=0, time=rig_time,
+                                     receiver_time=self.presenter.to_remote(local))  # fmt: skip
+
+    def _estimate(self, plan: RunPlan, run: int, times: np.ndarray, values: np.ndarray, t0: float,
+                  presented: dict[int, float], late: dict[int, float]) -> None:  # fmt: skip
+        """Per-trial responses from the run's samples (times from its first volume, rig clock) and onsets
+        (scheduled onset plus the lateness the presenter measured on its own clock)."""
+        d = self.protocol.design
+        shown = [t for t in plan.trials if t.trial in presented]
+        onsets = {t.trial: t.onset + late[t.trial] for t in shown}
+        if self.protocol.modality == "text":
+            est = TrialEstimator.offline(times, values, {t.trial: (onsets[t.trial], d.trial_duration)
+                                                        for t in shown})  # fmt: skip
+            beta, se = est.beta, est.se
+            order = {int(k): i for i, k in enumerate(est.labels)}
+            beta = beta[[order[t.trial] for t in shown]]
+            se = se[[order[t.trial] for t in shown]]
+        else:
+            beta = window_rates(times, values, d.tr, [onsets[t.trial] for t in shown],
+                                window=(0.0, d.tr), baseline=None)  # fmt: skip
+            se = np.sqrt(np.maximum(beta, 0) / d.tr)
+        self._record_stimuli(plan)
+        for t, b, s in zip(shown, beta, se, strict=True):
+            self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,
+                                   measured_onset=presented[t.trial], duration=d.trial_duration,
+                                   condition=t.condition)  # fmt: skip
+            self.session.add_estimate(t.trial, t.stimulus_id, b, s, run=run, provisional=False)
+        self._learn(plan.kind, [t.stimulus for t in shown], beta)
+        if self.twin is not None and plan.kind != "localizer":
+            self.session.add_twin_snapshot(plan.index, self.twin.n_train, self._twin_score(shown, beta))
+        record = {
+            "index": plan.index,
+            "run": run,
+            "kind": plan.kind,
+            "phase": plan.phase,
+            "trials": [t.trial for t in shown],
+            "predicted": plan.predicted,
+        }
+        self.session.log("run-complete", json.dumps(record))
+        self.session.flush()
+        self.shown |= {t.stimulus_id for t in plan.trials}
+        self.next_trial = max(t.trial for t in plan.trials) + 1
+
+    def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
+        return {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
+
+    # ----- the session -----
+    def run(self, stop_after: int | None = None) -> Path:
+        """Run (or resume) the whole protocol; returns the session file's path."""
+        done = self._open()
+        try:
+            self.candidates = Candidates(self.protocol, self.features)
+            if self.features is None:
+                self.features = self.candidates.features
+            self._connect()
+            complete = {r["index"] for r in done}
+            runs = self.protocol.runs()
+            started = time.monotonic()
+            for index, (phase, round_, n) in enumerate(runs):
+                if index in complete:
+                    continue
+                if stop_after is not None and index >= stop_after:
+                    break
+                plan = self._plan(index, phase, round_, n)
+                self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
+                self._run(plan)
+                limit = self.protocol.stopping.max_minutes
+                if limit and (time.monotonic() - started) / 60 > limit:
+                    self.session.log("stop", f"max_minutes {limit} reached")
+                    break
+        finally:
+            if self.session is not None:
+                self.session.close()
+            self.rig.close()
+            self.presenter.close()
+        return self.path

@@ -1,0 +1,104 @@
+"""Simulation mode: the simulated rig and the null presenter as separate processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .protocol import Protocol
+
+DEFAULT_SUBJECTS = {"text": None, "image": "hardware.rigs:v4_tuning"}
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the controller dies, even by kill -9 (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def simulation_peers(protocol: Protocol, subject: str | None = None, speed: float | None = None) -> dict:
+    """What a simulated session runs against (stored in the session file so `session resume` can restart it)."""
+    return {
+        "mode": "simulation",
+        "subject": subject or protocol.simulation.subject or DEFAULT_SUBJECTS[protocol.modality],
+        "speed": speed or protocol.simulation.speed,
+        "noise_sd": protocol.simulation.noise_sd,
+        "seed": protocol.seed,
+    }
+
+
+@contextlib.contextmanager
+def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[tuple[str, str]]:
+    """Start the rig and the presenter; yields their endpoints; stops them on exit."""
+    rig_port, presenter_port = _free_port(), _free_port()
+    rig_ep, pres_ep = f"tcp://127.0.0.1:{rig_port}", f"tcp://127.0.0.1:{presenter_port}"
+    exe = [sys.executable, "-m", "control_loop.cli"]
+    speed = str(peers["speed"])
+    if protocol.modality == "text":
+        rig = [*exe, "rig", "simulate-fmri", "--bind", rig_ep, "--speed", speed, "--seed", str(peers["seed"]),
+               "--heartbeat", "0.3"]  # fmt: skip
+        if peers["subject"]:
+            rig += ["--subject", peers["subject"]]
+        if peers.get("noise_sd"):
+            rig += ["--noise-sd", str(peers["noise_sd"])]
+    else:
+        rig = [*exe, "rig", "simulate-ephys", "--bind", rig_ep, "--speed", speed, "--seed", str(peers["seed"]),
+               "--heartbeat", "0.3", "--tuning", peers["subject"]]  # fmt: skip
+    presenter = [*exe, "present", "--null", "--bind", pres_ep, "--trigger-key", "", "--speed", speed,
+                 "--heartbeat", "0.3"]  # fmt: skip
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
+    procs = []
+    try:
+        for name, cmd in (("rig", rig), ("presenter", presenter)):
+            out = open(log_dir / f"{name}.log", "ab")
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            procs.append((proc, out))
+        yield rig_ep, pres_ep
+    finally:
+        for proc, out in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            out.close()
+
+
+def subject_rois(protocol: Protocol, peers: dict) -> list[str]:
+    """The ROIs (sites) the simulated subject reports, without loading any model."""
+    if protocol.modality == "text" and not peers["subject"]:
+        from hardware.subject import LanguageSubject
+
+        return list(LanguageSubject.rois)
+    if peers["subject"] == "hardware.rigs:v4_tuning":
+        return [f"site{i}" for i in range(8)]
+    from hardware.subject import load_subject
+
+    return list(getattr(load_subject(peers["subject"]), "rois", ["roi0"]))
+
+
+def peers_of(session_file: Path) -> dict:
+    """The peers a session file was recorded with."""
+    import h5py
+
+    with h5py.File(session_file, "r", swmr=True) as f:
+        return json.loads(f.attrs.get("peers", "{}"))

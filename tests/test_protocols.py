@@ -1,0 +1,64 @@
+"""Protocol files: every shipped one passes `protocol check`; malformed ones name the field."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from control_loop.cli import cli
+
+from .test_cli_twin import neurotwin
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "protocols").glob("*.toml"))
+
+
+def test_the_four_protocols_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"language_localizer", "open_loop_language", "closed_loop_language", "closed_loop_image"} <= names
+
+
+def check(path):
+    """`neurotwin protocol check PATH`, in this process (the same command code as the console script)."""
+    return CliRunner().invoke(cli, ["protocol", "check", str(path)])
+
+
+def test_shipped_protocols_pass_check():
+    assert neurotwin("protocol", "check", SHIPPED[0]).stdout.rstrip().endswith("valid")  # the console command
+    for path in SHIPPED:
+        result = check(path)
+        assert result.exit_code == 0, (path, result.output)
+        assert result.stdout.rstrip().endswith("valid") and "runs" in result.stdout and "min of" in result.stdout
+
+
+BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda t: t.replace('modality = "text"\n', ""), ["modality", "required"]),
+        (lambda t: t.replace("trials_per_run = 60", 'trials_per_run = "sixty"'), ["design.trials_per_run"]),
+        (lambda t: t.replace("tr = 2.0", "tr = -2.0"), ["design.tr", "greater than 0"]),
+        (lambda t: t.replace("iti = 4.0", "iti = 1.0"), ["design", "iti (1 s) is shorter than trial_duration (2 s)"]),
+        (lambda t: t + "\n[safety]\nmax_area = 0.5\n", ["safety.max_area", "0.25"]),
+        (lambda t: t.replace('rois = ["lang"]', 'rois = ["broca"]'), ["target.rois", "unknown ROI", "broca"]),
+        (lambda t: t.replace('goal = "both"', 'goal = "maximize"'), ["target.goal", "drive", "suppress"]),
+        (lambda t: t.replace("[stopping]", "[stoping]"), ["stoping", "not a protocol field"]),
+        (lambda t: t.replace("name = ", "name = = "), ["not valid TOML"]),
+    ],
+    ids=["missing", "type", "negative-tr", "iti", "unsafe", "roi", "goal", "typo", "toml"],
+)
+def test_malformed_protocol_names_the_field(tmp_path, edit, words):
+    path = tmp_path / "p.toml"
+    path.write_text(edit(BASE))
+    result = check(path)
+    assert result.exit_code == 2, result.output
+    for w in words:
+        assert w in result.stderr, (w, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_missing_protocol_file(tmp_path):
+    result = check(tmp_path / "nope.toml")
+    assert result.exit_code == 2 and "does not exist" in result.stderr

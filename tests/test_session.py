@@ -1,0 +1,117 @@
+"""Closed-loop sessions in simulation: real controller, rig and presenter processes over ZeroMQ, real files."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acquisition import read_session
+
+from .netutil import ROOT
+
+TINY = ROOT / "tests" / "protocols" / "tiny_language.toml"
+TOTAL = 40 + 2 * 20 + 30
+
+
+def _env(cache: Path) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+def _cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "control_loop.cli", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    work = tmp_path_factory.mktemp("session")
+    out = work / "full.h5"
+    proc = subprocess.run(_cmd("simulate", TINY, "--out", out), cwd=ROOT, env=_env(work / "cache"),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, out, proc.stdout
+
+
+def _trial_table(path: Path):
+    data = read_session(path)
+    est = data.latest_estimates().merge(data.events[["trial", "condition", "run"]], on="trial")
+    return data, est
+
+
+def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
+    _work, out, stdout = uninterrupted
+    assert f"session file: {out}" in stdout and "report: " in stdout
+    data, est = _trial_table(out)
+    assert len(data.events) == TOTAL and data.events.trial.is_unique
+    assert set(est.condition) == {"B", "D", "S"}
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert [r["kind"] for r in runs] == ["baseline"] * 2 + ["closed_loop"] * 2 + ["evaluation"] * 2
+    # The twin learned the subject (longer sentences drive 'lang'): it chose longer sentences to drive.
+    words = data.stimuli.set_index("stimulus_id").text.str.split().str.len()
+    ev = data.events.merge(words.rename("words"), left_on="stimulus_id", right_index=True)
+    final = ev[ev.run.isin([r["run"] for r in runs if r["kind"] == "evaluation"])]
+    assert final[final.condition == "D"].words.mean() > final[final.condition == "S"].words.mean() + 5
+    assert len(data.twin) == 4  # a snapshot after each closed-loop and evaluation run
+    report = out.with_name(out.stem + "-report")
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["trials"] == TOTAL and "drive - suppress" in summary["evaluation"]
+    assert summary["evaluation"]["drive - suppress"]["difference"] > 0
+    for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
+        assert (report / png).stat().st_size > 5000
+        assert png in (report / "report.html").read_text()
+
+
+def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupted, tmp_path):
+    work, full, _ = uninterrupted
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("run 4/"):  # runs 1-3 are complete; kill in the middle of run 4
+            time.sleep(0.4)
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = read_session(out)  # the killed writer's file is readable (SWMR)
+    done = [json.loads(m) for m in before.log.loc[before.log.kind == "run-complete", "message"]]
+    assert len(done) == 3, done
+    resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "report: " in resumed.stdout
+    data, est = _trial_table(out)
+    assert len(data.events) == TOTAL and data.events.trial.is_unique and sorted(data.events.trial) == list(range(TOTAL))
+    assert len(data.samples) > len(before.samples)  # the interrupted run's samples are kept, then more
+    # Trials of the runs finished before the kill are exactly what the uninterrupted session recorded.
+    _, ref = _trial_table(full)
+    first = [t for r in done for t in r["trials"]]
+    a = est[est.trial.isin(first)].sort_values("trial")
+    b = ref[ref.trial.isin(first)].sort_values("trial")
+    assert list(a.stimulus_id) == list(b.stimulus_id) and list(a.condition) == list(b.condition)
+    np.testing.assert_allclose(a.lang.to_numpy(), b.lang.to_numpy(), rtol=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
+def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
+    from PIL import Image
+
+    _work, out, _ = uninterrupted
+    html = out.with_name(out.stem + "-report") / "report.html"
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1400,2200", f"--screenshot={shot}", html.as_uri()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.exists(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), float)
+    assert pixels.std() > 10  # not blank
+    # The figures loaded: the bars' colours (drive red, suppress blue) appear in the screenshot.
+    rgb = np.asarray(Image.open(shot).convert("RGB"), int)
+    red = ((rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)).sum()
+    blue = ((rgb[..., 2] > 150) & (rgb[..., 0] < 90)).sum()
+    assert red > 500 and blue > 500, (red, blue)
