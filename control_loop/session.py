@@ -70,7 +70,7 @@ def _png(image: np.ndarray) -> bytes:
 class Candidates:
     """The stimulus source of a session: candidate sentences (or images) and their twin features."""
 
-    def __init__(self, protocol: Protocol, features: Any, cache: Path | None = None) -> None:
+    def __init__(self, protocol: Protocol, features: Any) -> None:
         self.protocol = protocol
         s = protocol.stimuli
         rng = np.random.default_rng([protocol.seed, 17])
@@ -177,6 +177,7 @@ class SessionRunner:
             self._fit_data[1].append(np.asarray(Y, np.float64))
         else:
             self.twin.update(stimuli, Y)
+            self.twin.reselect_alphas()  # the ridge penalty follows the growing training set
 
     def _ensure_twin(self) -> None:
         from twin import Twin
