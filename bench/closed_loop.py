@@ -51,7 +51,9 @@ def main(n_seeds: int = 5) -> None:
             out = work / f"{name}-{seed}.h5"
             cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_language.toml",
                    "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
-            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
             r = evaluate(out)
             results[name].append(r)
             print(f"seed {seed} {name:6s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "

@@ -389,8 +389,21 @@ class SessionRunner:
         }
         self.session.log("run-complete", json.dumps(record))
         self.session.flush()
+        self._status(plan, shown, beta)
         self.shown |= {t.stimulus_id for t in plan.trials}
         self.next_trial = max(t.trial for t in plan.trials) + 1
+
+    def _status(self, plan: RunPlan, shown: list[Trial], beta: np.ndarray) -> None:
+        """One line per run: the run's condition means, the twin's accuracy on it, scanner time left."""
+        y = beta[:, self.target]
+        means = ", ".join(f"{c} {y[[t.condition == c for t in shown]].mean():+.2f}"
+                          for c in dict.fromkeys(t.condition for t in shown))  # fmt: skip
+        line = f"  measured {self.protocol.target.rois[0]}: {means}"
+        if plan.predicted and len(shown) > 2:
+            p = np.array([plan.predicted[t.trial] for t in shown])
+            line += f"; twin r on this run {np.corrcoef(p, y)[0, 1]:+.2f}"
+        left = sum(self.protocol.run_seconds(n) for _, _, n in self.protocol.runs()[plan.index + 1 :]) / 60
+        self.progress(line + f"; {left:.1f} scanner min left")
 
     def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
         return {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
