@@ -185,6 +185,11 @@ class SessionFile:
         self._row("stimuli", stimulus_id=stimulus_id, time=time.time(), text=text, image=image,
                   condition=condition, source=source)  # fmt: skip
 
+    @property
+    def last_sample_time(self) -> float:
+        """Time of the last sample appended (-inf before the first)."""
+        return self._last_sample_time
+
     def has_stimulus(self, stimulus_id: int) -> bool:
         """Whether a stimulus with this id is recorded."""
         return int(stimulus_id) in self._stimuli

@@ -323,21 +323,21 @@ class SessionRunner:
             if time.monotonic() > deadline:
                 raise SessionError(f"run {run}: the rig or the presenter stopped answering")
             for msg in self.rig.poll(0.01):
+                if msg.get("run") != run or msg["type"] not in ("trigger", "sample"):
+                    continue
+                if rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
+                    rig_t0 = msg["time"]
+                    # One clock mapping per run keeps session time monotonic when the offset estimate moves.
+                    t0 = max(self.rig.to_local(rig_t0), self.session.last_sample_time + d.tr)
+                    self._relay_trigger(run, rig_t0, t0)
+                local = t0 + (msg["time"] - rig_t0)
                 if msg["type"] == "trigger":
-                    self.session.add_trigger(self.rig.to_local(msg["time"]), msg["volume"], run)
-                    if msg["volume"] == 0:
-                        t0 = self.rig.to_local(msg["time"])
-                        self._relay_trigger(run, msg["time"], t0)
-                elif msg["type"] == "sample" and msg["run"] == run:
-                    t = self.rig.to_local(msg["time"])
-                    rig_t0 = msg["time"] if msg["volume"] == 0 else rig_t0
+                    self.session.add_trigger(local, msg["volume"], run)
+                else:
                     rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
-                    if t0 is None and msg["volume"] == 0:
-                        t0 = t
-                        self._relay_trigger(run, msg["time"], t0)
-                    times.append(t)
+                    times.append(local)
                     values.append(msg["values"])
-                    self.session.add_samples(t, np.asarray(msg["values"]), run)
+                    self.session.add_samples(local, np.asarray(msg["values"]), run)
             for msg in self.presenter.poll(0.0):
                 if msg["type"] == "presented" and msg["run"] == run:
                     presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
