@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acquisition import read_session
+from acquisition import SessionFile, read_session
 
 from .netutil import ROOT
 
@@ -115,3 +115,20 @@ def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
     red = ((rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)).sum()
     blue = ((rgb[..., 2] > 150) & (rgb[..., 0] < 90)).sum()
     assert red > 500 and blue > 500, (red, blue)
+
+
+def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
+    work, _, _ = uninterrupted
+    out = tmp_path / "paused.h5"
+    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("run 2/"):
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"continue with: neurotwin session resume {out}" in err
+    data = read_session(out)  # closed cleanly: opens without recovery, the finished run is in it
+    assert len(data.events) == 20 and data.events.trial.is_unique
+    SessionFile.resume(out).close()  # the paused writer let go of the file
