@@ -123,6 +123,9 @@ class SessionRunner:
         self.next_run = 1
         self._fit_data: tuple[list[Any], list[np.ndarray]] = ([], [])
         self.stimuli: dict[int, Any] = {}
+        self._baseline_y: list[float] = []  # measured target responses to baseline trials
+        self._effect: float | None = None  # last closed-loop run's drive - suppress, in baseline SDs
+        self._stopped: set[str] = set()
 
     # ----- opening, resuming, the twin -----
     def _open(self) -> list[dict]:
@@ -147,7 +150,10 @@ class SessionRunner:
             ids = [int(data.events.loc[data.events.trial == t, "stimulus_id"].iloc[0]) for t in trials]
             self.shown |= set(ids)
             stims = [self._stimulus_from_row(i, stimuli.loc[i]) for i in ids]
-            self._learn(record["kind"], stims, est.loc[trials, self.rois].to_numpy())
+            Y = est.loc[trials, self.rois].to_numpy()
+            self._learn(record["kind"], stims, Y)
+            conditions = [data.events.loc[data.events.trial == t, "condition"].iloc[0] for t in trials]
+            self._track(record["kind"], conditions, Y)
         self.session.log("resume", f"resumed after {len(done)} complete run(s)")
         self.progress(f"resuming {self.path}: {len(done)} run(s) complete, {len(data.events)} trials recorded")
         return done
@@ -240,10 +246,7 @@ class SessionRunner:
               ) -> list[Any]:  # fmt: skip
         from stimulus_synthesis import Constraints, Goal, select
 
-        goal = Goal("drive" if cond == "control" else cond, self.target, acquisition=acquisition, beta=beta,
-                    hold=self.protocol.target.hold)  # fmt: skip
-        if cond == "control":
-            goal = Goal("control", self.target, hold=self.protocol.target.hold, acquisition=acquisition, beta=beta)
+        goal = Goal(cond, self.target, acquisition=acquisition, beta=beta, hold=self.protocol.target.hold)
         taken = self.shown | {i for _, i in chosen if isinstance(i, int | np.integer)}
         if self.protocol.modality == "image":
             return self._synthesize(goal, k, rng)
@@ -390,6 +393,7 @@ class SessionRunner:
         self.session.log("run-complete", json.dumps(record))
         self.session.flush()
         self._status(plan, shown, beta)
+        self._track(plan.kind, [t.condition for t in shown], beta)
         self.shown |= {t.stimulus_id for t in plan.trials}
         self.next_trial = max(t.trial for t in plan.trials) + 1
 
@@ -404,6 +408,30 @@ class SessionRunner:
             line += f"; twin r on this run {np.corrcoef(p, y)[0, 1]:+.2f}"
         left = sum(self.protocol.run_seconds(n) for _, _, n in self.protocol.runs()[plan.index + 1 :]) / 60
         self.progress(line + f"; {left:.1f} scanner min left")
+
+    def _track(self, kind: str, conditions: list[str], beta: np.ndarray) -> None:
+        """Keep what the stopping rules need: baseline responses, the last closed-loop effect."""
+        y, cond = np.asarray(beta)[:, self.target], np.array(conditions)
+        if kind == "baseline":
+            self._baseline_y.extend(y.tolist())
+        elif kind == "closed_loop" and (cond == "D").any() and (cond == "S").any() and len(self._baseline_y) > 2:
+            self._effect = float((y[cond == "D"].mean() - y[cond == "S"].mean()) / np.std(self._baseline_y, ddof=1))
+
+    def _stop_reason(self, phase: str) -> str | None:
+        """Why the run should not happen (a stopping rule met), logged once; None to run it."""
+        st = self.protocol.stopping
+        kind = next(p.kind for p in self.protocol.phases if p.name == phase)
+        reason = None
+        if st.max_trials is not None and self.next_trial >= st.max_trials:
+            reason = f"max_trials {st.max_trials} reached"
+        elif st.target_effect is not None and kind == "closed_loop" and self._effect is not None:
+            if self._effect >= st.target_effect:
+                reason = f"target_effect {st.target_effect:g} reached ({self._effect:.2f} baseline SDs)"
+        if reason and reason not in self._stopped:
+            self._stopped.add(reason)
+            self.session.log("stop", reason)
+            self.progress(f"stopping rule: {reason}")
+        return reason
 
     def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
         return {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
@@ -425,6 +453,8 @@ class SessionRunner:
                     continue
                 if stop_after is not None and index >= stop_after:
                     break
+                if self._stop_reason(runs[index][0]):
+                    continue
                 plan = self._plan(index, phase, round_, n)
                 self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
                 self._run(plan)

@@ -287,4 +287,4 @@ def twin_predictor(twin: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
     if getattr(twin, "modality", "text") != "image":
         raise ValueError("image synthesis needs a twin fit on images (twin fit --modality image)")
-    return predict_torch(twin, twin._features())
+    return predict_torch(twin, twin.feature_source())

@@ -132,3 +132,17 @@ def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
     data = read_session(out)  # closed cleanly: opens without recovery, the finished run is in it
     assert len(data.events) == 20 and data.events.trial.is_unique
     SessionFile.resume(out).close()  # the paused writer let go of the file
+
+
+def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
+    work, _, _ = uninterrupted
+    protocol = tmp_path / "short.toml"
+    protocol.write_text(TINY.read_text() + "\n[stopping]\nmax_trials = 40\n")
+    out = tmp_path / "short.h5"
+    proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopping rule: max_trials 40 reached" in proc.stdout
+    data = read_session(out)
+    assert len(data.events) == 40
+    assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]

@@ -392,6 +392,10 @@ class Twin:
             self.features = features_for(self.plan, self.projection)
         return self.features
 
+    def feature_source(self) -> TextFeatures | ImageFeatures:
+        """The feature computer this twin predicts with (made from its plan on first use)."""
+        return self._features()
+
     def attach(self, features: TextFeatures | ImageFeatures) -> None:
         """Use these feature settings (cache, device, progress); the model must match the twin's.
 
