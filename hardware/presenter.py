@@ -167,7 +167,10 @@ class Presenter:
             try:
                 image = decode_png(trial["image"])
                 report = check_image(image, self.safety)
-                seq = check_sequence([*frames, (trial["onset"], image), (trial["onset"] + trial["duration"], grey)],
+                # Flashes are counted per second: the frames of the last second (and the one before) suffice.
+                first = next((i for i, f in enumerate(frames) if f[0] >= trial["onset"] - 1.0), len(frames))
+                recent = frames[max(0, first - 1) :]
+                seq = check_sequence([*recent, (trial["onset"], image), (trial["onset"] + trial["duration"], grey)],
                                      self.safety)  # fmt: skip
                 reason = "; ".join(report.reasons + seq.reasons)
             except Exception as exc:  # a corrupt image is refused, not shown
