@@ -209,7 +209,8 @@ class SessionRunner:
             chosen = []
             for cond, k in counts.items():
                 if cond == "baseline":
-                    chosen += [("B", i) for i in self._random_unshown(k, rng, exclude={i for _, i in chosen})]
+                    taken = {i for _, i in chosen if isinstance(i, int | np.integer)}  # (images may be arrays)
+                    chosen += [("B", i) for i in self._random_unshown(k, rng, exclude=taken)]
                 else:
                     acq = phase.acquisition if phase.kind == "closed_loop" else "mean"
                     chosen += [(cond[0].upper(), i) for i in self._best(cond, k, acq, phase.beta, chosen, rng)]
