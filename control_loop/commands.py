@@ -108,13 +108,14 @@ def resume_cmd(session_file: Path, report: bool) -> None:
     from .simulate import peers_of
 
     recover(session_file)
-    protocol = Protocol.model_validate_json(read_session(session_file).attrs["protocol"])
+    recorded = read_session(session_file)
+    protocol = Protocol.model_validate_json(recorded.attrs["protocol"])
     peers = peers_of(session_file)
     if peers.get("mode") == "simulation":
         _run_simulated(protocol, session_file, peers, report)
         return
     runner = SessionRunner(protocol, session_file, peers["rig"], peers["presenter"], features=_features(protocol),
-                           progress=click.echo, peers=peers)  # fmt: skip
+                           rois=recorded.rois, progress=click.echo, peers=peers)  # fmt: skip
     _run_or_pause(runner, session_file)
     click.echo(f"session file: {session_file} ({json.dumps(peers)})")
 
