@@ -122,7 +122,6 @@ class SessionRunner:
         self.next_trial = 0
         self.next_run = 1
         self._fit_data: tuple[list[Any], list[np.ndarray]] = ([], [])
-        self.stimuli: dict[int, Any] = {}
         self._baseline_y: list[float] = []  # measured target responses to baseline trials
         self._effect: float | None = None  # last closed-loop run's drive - suppress, in baseline SDs
         self._stopped: set[str] = set()

@@ -267,35 +267,21 @@ def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Cal
     set of natural crops and turned into a rate of 20 softplus(1.5 z - 1) spikes/s.
     Not the twin: other layer, no spatial grid, a nonlinearity, Poisson noise in the rig.
     """
-    import torch
+    from twin.vision import ImageFeatures, ImagePlan
 
-    from twin.vision import load_vision_model, to_tensor
-
-    vision = load_vision_model("efficientnet-lite0")
-    net = vision.module.eval()
-    named = dict(net.named_modules())
+    features = ImageFeatures(ImagePlan(model="efficientnet-lite0", layers=(layer,), grid=14))  # the whole 14x14 map
     rng = np.random.default_rng(seed)
     grid = np.arange(14)
-    weights = np.zeros((n_sites, 80, 14, 14), np.float32)
+    weights = np.zeros((n_sites, 80, 14, 14))
     for i in range(n_sites):
         cy, cx = rng.uniform(4, 10, 2)
         window = np.exp(-((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2) / (2 * 1.5**2))
         for c in rng.choice(80, 4, replace=False):
             weights[i, c] = rng.choice([1.0, 1.0, -0.5]) * window / window.sum()
-    w = torch.from_numpy(weights).reshape(n_sites, -1)
-    mean = torch.tensor(vision.mean)[:, None, None]
-    std = torch.tensor(vision.std)[:, None, None]
+    w = weights.reshape(n_sites, -1)
 
     def drive(images) -> np.ndarray:
-        got: list = []
-        hook = named[layer].register_forward_hook(lambda _m, _i, out: got.append(out.flatten(1) @ w.T))
-        try:
-            with torch.no_grad():
-                for start in range(0, len(images), 32):
-                    net((to_tensor(images[start : start + 32], vision.size) - mean) / std)
-        finally:
-            hook.remove()
-        return torch.cat(got).numpy().astype(np.float64)
+        return features(images)[layer] @ w.T
 
     # Standardize on a fixed natural set (crops of a few sample photos), so rates are comparable across sites.
     import skimage.data
