@@ -38,6 +38,18 @@ def uninterrupted(tmp_path_factory):
     return work, out, proc.stdout
 
 
+def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float) -> subprocess.Popen:
+    """Simulate TINY into out; send sig `delay` s after the controller prints a line starting with prefix."""
+    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(cache),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            time.sleep(delay)
+            break
+    proc.send_signal(sig)
+    return proc
+
+
 def _trial_table(path: Path):
     data = read_session(path)
     est = data.latest_estimates().merge(data.events[["trial", "condition", "run"]], on="trial")
@@ -70,14 +82,8 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
 def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupted, tmp_path):
     work, full, _ = uninterrupted
     out = tmp_path / "killed.h5"
-    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("run 4/"):  # runs 1-3 are complete; kill in the middle of run 4
-            time.sleep(0.4)
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _signal_during(out, work / "cache", "run 4/", signal.SIGKILL, 0.4)  # runs 1-3 complete; kill in run 4
+    proc.communicate(timeout=60)
     before = read_session(out)  # the killed writer's file is readable (SWMR)
     done = [json.loads(m) for m in before.log.loc[before.log.kind == "run-complete", "message"]]
     assert len(done) == 3, done
@@ -120,13 +126,7 @@ def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
 def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
     work, _, _ = uninterrupted
     out = tmp_path / "paused.h5"
-    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("run 2/"):
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
-            break
+    proc = _signal_during(out, work / "cache", "run 2/", signal.SIGINT, 0.3)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and f"continue with: neurotwin session resume {out}" in err
     data = read_session(out)  # closed cleanly: opens without recovery, the finished run is in it
