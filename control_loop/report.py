@@ -18,12 +18,17 @@ def _runs(data) -> list[dict]:
     return [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
 
 
-def summarize(session_file: str | Path) -> dict:
+def _estimates(data):
+    """Each trial's latest estimate with its condition, run and onset."""
+    return data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+
+
+def summarize(session_file: str | Path, data=None) -> dict:
     """The report's numbers: per-condition means, twin accuracy per run, evaluation contrasts."""
-    data = read_session(session_file)
+    data = data if data is not None else read_session(session_file)
     protocol = json.loads(data.attrs["protocol"])
     target = protocol["target"]["rois"][0]
-    est = data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+    est = _estimates(data)
     runs = _runs(data)
     out: dict = {
         "session": str(session_file),
@@ -70,10 +75,10 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(session_file)
     data = read_session(session_file)
+    summary = summarize(session_file, data)
     target = summary["target"]
-    est = data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+    est = _estimates(data)
     figures = []
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
