@@ -7,7 +7,11 @@ the default simulated subject, then scores each final evaluation block by the
 subject's true (noise-free) responses: drive - suppress separation in units of the
 evaluation baseline sentences' true SD, and Welch t-tests of drive > baseline >
 suppress. Target: closed-loop separation at least 1.25 x the open loop's.
-Run: .venv/bin/python bench/closed_loop.py [seeds, default 5]
+With ``image``, protocols/closed_loop_image.toml against open_loop_image.toml (same
+recording time) on the simulated electrophysiology rig, scored by the target site's
+true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural images' SD.
+Target: closed-loop separation at least the open loop's.
+Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image]
 """
 
 from __future__ import annotations
@@ -27,15 +31,20 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def evaluate(session: Path) -> dict:
+def evaluate(session: Path, truth_of) -> dict:
+    """True responses of the evaluation block's conditions, their separation and Welch tests."""
     from acquisition import read_session
-    from hardware.subject import LanguageSubject
+    from twin.vision import load_image
 
     d = read_session(session)
     runs = [json.loads(m) for m in d.log.loc[d.log.kind == "run-complete", "message"]]
     trials = [t for r in runs if r["kind"] == "evaluation" for t in r["trials"]]
-    ev = d.events[d.events.trial.isin(trials)].merge(d.stimuli[["stimulus_id", "text"]], on="stimulus_id")
-    truth = LanguageSubject()(list(ev.text))[:, 0]
+    ev = d.events[d.events.trial.isin(trials)].merge(d.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
+    if "image" in ev and ev.image.astype(bool).any():
+        stimuli = [load_image(session.parent / name) for name in ev.image]
+    else:
+        stimuli = list(ev.text)
+    truth = truth_of(stimuli)
     g = {c: truth[ev.condition.to_numpy() == c] for c in "DBS"}
     p_db = stats.ttest_ind(g["D"], g["B"], equal_var=False, alternative="greater").pvalue
     p_bs = stats.ttest_ind(g["B"], g["S"], equal_var=False, alternative="greater").pvalue
@@ -43,18 +52,28 @@ def evaluate(session: Path) -> dict:
     return {"D": g["D"].mean(), "B": g["B"].mean(), "S": g["S"].mean(), "sep": sep, "p_db": p_db, "p_bs": p_bs}
 
 
-def main(n_seeds: int = 5) -> None:
+def main(n_seeds: int = 5, modality: str = "text") -> None:
+    if modality == "image":
+        from hardware.rigs import v4_tuning
+
+        sites = v4_tuning()
+        truth_of, kind, target = (lambda s: sites(s)[:, 0]), "image", 1.0
+    else:
+        from hardware.subject import LanguageSubject
+
+        subject = LanguageSubject()
+        truth_of, kind, target = (lambda s: subject(s)[:, 0]), "language", 1.25
     work = Path(tempfile.mkdtemp(prefix="nt-loop-"))
     results: dict[str, list[dict]] = {"closed": [], "open": []}
     for seed in range(n_seeds):
         for name in ("closed", "open"):
             out = work / f"{name}-{seed}.h5"
-            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_language.toml",
+            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_{kind}.toml",
                    "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
-            r = evaluate(out)
+            r = evaluate(out, truth_of)
             results[name].append(r)
             print(f"seed {seed} {name:6s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",
@@ -66,8 +85,8 @@ def main(n_seeds: int = 5) -> None:
         print(f"{name}-loop separation: mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
               f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
     ratio = np.mean([r["sep"] for r in results["closed"]]) / np.mean([r["sep"] for r in results["open"]])
-    print(f"closed / open separation: {ratio:.2f} (target at least 1.25: {'PASS' if ratio >= 1.25 else 'FAIL'})")
+    print(f"closed / open separation: {ratio:.2f} (target at least {target}: {'PASS' if ratio >= target else 'FAIL'})")
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, sys.argv[2] if len(sys.argv) > 2 else "text")

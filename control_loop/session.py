@@ -322,9 +322,17 @@ class SessionRunner:
         times, rel_times, values, presented, refused, late = [], [], [], {}, {}, {}
         t0 = rig_t0 = None
         deadline = time.monotonic() + 120 + n_volumes * d.tr
+        live, counted = self._live_view(run, n_volumes), 0
         while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
             if time.monotonic() > deadline:
+                live.close()
                 raise SessionError(f"run {run}: the rig or the presenter stopped answering")
+            if len(times) > counted:
+                live.update(len(times) - counted)
+                counted = len(times)
+                live.set_postfix_str(f"{len(presented)}/{len(trials)} shown, {len(refused)} refused, "
+                                     f"{self.protocol.target.rois[0]} {values[-1][self.target]:+.2f}, "
+                                     f"{(n_volumes - len(times)) * d.tr:.0f} s left", refresh=False)  # fmt: skip
             for msg in self.rig.poll(0.01):
                 if msg.get("run") != run or msg["type"] not in ("trigger", "sample"):
                     continue
@@ -348,7 +356,14 @@ class SessionRunner:
                 elif msg["type"] == "refused" and msg["run"] == run:
                     refused[msg["trial"]] = msg["reason"]
                     self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
+        live.close()
         self._estimate(plan, run, np.array(rel_times), np.array(values), t0, presented, late)
+
+    def _live_view(self, run: int, n_volumes: int) -> Any:
+        """A live bar over the run's volumes (on a terminal only): trials shown, the target's signal, time left."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=n_volumes, desc=f"  run {run} volumes", unit="vol", leave=False, disable=None)
 
     def _relay_trigger(self, run: int, rig_time: float, local: float) -> None:
         """The rig's first volume starts the presenter's schedule, at that instant on the presenter's clock."""

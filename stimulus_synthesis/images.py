@@ -1,7 +1,7 @@
 """Image synthesis under the twin, inside the safety limits.
 
 * :func:`synthesize_images`: gradient ascent on the twin's prediction through a
-  decorrelated Fourier parametrization (1/f-scaled spectrum, decorrelated colour),
+  decorrelated Fourier parametrization (1/f^2-scaled spectrum, decorrelated colour),
   with random jitter, scaling and blur at every step (the feature-visualization
   recipe), projected into the safety limits (contrast scaled about the background
   grey; the scale is refreshed as the image changes).

@@ -37,3 +37,15 @@ def length_language_subject(stimuli):
 
 length_language_subject.rois = ("lang", "md")
 length_language_subject.noise_sd = 0.3
+
+
+def luminance_sites(stimuli):
+    """A fast visual subject: site0 fires for bright images, site1 for dark ones (spikes/s)."""
+    rows = []
+    for s in stimuli:
+        m = float(np.asarray(s, np.float64).mean() / 255.0) if not isinstance(s, str) else 0.5
+        rows.append([5.0 + 60.0 * m, 5.0 + 60.0 * (1.0 - m)])
+    return np.array(rows)
+
+
+luminance_sites.rois = ("site0", "site1")

@@ -146,3 +146,60 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     data = read_session(out)
     assert len(data.events) == 40
     assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]
+
+
+def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
+    """The image protocol end to end: ephys rig and presenter processes, synthesis under the twin, report."""
+    from stimulus_synthesis.safety import check_image
+    from twin.vision import load_image
+
+    out = tmp_path / "image.h5"
+    proc = subprocess.run(_cmd("simulate", ROOT / "tests" / "protocols" / "tiny_image.toml", "--out", out),
+                          cwd=ROOT, env=_env(tmp_path / "cache"), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data, est = _trial_table(out)
+    assert len(data.events) == 40 + 8 + 12 and data.events.trial.is_unique
+    stimuli = data.stimuli.set_index("stimulus_id")
+    synthesized = stimuli[stimuli.source == "synthesized"]
+    assert len(synthesized) == 8 + 8  # drive and suppress in the closed-loop round and the evaluation
+    for name in stimuli.image:  # every shown image is on disk beside the session file and passes the limits
+        assert check_image(load_image(out.parent / name)).ok
+    means = est.groupby("condition").site0.mean()  # measured rates of the target site
+    assert means["D"] > means["B"] > means["S"]
+    assert (out.with_name(out.stem + "-report") / "report.html").exists()
+
+
+def test_live_view_on_a_terminal(tmp_path):
+    """On a terminal each run shows a live bar: volumes, trials shown, the target's signal, time left."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", tmp_path / "tty.h5", "--no-report"), cwd=ROOT,
+                            env=_env(tmp_path / "cache"), stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, screen.decode(errors="replace")[-2000:]
+    text = screen.decode(errors="replace").replace("\r", "\n")
+    bars = [line for line in text.splitlines() if "volumes:" in line and "shown" in line]
+    assert any(line.lstrip().startswith("run 6 volumes:") for line in bars)
+    assert any(" lang " in line and " s left" in line for line in bars)
+    assert f"session file: {tmp_path / 'tty.h5'}" in text
