@@ -322,41 +322,40 @@ class SessionRunner:
         times, rel_times, values, presented, refused, late = [], [], [], {}, {}, {}
         t0 = rig_t0 = None
         deadline = time.monotonic() + 120 + n_volumes * d.tr
-        live, counted = self._live_view(run, n_volumes), 0
-        while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
-            if time.monotonic() > deadline:
-                live.close()
-                raise SessionError(f"run {run}: the rig or the presenter stopped answering")
-            if len(times) > counted:
-                live.update(len(times) - counted)
-                counted = len(times)
-                live.set_postfix_str(f"{len(presented)}/{len(trials)} shown, {len(refused)} refused, "
-                                     f"{self.protocol.target.rois[0]} {values[-1][self.target]:+.2f}, "
-                                     f"{(n_volumes - len(times)) * d.tr:.0f} s left", refresh=False)  # fmt: skip
-            for msg in self.rig.poll(0.01):
-                if msg.get("run") != run or msg["type"] not in ("trigger", "sample"):
-                    continue
-                if rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
-                    rig_t0 = msg["time"]
-                    # One clock mapping per run keeps session time monotonic when the offset estimate moves.
-                    t0 = max(self.rig.to_local(rig_t0), self.session.last_sample_time + d.tr)
-                    self._relay_trigger(run, rig_t0, t0)
-                local = t0 + (msg["time"] - rig_t0)
-                if msg["type"] == "trigger":
-                    self.session.add_trigger(local, msg["volume"], run)
-                else:
-                    rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
-                    times.append(local)
-                    values.append(msg["values"])
-                    self.session.add_samples(local, np.asarray(msg["values"]), run)
-            for msg in self.presenter.poll(0.0):
-                if msg["type"] == "presented" and msg["run"] == run:
-                    presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
-                    late[msg["trial"]] = msg["onset"] - msg["scheduled"] if msg.get("scheduled") else 0.0
-                elif msg["type"] == "refused" and msg["run"] == run:
-                    refused[msg["trial"]] = msg["reason"]
-                    self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
-        live.close()
+        counted = 0
+        with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
+            while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
+                if time.monotonic() > deadline:
+                    raise SessionError(f"run {run}: the rig or the presenter stopped answering")
+                if len(times) > counted:
+                    live.update(len(times) - counted)
+                    counted = len(times)
+                    live.set_postfix_str(f"{len(presented)}/{len(trials)} shown, {len(refused)} refused, "
+                                         f"{self.protocol.target.rois[0]} {values[-1][self.target]:+.2f}, "
+                                         f"{(n_volumes - len(times)) * d.tr:.0f} s left", refresh=False)  # fmt: skip
+                for msg in self.rig.poll(0.01):
+                    if msg.get("run") != run or msg["type"] not in ("trigger", "sample"):
+                        continue
+                    if rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
+                        rig_t0 = msg["time"]
+                        # One clock mapping per run keeps session time monotonic when the offset estimate moves.
+                        t0 = max(self.rig.to_local(rig_t0), self.session.last_sample_time + d.tr)
+                        self._relay_trigger(run, rig_t0, t0)
+                    local = t0 + (msg["time"] - rig_t0)
+                    if msg["type"] == "trigger":
+                        self.session.add_trigger(local, msg["volume"], run)
+                    else:
+                        rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
+                        times.append(local)
+                        values.append(msg["values"])
+                        self.session.add_samples(local, np.asarray(msg["values"]), run)
+                for msg in self.presenter.poll(0.0):
+                    if msg["type"] == "presented" and msg["run"] == run:
+                        presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
+                        late[msg["trial"]] = msg["onset"] - msg["scheduled"] if msg.get("scheduled") else 0.0
+                    elif msg["type"] == "refused" and msg["run"] == run:
+                        refused[msg["trial"]] = msg["reason"]
+                        self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
         self._estimate(plan, run, np.array(rel_times), np.array(values), t0, presented, late)
 
     def _live_view(self, run: int, n_volumes: int) -> Any:

@@ -170,7 +170,7 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     assert (out.with_name(out.stem + "-report") / "report.html").exists()
 
 
-def test_live_view_on_a_terminal(tmp_path):
+def test_live_view_on_a_terminal(uninterrupted, tmp_path):
     """On a terminal each run shows a live bar: volumes, trials shown, the target's signal, time left."""
     import fcntl
     import pty
@@ -180,8 +180,9 @@ def test_live_view_on_a_terminal(tmp_path):
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    work, _, _ = uninterrupted  # its feature cache: the candidates are embedded once
     proc = subprocess.Popen(_cmd("simulate", TINY, "--out", tmp_path / "tty.h5", "--no-report"), cwd=ROOT,
-                            env=_env(tmp_path / "cache"), stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
+                            env=_env(work / "cache"), stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
     os.close(slave)
     screen = b""
     deadline = time.monotonic() + 600
