@@ -11,11 +11,15 @@ With ``image``, protocols/closed_loop_image.toml against open_loop_image.toml (s
 recording time) on the simulated electrophysiology rig, scored by the target site's
 true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural images' SD.
 Target: closed-loop separation at least the open loop's.
-Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image]
+Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR]
+With ``--work DIR`` the session files are kept there, and a session already finished
+in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with its evaluation block) is scored
+again rather than rerun, so a long run can be split across sittings.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -52,7 +56,18 @@ def evaluate(session: Path, truth_of) -> dict:
     return {"D": g["D"].mean(), "B": g["B"].mean(), "S": g["S"].mean(), "sep": sep, "p_db": p_db, "p_bs": p_bs}
 
 
-def main(n_seeds: int = 5, modality: str = "text") -> None:
+def finished(session: Path) -> bool:
+    """Whether a session file holds every run of its protocol."""
+    from acquisition import read_session
+    from control_loop.protocol import Protocol
+
+    if not session.exists():
+        return False
+    d = read_session(session)
+    return (d.log.kind == "run-complete").sum() == len(Protocol.model_validate_json(d.attrs["protocol"]).runs())
+
+
+def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> None:
     if modality == "image":
         from hardware.rigs import v4_tuning
 
@@ -63,15 +78,17 @@ def main(n_seeds: int = 5, modality: str = "text") -> None:
 
         subject = LanguageSubject()
         truth_of, kind, target = (lambda s: subject(s)[:, 0]), "language", 1.25
-    work = Path(tempfile.mkdtemp(prefix="nt-loop-"))
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-loop-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"session files in {work}")
     results: dict[str, list[dict]] = {"closed": [], "open": []}
     for seed in range(n_seeds):
         for name in ("closed", "open"):
             out = work / f"{name}-{seed}.h5"
             cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_{kind}.toml",
                    "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode:
+            proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc is not None and proc.returncode:
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
             r = evaluate(out, truth_of)
             results[name].append(r)
@@ -89,4 +106,9 @@ def main(n_seeds: int = 5, modality: str = "text") -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, sys.argv[2] if len(sys.argv) > 2 else "text")
+    parser = argparse.ArgumentParser(description="closed loop against open loop at equal scanner time")
+    parser.add_argument("seeds", nargs="?", type=int, default=5)
+    parser.add_argument("modality", nargs="?", choices=["text", "image"], default="text")
+    parser.add_argument("--work", type=Path, help="keep session files here; finished ones are scored, not rerun")
+    args = parser.parse_args()
+    main(args.seeds, args.modality, args.work)

@@ -63,8 +63,7 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
                 for cname, constraints in [("no constraints", free), ("default constraints", Constraints())]:
                     out = []
                     for kind in ("drive", "suppress"):
-                        sel = select(texts, mean[rest], 50, Goal(kind), embeddings=pool.embeddings(rest),
-                                     constraints=constraints)  # fmt: skip
+                        sel = select(texts, mean[rest], 50, Goal(kind), constraints=constraints)
                         chosen = truth[rest][sel.index].mean()
                         ok = chosen > p90 if kind == "drive" else chosen < p10
                         out.append(f"{kind} {chosen:.3f} (pct {(truth < chosen).mean() * 100:.1f}, "

@@ -67,7 +67,9 @@ class Stimuli(_Strict):
     min_words: int = Field(3, ge=1)
     max_words: int = Field(40, ge=1)
     blocklist: list[str] = []
-    max_similarity: float = Field(0.9, gt=0, le=1)
+    max_similarity: float = Field(
+        0.9, gt=0, le=1, description="Text: highest word/word-pair cosine between chosen or shown sentences."
+    )
     image_size: int = Field(128, ge=32, le=1024)
     synthesis_steps: int = Field(128, ge=1, description="Images: twin evaluations per synthesized image.")
 

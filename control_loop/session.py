@@ -254,9 +254,9 @@ class SessionRunner:
         mean, sd = self.candidates.embedded.predict(self.twin, with_sd=acquisition != "mean")
         s = self.protocol.stimuli
         constraints = Constraints(s.min_words, s.max_words, None, list(s.blocklist), None, None, s.max_similarity)
+        shown = [self.candidates.items[i] for i in taken if isinstance(i, int | np.integer)]
         sel = select([self.candidates.items[i] for i in free], mean[free], k, goal,
-                     sd=None if sd is None else sd[free], embeddings=self.candidates.embedded.embeddings(free),
-                     constraints=constraints, rng=rng)  # fmt: skip
+                     sd=None if sd is None else sd[free], constraints=constraints, shown=shown, rng=rng)  # fmt: skip
         return [int(free[i]) for i in sel.index]
 
     def _synthesize(self, goal: Any, k: int, rng: np.random.Generator) -> list[np.ndarray]:

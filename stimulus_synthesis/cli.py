@@ -81,7 +81,8 @@ def info_cmd(pool: Path, column: str) -> None:
               help="Blocked words or /regex/ patterns: comma-separated, or @FILE with one per line.")  # fmt: skip
 @click.option("--min-readability", type=float, default=None, help="Lowest Flesch reading ease.")
 @click.option("--max-readability", type=float, default=None, help="Highest Flesch reading ease.")
-@click.option("--max-similarity", default=0.9, show_default=True, help="Highest cosine similarity between any two.")
+@click.option("--max-similarity", default=0.9, show_default=True,
+              help="Highest similarity to each other or to --exclude (word and word-pair cosine).")  # fmt: skip
 @click.option("--exclude", type=click.Path(path_type=Path), default=None,
               help="Sentences already shown (one per line): never chosen, and nothing too similar.")  # fmt: skip
 @click.option("--generate", "budget", default=0, show_default=True,

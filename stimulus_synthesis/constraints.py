@@ -49,7 +49,7 @@ class Constraints:
     blocklist: list[str] = field(default_factory=list)
     min_readability: float | None = None
     max_readability: float | None = None
-    max_similarity: float = 0.9  # cosine similarity of embeddings, between any two chosen or shown
+    max_similarity: float = 0.9  # word/word-pair cosine (see .similarity), any two chosen or shown
 
     def __post_init__(self) -> None:
         if self.min_words < 1:

@@ -74,9 +74,3 @@ class EmbeddedPool:
         mean = table_mean[self.rows - lo].astype(np.float64) + b
         sd = table_sd[self.rows - lo].astype(np.float64) if with_sd else None
         return mean, sd
-
-    def embeddings(self, index: np.ndarray) -> np.ndarray:
-        """Layer features of some pool sentences (for diversity), from the cache."""
-        f = self.features
-        Z, _ = f.cache.lookup(f.model_id, f.table, [self.sentences[i] for i in index])
-        return f.layer_matrix(Z)

@@ -4,12 +4,14 @@ under constraints, with a diversity limit and (for the closed loop) uncertainty-
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from .constraints import ConstraintError, Constraints
+from .similarity import DIM, sentence_vectors
 
 
 @dataclass(frozen=True)
@@ -74,26 +76,37 @@ def select(
     sd: np.ndarray | None = None,
     embeddings: np.ndarray | None = None,
     constraints: Constraints | None = None,
-    shown: np.ndarray | None = None,
+    shown: np.ndarray | Sequence[str] | None = None,
     exclude: set[str] | None = None,
     rng: np.random.Generator | None = None,
 ) -> Selection:
-    """Greedy: the best-scoring candidates that pass the constraints and are not near-duplicates
-    (cosine similarity of ``embeddings`` above ``constraints.max_similarity``) of each other or
-    of already ``shown`` stimuli' embeddings. Raises ConstraintError if fewer than n qualify."""
+    """Greedy: the best-scoring candidates that pass the constraints and are not near-duplicates of
+    each other or of already ``shown`` stimuli: cosine similarity above ``constraints.max_similarity``
+    of their word and word-pair counts (:mod:`.similarity`), or of ``embeddings`` when given (then
+    ``shown`` holds the shown stimuli's embeddings rather than their text).
+    Raises ConstraintError if fewer than n qualify."""
     constraints = constraints or Constraints()
     if len(sentences) == 0:
         raise ConstraintError("the candidate pool is empty")
     scores = objective(goal, mean, sd, rng)
     order = np.argsort(-scores, kind="stable")
-    unit = None
+    diverse = constraints.max_similarity < 1.0 or embeddings is not None
+    has_shown = shown is not None and len(shown) > 0
     if embeddings is not None:
-        unit = np.asarray(embeddings, np.float32)
-        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    kept = np.zeros((0, unit.shape[1]), np.float32) if unit is not None else None
-    if unit is not None and shown is not None and len(shown):
-        s = np.asarray(shown, np.float32)
-        kept = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+        unit = _unit(embeddings)
+        earlier = _unit(shown) if has_shown else np.zeros((0, unit.shape[1]), np.float32)
+
+        def vector(i: int) -> np.ndarray:
+            return unit[i]
+    else:
+        earlier = sentence_vectors(list(shown)) if has_shown else np.zeros((0, DIM), np.float32)
+
+        def vector(i: int) -> np.ndarray:
+            return sentence_vectors([sentences[i]])[0]
+
+    kept = np.zeros((len(earlier) + n, earlier.shape[1]), np.float32)  # shown, then chosen, vectors
+    kept[: len(earlier)] = earlier
+    n_kept = len(earlier)
     chosen: list[int] = []
     rejected: Counter = Counter()
     seen_text = set(exclude or ())
@@ -106,11 +119,13 @@ def select(
         if problems:
             rejected.update(p.split(":")[0] for p in problems)
             continue
-        if kept is not None:
-            if len(kept) and float((kept @ unit[i]).max()) > constraints.max_similarity:
+        if diverse:
+            v = vector(i)
+            if n_kept and float((kept[:n_kept] @ v).max()) > constraints.max_similarity:
                 rejected["near-duplicate"] += 1
                 continue
-            kept = np.vstack([kept, unit[i]])
+            kept[n_kept] = v
+            n_kept += 1
         chosen.append(int(i))
         seen_text.add(text)
         if len(chosen) == n:
@@ -123,3 +138,8 @@ def select(
         )
     idx = np.array(chosen)
     return Selection(idx, scores[idx], rejected)
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)

@@ -12,6 +12,7 @@ from .constraints import ConstraintError, Constraints, flesch_reading_ease
 from .embedded import EmbeddedPool
 from .generate import Candidate, Naturalness, generate
 from .selection import Goal, objective, select
+from .similarity import sentence_vectors
 
 
 @dataclass
@@ -56,16 +57,13 @@ def synthesize_sentences(
     mean, sd = pool.predict(twin, with_sd=True)
     scores = objective(goal, mean, sd, rng)
     order = np.argsort(-scores, kind="stable")
-    shown_emb = None
-    if shown:
-        shown_emb = features.layer_matrix(features.matrix(shown))
     size = min(len(order), max(20 * n, 2000))
     while True:  # a shortlist, widened until enough of it passes the constraints
         short = order[:size]
         texts = [pool.sentences[i] for i in short]
         try:
-            sel = select(texts, mean[short], n, goal, sd=sd[short], embeddings=pool.embeddings(short),
-                         constraints=constraints, shown=shown_emb, exclude=exclude, rng=rng)  # fmt: skip
+            sel = select(texts, mean[short], n, goal, sd=sd[short], constraints=constraints, shown=shown,
+                         exclude=exclude, rng=rng)  # fmt: skip
             break
         except ConstraintError:
             if size == len(order):
@@ -96,18 +94,17 @@ def synthesize_sentences(
             m, s = predict([c.sentence for c in gen.best])
             all_mean = np.vstack([np.array([c[1] for c in chosen]), m])
             all_sd = np.vstack([np.array([c[2] for c in chosen]), s])
-            sel2 = select(texts, all_mean, n, goal, sd=all_sd,
-                          embeddings=features.layer_matrix(features.matrix(texts)),
-                          constraints=constraints, shown=shown_emb, exclude=exclude, rng=rng)  # fmt: skip
+            sel2 = select(texts, all_mean, n, goal, sd=all_sd, constraints=constraints, shown=shown,
+                          exclude=exclude, rng=rng)  # fmt: skip
             nll = {c.sentence: c.nll for c in gen.best}
             chosen = [(texts[i], all_mean[i], all_sd[i], "generated" if texts[i] in nll else "corpus",
                        nll.get(texts[i])) for i in sel2.index]  # fmt: skip
     final_texts = [c[0] for c in chosen]
-    unit = _unit(features.layer_matrix(features.matrix(final_texts)))
+    unit = sentence_vectors(final_texts)
     sim = unit @ unit.T
     np.fill_diagonal(sim, -1.0)
-    if shown_emb is not None and len(shown_emb):
-        sim = np.hstack([sim, unit @ _unit(shown_emb).T])
+    if shown:
+        sim = np.hstack([sim, unit @ sentence_vectors(shown).T])
     rows = []
     for rank, (text, m, s, source, nll) in enumerate(chosen, 1):
         row = {"rank": rank, "sentence": text, "source": source}
@@ -119,8 +116,3 @@ def synthesize_sentences(
         row["constraints"] = _report(text, constraints, float(sim[rank - 1].max()) if len(chosen) > 1 else 0.0)
         rows.append(row)
     return SynthesisResult(rows, log, dict(sel.rejected))
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)

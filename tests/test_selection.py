@@ -54,6 +54,30 @@ def test_every_constraint_is_enforced():
     assert {"near-duplicate", "blocked", "more than 8 words"} <= set(sel.rejected)
 
 
+def test_near_duplicates_are_judged_by_shared_words():
+    from stimulus_synthesis.similarity import similarity
+
+    sentences = [
+        "The surgeon realigned my jaw after the accident.",
+        "The surgeon realigned my jaw after the accident!",  # the same words: a near-duplicate
+        "Her eyesight went after the accident.",  # ends alike, otherwise different: kept
+        "The old farmer crossed the river near the mill at dawn.",
+        "The old farmer crossed the river near the mill at dusk.",  # one word changed of eleven
+        "A shown sentence about the quiet harbour.",
+    ]
+    assert similarity(sentences[0], sentences[1]) == pytest.approx(1.0)
+    assert similarity(sentences[0], sentences[2]) < 0.6
+    mean = np.arange(len(sentences), 0, -1, dtype=float)[:, None]
+    c = Constraints(min_words=1, max_similarity=0.9)
+    sel = select(sentences, mean, 3, Goal("drive"), constraints=c, shown=["A shown sentence about the quiet harbour"])
+    assert [sentences[i] for i in sel.index] == [sentences[0], sentences[2], sentences[3]]
+    assert sel.rejected["near-duplicate"] == 1
+    loose = select(sentences, mean, 4, Goal("drive"), constraints=Constraints(min_words=1, max_similarity=0.95))
+    assert [sentences[i] for i in loose.index] == [sentences[0], sentences[2], sentences[3], sentences[4]]
+    with pytest.raises(ConstraintError, match="near-duplicate"):
+        select(sentences, mean, 5, Goal("drive"), constraints=c, shown=[sentences[5]])
+
+
 def test_charset():
     c = Constraints(min_words=1)
     assert c.ok("A plain sentence, with punctuation!")
