@@ -1,0 +1,104 @@
+"""How much better than the open loop can a closed loop be, for the language network at this SNR?
+
+A fast emulation of the language protocols' choices (no scanner, GLM or sockets):
+a pool of new sentences is embedded once with the default twin's features; each
+"trial" is the default subject's true response plus its per-trial noise (SD 0.623,
+SNR 0.3). Per seed, 3,000 candidates of 5-40 words; 30 drive and 30 suppress
+sentences are chosen by the twin from the unshown candidates, as in the evaluation
+block, and scored by their true drive - suppress separation in SDs of the
+candidates' true responses.
+
+* open loop: the twin fit on 300 random trials (open_loop_language.toml);
+* closed loop: 180 random trials, then 2 rounds of 30 drive + 30 suppress chosen by
+  UCB (beta 1) with the twin refined after each (closed_loop_language.toml);
+* headroom: twins fit on 1,000 random trials, and on every pool sentence's noise-free
+  response: what a better-informed twin would give, whatever the design.
+
+Run: .venv/bin/python bench/loop_headroom.py [seeds, default 20] [--cache FILE]
+(about 5 min on 2 cores, 4 more the first time to embed the pool; the twin fit on all
+4,000 sentences is most of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench._common import new_sentences
+
+NOISE_SD = 0.623
+
+
+def main(n_seeds: int, cache: Path | None) -> None:
+    from hardware.subject import LanguageSubject
+    from stimulus_synthesis import Goal, objective
+    from twin import FeaturePlan, TextFeatures, Twin
+
+    sentences = new_sentences(4000, seed=11)
+    truth = LanguageSubject()(sentences)[:, 0]
+    features = TextFeatures(FeaturePlan(), cache=cache or Path(tempfile.mkdtemp()) / "f.h5", progress=True)
+    blocks = features(sentences)
+    words = np.array([len(s.split()) for s in sentences])
+    eligible = np.flatnonzero((words >= 5) & (words <= 40))
+
+    def part(index: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[index] for k, v in blocks.items()}
+
+    def fit(index: np.ndarray, y: np.ndarray) -> Twin:
+        return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id)
+
+    def best(twin: Twin, free: np.ndarray, kind: str, k: int, acquisition: str = "mean") -> np.ndarray:
+        mean, sd = twin.predict_blocks(part(free), with_sd=acquisition != "mean")
+        return free[np.argsort(-objective(Goal(kind, acquisition=acquisition), mean, sd))[:k]]
+
+    def separation(twin: Twin, candidates: np.ndarray, shown: np.ndarray) -> float:
+        free = np.setdiff1d(candidates, shown)
+        drive = best(twin, free, "drive", 30)
+        suppress = best(twin, np.setdiff1d(free, drive), "suppress", 30)
+        return (truth[drive].mean() - truth[suppress].mean()) / truth[candidates].std()
+
+    oracle = fit(np.arange(len(sentences)), truth)  # the same for every seed
+    results: dict[str, list[float]] = {}
+    for seed in range(n_seeds):
+        rng = np.random.default_rng(seed)
+        candidates = rng.choice(eligible, 3000, replace=False)
+
+        def measure(index: np.ndarray, rng: np.random.Generator = rng) -> np.ndarray:
+            return truth[index] + rng.standard_normal(len(index)) * NOISE_SD
+
+        for label, n in (("open loop, 300 trials", 300), ("open loop, 1000 trials", 1000)):
+            shown = rng.choice(candidates, n, replace=False)
+            results.setdefault(label, []).append(separation(fit(shown, measure(shown)), candidates, shown))
+        shown = rng.choice(candidates, 180, replace=False)
+        twin = fit(shown, measure(shown))
+        for _ in range(2):
+            free = np.setdiff1d(candidates, shown)
+            drive = best(twin, free, "drive", 30, "ucb")
+            new = np.concatenate([drive, best(twin, np.setdiff1d(free, drive), "suppress", 30, "ucb")])
+            twin.update_blocks(part(new), measure(new))
+            twin.reselect_alphas()
+            shown = np.concatenate([shown, new])
+        results.setdefault("closed loop, 180 + 2 x 60 trials", []).append(separation(twin, candidates, shown))
+        results.setdefault("twin on all 4000 noise-free responses", []).append(
+            separation(oracle, candidates, np.array([], int))
+        )
+    reference = np.mean(results["open loop, 300 trials"])
+    print(f"\ndrive - suppress separation (true response, SDs of the candidates), {n_seeds} seeds:")
+    for label, seps in results.items():
+        s = np.array(seps)
+        print(f"  {label:40s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / reference:.2f} of the open loop")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seeds", nargs="?", type=int, default=20)
+    parser.add_argument("--cache", type=Path, help="feature cache to use (and keep) for the 4,000 sentences")
+    args = parser.parse_args()
+    main(args.seeds, args.cache)
