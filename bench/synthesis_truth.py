@@ -10,11 +10,13 @@ Targets: drive set's true mean above the pool's 90th percentile, suppress set's
 below the 10th. Then local search starts from the corpus' 16 best sentences and
 the margin by which generation raises (lowers) the predicted response is printed,
 with the naturalness filter rechecked on every generated sentence.
-Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000]
+Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE]
+(``--cache`` keeps the pool's features for the next run; bench/loop_headroom.py reads the same.)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -29,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import new_sentences
 
 
-def main(n_pool: int = 4000, seed: int = 0) -> None:
+def main(n_pool: int = 4000, cache: Path | None = None) -> None:
     from hardware.subject import NOISE_SD, LanguageSubject
     from stimulus_synthesis import Constraints, Goal, select
     from stimulus_synthesis.embedded import EmbeddedPool
@@ -41,7 +43,7 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
         sentences = new_sentences(n_pool, seed=11)
         subject = LanguageSubject()
         truth = subject(sentences)[:, 0]
-        features = TextFeatures(FeaturePlan(), cache=work / "features.h5", progress=True)
+        features = TextFeatures(FeaturePlan(), cache=cache or work / "features.h5", progress=True)
         t = time.perf_counter()
         pool = EmbeddedPool.build(sentences, features)
         print(f"pool: {len(sentences)} sentences embedded in {time.perf_counter() - t:.0f} s")
@@ -80,7 +82,7 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
             t = time.perf_counter()
             gen = generate(
                 seeds, lambda s: twin.predict(s, with_sd=True), goal, naturalness=naturalness,
-                nll_of=lambda s: features.matrix(s)[:, stats], constraints=constraints, budget=384, seed=seed,
+                nll_of=lambda s: features.matrix(s)[:, stats], constraints=constraints, budget=384, seed=0,
             )  # fmt: skip
             dt = time.perf_counter() - t
             sign = 1 if kind == "drive" else -1
@@ -114,4 +116,8 @@ def main(n_pool: int = 4000, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 4000)
+    parser = argparse.ArgumentParser(description="synthetic-truth check of sentence selection and generation")
+    parser.add_argument("pool", nargs="?", type=int, default=4000, help="pool size")
+    parser.add_argument("--cache", type=Path, help="feature cache to use and keep")
+    args = parser.parse_args()
+    main(args.pool, args.cache)
