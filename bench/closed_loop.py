@@ -13,7 +13,7 @@ true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural image
 Target: closed-loop separation at least the open loop's.
 Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR]
 With ``--work DIR`` the session files are kept there, and a session already finished
-in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with its evaluation block) is scored
+in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with every run of its protocol) is scored
 again rather than rerun, so a long run can be split across sittings.
 """
 
