@@ -8,9 +8,12 @@ parent) and judges naturalness. A candidate passes when its mean surprisal
 corpus sentence it descends from and of its parent; when the edit costs little log-probability
 (a substitution or deletion at most ``edit_cost`` nats more surprisal in total than
 its parent, an insertion at most the parent's mean per-token surprisal plus
-``edit_cost``); when no word is doubled and the sentence does not end on a
-function word; and when every word is a known word
-(``wordfreq``).
+``edit_cost``); when the two words after the edit (after the junction, for a
+recombination) are together at most ``local_slack`` nats more surprising than
+where they came from, read after a short ``context`` that steadies a small LM's
+view of a sentence's first words; when no word is doubled, no word triple
+repeats and the sentence does not end on a function word; and when every word is a
+known word (``wordfreq``).
 An optuna ask/tell study is the optimizer over edits (which operator, which
 parent, where, which proposal): it learns which edits raise the objective. Every
 candidate evaluated is logged.
@@ -52,6 +55,9 @@ class Naturalness:
     slack: float = 0.1
     edit_cost: float = 1.0
     min_zipf: float = 1.5
+    local_slack: float = 2.0
+    context_words: int = 2
+    context: str = "Example sentence:"
     device: str = "cpu"
     _extractor: TextFeatureExtractor | None = field(default=None, repr=False)
 
@@ -64,6 +70,60 @@ class Naturalness:
     def nll(self, sentences: Sequence[str]) -> np.ndarray:
         """Mean, total and maximum token surprisal (nats) of each sentence, (n, 3)."""
         return self.extractor.extract(list(sentences), surprisal=True)[SURPRISAL_KEY].astype(np.float64)
+
+    def word_surprisal(self, sentences: Sequence[str], batch: int = 8) -> list[np.ndarray]:
+        """Surprisal (nats) of each whitespace-separated word of each sentence given the words before it.
+
+        The sentence follows ``context``: a small LM misjudges the first words of a sentence
+        given no context at all.
+        """
+        import torch
+
+        tm = self.extractor.text_model
+        tok = tm.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else bos
+        head = [bos, *(tok(self.context, add_special_tokens=False)["input_ids"] if self.context else [])]
+        seqs, starts = [], []
+        for s in sentences:
+            ids, first = list(head), []
+            for j, w in enumerate(s.split()):
+                first.append(len(ids))
+                ids += tok((" " if j or self.context else "") + w, add_special_tokens=False)["input_ids"]
+            seqs.append(ids)
+            starts.append([*first, len(ids)])
+        out: list[np.ndarray] = []
+        for a in range(0, len(seqs), batch):
+            chunk = seqs[a : a + batch]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, x in enumerate(chunk):
+                input_ids[row, : len(x)] = torch.tensor(x)
+                attention[row, : len(x)] = 1
+            with torch.inference_mode():
+                logits = tm.model(input_ids=input_ids.to(tm.device), attention_mask=attention.to(tm.device)).logits
+                logits = logits[:, :-1].float().cpu()
+                target = input_ids[:, 1:, None]
+                nll = (torch.logsumexp(logits, -1) - logits.gather(2, target)[..., 0]).numpy()  # token t+1 | <= t
+            for row, first in enumerate(starts[a : a + batch]):
+                out.append(np.array([nll[row, b - 1 : e - 1].sum() for b, e in itertools.pairwise(first)]))
+        return out
+
+    def junction_problems(self, child: np.ndarray, source: np.ndarray, child_at: int, source_at: int) -> list[str]:
+        """Whether the words after an edit became much more surprising than where they came from.
+
+        ``child`` and ``source``: word surprisals (:meth:`word_surprisal`) of the edited
+        sentence and of the sentence its words from ``child_at`` on came from (the
+        parent, or the partner of a recombination), where they start at ``source_at``.
+        """
+        n = min(self.context_words, len(child) - child_at, len(source) - source_at)
+        if n <= 0:
+            return []
+        rise = float(child[child_at : child_at + n].sum() - source[source_at : source_at + n].sum())
+        if rise > self.local_slack:
+            return [f"unnatural edit: the next {n} word(s) {rise:.1f} nats more surprising > {self.local_slack}"]
+        return []
 
     def unknown_words(self, sentence: str) -> list[str]:
         from wordfreq import tokenize, zipf_frequency
@@ -96,6 +156,11 @@ class Naturalness:
             out.append(f"ends on '{words[-1]}'")
         if any(a == b and a for a, b in itertools.pairwise(words)):
             out.append("doubled word")
+        if parent is not None:
+            triples = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
+            repeated = [t for t in dict.fromkeys(triples) if triples.count(t) > 1]
+            if repeated:
+                out.append(f"repeated phrase: '{repeated[0]}'")
         unknown = self.unknown_words(sentence)
         if unknown:
             out.append(f"unknown words: {', '.join(unknown[:3])}")
@@ -117,12 +182,13 @@ class Candidate:
     round: int = 0
     origin: np.ndarray | None = field(default=None, repr=False)
     stats: np.ndarray | None = field(default=None, repr=False)
+    site: tuple[str, int, int] | None = field(default=None, repr=False)  # see edit_with_site
 
     def row(self) -> dict:
         d = asdict(self)
         d["problems"] = "; ".join(self.problems)
-        d.pop("origin")
-        d.pop("stats")
+        for key in ("origin", "stats", "site"):
+            d.pop(key)
         return d
 
 
@@ -189,6 +255,15 @@ def apply_edit(
     parent: str, operator: str, position: float, rank: int, proposals: list[list[str]], partner: str | None
 ) -> str | None:
     """The sentence an edit makes, or None when the edit does not apply."""
+    edit = edit_with_site(parent, operator, position, rank, proposals, partner)
+    return None if edit is None else edit[0]
+
+
+def edit_with_site(
+    parent: str, operator: str, position: float, rank: int, proposals: list[list[str]], partner: str | None
+) -> tuple[str, tuple[str, int, int]] | None:
+    """The edited sentence and where its following words come from: (source sentence, index in the
+    edit, index in the source) of the first word after the edit; None when the edit does not apply."""
     words = parent.split()
     if operator == "recombine":
         if partner is None:
@@ -198,7 +273,9 @@ def apply_edit(
             return None
         cut_a = 1 + int(position * (len(a) - 1)) if len(a) > 2 else 1
         cut_b = 1 + min(rank, len(b) - 2)
-        return " ".join(a[:cut_a] + b[cut_b:])
+        head = " ".join(a[:cut_a])
+        site = (partner, len(head.split()), len(" ".join(b[:cut_b]).split()))
+        return " ".join([head, *b[cut_b:]]), site
     if len(words) < 2:
         return None
     j = 1 + min(int(position * (len(words) - 1)), len(words) - 2)  # never the first word
@@ -206,7 +283,7 @@ def apply_edit(
         post = _split_word(words[j])[2]
         if post and j == len(words) - 1 and not _split_word(words[j - 1])[2]:
             words[j - 1] += post  # keep the sentence's final punctuation
-        return " ".join(words[:j] + words[j + 1 :])
+        return " ".join(words[:j] + words[j + 1 :]), (parent, j, j + 1)
     options = proposals[j - 1] if j - 1 < len(proposals) else []
     if not options:
         return None
@@ -216,9 +293,9 @@ def apply_edit(
         if new.lower() == core.lower():
             return None
         words[j] = pre + _recase(new, core) + post
-        return " ".join(words)
+        return " ".join(words), (parent, j + 1, j + 1)
     if operator == "insert":
-        return " ".join([*words[:j], new, *words[j:]])
+        return " ".join([*words[:j], new, *words[j:]]), (parent, j + 1, j)
     raise ValueError(f"unknown edit operator {operator!r}")
 
 
@@ -263,17 +340,33 @@ def generate(
     seen = set(exclude or ()) | set(seeds)
     proposer = _Proposer(naturalness.extractor)
 
-    def evaluate(texts: list[str], parents: list[Candidate | None], ops: list[str], rnd: int) -> list[Candidate]:
+    surprisal: dict[str, np.ndarray] = {}  # word surprisals of edited sentences and of their sources
+
+    def word_surprisal(texts: list[str]) -> list[np.ndarray]:
+        todo = [t for t in dict.fromkeys(texts) if t not in surprisal]
+        surprisal.update(zip(todo, naturalness.word_surprisal(todo) if todo else [], strict=True))
+        return [surprisal[t] for t in texts]
+
+    def evaluate(
+        texts: list[str], parents: list[Candidate | None], ops: list[str], rnd: int,
+        sites: list[tuple[str, int, int] | None] | None = None,
+    ) -> list[Candidate]:  # fmt: skip
         mean, sd = predict(texts)
         mean = mean[:, None] if mean.ndim == 1 else mean
         score = objective(goal, mean, sd, rng)
         nll = nll_of(texts)
+        sites = sites or [None] * len(texts)
+        if any(sites):
+            word_surprisal([t for t, site in zip(texts, sites, strict=True) if site] + [x[0] for x in sites if x])
         out = []
         for i, text in enumerate(texts):
             parent = parents[i]
             origin = parent.origin if parent is not None else None
             problems = naturalness.problems(text, nll[i], origin, parent.stats if parent else None, ops[i])
             problems += constraints.violations(text)
+            if sites[i] is not None:
+                source, at, source_at = sites[i]
+                problems += naturalness.junction_problems(surprisal[text], surprisal[source], at, source_at)
             out.append(
                 Candidate(
                     text,
@@ -286,6 +379,7 @@ def generate(
                     round=rnd,
                     origin=nll[i] if origin is None else origin,
                     stats=nll[i],
+                    site=sites[i],
                 )
             )
         return out
@@ -311,7 +405,7 @@ def generate(
             rnd += 1
             proposals = dict(zip([c.sentence for c in population],
                                  proposer.proposals([c.sentence for c in population]), strict=True))  # fmt: skip
-            trials, texts, parents, ops = [], [], [], []
+            trials, texts, parents, ops, sites = [], [], [], [], []
             for _ in range(min(batch, budget - len(history))):
                 trial = study.ask()
                 op = trial.suggest_categorical("operator", OPERATORS)
@@ -322,10 +416,12 @@ def generate(
                 partner = None
                 if op == "recombine":
                     partner = population[trial.suggest_int("partner", 0, beam - 1) % len(population)].sentence
-                text = apply_edit(parent.sentence, op, position, rank, proposals[parent.sentence], partner)
-                if text is None or text in seen:
+                edit = edit_with_site(parent.sentence, op, position, rank, proposals[parent.sentence], partner)
+                if edit is None or edit[0] in seen:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     continue
+                text = edit[0]
+                sites.append(edit[1])
                 seen.add(text)
                 trials.append((trial, parent))
                 texts.append(text)
@@ -335,7 +431,7 @@ def generate(
                 if rnd > budget:  # nothing new can be made
                     break
                 continue
-            children = evaluate(texts, parents, ops, rnd)
+            children = evaluate(texts, parents, ops, rnd, sites)
             worst = min(c.objective for c in population) - abs(np.std([c.objective for c in population]) + 1.0)
             for (trial, parent), child in zip(trials, children, strict=True):
                 gain = child.objective - parent.objective

@@ -15,7 +15,7 @@ import pytest
 
 from stimulus_synthesis import Constraints, Goal, select
 from stimulus_synthesis.embedded import EmbeddedPool
-from stimulus_synthesis.generate import Naturalness, apply_edit, generate
+from stimulus_synthesis.generate import Naturalness, apply_edit, edit_with_site, generate
 from twin import DataError, FeatureCache, FeatureModelError, FeaturePlan, TextFeatures, Twin
 from twin.cache import text_digests
 from twin.projection import reference_sentences
@@ -140,6 +140,24 @@ def test_naturalness_filter_tells_sentences_from_scrambles():
     assert any(p.startswith("unnatural") for p in nat.problems(scrambled, stats[1]))
     assert nat.problems("The zorblax walked home.", stats[0]) == ["unknown words: zorblax"]
     assert "doubled word" in nat.problems("The the children walked.", stats[0])
+
+
+def test_edits_that_make_the_following_words_surprising_are_rejected():
+    nat = Naturalness()
+    parent = "She offered us a cold beer"
+    props = [["told", "gave"], ["us", "them"], ["her", "all"], ["very", "really"], ["beer", "drink"]]
+    bad, bad_site = edit_with_site(parent, "insert", 0.5, 0, props, None)
+    good, good_site = edit_with_site(parent, "insert", 0.7, 0, props, None)
+    assert (bad, bad_site) == ("She offered us her a cold beer", (parent, 4, 3))
+    assert (good, good_site) == ("She offered us a very cold beer", (parent, 5, 4))
+    ws = dict(zip([parent, good, bad], nat.word_surprisal([parent, good, bad]), strict=True))
+    assert [len(ws[s]) for s in (parent, good, bad)] == [6, 7, 7]
+    assert nat.junction_problems(ws[good], ws[parent], 5, 4) == []
+    assert nat.junction_problems(ws[bad], ws[parent], 4, 3)[0].startswith("unnatural edit: the next 2 word(s)")
+    text = "the heat and the rain and the heat and the cold"
+    stats = nat.nll([text])[0]
+    assert "repeated phrase: 'the heat and'" in nat.problems(text, stats, parent=stats)
+    assert not any(p.startswith("repeated") for p in nat.problems(text, stats))  # a corpus sentence may repeat
 
 
 def test_generation_raises_the_prediction_and_stays_natural(lang_twin, feature_cache, pool_sentences):
