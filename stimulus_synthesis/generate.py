@@ -342,10 +342,10 @@ def generate(
 
     surprisal: dict[str, np.ndarray] = {}  # word surprisals of edited sentences and of their sources
 
-    def word_surprisal(texts: list[str]) -> list[np.ndarray]:
+    def remember_surprisal(texts: list[str]) -> None:
         todo = [t for t in dict.fromkeys(texts) if t not in surprisal]
-        surprisal.update(zip(todo, naturalness.word_surprisal(todo) if todo else [], strict=True))
-        return [surprisal[t] for t in texts]
+        if todo:
+            surprisal.update(zip(todo, naturalness.word_surprisal(todo), strict=True))
 
     def evaluate(
         texts: list[str], parents: list[Candidate | None], ops: list[str], rnd: int,
@@ -357,7 +357,7 @@ def generate(
         nll = nll_of(texts)
         sites = sites or [None] * len(texts)
         if any(sites):
-            word_surprisal([t for t, site in zip(texts, sites, strict=True) if site] + [x[0] for x in sites if x])
+            remember_surprisal([t for t, x in zip(texts, sites, strict=True) if x] + [x[0] for x in sites if x])
         out = []
         for i, text in enumerate(texts):
             parent = parents[i]
