@@ -26,6 +26,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -83,13 +84,9 @@ class Naturalness:
         tok = tm.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else bos
-        head = [bos, *(tok(self.context, add_special_tokens=False)["input_ids"] if self.context else [])]
         seqs, starts = [], []
         for s in sentences:
-            ids, first = list(head), []
-            for j, w in enumerate(s.split()):
-                first.append(len(ids))
-                ids += tok((" " if j or self.context else "") + w, add_special_tokens=False)["input_ids"]
+            ids, first = _word_token_ids(tok, s, self.context)
             seqs.append(ids)
             starts.append([*first, len(ids)])
         out: list[np.ndarray] = []
@@ -225,21 +222,26 @@ class _Proposer:
 
         todo = [s for s in dict.fromkeys(sentences) if s not in self._cache]
         tok = self.tm.tokenizer
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         allowed = torch.full((self.tm.model.config.vocab_size,), float("-inf"))
         allowed[torch.as_tensor(self._words)] = 0.0
         for s in todo:
-            words = s.split()
-            ids, starts = [bos], []
-            for j, w in enumerate(words):
-                starts.append(len(ids))
-                ids += tok((" " if j else "") + w, add_special_tokens=False)["input_ids"]
+            ids, starts = _word_token_ids(tok, s)
             with torch.inference_mode():
                 logits = self.tm.model(input_ids=torch.tensor([ids], device=self.tm.device)).logits[0].float().cpu()
             at = torch.tensor(starts[1:]) - 1  # logits that predict word j's first token
             top = (logits[at] + allowed).topk(self.k, dim=1).indices
             self._cache[s] = [[tok.decode([int(i)]).strip() for i in row] for row in top]
         return [self._cache[s] for s in sentences]
+
+
+def _word_token_ids(tok: Any, sentence: str, context: str = "") -> tuple[list[int], list[int]]:
+    """Token ids of BOS, ``context`` and the sentence's whitespace-separated words, and where each word starts."""
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    ids, starts = [bos, *(tok(context, add_special_tokens=False)["input_ids"] if context else [])], []
+    for j, w in enumerate(sentence.split()):
+        starts.append(len(ids))
+        ids += tok((" " if j or context else "") + w, add_special_tokens=False)["input_ids"]
+    return ids, starts
 
 
 def _split_word(word: str) -> tuple[str, str, str]:
