@@ -45,6 +45,7 @@ DANGLING = frozenset(
 )
 _CLAUSE = re.compile(r"(?<=,)\s+|\s+(?=(?:and|but|while|because|which|that|when|so)\s)")
 _CORE = re.compile(r"^([\"'(]*)([A-Za-z][A-Za-z'-]*)([^A-Za-z]*)$")
+_END = re.compile(r"^(.*[^.!?\s])([.!?]*)$", re.S)  # a sentence and its last word's final punctuation
 
 
 @dataclass
@@ -73,10 +74,12 @@ class Naturalness:
         return self.extractor.extract(list(sentences), surprisal=True)[SURPRISAL_KEY].astype(np.float64)
 
     def word_surprisal(self, sentences: Sequence[str], batch: int = 8) -> list[np.ndarray]:
-        """Surprisal (nats) of each whitespace-separated word of each sentence given the words before it.
+        """Surprisal (nats) of each whitespace-separated word of each sentence given the words before it,
+        then of the sentence's end: its final punctuation (a full stop if it has none) and a line break.
 
-        The sentence follows ``context``: a small LM misjudges the first words of a sentence
-        given no context at all.
+        The last word is scored without its final punctuation, so a sentence cut short
+        ("She bought a new.") shows up in the end's surprisal. The sentence follows
+        ``context``: a small LM misjudges the first words of a sentence given no context at all.
         """
         import torch
 
@@ -86,9 +89,13 @@ class Naturalness:
         pad = tok.pad_token_id if tok.pad_token_id is not None else bos
         seqs, starts = [], []
         for s in sentences:
-            ids, first = _word_token_ids(tok, s, self.context)
+            m = _END.match(s.rstrip())
+            body, stop = m.groups() if m else (s, "")
+            ids, first = _word_token_ids(tok, body, self.context)
+            end = len(ids)
+            ids += tok((stop or ".") + "\n", add_special_tokens=False)["input_ids"]
             seqs.append(ids)
-            starts.append([*first, len(ids)])
+            starts.append([*first, end, len(ids)])
         out: list[np.ndarray] = []
         for a in range(0, len(seqs), batch):
             chunk = seqs[a : a + batch]
@@ -113,6 +120,7 @@ class Naturalness:
         ``child`` and ``source``: word surprisals (:meth:`word_surprisal`) of the edited
         sentence and of the sentence its words from ``child_at`` on came from (the
         parent, or the partner of a recombination), where they start at ``source_at``.
+        The sentence's end counts as a word, so an edit of the last word is checked too.
         """
         n = min(self.context_words, len(child) - child_at, len(source) - source_at)
         if n <= 0:

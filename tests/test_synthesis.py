@@ -151,9 +151,18 @@ def test_edits_that_make_the_following_words_surprising_are_rejected():
     assert (bad, bad_site) == ("She offered us her a cold beer", (parent, 4, 3))
     assert (good, good_site) == ("She offered us a very cold beer", (parent, 5, 4))
     ws = dict(zip([parent, good, bad], nat.word_surprisal([parent, good, bad]), strict=True))
-    assert [len(ws[s]) for s in (parent, good, bad)] == [6, 7, 7]
+    assert [len(ws[s]) for s in (parent, good, bad)] == [7, 8, 8]  # the words, then the sentence's end
     assert nat.junction_problems(ws[good], ws[parent], 5, 4) == []
     assert nat.junction_problems(ws[bad], ws[parent], 4, 3)[0].startswith("unnatural edit: the next 2 word(s)")
+    # an edit of the last word is checked against the sentence's end
+    parent = "She bought a new car."
+    props = [["sold"], ["the"], ["used"], ["house"]]
+    cut, cut_site = edit_with_site(parent, "delete", 1.0, 0, props, None)
+    swap, swap_site = edit_with_site(parent, "substitute", 1.0, 0, props, None)
+    assert (cut, swap) == ("She bought a new.", "She bought a new house.")
+    ws = dict(zip([parent, cut, swap], nat.word_surprisal([parent, cut, swap]), strict=True))
+    assert nat.junction_problems(ws[cut], ws[parent], *cut_site[1:])[0].startswith("unnatural edit: the next 1 word")
+    assert nat.junction_problems(ws[swap], ws[parent], *swap_site[1:]) == []
     text = "the heat and the rain and the heat and the cold"
     stats = nat.nll([text])[0]
     assert "repeated phrase: 'the heat and'" in nat.problems(text, stats, parent=stats)
