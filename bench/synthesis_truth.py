@@ -7,7 +7,9 @@ not the twin). A pool of new sentences is embedded; 300 of them are "measured"
 comparison, the mean of 5 such measurements); the default twin is fit on those and
 chooses drive and suppress sets of 50 from the rest of the pool.
 Targets: drive set's true mean above the pool's 90th percentile, suppress set's
-below the 10th. Then local search starts from the corpus' 16 best sentences and
+below the 10th. For scale, the same sets are chosen by a ridge readout of the
+subject's own features (its weights unknown) fit on the same measurements: how far
+300 measurements at this noise can take any twin. Then local search starts from the corpus' 16 best sentences and
 the margin by which generation raises (lowers) the predicted response is printed,
 with the naturalness filter rechecked on every generated sentence.
 Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE]
@@ -32,11 +34,11 @@ from bench._common import new_sentences
 
 
 def main(n_pool: int = 4000, cache: Path | None = None) -> None:
-    from hardware.subject import NOISE_SD, LanguageSubject
+    from hardware.subject import NOISE_SD, LanguageSubject, subject_features
     from stimulus_synthesis import Constraints, Goal, select
     from stimulus_synthesis.embedded import EmbeddedPool
     from stimulus_synthesis.generate import Naturalness, generate
-    from twin import FeaturePlan, TextFeatures, Twin
+    from twin import FeaturePlan, RidgeReadout, TextFeatures, Twin, loo_ridge
 
     work = Path(tempfile.mkdtemp(prefix="nt-truth-"))
     try:
@@ -50,6 +52,7 @@ def main(n_pool: int = 4000, cache: Path | None = None) -> None:
         p10, p90 = np.percentile(truth, [10, 90])
         print(f"pool true response: floor {truth.min():.3f}, 10th pct {p10:.3f}, median {np.median(truth):.3f}, "
               f"90th pct {p90:.3f}\n")  # fmt: skip
+        own = subject_features(sentences)
         free = Constraints(min_words=1, max_words=None, charset=None, max_similarity=1.0)
         for split in range(3):
             rng = np.random.default_rng(split)
@@ -71,6 +74,11 @@ def main(n_pool: int = 4000, cache: Path | None = None) -> None:
                         out.append(f"{kind} {chosen:.3f} (pct {(truth < chosen).mean() * 100:.1f}, "
                                    f"{'PASS' if ok else 'FAIL'})")  # fmt: skip
                     print(f"    {cname:20s} " + "; ".join(out))
+                ref = RidgeReadout.fit(own[train], y, loo_ridge(own[train], y).best_alpha).predict(own[rest])[:, 0]
+                order = np.argsort(ref)
+                pct = [(truth < truth[rest][order[s]].mean()).mean() * 100 for s in (slice(-50, None), slice(50))]
+                label = "subject's features"
+                print(f"    {label:20s} drive pct {pct[0]:.1f}; suppress pct {pct[1]:.1f} (no constraints)")
         print()
         constraints = Constraints()
         naturalness = Naturalness()
