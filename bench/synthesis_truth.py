@@ -9,9 +9,10 @@ chooses drive and suppress sets of 50 from the rest of the pool.
 Targets: drive set's true mean above the pool's 90th percentile, suppress set's
 below the 10th. For scale, the same sets are chosen by a ridge readout of the
 subject's own features (its weights unknown) fit on the same measurements: how far
-300 measurements at this noise can take any twin. Then local search starts from the corpus' 16 best sentences and
-the margin by which generation raises (lowers) the predicted response is printed,
-with the naturalness filter rechecked on every generated sentence.
+300 measurements at this noise can take any twin. Then local search starts from
+the corpus' 16 best sentences and the margin by which generation raises (lowers)
+the predicted response is printed, with the naturalness filter rechecked on every
+generated sentence.
 Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE]
 (``--cache`` keeps the pool's features for the next run; bench/loop_headroom.py reads the same.)
 """
