@@ -111,10 +111,10 @@ def main(n_pool: int = 4000, cache: Path | None = None) -> None:
             sources = [c.site[0] for c in best if c.site]
             words = dict(zip(texts + sources, naturalness.word_surprisal(texts + sources), strict=True))
             passed = sum(
-                not naturalness.problems(c.sentence, st, origin[c.sentence], parent[c.parent], c.operator)
-                and not (c.site and naturalness.junction_problems(words[c.sentence], words[c.site[0]], *c.site[1:]))
+                not naturalness.edit_problems(c.sentence, st, origin[c.sentence], parent[c.parent], c.operator,
+                                              c.site, words)
                 for c, st in zip(best, recheck, strict=True)
-            )
+            )  # fmt: skip
             top_seed = max(sign * v for v in by_seed.values())
             top_gen = max((sign * c.predicted for c in gen.best), default=float("nan"))
             improved = sum(g > 0 for g in gains.values())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,6 +129,18 @@ class Naturalness:
         if rise > self.local_slack:
             return [f"unnatural edit: the next {n} word(s) {rise:.1f} nats more surprising > {self.local_slack}"]
         return []
+
+    def edit_problems(
+        self, sentence: str, nll: np.ndarray, origin: np.ndarray | None, parent: np.ndarray | None,
+        operator: str, site: tuple[str, int, int] | None, surprisal: Mapping[str, np.ndarray],
+    ) -> list[str]:  # fmt: skip
+        """:meth:`problems` of an edited sentence, plus :meth:`junction_problems` at its edit's ``site``
+        (:func:`edit_with_site`); ``surprisal`` holds the word surprisals of the sentence and the site's source."""
+        out = self.problems(sentence, nll, origin, parent, operator)
+        if site is not None:
+            source, at, source_at = site
+            out += self.junction_problems(surprisal[sentence], surprisal[source], at, source_at)
+        return out
 
     def unknown_words(self, sentence: str) -> list[str]:
         from wordfreq import tokenize, zipf_frequency
@@ -372,11 +384,9 @@ def generate(
         for i, text in enumerate(texts):
             parent = parents[i]
             origin = parent.origin if parent is not None else None
-            problems = naturalness.problems(text, nll[i], origin, parent.stats if parent else None, ops[i])
-            problems += constraints.violations(text)
-            if sites[i] is not None:
-                source, at, source_at = sites[i]
-                problems += naturalness.junction_problems(surprisal[text], surprisal[source], at, source_at)
+            problems = naturalness.edit_problems(
+                text, nll[i], origin, parent.stats if parent else None, ops[i], sites[i], surprisal
+            ) + constraints.violations(text)
             out.append(
                 Candidate(
                     text,
