@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _WHERE = {
     "SynthesizedImage": "images",
+    "best_starts": "images",
     "evolve_images": "images",
     "natural_images": "images",
     "synthesize_images": "images",
@@ -61,6 +62,7 @@ __all__ = [
     "SynthesisResult",
     "SynthesizedImage",
     "apply_edit",
+    "best_starts",
     "check_image",
     "check_sequence",
     "clean",
@@ -87,7 +89,7 @@ if TYPE_CHECKING:
     from .corpus import lee_sentences, wordnet_sentences
     from .embedded import EmbeddedPool
     from .generate import Candidate, Generation, Naturalness, apply_edit, generate
-    from .images import SynthesizedImage, evolve_images, natural_images, synthesize_images, twin_predictor
+    from .images import SynthesizedImage, best_starts, evolve_images, natural_images, synthesize_images, twin_predictor
     from .pool import Pool, PoolError, clean, load_pool, normalize, split_sentences, write_pool
     from .safety import SafetyLimits, SafetyReport, check_image, check_sequence, make_safe
     from .selection import Goal, Selection, objective, select

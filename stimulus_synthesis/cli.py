@@ -56,6 +56,9 @@ def info_cmd(pool: Path, column: str) -> None:
     click.echo(f"{pool}: {load_pool(pool, column).summary()}")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 @click.command("synthesize")
 @click.option("--twin", "twin_file", required=True, type=click.Path(path_type=Path), help="Twin file (.h5).")
 @click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
@@ -95,14 +98,17 @@ def info_cmd(pool: Path, column: str) -> None:
 @click.option("--method", type=click.Choice(["gradient", "cmaes"]), default="gradient", show_default=True,
               help="Image synthesis: gradient ascent, or CMA-ES (gradient-free).")  # fmt: skip
 @click.option("--steps", default=256, show_default=True, help="Twin evaluations per image.")
+@click.option("--start", "start_path", type=click.Path(path_type=Path), default=None,
+              help="Images (a folder of PNG/JPEG, or one file) to start gradient synthesis from: the N "
+                   "the twin rates best for the goal, e.g. its training images (default: faint noise).")  # fmt: skip
 @click.option("--size", default=128, show_default=True, help="Image side (pixels).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache", default=None, help="Feature cache file (default: $NEUROTWIN_CACHE/features.h5).")
 @click.option("--device", default="cpu", show_default=True)
 def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hold, acquisition, beta, column,
                    min_words, max_words, charset, blocklist, min_readability, max_readability, max_similarity,
-                   exclude, budget, naturalness_model, max_nll, log_path, model, method, steps, size, seed, cache,
-                   device) -> None:  # fmt: skip
+                   exclude, budget, naturalness_model, max_nll, log_path, model, method, steps, start_path, size,
+                   seed, cache, device) -> None:  # fmt: skip
     """Choose (and optionally generate) sentences, or synthesize images, that the twin predicts will
     drive or suppress a target.
 
@@ -113,7 +119,7 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     after OUT, and OUT, a CSV with each image's predicted responses and safety report.
     """
     if modality == "image":
-        _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, size, seed)
+        _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed)
         return
     if pool_path is None:
         raise click.UsageError("--pool is required for sentences (--modality text)")
@@ -168,7 +174,7 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
                f"{min(values):.3f} to {max(values):.3f}")  # fmt: skip
 
 
-def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, size, seed) -> None:
+def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed) -> None:
     import shutil
 
     import numpy as np
@@ -177,8 +183,9 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
 
     from twin import Twin
     from twin.cli import UserError
+    from twin.vision import load_image
 
-    from .images import evolve_images, synthesize_images, twin_predictor
+    from .images import best_starts, evolve_images, synthesize_images, twin_predictor
     from .selection import Goal
 
     if n < 1 or steps < 1 or size < 32:
@@ -192,8 +199,18 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     g = Goal(goal, target, value, hold)
     predict = twin_predictor(twin)
     reference = next(iter(twin.readouts.values())).mean_y  # the training images' mean response
+    start = None
+    if start_path is not None:
+        if method != "gradient":
+            raise UserError("--start works with --method gradient only")
+        files = sorted(f for f in start_path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
+            if start_path.is_dir() else [start_path]  # fmt: skip
+        if len(files) < n:
+            raise UserError(f"--start {start_path}: {len(files)} image(s) found, --n {n} needs at least {n}")
+        start = best_starts(predict, g, [load_image(f, str(f)) for f in files], n, size, reference)
     if method == "gradient":
-        images = synthesize_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True)
+        images = synthesize_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True,
+                                   start=start)  # fmt: skip
     else:
         images = evolve_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True)
     folder = out.with_suffix("")

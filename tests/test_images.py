@@ -6,15 +6,23 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hardware import PeerClient
 from hardware.rigs import gabor_tuning
 from stimulus_synthesis import Goal
-from stimulus_synthesis.images import evolve_images, natural_images, synthesize_images, twin_predictor
+from stimulus_synthesis.images import (
+    FourierImage,
+    best_starts,
+    evolve_images,
+    natural_images,
+    synthesize_images,
+    twin_predictor,
+)
 from stimulus_synthesis.safety import SafetyLimits, check_image, check_sequence, make_safe
 from twin import DataError, FeatureModelError, Twin
-from twin.vision import ImageFeatures, ImagePlan
+from twin.vision import ImageFeatures, ImagePlan, to_tensor
 
 from .netutil import ROOT, free_port
 from .test_cli_twin import neurotwin
@@ -119,6 +127,27 @@ def test_gradient_and_cmaes_synthesis_drive_a_site_inside_the_limits(v1_twin, na
     assert sup[0].predicted[0] < grad[0].predicted[0]
 
 
+def test_synthesis_can_start_from_the_natural_images_the_twin_rates_best(v1_twin, natural):
+    twin, truth, _ = v1_twin
+    predict = twin_predictor(twin)
+    goal = Goal("drive", roi=0)
+    start = best_starts(predict, goal, natural[:80], 2, size=96)
+    rated = twin.predict([to_tensor([im], 96)[0].permute(1, 2, 0).numpy() for im in natural[:80]])[0][:, 0]
+    np.testing.assert_allclose(twin.predict(list(start))[0][:, 0], np.sort(rated)[-2:][::-1], rtol=0.02, atol=0.05)
+    param = FourierImage(2, 96)  # the parametrization reproduces its starting images
+    param.start_from(torch.from_numpy(start).permute(0, 3, 1, 2).float() / 255)
+    with torch.no_grad():
+        back = param().permute(0, 2, 3, 1).numpy() * 255
+    assert np.abs(back - start.clip(5, 250)).max() < 1.0
+    out = synthesize_images(predict, goal, n=2, steps=32, size=96, seed=0, start=start)
+    assert all(o.safety.ok for o in out) and out[0].trace[-1] > out[0].trace[0]
+    assert truth([o.image for o in out])[:, 0].mean() > truth(list(start))[:, 0].mean()
+    with pytest.raises(ValueError, match="start must be 2 images of 96 x 96 x 3"):
+        synthesize_images(predict, goal, n=2, steps=1, size=96, start=start[:1])
+    with pytest.raises(ValueError, match="3 start images asked for, only 2 given"):
+        best_starts(predict, goal, natural[:2], 3)
+
+
 def test_image_bad_input_is_named():
     feats = ImageFeatures(ImagePlan(model="gabor-v1"))
     with pytest.raises(DataError, match="not an image file"):
@@ -159,6 +188,15 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
         image = np.asarray(Image.open(tmp_path / row["image"]).convert("RGB"))
         assert check_image(image).ok and float(row["predicted_site1"]) == pytest.approx(
             Twin.load(twin).predict([image])[0][0, 1], rel=0.05, abs=0.5)  # fmt: skip
+    # Starting from the training images the twin rates best for site1.
+    start = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "s.csv", "--n", "2",
+                      "--steps", "8", "--size", "96", "--roi", "site1", "--start", folder)  # fmt: skip
+    assert "wrote 2 images" in start.stdout and len(list(csv.DictReader(open(tmp_path / "s.csv")))) == 2
+    for args, message in [(["--method", "cmaes"], "--start works with --method gradient only"),
+                          (["--n", "61"], "60 image(s) found, --n 61 needs at least 61")]:  # fmt: skip
+        bad = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "b.csv", "--steps",
+                        "8", "--start", folder, *args, check_ok=False)  # fmt: skip
+        assert bad.returncode == 2 and message in bad.stderr and not (tmp_path / "b.csv").exists()
     # Bad input: a text file posing as an image; a text twin asked for images. Nothing written.
     (folder / "0.png").write_text("not a png")
     bad = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out",
