@@ -64,6 +64,7 @@ def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS) -> None:
 
     nat_sd = T.std(0)
     measured = [natural[i] for i in train]
+    rated = twin.predict(measured)[0]  # the twin's predictions for the measured images, computed once
     drive_rates = []
     if "drive" in parts:
         print(f"\ndrive, gradient synthesis ({evaluations} steps, 2 images per site): true rate / natural "
@@ -74,7 +75,7 @@ def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS) -> None:
             goal = Goal("drive", roi=site)
             row = []
             for start in ratios:
-                begin = best_starts(predict, goal, measured, 2) if start == "natural" else None
+                begin = best_starts(predict, goal, measured, 2, predicted=rated) if start == "natural" else None
                 out = synthesize_images(predict, goal, n=2, steps=evaluations, seed=site, start=begin)
                 true = truth([o.image for o in out])
                 unsafe += sum(not check_image(o.image).ok for o in out)
@@ -91,7 +92,6 @@ def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS) -> None:
     if "control" in parts:
         holds, bound = (1.0, 3.0, 6.0), 1.0
         reference = twin.readouts[next(iter(twin.readouts))].mean_y
-        twin_nat = twin.predict(measured)[0]  # the twin's own scale: its predictions for the measured images
         print(
             f"\none-site control (raise one site, hold the others at the twin's training mean), from the measured "
             f"images the twin rates best;\n  hold chosen per site from {holds} by the twin alone: the highest "
@@ -102,10 +102,10 @@ def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS) -> None:
             tries = []
             for hold in holds:
                 goal = Goal("control", roi=site, hold=hold)
-                begin = best_starts(predict, goal, measured, 2, reference=reference)
+                begin = best_starts(predict, goal, measured, 2, reference=reference, predicted=rated)
                 out = synthesize_images(predict, goal, n=2, steps=evaluations, reference=reference, seed=100 + site,
                                         start=begin)  # fmt: skip
-                pz = (np.mean([o.predicted for o in out], 0) - twin_nat.mean(0)) / twin_nat.std(0)
+                pz = (np.mean([o.predicted for o in out], 0) - rated.mean(0)) / rated.std(0)  # on the twin's own scale
                 tries.append((abs(np.delete(pz, site).mean()) >= bound, -pz[site], hold, out))
             _, _, hold, out = min(tries, key=lambda t: t[:3])
             true = truth([o.image for o in out]).mean(0)

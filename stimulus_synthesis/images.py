@@ -114,8 +114,12 @@ def best_starts(
     n: int,
     size: int = 128,
     reference: np.ndarray | None = None,
+    predicted: np.ndarray | None = None,
 ) -> np.ndarray:
     """The n of ``images`` the twin rates best for the goal, as (n, size, size, 3) uint8 starts.
+
+    ``predicted``: the twin's predictions (len(images), targets) for the images, when already known
+    (the images then do not go through the feature network again).
 
     Gradient synthesis from these stays near images where a twin fit on natural images is
     trustworthy: against the simulated V4 sites it lifted the hardest site's true response
@@ -125,12 +129,14 @@ def best_starts(
 
     if len(images) < n:
         raise ValueError(f"{n} start images asked for, only {len(images)} given")
-    score = goal_objective(goal, reference)
-    values = []
-    with torch.no_grad():
-        for at in range(0, len(images), 64):
-            values.append(score(predict(to_tensor(images[at : at + 64], size))).numpy())
-    best = np.argsort(-np.concatenate(values), kind="stable")[:n]
+    if predicted is None:
+        with torch.no_grad():
+            chunks = [predict(to_tensor(images[at : at + 64], size)).numpy() for at in range(0, len(images), 64)]
+        predicted = np.concatenate(chunks)
+    if len(predicted) != len(images):
+        raise ValueError(f"{len(predicted)} predictions given for {len(images)} images")
+    values = goal_objective(goal, reference)(torch.as_tensor(np.asarray(predicted, np.float32))).numpy()
+    best = np.argsort(-values, kind="stable")[:n]
     return np.stack([_to_uint8(to_tensor([images[i]], size)[0]) for i in best])
 
 

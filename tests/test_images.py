@@ -134,6 +134,10 @@ def test_synthesis_can_start_from_the_natural_images_the_twin_rates_best(v1_twin
     start = best_starts(predict, goal, natural[:80], 2, size=96)
     rated = twin.predict([to_tensor([im], 96)[0].permute(1, 2, 0).numpy() for im in natural[:80]])[0][:, 0]
     np.testing.assert_allclose(twin.predict(list(start))[0][:, 0], np.sort(rated)[-2:][::-1], rtol=0.02, atol=0.05)
+    known = twin.predict(natural[:80])[0]  # predictions already at hand: the same starts, no second pass
+    np.testing.assert_array_equal(best_starts(predict, goal, natural[:80], 2, size=96, predicted=known), start)
+    with pytest.raises(ValueError, match="79 predictions given for 80 images"):
+        best_starts(predict, goal, natural[:80], 2, size=96, predicted=known[:79])
     param = FourierImage(2, 96)  # the parametrization reproduces its starting images
     param.start_from(torch.from_numpy(start).permute(0, 3, 1, 2).float() / 255)
     with torch.no_grad():
