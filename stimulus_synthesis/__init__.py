@@ -10,8 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
+    "ControlledImages": "images",
     "SynthesizedImage": "images",
     "best_starts": "images",
+    "control_images": "images",
     "evolve_images": "images",
     "natural_images": "images",
     "synthesize_images": "images",
@@ -50,6 +52,7 @@ __all__ = [
     "Candidate",
     "ConstraintError",
     "Constraints",
+    "ControlledImages",
     "EmbeddedPool",
     "Generation",
     "Goal",
@@ -66,6 +69,7 @@ __all__ = [
     "check_image",
     "check_sequence",
     "clean",
+    "control_images",
     "evolve_images",
     "flesch_reading_ease",
     "generate",
@@ -89,7 +93,16 @@ if TYPE_CHECKING:
     from .corpus import lee_sentences, wordnet_sentences
     from .embedded import EmbeddedPool
     from .generate import Candidate, Generation, Naturalness, apply_edit, generate
-    from .images import SynthesizedImage, best_starts, evolve_images, natural_images, synthesize_images, twin_predictor
+    from .images import (
+        ControlledImages,
+        SynthesizedImage,
+        best_starts,
+        control_images,
+        evolve_images,
+        natural_images,
+        synthesize_images,
+        twin_predictor,
+    )
     from .pool import Pool, PoolError, clean, load_pool, normalize, split_sentences, write_pool
     from .safety import SafetyLimits, SafetyReport, check_image, check_sequence, make_safe
     from .selection import Goal, Selection, objective, select

@@ -72,7 +72,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 @click.option("--n", "n", default=250, show_default=True, help="How many sentences to choose.")
 @click.option("--roi", default=None, help="Target ROI (a twin target; default: the first).")
 @click.option("--value", default=0.0, help="Response to aim at (goal target).")
-@click.option("--hold", default=1.0, help="Penalty per unit change of the other ROIs (goal control).")
+@click.option("--hold", default="1", show_default=True,
+              help="Penalty per unit change of the other ROIs (goal control); images: 'auto' lets the twin choose "
+                   "it from 1, 3 and 6 (needs --start, the images the twin was fit on).")  # fmt: skip
 @click.option("--acquisition", type=click.Choice(["mean", "ucb", "thompson"]), default="mean", show_default=True)
 @click.option("--beta", default=1.0, show_default=True, help="Predictive SDs added by --acquisition ucb.")
 @click.option("--column", default="sentence", show_default=True, help="Column of a CSV/TSV pool.")
@@ -118,6 +120,7 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     Images (--modality image): writes PNGs within the safety limits to a folder named
     after OUT, and OUT, a CSV with each image's predicted responses and safety report.
     """
+    hold = _hold(hold, goal, modality, method, start_path)
     if modality == "image":
         _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed)
         return
@@ -174,6 +177,24 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
                f"{min(values):.3f} to {max(values):.3f}")  # fmt: skip
 
 
+def _hold(text: str, goal: str, modality: str, method: str, start: Path | None) -> float | None:
+    """--hold as a number, or None for 'auto' (image control from --start only)."""
+    from twin.cli import UserError
+
+    if text.strip().lower() == "auto":
+        if goal != "control" or modality != "image" or method != "gradient" or start is None:
+            raise UserError("--hold auto works with --modality image --goal control --method gradient and --start "
+                            "(the images the twin was fit on)")  # fmt: skip
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--hold must be a number or 'auto', got {text!r}") from None
+    if not value >= 0:
+        raise UserError(f"--hold must be 0 or more, got {text!r}")
+    return value
+
+
 def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed) -> None:
     import shutil
 
@@ -185,7 +206,7 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     from twin.cli import UserError
     from twin.vision import load_image
 
-    from .images import best_starts, evolve_images, synthesize_images, twin_predictor
+    from .images import best_starts, control_images, evolve_images, synthesize_images, twin_predictor
     from .selection import Goal
 
     if n < 1 or steps < 1 or size < 32:
@@ -196,7 +217,7 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     if roi is not None and roi not in twin.targets:
         raise UserError(f"--roi {roi!r} is not a target of this twin (targets: {', '.join(twin.targets)})")
     target = twin.targets.index(roi) if roi else 0
-    g = Goal(goal, target, value, hold)
+    g = Goal(goal, target, value, 1.0 if hold is None else hold)
     predict = twin_predictor(twin)
     reference = next(iter(twin.readouts.values())).mean_y  # the training images' mean response
     start = None
@@ -207,8 +228,17 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
             if start_path.is_dir() else [start_path]  # fmt: skip
         if len(files) < n:
             raise UserError(f"--start {start_path}: {len(files)} image(s) found, --n {n} needs at least {n}")
-        start = best_starts(predict, g, [load_image(f, str(f)) for f in files], n, size, reference)
-    if method == "gradient":
+        natural = [load_image(f, str(f)) for f in files]
+        if hold is None:
+            if len(twin.targets) < 2:
+                raise UserError("--goal control needs a twin of two or more sites")
+            control = control_images(predict, target, natural, n, steps=steps, size=size, seed=seed, progress=True)
+            click.echo(f"hold chosen by the twin: {control.hold:g}")
+        else:
+            start = best_starts(predict, g, natural, n, size, reference)
+    if hold is None:
+        images = control.images
+    elif method == "gradient":
         images = synthesize_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True,
                                    start=start)  # fmt: skip
     else:

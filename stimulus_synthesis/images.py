@@ -6,6 +6,7 @@
   recipe), projected into the safety limits (contrast scaled about the background
   grey; the scale is refreshed as the image changes). It starts from faint noise or
   from given images (:func:`best_starts`: the ones the twin rates best for the goal).
+* :func:`control_images`: one-site control with the hold chosen by the twin.
 * :func:`evolve_images`: CMA-ES through optuna's ask/tell over a low-dimensional
   code (a mix of fixed random 1/f images), for twins without
   gradients; any function of images can be the objective.
@@ -130,14 +131,23 @@ def best_starts(
     if len(images) < n:
         raise ValueError(f"{n} start images asked for, only {len(images)} given")
     if predicted is None:
-        with torch.no_grad():
-            chunks = [predict(to_tensor(images[at : at + 64], size)).numpy() for at in range(0, len(images), 64)]
-        predicted = np.concatenate(chunks)
+        predicted = rate_images(predict, images, size)
     if len(predicted) != len(images):
         raise ValueError(f"{len(predicted)} predictions given for {len(images)} images")
     values = goal_objective(goal, reference)(torch.as_tensor(np.asarray(predicted, np.float32))).numpy()
     best = np.argsort(-values, kind="stable")[:n]
     return np.stack([_to_uint8(to_tensor([images[i]], size)[0]) for i in best])
+
+
+def rate_images(
+    predict: Callable[[torch.Tensor], torch.Tensor], images: list[np.ndarray], size: int = 128
+) -> np.ndarray:
+    """The twin's predictions (len(images), targets) for images, in batches of 64."""
+    from twin.vision import to_tensor
+
+    with torch.no_grad():
+        chunks = [predict(to_tensor(images[at : at + 64], size)).numpy() for at in range(0, len(images), 64)]
+    return np.concatenate(chunks).astype(np.float64)
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -246,6 +256,66 @@ def synthesize_images(
     with torch.no_grad():
         final = param()
     return _finish(predict, score, [_to_uint8(img) for img in final], limits, "gradient", steps, trace)
+
+
+@dataclass
+class ControlledImages:
+    """One-site control: the hold the twin chose, its images, and the images of every hold tried."""
+
+    hold: float
+    images: list[SynthesizedImage]
+    tried: dict[float, list[SynthesizedImage]]
+
+
+def control_images(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    site: int,
+    natural: list[np.ndarray],
+    n: int = 2,
+    holds: tuple[float, ...] = (1.0, 3.0, 6.0),
+    bound: float = 1.0,
+    margin: float = 1.3,
+    predicted: np.ndarray | None = None,
+    steps: int = 256,
+    size: int = 128,
+    seed: int = 0,
+    limits: SafetyLimits | None = None,
+    progress: bool = False,
+) -> ControlledImages:
+    """Raise one site while holding the others, with the hold chosen by the twin alone.
+
+    ``natural``: images the twin was fit on (``predicted``: its predictions for them, when
+    known). For each hold, gradient synthesis starts from the natural images the twin rates
+    best and holds the other sites at the twin's mean over them. Chosen: among holds whose
+    predicted others' mean moves less than ``bound`` SDs of the twin's natural ratings, the
+    strongest that keeps the predicted target ``margin`` times above its best natural rating;
+    failing that, the highest predicted target. The twin is least sure of the held sites far
+    from its training images, so what the target does not need goes into holding them
+    (against the simulated V4 sites, bench/image_synthesis.py: the others' mean at the
+    worst site moved +0.57 SD instead of +1.9 with the weakest hold).
+    """
+    if not holds or min(holds) < 0:
+        raise ValueError(f"holds must be one or more non-negative weights, got {holds}")
+    rated = rate_images(predict, natural, size) if predicted is None else np.asarray(predicted, np.float64)
+    if rated.ndim != 2 or len(rated) != len(natural) or not 0 <= site < rated.shape[1] or rated.shape[1] < 2:
+        raise ValueError(f"one-site control needs a site among 2 or more targets and a rating per natural image; "
+                         f"got site {site}, ratings {rated.shape} for {len(natural)} images")  # fmt: skip
+    reference, spread = rated.mean(0), rated.std(0) + 1e-12
+    best = rated[:, site].max()
+    enough = best + (margin - 1) * abs(best)
+    ranked, tried = [], {}
+    for hold in holds:
+        goal = Goal("control", roi=site, hold=hold)
+        start = best_starts(predict, goal, natural, n, size, reference, predicted=rated)
+        out = synthesize_images(predict, goal, n, steps, size, limits=limits, reference=reference, seed=seed,
+                                progress=progress, start=start)  # fmt: skip
+        tried[hold] = out
+        mean = np.mean([o.predicted for o in out], 0)
+        held = abs(np.delete((mean - reference) / spread, site).mean()) < bound
+        strong = mean[site] >= enough
+        ranked.append((not held, not strong, -hold if strong else -mean[site], hold))
+    hold = min(ranked)[-1]
+    return ControlledImages(hold, tried[hold], tried)
 
 
 def _finish(predict, score, images, limits, method, evaluations, trace) -> list[SynthesizedImage]:

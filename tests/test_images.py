@@ -15,6 +15,7 @@ from stimulus_synthesis import Goal
 from stimulus_synthesis.images import (
     FourierImage,
     best_starts,
+    control_images,
     evolve_images,
     natural_images,
     synthesize_images,
@@ -152,6 +153,37 @@ def test_synthesis_can_start_from_the_natural_images_the_twin_rates_best(v1_twin
         best_starts(predict, goal, natural[:2], 3)
 
 
+def test_one_site_control_lets_the_twin_choose_the_hold(v1_twin, natural):
+    twin, truth, _ = v1_twin
+    predict = twin_predictor(twin)
+    images = natural[:80]
+    rated = twin.predict(images)[0]
+    out = control_images(predict, 3, images, n=1, holds=(0.0, 1.0, 4.0), predicted=rated, steps=24, size=96)
+    assert set(out.tried) == {0.0, 1.0, 4.0} and out.images is out.tried[out.hold]
+    ref, sd = rated.mean(0), rated.std(0)
+    best = rated[:, 3].max()
+
+    def judged(hold):  # (others within 1 SD, target 1.3x the best natural rating), from the twin alone
+        p = np.mean([o.predicted for o in out.tried[hold]], 0)
+        return abs(np.delete((p - ref) / sd, 3).mean()) < 1, p[3] >= 1.3 * best, p[3]
+
+    rank = {h: judged(h) for h in out.tried}
+    held = [h for h, (ok, _, _) in rank.items() if ok]
+    strong = [h for h in held if rank[h][1]]
+    if strong:
+        assert out.hold == max(strong)
+    elif held:
+        assert out.hold == max(held, key=lambda h: rank[h][2])
+    for items in out.tried.values():
+        assert all(o.safety.ok for o in items)
+    chosen = truth([o.image for o in out.images])[0]
+    assert chosen[3] > truth(images)[:, 3].max()  # the target site rose above its natural maximum
+    with pytest.raises(ValueError, match="rating per natural image"):
+        control_images(predict, 3, images, predicted=rated[:10], steps=1, size=96)
+    with pytest.raises(ValueError, match="non-negative"):
+        control_images(predict, 3, images, holds=(-1.0,), predicted=rated, steps=1, size=96)
+
+
 def test_image_bad_input_is_named():
     feats = ImageFeatures(ImagePlan(model="gabor-v1"))
     with pytest.raises(DataError, match="not an image file"):
@@ -196,8 +228,15 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
     start = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "s.csv", "--n", "2",
                       "--steps", "8", "--size", "96", "--roi", "site1", "--start", folder)  # fmt: skip
     assert "wrote 2 images" in start.stdout and len(list(csv.DictReader(open(tmp_path / "s.csv")))) == 2
+    # One-site control with the hold chosen by the twin from the images it was fit on.
+    ctl = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "c.csv", "--n", "1",
+                    "--steps", "8", "--size", "96", "--roi", "site1", "--goal", "control", "--hold", "auto",
+                    "--start", folder)  # fmt: skip
+    assert "hold chosen by the twin:" in ctl.stdout and len(list(csv.DictReader(open(tmp_path / "c.csv")))) == 1
     for args, message in [(["--method", "cmaes"], "--start works with --method gradient only"),
-                          (["--n", "61"], "60 image(s) found, --n 61 needs at least 61")]:  # fmt: skip
+                          (["--n", "61"], "60 image(s) found, --n 61 needs at least 61"),
+                          (["--goal", "drive", "--hold", "auto"], "--hold auto works with --modality image"),
+                          (["--goal", "control", "--hold", "x"], "--hold must be a number or 'auto'")]:  # fmt: skip
         bad = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "b.csv", "--steps",
                         "8", "--start", folder, *args, check_ok=False)  # fmt: skip
         assert bad.returncode == 2 and message in bad.stderr and not (tmp_path / "b.csv").exists()
