@@ -10,13 +10,15 @@ candidates' true responses.
 
 * open loop: the twin fit on 300 random trials (open_loop_language.toml);
 * closed loop: 180 random trials, then 2 rounds of 30 drive + 30 suppress chosen by
-  UCB (beta 1) with the twin refined after each (closed_loop_language.toml);
-* headroom: twins fit on 1,000 random trials, and on every pool sentence's noise-free
-  response: what a better-informed twin would give, whatever the design.
+  UCB (beta 1) with the twin refined after each (closed_loop_language.toml); and other
+  closed designs of 300 trials (a full refit after each round, rounds spent on the
+  suppress side only, 6 smaller rounds);
+* open loop at 600 and 1,000 random trials: what more scanner time buys;
+* headroom: a twin fit on every pool sentence's noise-free response: what a
+  better-informed twin would give, whatever the design.
 
 Run: .venv/bin/python bench/loop_headroom.py [seeds, default 20] [--cache FILE]
-(about 5 min on 2 cores, 4 more the first time to embed the pool; the twin fit on all
-4,000 sentences is most of it).
+(about 2 min on 2 cores, 4 more the first time to embed the pool).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import new_sentences
 
 NOISE_SD = 0.623
+DESIGNS = [  # label, random trials, rounds, goals per round (UCB, beta 1), full refit after each round
+    ("closed loop, 180 + 2 x 60 trials", 180, 2, ("drive", "suppress"), False),
+    ("  the same, refit after each round", 180, 2, ("drive", "suppress"), True),
+    ("  180 + 2 x 60, suppress only, refit", 180, 2, ("suppress",), True),
+    ("  120 + 6 x 30, refit", 120, 6, ("drive", "suppress"), True),
+]
 
 
 def main(n_seeds: int, cache: Path | None) -> None:
@@ -73,19 +81,28 @@ def main(n_seeds: int, cache: Path | None) -> None:
         def measure(index: np.ndarray, rng: np.random.Generator = rng) -> np.ndarray:
             return truth[index] + rng.standard_normal(len(index)) * NOISE_SD
 
-        for label, n in (("open loop, 300 trials", 300), ("open loop, 1000 trials", 1000)):
+        for n in (300, 600, 1000):
             shown = rng.choice(candidates, n, replace=False)
-            results.setdefault(label, []).append(separation(fit(shown, measure(shown)), candidates, shown))
-        shown = rng.choice(candidates, 180, replace=False)
-        twin = fit(shown, measure(shown))
-        for _ in range(2):
-            free = np.setdiff1d(candidates, shown)
-            drive = best(twin, free, "drive", 30, "ucb")
-            new = np.concatenate([drive, best(twin, np.setdiff1d(free, drive), "suppress", 30, "ucb")])
-            twin.update_blocks(part(new), measure(new))
-            twin.reselect_alphas()
-            shown = np.concatenate([shown, new])
-        results.setdefault("closed loop, 180 + 2 x 60 trials", []).append(separation(twin, candidates, shown))
+            results.setdefault(f"open loop, {n} trials", []).append(
+                separation(fit(shown, measure(shown)), candidates, shown)
+            )
+        for label, base, rounds, kinds, refit in DESIGNS:
+            shown = rng.choice(candidates, base, replace=False)
+            y = measure(shown)
+            twin = fit(shown, y)
+            size = (300 - base) // rounds // len(kinds)
+            for _ in range(rounds):
+                new = np.array([], int)
+                for kind in kinds:
+                    new = np.concatenate([new, best(twin, np.setdiff1d(candidates, [*shown, *new]), kind, size, "ucb")])
+                y_new = measure(new)
+                shown, y = np.concatenate([shown, new]), np.concatenate([y, y_new])
+                if refit:  # alphas and stacking weights chosen again from all trials
+                    twin = fit(shown, y)
+                else:  # as the session runner does: exact online update, alphas by GCV, stacking kept
+                    twin.update_blocks(part(new), y_new)
+                    twin.reselect_alphas()
+            results.setdefault(label, []).append(separation(twin, candidates, shown))
         results.setdefault("twin on all 4000 noise-free responses", []).append(
             separation(oracle, candidates, np.array([], int))
         )
