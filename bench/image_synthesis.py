@@ -111,16 +111,16 @@ def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS, seed: int = 0) 
         for site in range(T.shape[1]):
             control = control_images(predict, site, measured, 2, holds, bound, predicted=rated, steps=evaluations,
                                      seed=seed + 100 + site)  # fmt: skip
-            hold, out = control.hold, control.images
-            true = truth([o.image for o in out]).mean(0)
+            hold = control.hold
+            rates = {h: truth([o.image for o in t]).mean(0) for h, t in control.tried.items()}  # each hold's, once
             unsafe += sum(not check_image(o.image).ok for t in control.tried.values() for o in t)
-            z = (true - nat_mean) / nat_sd
-            others = np.delete(z, site).mean()
-            every = [(h, (truth([o.image for o in t]).mean(0) - nat_mean) / nat_sd) for h, t in control.tried.items()]
+            every = {h: (v - nat_mean) / nat_sd for h, v in rates.items()}
             print(
                 "    every hold, true target / others' mean in SD (not used to choose): "
-                + "; ".join(f"{h:g}: {v[site]:+.1f} / {np.delete(v, site).mean():+.2f}" for h, v in every)
+                + "; ".join(f"{h:g}: {v[site]:+.1f} / {np.delete(v, site).mean():+.2f}" for h, v in every.items())
             )
+            true, z = rates[hold], every[hold]
+            others = np.delete(z, site).mean()
             versus = ""
             if drive_rates:
                 versus = f" (drive goal: {np.delete((drive_rates[site] - nat_mean) / nat_sd, site).mean():+.2f} SD)"
