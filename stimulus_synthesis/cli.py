@@ -220,7 +220,7 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     g = Goal(goal, target, value, 1.0 if hold is None else hold)
     predict = twin_predictor(twin)
     reference = next(iter(twin.readouts.values())).mean_y  # the training images' mean response
-    start = None
+    start, images = None, None
     if start_path is not None:
         if method != "gradient":
             raise UserError("--start works with --method gradient only")
@@ -234,14 +234,13 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
                 raise UserError("--goal control needs a twin of two or more sites")
             control = control_images(predict, target, natural, n, steps=steps, size=size, seed=seed, progress=True)
             click.echo(f"hold chosen by the twin: {control.hold:g}")
+            images = control.images
         else:
             start = best_starts(predict, g, natural, n, size, reference)
-    if hold is None:
-        images = control.images
-    elif method == "gradient":
+    if images is None and method == "gradient":  # (images already made: one-site control with the twin's hold)
         images = synthesize_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True,
                                    start=start)  # fmt: skip
-    else:
+    elif images is None:
         images = evolve_images(predict, g, n, steps, size, reference=reference, seed=seed, progress=True)
     folder = out.with_suffix("")
     tmp_dir = folder.with_name(folder.name + ".tmp")
