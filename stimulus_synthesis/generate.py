@@ -323,11 +323,20 @@ def edit_with_site(
 
 @dataclass
 class Generation:
-    """Best generated sentences (best first) and every candidate evaluated."""
+    """Best generated sentences (best first), every candidate evaluated, and how many edits were drawn."""
 
     best: list[Candidate]
     log: list[Candidate]
     seeds: list[Candidate]
+    edits: int = 0  # including those that made nothing new
+
+
+def _random_edit(rng: np.random.Generator, k: int, beam: int) -> dict[str, Any]:
+    """Parameters of one edit drawn uniformly (the study's search space)."""
+    return {
+        "operator": str(rng.choice(OPERATORS)), "parent": int(rng.integers(beam)),
+        "position": float(rng.random()), "rank": int(rng.integers(k)), "partner": int(rng.integers(beam)),
+    }  # fmt: skip
 
 
 def generate(
@@ -344,13 +353,15 @@ def generate(
     beam: int = 16,
     seed: int = 0,
     progress: bool = False,
+    max_misses: int = 256,
 ) -> Generation:
     """Improve seed sentences by edits proposed by the causal LM and chosen by an optuna study.
 
     ``predict`` maps sentences to the twin's (mean, sd); ``nll_of`` may supply the
     mean surprisal from features already computed (else ``naturalness`` computes it).
-    Stops after ``budget`` candidates. Only natural candidates that pass the
-    constraints and improve on their parent's objective join the beam.
+    Stops after ``budget`` candidates, or when ``max_misses`` edits in a row (those after the
+    first ``batch`` drawn at random) make no new sentence: the edits around the beam are used up.
+    Only natural candidates that pass the constraints and improve on their parent's objective join the beam.
     """
     import optuna
 
@@ -420,14 +431,19 @@ def generate(
 
         bar = tqdm(total=budget, desc="generating", unit="cand", mininterval=1.0)
     rnd = 0
+    misses = 0  # edits in a row that made nothing new
+    drawn = 0
     try:
-        while len(history) < budget:
+        while len(history) < budget and misses < max_misses:
             rnd += 1
             proposals = dict(zip([c.sentence for c in population],
                                  proposer.proposals([c.sentence for c in population]), strict=True))  # fmt: skip
             trials, texts, parents, ops, sites = [], [], [], [], []
             for _ in range(min(batch, budget - len(history))):
+                if misses >= max_misses:
+                    break
                 trial = study.ask()
+                drawn += 1
                 op = trial.suggest_categorical("operator", OPERATORS)
                 p = trial.suggest_int("parent", 0, beam - 1)
                 parent = population[p % len(population)]
@@ -439,7 +455,11 @@ def generate(
                 edit = edit_with_site(parent.sentence, op, position, rank, proposals[parent.sentence], partner)
                 if edit is None or edit[0] in seen:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    misses += 1
+                    if misses >= batch:  # the sampler keeps repeating itself: explore at random
+                        study.enqueue_trial(_random_edit(rng, proposer.k, beam))
                     continue
+                misses = 0
                 text = edit[0]
                 sites.append(edit[1])
                 seen.add(text)
@@ -448,8 +468,6 @@ def generate(
                 parents.append(parent)
                 ops.append(op)
             if not texts:
-                if rnd > budget:  # nothing new can be made
-                    break
                 continue
             children = evaluate(texts, parents, ops, rnd, sites)
             worst = min(c.objective for c in population) - abs(np.std([c.objective for c in population]) + 1.0)
@@ -466,4 +484,4 @@ def generate(
         if bar is not None:
             bar.close()
     best = sorted((c for c in history if c.accepted), key=lambda c: -c.objective)
-    return Generation(best, history, start)
+    return Generation(best, history, start, drawn)

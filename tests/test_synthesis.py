@@ -194,6 +194,21 @@ def test_generation_raises_the_prediction_and_stays_natural(lang_twin, feature_c
     assert any(c.problems for c in gen.log)  # the filter did reject something
 
 
+def test_generation_stops_when_the_edits_are_used_up(lang_twin, feature_cache):
+    """A three-word seed allows few edits: the search ends when they are used up, not at the budget."""
+    twin, _ = _load(lang_twin, feature_cache)
+    budget, batch, max_misses = 400, 8, 64
+    gen = generate(["The dog barked."], lambda t: twin.predict(t, with_sd=True), Goal("drive"),
+                   constraints=Constraints(min_words=1), budget=budget, batch=batch, seed=0,
+                   max_misses=max_misses)  # fmt: skip
+    texts = [c.sentence for c in gen.log]
+    assert 0 < len(texts) < budget and len(set(texts)) == len(texts)
+    assert "The dog barked." not in texts
+    # Every draw after the last new sentence was a miss, and the run stopped at max_misses of them;
+    # the old rule (stop after `budget` empty rounds) drew about budget * batch edits.
+    assert gen.edits < budget * batch / 4, gen.edits
+
+
 def _rows(path: Path) -> list[dict]:
     import csv
 
