@@ -174,12 +174,21 @@ class SessionRunner:
         return load_image(self.path.parent / row.image)
 
     def _learn(self, kind: str, stimuli: list[Any], Y: np.ndarray) -> None:
-        """Baseline data waits for the first fit; later runs refine the fitted twin online."""
+        """Baseline data waits for the first fit; each later run refines the twin.
+
+        Sentences: the twin is fit again on every trial so far (alphas and stacking weights
+        chosen again; features come from the cache), so a resumed session has the same twin.
+        Images (features not cached): an exact online update, alphas re-chosen by GCV.
+        """
         if kind == "localizer" or not stimuli:
             return
+        self._fit_data[0].extend(stimuli)
+        self._fit_data[1].append(np.asarray(Y, np.float64))
         if self.twin is None:
-            self._fit_data[0].extend(stimuli)
-            self._fit_data[1].append(np.asarray(Y, np.float64))
+            return
+        if self.protocol.modality == "text":
+            self.twin = None
+            self._ensure_twin()
         else:
             self.twin.update(stimuli, Y)
             self.twin.reselect_alphas()  # the ridge penalty follows the growing training set
