@@ -10,15 +10,19 @@ candidates' true responses.
 
 * open loop: the twin fit on 300 random trials (open_loop_language.toml);
 * closed loop: 180 random trials, then 2 rounds of 30 drive + 30 suppress chosen by
-  UCB (beta 1) with the twin refined after each (closed_loop_language.toml); and other
-  closed designs of 300 trials (a full refit after each round, rounds spent on the
-  suppress side only, 6 smaller rounds);
+  UCB (beta 1) with the twin fit again after each (closed_loop_language.toml); and other
+  closed designs of 300 trials (an online update after each round instead of a refit,
+  rounds spent on the suppress side only, 6 smaller rounds);
 * open loop at 600 and 1,000 random trials: what more scanner time buys;
 * headroom: a twin fit on every pool sentence's noise-free response: what a
   better-informed twin would give, whatever the design.
 
-Run: .venv/bin/python bench/loop_headroom.py [seeds, default 20] [--cache FILE]
-(about 2 min on 2 cores, 4 more the first time to embed the pool).
+Designs are compared paired: per seed, every design measures random sentences in the
+same order, with the same noise for the same sentence; each line prints its mean
+difference from the open loop at 300 trials and that difference's SE.
+
+Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE]
+(about 2.5 min on 2 cores, 4 more the first time to embed the pool).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from bench._common import new_sentences
 
 NOISE_SD = 0.623
 DESIGNS = [  # label, random trials, rounds, goals per round (UCB, beta 1), full refit after each round
-    ("closed loop, 180 + 2 x 60 trials", 180, 2, ("drive", "suppress"), False),
-    ("  the same, refit after each round", 180, 2, ("drive", "suppress"), True),
+    ("closed loop, 180 + 2 x 60 trials", 180, 2, ("drive", "suppress"), True),
+    ("  the same, online update only", 180, 2, ("drive", "suppress"), False),
     ("  180 + 2 x 60, suppress only, refit", 180, 2, ("suppress",), True),
     ("  120 + 6 x 30, refit", 120, 6, ("drive", "suppress"), True),
 ]
@@ -77,17 +81,21 @@ def main(n_seeds: int, cache: Path | None) -> None:
     for seed in range(n_seeds):
         rng = np.random.default_rng(seed)
         candidates = rng.choice(eligible, 3000, replace=False)
+        # Common random numbers: every design measures random sentences in the same order, and a
+        # sentence's one measurement has the same noise in every design, so designs compare paired.
+        order = rng.permutation(candidates)
+        noise = rng.standard_normal(len(sentences)) * NOISE_SD
 
-        def measure(index: np.ndarray, rng: np.random.Generator = rng) -> np.ndarray:
-            return truth[index] + rng.standard_normal(len(index)) * NOISE_SD
+        def measure(index: np.ndarray, noise: np.ndarray = noise) -> np.ndarray:
+            return truth[index] + noise[index]
 
         for n in (300, 600, 1000):
-            shown = rng.choice(candidates, n, replace=False)
+            shown = order[:n]
             results.setdefault(f"open loop, {n} trials", []).append(
                 separation(fit(shown, measure(shown)), candidates, shown)
             )
         for label, base, rounds, kinds, refit in DESIGNS:
-            shown = rng.choice(candidates, base, replace=False)
+            shown = order[:base]
             y = measure(shown)
             twin = fit(shown, y)
             size = (300 - base) // rounds // len(kinds)
@@ -97,25 +105,28 @@ def main(n_seeds: int, cache: Path | None) -> None:
                     new = np.concatenate([new, best(twin, np.setdiff1d(candidates, [*shown, *new]), kind, size, "ucb")])
                 y_new = measure(new)
                 shown, y = np.concatenate([shown, new]), np.concatenate([y, y_new])
-                if refit:  # alphas and stacking weights chosen again from all trials
+                if refit:  # as the session runner does: alphas and stacking weights chosen again from all trials
                     twin = fit(shown, y)
-                else:  # as the session runner does: exact online update, alphas by GCV, stacking kept
+                else:  # exact online update, alphas by GCV, stacking weights of the first fit kept
                     twin.update_blocks(part(new), y_new)
                     twin.reselect_alphas()
             results.setdefault(label, []).append(separation(twin, candidates, shown))
         results.setdefault("twin on all 4000 noise-free responses", []).append(
             separation(oracle, candidates, np.array([], int))
         )
-    reference = np.mean(results["open loop, 300 trials"])
-    print(f"\ndrive - suppress separation (true response, SDs of the candidates), {n_seeds} seeds:")
+    open300 = np.array(results["open loop, 300 trials"])
+    print(f"\ndrive - suppress separation (true response, SDs of the candidates), {n_seeds} seeds "
+          "(mean +- SD over seeds; paired difference from the open loop at 300 trials +- its SE):")  # fmt: skip
     for label, seps in results.items():
         s = np.array(seps)
-        print(f"  {label:40s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / reference:.2f} of the open loop")
+        d = s - open300
+        print(f"  {label:40s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / open300.mean():.2f}   "
+              f"{d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(len(d)):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("seeds", nargs="?", type=int, default=20)
+    parser.add_argument("seeds", nargs="?", type=int, default=40)
     parser.add_argument("--cache", type=Path, help="feature cache to use (and keep) for the 4,000 sentences")
     args = parser.parse_args()
     main(args.seeds, args.cache)
