@@ -101,6 +101,22 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     b = ref[ref.trial.isin(first)].sort_values("trial")
     assert list(a.stimulus_id) == list(b.stimulus_id) and list(a.condition) == list(b.condition)
     np.testing.assert_allclose(a.lang.to_numpy(), b.lang.to_numpy(), rtol=1e-9)
+    # The run cut short is planned again by a twin fit on the same trials as the uninterrupted one's:
+    # the same sentences in the same order, with the same predictions.
+    again, ref_run = _plan_record(data, 3), _plan_record(read_session(full), 3)
+    assert again["kind"] == "closed_loop" and again["stimuli"] == ref_run["stimuli"]
+    keys = sorted(ref_run["predicted"])
+    np.testing.assert_allclose([again["predicted"][k] for k in keys], [ref_run["predicted"][k] for k in keys],
+                               rtol=1e-9)  # fmt: skip
+
+
+def _plan_record(data, index: int) -> dict:
+    """A completed run's record (by its place in the protocol), with its trials' stimulus ids and conditions."""
+    records = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    record = next(r for r in records if r["index"] == index)
+    events = data.events.set_index("trial")
+    record["stimuli"] = [(int(events.loc[t, "stimulus_id"]), events.loc[t, "condition"]) for t in record["trials"]]
+    return record
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
