@@ -147,8 +147,8 @@ def check_cmd(protocol_file: Path) -> None:
     for phase in protocol.phases:
         rounds = f" x {phase.rounds} rounds" if phase.kind == "closed_loop" else ""
         conds = {"localizer": "sentences / nonword lists", "baseline": "baseline (random from the source)",
-                 "closed_loop": protocol.target.goal + f" ({phase.acquisition})",
-                 "evaluation": ", ".join(phase.conditions)}[phase.kind]  # fmt: skip
+                 "closed_loop": ", ".join(phase.conditions_for(protocol.target.goal)) + f" ({phase.acquisition})",
+                 "evaluation": ", ".join(phase.conditions_for(protocol.target.goal))}[phase.kind]  # fmt: skip
         click.echo(f"  phase {phase.name!r}: {phase.kind}, {phase.trials} trials{rounds}: {conds}")
     s = protocol.stimuli
     if protocol.modality == "text":

@@ -25,6 +25,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The conditions a goal's closed-loop rounds choose stimuli for.
+GOAL_SIDES = {"both": ("drive", "suppress"), "drive": ("drive",), "suppress": ("suppress",), "control": ("control",)}
+
+
 class Target(_Strict):
     rois: list[str] = Field(min_length=1, description="Target ROIs (fMRI) or sites (ephys); the first is controlled.")
     goal: Literal["drive", "suppress", "both", "control"] = "both"
@@ -58,7 +62,19 @@ class Phase(_Strict):
     rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
     acquisition: Literal["mean", "ucb", "thompson"] = "ucb"
     beta: float = Field(1.0, ge=0)
-    conditions: list[Literal["drive", "suppress", "baseline"]] = ["drive", "suppress", "baseline"]
+    conditions: list[Literal["drive", "suppress", "baseline"]] | None = Field(
+        None, min_length=1,
+        description="Evaluation: the conditions shown (default drive, suppress, baseline). Closed loop: what "
+        "the rounds spend their trials on (default: the target's goal; baseline adds random unshown stimuli).",
+    )  # fmt: skip
+
+    def conditions_for(self, goal: str) -> list[str]:
+        """The conditions this phase's runs show, for a target with this goal."""
+        if self.conditions is not None:
+            return list(self.conditions)
+        if self.kind == "evaluation":
+            return ["drive", "suppress", "baseline"]
+        return list(GOAL_SIDES[goal])
 
 
 class Stimuli(_Strict):
@@ -84,7 +100,10 @@ class Stopping(_Strict):
     max_trials: int | None = Field(None, gt=0)
     max_minutes: float | None = Field(None, gt=0)
     target_effect: float | None = Field(
-        None, gt=0, description="Stop closed-loop rounds once drive - suppress (predicted, baseline SDs) reaches it."
+        None,
+        gt=0,
+        description="Stop closed-loop rounds once the last round's measured drive - suppress (a one-sided "
+        "round: against the baseline trials' mean), in baseline SDs, reaches it.",
     )
 
 
@@ -122,6 +141,12 @@ class Protocol(_Strict):
             raise ValueError(f"phase names must be unique, got {names}")
         if self.phases[-1].kind != "evaluation" and any(p.kind == "evaluation" for p in self.phases):
             raise ValueError("the evaluation phase must come last")
+        allowed = [*GOAL_SIDES[self.target.goal], "baseline"]
+        for i, p in enumerate(self.phases):
+            bad = [c for c in p.conditions or () if c not in allowed]
+            if p.kind == "closed_loop" and bad:
+                raise ValueError(f"phases.{i}.conditions: {bad} cannot be chosen in closed-loop rounds for "
+                                 f"target.goal '{self.target.goal}' (allowed: {allowed})")  # fmt: skip
         fits = any(p.kind in ("baseline", "localizer") for p in self.phases)
         if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
             raise ValueError("closed_loop and evaluation phases need a baseline phase before them to fit the twin")

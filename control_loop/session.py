@@ -239,11 +239,7 @@ class SessionRunner:
         return plan
 
     def _conditions(self, phase: Any) -> list[str]:
-        goal = self.protocol.target.goal
-        if phase.kind == "evaluation":
-            return list(phase.conditions)
-        return {"both": ["drive", "suppress"], "drive": ["drive"], "suppress": ["suppress"],
-                "control": ["control"]}[goal]  # fmt: skip
+        return phase.conditions_for(self.protocol.target.goal)
 
     def _random_unshown(self, n: int, rng: np.random.Generator, exclude: set | None = None) -> list[int]:
         free = np.array([i for i in range(len(self.candidates.items)) if i not in self.shown | (exclude or set())])
@@ -437,8 +433,12 @@ class SessionRunner:
         y, cond = np.asarray(beta)[:, self.target], np.array(conditions)
         if kind == "baseline":
             self._baseline_y.extend(y.tolist())
-        elif kind == "closed_loop" and (cond == "D").any() and (cond == "S").any() and len(self._baseline_y) > 2:
-            self._effect = float((y[cond == "D"].mean() - y[cond == "S"].mean()) / np.std(self._baseline_y, ddof=1))
+        elif kind == "closed_loop" and len(self._baseline_y) > 2 and ((cond == "D").any() or (cond == "S").any()):
+            # drive - suppress; a one-sided round is measured against the baseline trials' mean
+            base = float(np.mean(self._baseline_y))
+            high = y[cond == "D"].mean() if (cond == "D").any() else base
+            low = y[cond == "S"].mean() if (cond == "S").any() else base
+            self._effect = float((high - low) / np.std(self._baseline_y, ddof=1))
 
     def _stop_reason(self, phase: str) -> str | None:
         """Why the run should not happen (a stopping rule met), logged once; None to run it."""

@@ -44,10 +44,12 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         (lambda t: t + "\n[safety]\nmax_area = 0.5\n", ["safety.max_area", "0.25"]),
         (lambda t: t.replace('rois = ["lang"]', 'rois = ["broca"]'), ["target.rois", "unknown ROI", "broca"]),
         (lambda t: t.replace('goal = "both"', 'goal = "maximize"'), ["target.goal", "drive", "suppress"]),
+        (lambda t: t.replace('goal = "both"', 'goal = "drive"'), ["phases.1.conditions", "target.goal 'drive'"]),
+        (lambda t: t.replace('conditions = ["suppress"]', "conditions = []"), ["phases.1.conditions", "at least 1"]),
         (lambda t: t.replace("[stopping]", "[stoping]"), ["stoping", "not a protocol field"]),
         (lambda t: t.replace("name = ", "name = = "), ["not valid TOML"]),
     ],
-    ids=["missing", "type", "negative-tr", "iti", "unsafe", "roi", "goal", "typo", "toml"],
+    ids=["missing", "type", "negative-tr", "iti", "unsafe", "roi", "goal", "rounds", "no-conditions", "typo", "toml"],
 )
 def test_malformed_protocol_names_the_field(tmp_path, edit, words):
     path = tmp_path / "p.toml"

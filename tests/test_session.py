@@ -164,6 +164,28 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]
 
 
+def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path):
+    """Rounds spent on suppression only; their measured effect (against the baseline mean) ends the rounds."""
+    work, _, _ = uninterrupted
+    protocol = tmp_path / "suppress.toml"
+    text = TINY.read_text().replace("rounds = 2\n", 'rounds = 2\nconditions = ["suppress"]\n')
+    protocol.write_text(text + "\n[stopping]\ntarget_effect = 0.2\n")
+    out = tmp_path / "suppress.h5"
+    proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopping rule: target_effect 0.2 reached" in proc.stdout, proc.stdout[-2000:]
+    data = read_session(out)
+    est = data.latest_estimates()[["trial", "lang"]].merge(data.events[["trial", "condition", "run"]], on="trial")
+    rounds = est[est.condition.isin(["D", "S"]) & (est.run == 3)]
+    assert len(rounds) == 20 and set(rounds.condition) == {"S"}  # one round, suppress candidates only
+    base = est[est.run <= 2].lang
+    effect = (base.mean() - rounds.lang.mean()) / base.std(ddof=1)
+    assert effect >= 0.2, effect
+    assert len(data.events) == 40 + 20 + 30  # the second round skipped; the evaluation still runs
+    assert set(est[est.run > 3].condition) == {"D", "S", "B"}
+
+
 def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     """The image protocol end to end: ephys rig and presenter processes, synthesis under the twin, report."""
     from stimulus_synthesis.safety import check_image
