@@ -9,10 +9,10 @@ block, and scored by their true drive - suppress separation in SDs of the
 candidates' true responses.
 
 * open loop: the twin fit on 300 random trials (open_loop_language.toml);
-* closed loop: 180 random trials, then 2 rounds of 30 drive + 30 suppress chosen by
+* closed loop: 180 random trials, then 2 rounds of 60 suppress candidates chosen by
   UCB (beta 1) with the twin fit again after each (closed_loop_language.toml); and other
-  closed designs of 300 trials (an online update after each round instead of a refit,
-  rounds spent on the suppress side only, 6 smaller rounds);
+  closed designs of 300 trials (rounds of 30 drive + 30 suppress, with a refit or an
+  online update after each; 6 smaller rounds);
 * open loop at 600 and 1,000 random trials: what more scanner time buys;
 * headroom: a twin fit on every pool sentence's noise-free response: what a
   better-informed twin would give, whatever the design.
@@ -41,10 +41,10 @@ from bench._common import new_sentences
 
 NOISE_SD = 0.623
 DESIGNS = [  # label, random trials, rounds, goals per round (UCB, beta 1), full refit after each round
-    ("closed loop, 180 + 2 x 60 trials", 180, 2, ("drive", "suppress"), True),
-    ("  the same, online update only", 180, 2, ("drive", "suppress"), False),
-    ("  180 + 2 x 60, suppress only, refit", 180, 2, ("suppress",), True),
-    ("  120 + 6 x 30, refit", 120, 6, ("drive", "suppress"), True),
+    ("closed loop, 180 + 2 x 60 suppress", 180, 2, ("suppress",), True),
+    ("  rounds on both sides, refit", 180, 2, ("drive", "suppress"), True),
+    ("  rounds on both sides, online update", 180, 2, ("drive", "suppress"), False),
+    ("  120 + 6 x 30, both sides, refit", 120, 6, ("drive", "suppress"), True),
 ]
 
 
