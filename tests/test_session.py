@@ -52,7 +52,7 @@ def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float) 
 
 def _trial_table(path: Path):
     data = read_session(path)
-    est = data.latest_estimates().merge(data.events[["trial", "condition", "run"]], on="trial")
+    est = data.latest_estimates().merge(data.events[["trial", "condition"]], on="trial")  # estimates carry the run
     return data, est
 
 
@@ -175,8 +175,7 @@ def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stopping rule: target_effect 0.2 reached" in proc.stdout, proc.stdout[-2000:]
-    data = read_session(out)
-    est = data.latest_estimates()[["trial", "lang"]].merge(data.events[["trial", "condition", "run"]], on="trial")
+    data, est = _trial_table(out)
     rounds = est[est.condition.isin(["D", "S"]) & (est.run == 3)]
     assert len(rounds) == 20 and set(rounds.condition) == {"S"}  # one round, suppress candidates only
     base = est[est.run <= 2].lang
