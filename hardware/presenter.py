@@ -13,6 +13,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ class NullDisplay:
     def prepare(self, kind: str, content: str | bytes) -> Any:
         return None
 
-    def show(self, prepared: Any, label: str, due: float | None = None) -> float:
-        return self.clock() if due is None else due  # a simulated screen flips exactly when due
+    def draw(self, prepared: Any, label: str) -> None:
+        pass
 
-    def fixation(self, due: float | None = None) -> float:
-        return self.clock() if due is None else due
+    def flip(self, due: float | None = None) -> float:
+        return self.clock() if due is None else due  # a simulated screen flips exactly when due
 
     def key_pressed(self, key: str) -> bool:
         return False
@@ -47,9 +48,17 @@ class NullDisplay:
         pass
 
 
+def _save_screenshot(image: Any, path: Path) -> None:
+    try:
+        image.save(path)
+    except OSError as exc:  # a screenshot is a record, not the experiment: never stop presenting for one
+        log.error("could not write screenshot %s: %s", path, exc)
+
+
 class PsychoPyDisplay:
-    """A PsychoPy window. Stimuli are prepared (decoded, uploaded) ahead of their onset; ``show``
-    draws, captures the back buffer if asked, flips, and returns the flip time on the wall clock."""
+    """A PsychoPy window. Stimuli are prepared (decoded, uploaded) ahead of their onset; ``draw`` puts
+    the next frame in the back buffer (and reads it back as a screenshot, if asked) ahead of its onset,
+    so that ``flip`` at the onset only shows it; ``flip`` returns the flip time on the wall clock."""
 
     def __init__(
         self,
@@ -78,6 +87,7 @@ class PsychoPyDisplay:
         self._to_wall = time.time() - core.getTime()
         self.screenshots = Path(screenshots) if screenshots else None
         self._shots = 0
+        self._saver = ThreadPoolExecutor(1)  # PNGs are written off the presentation thread
         if self.screenshots:
             self.screenshots.mkdir(parents=True, exist_ok=True)
 
@@ -92,29 +102,23 @@ class PsychoPyDisplay:
         return self._visual.ImageStim(self.win, image=img, units="height",
                                       size=(0.8 * w / max(w, h), 0.8 * h / max(w, h)))  # fmt: skip
 
-    def show(self, prepared: Any, label: str, due: float | None = None) -> float:
-        prepared.draw()
-        return self._flip(label)
-
-    def fixation(self, due: float | None = None) -> float:
-        self.cross.draw()
-        return self._flip("fixation")
-
-    def _flip(self, label: str) -> float:
-        shot = None
-        if self.screenshots is not None:  # the back buffer, before the flip shows it
+    def draw(self, prepared: Any, label: str) -> None:
+        """Draw the next frame (``None``: the fixation cross) into the back buffer."""
+        (self.cross if prepared is None else prepared).draw()
+        if self.screenshots is not None:  # the back buffer, read now rather than just before the flip
             shot = self.win.getMovieFrame(buffer="back")
             self.win.movieFrames.clear()
-        t = self.win.flip() + self._to_wall
-        if shot is not None:  # written after the flip, so it never delays one
             self._shots += 1
-            shot.save(self.screenshots / f"{self._shots:04d}-{label}.png")
-        return t
+            self._saver.submit(_save_screenshot, shot, self.screenshots / f"{self._shots:04d}-{label}.png")
+
+    def flip(self, due: float | None = None) -> float:
+        return self.win.flip() + self._to_wall
 
     def key_pressed(self, key: str) -> bool:
         return key in self._event.getKeys(keyList=[key, "escape"])
 
     def close(self) -> None:
+        self._saver.shutdown()  # waits for the screenshots still being written
         self.win.close()
 
 
@@ -205,16 +209,17 @@ class Presenter:
             frames = [(start, self.display.prepare("text", trial["text"]), "text")]
         else:
             frames = []
+        if not frames:  # a fixation trial
+            frames = [(start, None, "fixation")]
         onset = None
         for at, prepared, label in frames:
+            self.display.draw(prepared, label)
             self._wait_until(at)
-            flip = self.display.show(prepared, label, at)
+            flip = self.display.flip(at)
             onset = flip if onset is None else onset
-        if onset is None:  # a fixation trial
-            self._wait_until(start)
-            onset = self.display.fixation(start)
+        self.display.draw(None, "fixation")  # a fixation cross between trials
         self._wait_until(start + trial["duration"])
-        offset = self.display.fixation(start + trial["duration"])  # a fixation cross between trials
+        offset = self.display.flip(start + trial["duration"])
         entry = {"run": run, "trial": trial["trial"], "stimulus_id": trial["stimulus_id"], "scheduled": start,
                  "onset": onset, "offset": offset}  # fmt: skip
         self.log.append(entry)
@@ -239,7 +244,8 @@ class Presenter:
                     self._present(run, trial)
 
     def serve(self, duration: float | None = None) -> None:
-        self.display.fixation()
+        self.display.draw(None, "fixation")
+        self.display.flip()
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
             self.step()

@@ -104,13 +104,13 @@ def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):
     try:
         got, sent, client = _run_schedule(port, _trials(), timeout=120)
         frame = max(max(m["frame_interval"] for m in got), 1 / 60)  # Xvfb flips without vsync: at least 60 Hz
-        # The presenter's own timing: never early, typically within two frames of when it was due. On a
-        # shared 2-core CI machine one flip (with its screenshot read back first) can come a few frames late;
-        # what gets reported is the measured onset, not the due time, so a late flip is recorded as late.
-        late = [m["onset"] - m["scheduled"] for m in got]
-        assert all(-frame / 2 - 0.002 < x < 0.1 for x in late) and np.median(late) < 2 * frame, (late, frame)
+        # The presenter's own timing: each flip within two frames of when it was due (one dropped frame is
+        # possible on a shared 2-core CI machine). Frames are drawn and their screenshots read back before
+        # the wait for their onset, so a screenshot never delays a flip.
+        for m in got:
+            assert -frame / 2 - 0.002 < m["onset"] - m["scheduled"] < 2 * frame, m
         # End to end on the controller's clock, which adds the trigger's hop to the presenter.
-        _check_onsets(got, sent, client, lambda m: abs(m["onset"] - m["scheduled"]) + frame + 0.02)
+        _check_onsets(got, sent, client, lambda m: 2 * frame + 0.02)
         client.close()
     finally:
         proc.kill()
