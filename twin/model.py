@@ -5,6 +5,10 @@ surprisal-and-length block). Each block's alpha is chosen per target by exact
 leave-one-out; the blocks' predictions are combined with non-negative weights
 fit on those LOO predictions (stacked regression), so layer choice and feature
 combination are decided by inner cross-validation only.
+
+Responses measured in separate runs (fMRI: each run has its own baseline) can be
+fit within runs: a fixed effect per run is removed from responses and features
+alike (Frisch-Waugh), so a run's offset never reads as a stimulus effect.
 """
 
 from __future__ import annotations
@@ -275,6 +279,26 @@ def _as_2d(Y: np.ndarray) -> np.ndarray:
     return Y[:, None] if Y.ndim == 1 else Y
 
 
+def within_runs(
+    blocks: dict[str, np.ndarray], Y: np.ndarray, runs: Sequence
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Blocks and responses with each run's mean replaced by the overall mean (a fixed effect per run)."""
+    Y = _as_2d(Y)
+    runs = np.asarray(runs)
+    if runs.shape != (len(Y),):
+        raise ValueError(f"runs needs one label per response row ({len(Y)}), got shape {runs.shape}")
+    _, label = np.unique(runs, return_inverse=True)
+    counts = np.bincount(label)[:, None]
+
+    def adjust(A: np.ndarray) -> np.ndarray:
+        A = np.asarray(A, np.float64)
+        sums = np.zeros((len(counts), A.shape[1]))
+        np.add.at(sums, label, A)
+        return A - (sums / counts)[label] + A.mean(0)
+
+    return {name: adjust(X) for name, X in blocks.items()}, adjust(Y)
+
+
 def select_hyperparameters(
     blocks: dict[str, np.ndarray], Y: np.ndarray, alphas: np.ndarray = DEFAULT_ALPHAS
 ) -> tuple[Hyperparameters, np.ndarray]:
@@ -330,14 +354,16 @@ class Twin:
         hyperparameters: Hyperparameters | None = None,
         alphas: np.ndarray = DEFAULT_ALPHAS,
         training_hash: str = "",
+        runs: Sequence | None = None,
     ) -> Twin:
         """Fit on stimuli (sentences, or images with an ImagePlan) and responses (n, t).
 
-        Hyperparameters are chosen by inner LOO unless given.
+        Hyperparameters are chosen by inner LOO unless given. ``runs``: a run label per
+        row, to fit within runs (see :func:`within_runs`).
         """
         features = features or features_for(plan or FeaturePlan())
         blocks = features(sentences)
-        twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas)
+        twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs)
         twin.projection = features.projection
         twin.features = features
         twin.training_hash = training_hash
@@ -354,17 +380,22 @@ class Twin:
         model_id: str,
         hyperparameters: Hyperparameters | None = None,
         alphas: np.ndarray = DEFAULT_ALPHAS,
+        runs: Sequence | None = None,
     ) -> Twin:
-        """Fit on precomputed feature blocks."""
+        """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows)."""
         Y = _as_2d(Y)
         if len(Y) < 3:
             raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        if runs is not None:
+            blocks, Y = within_runs(blocks, Y, runs)
         targets = list(targets) if targets is not None else [f"target{t}" for t in range(Y.shape[1])]
         if hyperparameters is None:
             hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
             noise_var = ((Y - stacked) ** 2).mean(0)
             loo_r = pearson_columns(stacked, Y)
             scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r), strict=False))}
+            if runs is not None:
+                scores["runs"] = len(np.unique(np.asarray(runs)))
         else:
             noise_var, scores = None, {}
         readouts = {name: RidgeReadout.fit(blocks[name], Y, hyperparameters.alphas[name]) for name in blocks}
