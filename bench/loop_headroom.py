@@ -3,16 +3,19 @@
 A fast emulation of the language protocols' choices (no scanner, GLM or sockets):
 a pool of new sentences is embedded once with the default twin's features; each
 "trial" is the default subject's true response plus its per-trial noise (SD 0.623,
-SNR 0.3). Per seed, 3,000 candidates of 5-40 words; 30 drive and 30 suppress
-sentences are chosen by the twin from the unshown candidates, as in the evaluation
-block, and scored by their true drive - suppress separation in SDs of the
-candidates' true responses.
+SNR 0.3) plus its run's offset (SD 0.26 across runs of 60 trials: what the trial
+estimates of bench/closed_loop.py's sessions show, each run's baseline being
+estimated from its rests). Twins are fit within runs, as the session runner fits
+them. Per seed, 3,000 candidates of 5-40 words; 30 drive and 30 suppress sentences
+are chosen by the twin from the unshown candidates, as in the evaluation block, and
+scored by their true drive - suppress separation in SDs of the candidates' true
+responses.
 
 * open loop: the twin fit on 300 random trials (open_loop_language.toml);
-* closed loop: 180 random trials, then 2 rounds of 60 suppress candidates chosen by
-  UCB (beta 1) with the twin fit again after each (closed_loop_language.toml); and other
-  closed designs of 300 trials (rounds of 30 drive + 30 suppress, with a refit or an
-  online update after each; 6 smaller rounds);
+* closed loop: 180 random trials, then 2 rounds of 30 suppress candidates chosen by
+  UCB (beta 1) and 30 random sentences, with the twin fit again after each
+  (closed_loop_language.toml); and other closed designs of 300 trials (rounds of 60
+  suppress candidates, of 30 drive + 30 suppress; 3 rounds);
 * open loop at 600 and 1,000 random trials: what more scanner time buys;
 * headroom: a twin fit on every pool sentence's noise-free response: what a
   better-informed twin would give, whatever the design.
@@ -40,11 +43,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import new_sentences
 
 NOISE_SD = 0.623
-DESIGNS = [  # label, random trials, rounds, goals per round (UCB, beta 1), full refit after each round
-    ("closed loop, 180 + 2 x 60 suppress", 180, 2, ("suppress",), True),
-    ("  rounds on both sides, refit", 180, 2, ("drive", "suppress"), True),
-    ("  rounds on both sides, online update", 180, 2, ("drive", "suppress"), False),
-    ("  120 + 6 x 30, both sides, refit", 120, 6, ("drive", "suppress"), True),
+RUN_SD = 0.26
+RUN = 60  # trials per run
+DESIGNS = [  # label, random trials, rounds, conditions of each round's run (suppress/drive by UCB, beta 1)
+    ("closed loop, 180 + 2 x (30 suppress + 30 random)", 180, 2, ("suppress", "baseline")),
+    ("  rounds of 60 suppress", 180, 2, ("suppress",)),
+    ("  rounds of 30 drive + 30 suppress", 180, 2, ("drive", "suppress")),
+    ("  120 + 3 x (30 suppress + 30 random)", 120, 3, ("suppress", "baseline")),
 ]
 
 
@@ -63,8 +68,9 @@ def main(n_seeds: int, cache: Path | None) -> None:
     def part(index: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[index] for k, v in blocks.items()}
 
-    def fit(index: np.ndarray, y: np.ndarray) -> Twin:
-        return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id)
+    def fit(index: np.ndarray, y: np.ndarray, runs: np.ndarray | None = None) -> Twin:
+        runs = np.arange(len(index)) // RUN if runs is None else runs
+        return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id, runs=runs)
 
     def best(twin: Twin, free: np.ndarray, kind: str, k: int, acquisition: str = "mean") -> np.ndarray:
         mean, sd = twin.predict_blocks(part(free), with_sd=acquisition != "mean")
@@ -76,41 +82,44 @@ def main(n_seeds: int, cache: Path | None) -> None:
         suppress = best(twin, np.setdiff1d(free, drive), "suppress", 30)
         return (truth[drive].mean() - truth[suppress].mean()) / truth[candidates].std()
 
-    oracle = fit(np.arange(len(sentences)), truth)  # the same for every seed
+    oracle = Twin.fit_blocks(blocks, truth, ["lang"], features.plan, features.model_id)  # the same for every seed
     results: dict[str, list[float]] = {}
     for seed in range(n_seeds):
         rng = np.random.default_rng(seed)
         candidates = rng.choice(eligible, 3000, replace=False)
-        # Common random numbers: every design measures random sentences in the same order, and a
-        # sentence's one measurement has the same noise in every design, so designs compare paired.
+        # Common random numbers: every design measures random sentences in the same order, a sentence's
+        # one measurement has the same noise in every design and run k the same offset, so designs compare
+        # paired.
         order = rng.permutation(candidates)
         noise = rng.standard_normal(len(sentences)) * NOISE_SD
+        offset = rng.standard_normal(1000 // RUN + 1) * RUN_SD
 
-        def measure(index: np.ndarray, noise: np.ndarray = noise) -> np.ndarray:
-            return truth[index] + noise[index]
+        def measure(index: np.ndarray, run: int = 0, noise: np.ndarray = noise, offset: np.ndarray = offset
+                    ) -> np.ndarray:  # fmt: skip
+            """Responses of consecutive runs of RUN trials, the first being run ``run``."""
+            return truth[index] + noise[index] + offset[run + np.arange(len(index)) // RUN]
 
         for n in (300, 600, 1000):
             shown = order[:n]
             results.setdefault(f"open loop, {n} trials", []).append(
                 separation(fit(shown, measure(shown)), candidates, shown)
             )
-        for label, base, rounds, kinds, refit in DESIGNS:
+        for label, base, rounds, conditions in DESIGNS:
             shown = order[:base]
             y = measure(shown)
-            twin = fit(shown, y)
-            size = (300 - base) // rounds // len(kinds)
-            for _ in range(rounds):
+            for round_ in range(rounds):
+                twin = fit(shown, y)
                 new = np.array([], int)
-                for kind in kinds:
-                    new = np.concatenate([new, best(twin, np.setdiff1d(candidates, [*shown, *new]), kind, size, "ucb")])
-                y_new = measure(new)
-                shown, y = np.concatenate([shown, new]), np.concatenate([y, y_new])
-                if refit:  # as the session runner does: alphas and stacking weights chosen again from all trials
-                    twin = fit(shown, y)
-                else:  # exact online update, alphas by GCV, stacking weights of the first fit kept
-                    twin.update_blocks(part(new), y_new)
-                    twin.reselect_alphas()
-            results.setdefault(label, []).append(separation(twin, candidates, shown))
+                for cond in conditions:
+                    free = np.setdiff1d(candidates, [*shown, *new])
+                    k = RUN // len(conditions)
+                    if cond == "baseline":  # the next random sentences, as the open loop measures them
+                        new = np.concatenate([new, order[np.isin(order, free)][:k]])
+                    else:
+                        new = np.concatenate([new, best(twin, free, cond, k, "ucb")])
+                y = np.concatenate([y, measure(new, base // RUN + round_)])
+                shown = np.concatenate([shown, new])
+            results.setdefault(label, []).append(separation(fit(shown, y), candidates, shown))
         results.setdefault("twin on all 4000 noise-free responses", []).append(
             separation(oracle, candidates, np.array([], int))
         )
@@ -120,7 +129,7 @@ def main(n_seeds: int, cache: Path | None) -> None:
     for label, seps in results.items():
         s = np.array(seps)
         d = s - open300
-        print(f"  {label:40s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / open300.mean():.2f}   "
+        print(f"  {label:50s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / open300.mean():.2f}   "
               f"{d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(len(d)):.2f}")  # fmt: skip
 
 

@@ -121,7 +121,7 @@ class SessionRunner:
         self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
         self.next_trial = 0
         self.next_run = 1
-        self._fit_data: tuple[list[Any], list[np.ndarray]] = ([], [])
+        self._fit_data: tuple[list[Any], list[np.ndarray]] = ([], [])  # stimuli, responses of each run
         self._baseline_y: list[float] = []  # measured target responses to baseline trials
         self._effect: float | None = None  # last closed-loop run's drive - suppress, in baseline SDs
         self._stopped: set[str] = set()
@@ -177,7 +177,9 @@ class SessionRunner:
         """Baseline data waits for the first fit; each later run refines the twin.
 
         Sentences: the twin is fit again on every trial so far (alphas and stacking weights
-        chosen again; features come from the cache), so a resumed session has the same twin.
+        chosen again; features come from the cache), so a resumed session has the same twin;
+        within runs, because each fMRI run's estimates share an offset of their own (its
+        baseline), which would otherwise read as an effect of that run's stimuli.
         Images (features not cached): an exact online update, alphas re-chosen by GCV.
         """
         if kind == "localizer" or not stimuli:
@@ -197,7 +199,9 @@ class SessionRunner:
         from twin import Twin
 
         if self.twin is None and self._fit_data[0]:
-            self.twin = Twin.fit(self._fit_data[0], np.vstack(self._fit_data[1]), self.rois, features=self.features)
+            Y = self._fit_data[1]
+            runs = np.repeat(np.arange(len(Y)), [len(y) for y in Y]) if self.protocol.modality == "text" else None
+            self.twin = Twin.fit(self._fit_data[0], np.vstack(Y), self.rois, features=self.features, runs=runs)
 
     # ----- choosing trials -----
     def _plan(self, index: int, phase_name: str, round_: int, n: int) -> RunPlan:
@@ -434,8 +438,9 @@ class SessionRunner:
         if kind == "baseline":
             self._baseline_y.extend(y.tolist())
         elif kind == "closed_loop" and len(self._baseline_y) > 2 and ((cond == "D").any() or (cond == "S").any()):
-            # drive - suppress; a one-sided round is measured against the baseline trials' mean
-            base = float(np.mean(self._baseline_y))
+            # drive - suppress; a one-sided round is measured against its own baseline trials (the same
+            # run's offset), or without any, against the baseline runs' mean
+            base = float(y[cond == "B"].mean() if (cond == "B").sum() >= 2 else np.mean(self._baseline_y))
             high = y[cond == "D"].mean() if (cond == "D").any() else base
             low = y[cond == "S"].mean() if (cond == "S").any() else base
             self._effect = float((high - low) / np.std(self._baseline_y, ddof=1))

@@ -45,7 +45,7 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         (lambda t: t.replace('rois = ["lang"]', 'rois = ["broca"]'), ["target.rois", "unknown ROI", "broca"]),
         (lambda t: t.replace('goal = "both"', 'goal = "maximize"'), ["target.goal", "drive", "suppress"]),
         (lambda t: t.replace('goal = "both"', 'goal = "drive"'), ["phases.1.conditions", "target.goal 'drive'"]),
-        (lambda t: t.replace('conditions = ["suppress"]', "conditions = []"), ["phases.1.conditions", "at least 1"]),
+        (lambda t: t.replace('["suppress", "baseline"]', "[]"), ["phases.1.conditions", "at least 1"]),
         (lambda t: t.replace("[stopping]", "[stoping]"), ["stoping", "not a protocol field"]),
         (lambda t: t.replace("name = ", "name = = "), ["not valid TOML"]),
     ],
