@@ -480,7 +480,10 @@ class Twin:
 
     # ----- online refinement -----
     def update(self, sentences: Sequence, Y: np.ndarray) -> None:
-        """Add new (stimulus, response) pairs: exact update of every readout, no refit."""
+        """Add new (stimulus, response) pairs: exact update of every readout, no refit.
+
+        Rows are merged as measured: a twin fit within runs is fit again instead (as the session
+        runner does for sentences), since an update cannot remove a run offset."""
         self.update_blocks(self._features()(sentences), Y)
         self.training_digests = np.vstack([self.training_digests, stimulus_digests(list(sentences))])
 
