@@ -20,7 +20,7 @@ def _runs(data) -> list[dict]:
 
 def _estimates(data):
     """Each trial's latest estimate with its condition, run and onset."""
-    return data.latest_estimates().merge(data.events[["trial", "condition", "run", "measured_onset"]], on="trial")
+    return data.latest_estimates().merge(data.events[["trial", "condition", "measured_onset"]], on="trial")
 
 
 def summarize(session_file: str | Path, data=None) -> dict:
@@ -56,12 +56,40 @@ def summarize(session_file: str | Path, data=None) -> dict:
     evaluation = [r["trials"] for r in runs if r["kind"] == "evaluation"]
     if evaluation:
         ev = est[est.trial.isin([t for trials in evaluation for t in trials])]
-        groups = {c: ev.loc[ev.condition == c, target].to_numpy() for c in ("D", "B", "S")}
-        for a, b in (("D", "B"), ("B", "S"), ("D", "S")):
-            if len(groups[a]) > 1 and len(groups[b]) > 1:
-                t, p = stats.ttest_ind(groups[a], groups[b], equal_var=False)
-                out["evaluation"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {
-                    "difference": float(groups[a].mean() - groups[b].mean()), "t": float(t), "p": float(p)}  # fmt: skip
+        out["evaluation"] = evaluation_contrasts(ev, target)
+    return out
+
+
+def evaluation_contrasts(ev, target: str) -> dict:
+    """Drive/baseline/suppress contrasts by OLS on condition and run indicators.
+
+    Each run's offset (fMRI: its own baseline) is removed, so trials are compared within
+    runs; with one run this is Student's t-test. Without a full-rank design (a condition
+    only in a run of its own), runs are pooled.
+    """
+    conds = [c for c in ("D", "B", "S") if (ev.condition == c).sum() > 1]
+    ev = ev[ev.condition.isin(conds)]
+    if len(conds) < 2:
+        return {}
+    y = ev[target].to_numpy(np.float64)
+    X = np.column_stack([(ev.condition == c).to_numpy(np.float64) for c in conds])
+    with_runs = np.column_stack([X] + [(ev.run == r).to_numpy(np.float64) for r in sorted(ev.run.unique())[1:]])
+    if np.linalg.matrix_rank(with_runs) == with_runs.shape[1]:
+        X = with_runs
+    dof = len(y) - X.shape[1]
+    if dof < 1:
+        return {}
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    cov = float(((y - X @ beta) ** 2).sum() / dof) * np.linalg.inv(X.T @ X)
+    out = {}
+    for a, b in (("D", "B"), ("B", "S"), ("D", "S")):
+        if a in conds and b in conds:
+            c = np.zeros(X.shape[1])
+            c[conds.index(a)], c[conds.index(b)] = 1.0, -1.0
+            diff = float(c @ beta)
+            t = diff / float(np.sqrt(c @ cov @ c))
+            out[f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {
+                "difference": diff, "t": t, "p": float(2 * stats.t.sf(abs(t), dof))}  # fmt: skip
     return out
 
 
@@ -141,7 +169,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6e
 <h1>{html.escape(summary["protocol"])}</h1>
 <p>Session <code>{html.escape(str(session_file))}</code>: {summary["trials"]} trials in {len(summary["runs"])} runs;
 target <b>{html.escape(target)}</b>.</p>
-<h2>Evaluation (Welch t-tests on measured responses)</h2>
+<h2>Evaluation (measured responses, compared within runs: OLS with a fixed effect per run)</h2>
 <table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""

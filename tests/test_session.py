@@ -241,3 +241,31 @@ def test_live_view_on_a_terminal(uninterrupted, tmp_path):
     assert any(line.lstrip().startswith("run 6 volumes:") for line in bars)
     assert any(" lang " in line and " s left" in line for line in bars)
     assert f"session file: {tmp_path / 'tty.h5'}" in text
+
+
+def test_evaluation_contrasts_compare_within_runs():
+    """Two evaluation runs with offsets of +1 and -1 and opposite condition mixes: the report's contrasts
+    recover the condition effects, where pooled means would mistake the offsets for them."""
+    import pandas as pd
+
+    from control_loop.report import evaluation_contrasts
+
+    rng = np.random.default_rng(0)
+    effect = {"D": 0.3, "B": 0.0, "S": -0.3}
+    rows = [
+        {"run": run, "condition": cond, "lang": offset + effect[cond] + 0.1 * rng.standard_normal()}
+        for run, offset, mix in ((1, 1.0, {"D": 30, "B": 15, "S": 5}), (2, -1.0, {"D": 5, "B": 15, "S": 30}))
+        for cond, k in mix.items()
+        for _ in range(k)
+    ]
+    ev = pd.DataFrame(rows)
+    out = evaluation_contrasts(ev, "lang")
+    pooled = ev[ev.condition == "D"].lang.mean() - ev[ev.condition == "S"].lang.mean()
+    assert pooled > 1.5  # the runs' offsets, had the runs been pooled
+    for name, truth in (("drive - baseline", 0.3), ("baseline - suppress", 0.3), ("drive - suppress", 0.6)):
+        se = out[name]["difference"] / out[name]["t"]
+        assert abs(out[name]["difference"] - truth) < 4 * se and se < 0.05, (name, out[name])
+        assert out[name]["p"] < 1e-6
+    one_run = evaluation_contrasts(ev[ev.run == 1], "lang")  # a single run: Student's t on its trials
+    assert one_run["drive - suppress"]["difference"] == pytest.approx(0.6, abs=4 * 0.1 * np.sqrt(1 / 30 + 1 / 5))
+    assert evaluation_contrasts(ev[ev.condition == "D"], "lang") == {}  # nothing to compare
