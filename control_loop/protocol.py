@@ -103,7 +103,8 @@ class Stopping(_Strict):
         None,
         gt=0,
         description="Stop closed-loop rounds once the last round's measured drive - suppress (a one-sided "
-        "round: against the baseline trials' mean), in baseline SDs, reaches it.",
+        "round: against its own baseline trials, or without any, the baseline runs' mean), in baseline SDs, "
+        "reaches it.",
     )
 
 

@@ -415,13 +415,14 @@ class SessionRunner:
         }
         self.session.log("run-complete", json.dumps(record))
         self.session.flush()
-        self._status(plan, shown, beta)
-        self._track(plan.kind, [t.condition for t in shown], beta)
+        effect = self._track(plan.kind, [t.condition for t in shown], beta)
+        self._status(plan, shown, beta, effect)
         self.shown |= {t.stimulus_id for t in plan.trials}
         self.next_trial = max(t.trial for t in plan.trials) + 1
 
-    def _status(self, plan: RunPlan, shown: list[Trial], beta: np.ndarray) -> None:
-        """One line per run: the run's condition means, the twin's accuracy on it, scanner time left."""
+    def _status(self, plan: RunPlan, shown: list[Trial], beta: np.ndarray, effect: float | None) -> None:
+        """One line per run: the run's condition means, the twin's accuracy on it, a closed-loop round's
+        effect, scanner time left."""
         y = beta[:, self.target]
         means = ", ".join(f"{c} {y[[t.condition == c for t in shown]].mean():+.2f}"
                           for c in dict.fromkeys(t.condition for t in shown))  # fmt: skip
@@ -429,11 +430,14 @@ class SessionRunner:
         if plan.predicted and len(shown) > 2:
             p = np.array([plan.predicted[t.trial] for t in shown])
             line += f"; twin r on this run {np.corrcoef(p, y)[0, 1]:+.2f}"
+        if effect is not None:
+            line += f"; drive - suppress {effect:+.2f} baseline SDs"
         left = sum(self.protocol.run_seconds(n) for _, _, n in self.protocol.runs()[plan.index + 1 :]) / 60
         self.progress(line + f"; {left:.1f} scanner min left")
 
-    def _track(self, kind: str, conditions: list[str], beta: np.ndarray) -> None:
-        """Keep what the stopping rules need: baseline responses, the last closed-loop effect."""
+    def _track(self, kind: str, conditions: list[str], beta: np.ndarray) -> float | None:
+        """Keep what the stopping rules need: baseline responses, the last closed-loop effect (returned
+        for a closed-loop run)."""
         y, cond = np.asarray(beta)[:, self.target], np.array(conditions)
         if kind == "baseline":
             self._baseline_y.extend(y.tolist())
@@ -444,6 +448,8 @@ class SessionRunner:
             high = y[cond == "D"].mean() if (cond == "D").any() else base
             low = y[cond == "S"].mean() if (cond == "S").any() else base
             self._effect = float((high - low) / np.std(self._baseline_y, ddof=1))
+            return self._effect
+        return None
 
     def _stop_reason(self, phase: str) -> str | None:
         """Why the run should not happen (a stopping rule met), logged once; None to run it."""

@@ -164,25 +164,33 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]
 
 
-def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path):
-    """Rounds spent on suppression only; their measured effect (against the baseline mean) ends the rounds."""
+@pytest.mark.parametrize("conditions", [["suppress"], ["suppress", "baseline"]], ids=["suppress", "with-baseline"])
+def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, conditions):
+    """Rounds spent on suppression (alone, or beside random sentences): each round's measured effect is
+    shown, against the round's own baseline trials (the same run's offset) if it has any, else against the
+    baseline runs'; once it reaches target_effect the rounds end."""
     work, _, _ = uninterrupted
     protocol = tmp_path / "suppress.toml"
-    text = TINY.read_text().replace("rounds = 2\n", 'rounds = 2\nconditions = ["suppress"]\n')
+    text = TINY.read_text().replace("rounds = 2\n", f"rounds = 2\nconditions = {json.dumps(conditions)}\n")
     protocol.write_text(text + "\n[stopping]\ntarget_effect = 0.2\n")
     out = tmp_path / "suppress.h5"
     proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "stopping rule: target_effect 0.2 reached" in proc.stdout, proc.stdout[-2000:]
     data, est = _trial_table(out)
-    rounds = est[est.condition.isin(["D", "S"]) & (est.run == 3)]
-    assert len(rounds) == 20 and set(rounds.condition) == {"S"}  # one round, suppress candidates only
-    base = est[est.run <= 2].lang
-    effect = (base.mean() - rounds.lang.mean()) / base.std(ddof=1)
-    assert effect >= 0.2, effect
-    assert len(data.events) == 40 + 20 + 30  # the second round skipped; the evaluation still runs
-    assert set(est[est.run > 3].condition) == {"D", "S", "B"}
+    round_ = est[est.run == 3]
+    expected = {"S": 20} if conditions == ["suppress"] else {"S": 10, "B": 10}
+    assert round_.condition.value_counts().to_dict() == expected  # no drive candidates
+    base_runs = est[est.run <= 2].lang
+    base = round_[round_.condition == "B"].lang.mean() if "B" in expected else base_runs.mean()
+    effect = (base - round_[round_.condition == "S"].lang.mean()) / base_runs.std(ddof=1)
+    assert f"drive - suppress {effect:+.2f} baseline SDs" in proc.stdout, (effect, proc.stdout[-2000:])
+    reached = "stopping rule: target_effect 0.2 reached" in proc.stdout
+    assert reached == (effect >= 0.2), (effect, proc.stdout[-2000:])
+    if conditions == ["suppress"]:
+        assert reached  # the subject's shortest sentences lie well below its baseline mean
+    assert len(data.events) == 40 + 20 * (1 if reached else 2) + 30  # the evaluation runs either way
+    assert set(est[est.run == est.run.max()].condition) == {"D", "S", "B"}
 
 
 def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
