@@ -5,11 +5,15 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from acquisition import read_session
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
@@ -60,8 +64,9 @@ def summarize(session_file: str | Path, data=None) -> dict:
     return out
 
 
-def evaluation_contrasts(ev, target: str) -> dict:
-    """Drive/baseline/suppress contrasts by OLS on condition and run indicators.
+def evaluation_contrasts(ev: pd.DataFrame, target: str) -> dict:
+    """Drive/baseline/suppress contrasts of trials (columns condition, run, target) by OLS on
+    condition and run indicators.
 
     Each run's offset (fMRI: its own baseline) is removed, so trials are compared within
     runs; with one run this is Student's t-test. Without a full-rank design (a condition
