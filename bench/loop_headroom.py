@@ -68,8 +68,9 @@ def main(n_seeds: int, cache: Path | None) -> None:
     def part(index: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[index] for k, v in blocks.items()}
 
-    def fit(index: np.ndarray, y: np.ndarray, runs: np.ndarray | None = None) -> Twin:
-        runs = np.arange(len(index)) // RUN if runs is None else runs
+    def fit(index: np.ndarray, y: np.ndarray) -> Twin:
+        """The twin on trials measured in consecutive runs of RUN, fit within runs."""
+        runs = np.arange(len(index)) // RUN
         return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id, runs=runs)
 
     def best(twin: Twin, free: np.ndarray, kind: str, k: int, acquisition: str = "mean") -> np.ndarray:
