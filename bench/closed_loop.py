@@ -6,7 +6,9 @@ sentences where the closed loop runs its rounds) with `neurotwin simulate` again
 the default simulated subject, then scores each final evaluation block by the
 subject's true (noise-free) responses: drive - suppress separation in units of the
 evaluation baseline sentences' true SD, and Welch t-tests of drive > baseline >
-suppress. Target: closed-loop separation at least 1.25 x the open loop's.
+suppress. Target: closed-loop separation at least 1.25 x the open loop's. Also printed:
+the closed - open difference paired by seed (a seed's two sessions measure the same
+baseline runs), with its SE.
 With ``image``, protocols/closed_loop_image.toml against open_loop_image.toml (same
 recording time) on the simulated electrophysiology rig, scored by the target site's
 true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural images' SD.
@@ -101,8 +103,12 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> 
         sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in results[name])
         print(f"{name}-loop separation: mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
               f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
-    ratio = np.mean([r["sep"] for r in results["closed"]]) / np.mean([r["sep"] for r in results["open"]])
+    closed, open_ = (np.array([r["sep"] for r in results[name]]) for name in ("closed", "open"))
+    ratio = closed.mean() / open_.mean()
     print(f"closed / open separation: {ratio:.2f} (target at least {target}: {'PASS' if ratio >= target else 'FAIL'})")
+    if n_seeds > 1:  # a seed's two sessions share the protocol seed (the same first runs): compare them paired
+        d = closed - open_
+        print(f"closed - open separation, paired by seed: {d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(n_seeds):.2f} SE")
 
 
 if __name__ == "__main__":
