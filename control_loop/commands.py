@@ -146,9 +146,9 @@ def check_cmd(protocol_file: Path) -> None:
                f"{'scanner' if protocol.modality == 'text' else 'recording'} time")  # fmt: skip
     for phase in protocol.phases:
         rounds = f" x {phase.rounds} rounds" if phase.kind == "closed_loop" else ""
+        shown = ", ".join(phase.conditions_for(protocol.target.goal))
         conds = {"localizer": "sentences / nonword lists", "baseline": "baseline (random from the source)",
-                 "closed_loop": ", ".join(phase.conditions_for(protocol.target.goal)) + f" ({phase.acquisition})",
-                 "evaluation": ", ".join(phase.conditions_for(protocol.target.goal))}[phase.kind]  # fmt: skip
+                 "closed_loop": f"{shown} ({phase.acquisition})", "evaluation": shown}[phase.kind]  # fmt: skip
         click.echo(f"  phase {phase.name!r}: {phase.kind}, {phase.trials} trials{rounds}: {conds}")
     s = protocol.stimuli
     if protocol.modality == "text":

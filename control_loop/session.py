@@ -216,7 +216,7 @@ class SessionRunner:
             self._ensure_twin()
             if self.twin is None:
                 raise SessionError(f"phase '{phase_name}' needs a twin, but no baseline was measured before it")
-            conditions = self._conditions(phase)
+            conditions = phase.conditions_for(self.protocol.target.goal)
             counts = {c: n // len(conditions) + (i < n % len(conditions)) for i, c in enumerate(conditions)}
             chosen = []
             for cond, k in counts.items():
@@ -241,9 +241,6 @@ class SessionRunner:
             pred = self.twin.predict([t.stimulus for t in plan.trials])[0][:, self.target]
             plan.predicted = {t.trial: float(v) for t, v in zip(plan.trials, pred, strict=True)}
         return plan
-
-    def _conditions(self, phase: Any) -> list[str]:
-        return phase.conditions_for(self.protocol.target.goal)
 
     def _random_unshown(self, n: int, rng: np.random.Generator, exclude: set | None = None) -> list[int]:
         free = np.array([i for i in range(len(self.candidates.items)) if i not in self.shown | (exclude or set())])
