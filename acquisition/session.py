@@ -390,18 +390,29 @@ class _WriterLock:
 
     HDF5 releases its own file lock in SWMR mode, so this is what tells a live
     writer from a dead one; the kernel drops it when the writer dies, even by SIGKILL.
+    A clean release removes the lock file; a dead writer's is reused.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "unknown"
-            self._fh.close()
-            raise SessionError(f"session file '{path}' is open for writing by another process (pid {holder})") from None
+        while True:
+            self._fh = open(self.path, "a+")
+            try:
+                fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._fh.seek(0)
+                holder = self._fh.read().strip() or "unknown"
+                self._fh.close()
+                raise SessionError(
+                    f"session file '{path}' is open for writing by another process (pid {holder})"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            self._fh.close()  # locked a file that its releasing writer had just removed: lock the new one
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
@@ -409,5 +420,6 @@ class _WriterLock:
 
     def release(self) -> None:
         if not self._fh.closed:
+            self.path.unlink(missing_ok=True)  # while still locked, so no one else holds the removed file
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()

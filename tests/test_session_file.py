@@ -144,6 +144,12 @@ def test_resume_refuses_a_file_a_live_writer_holds(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    lock = path.with_name(path.name + ".lock")
+    assert lock.exists()  # the killed writer's lock file stays, but the kernel released its lock
+    session = SessionFile.resume(path)
+    assert lock.read_text() == str(os.getpid())
+    session.close()
+    assert not lock.exists()  # a clean close leaves only the session file
 
 
 def test_reader_sees_new_samples_while_the_writer_runs(tmp_path):
