@@ -1,36 +1,46 @@
-"""Acquisition: per-stimulus response estimation and the append-only HDF5 session file."""
+"""Acquisition: per-stimulus response estimation and the append-only HDF5 session file.
 
-from .ephys import RepeatAverage, average_repeats, window_rates
-from .glm import (
-    Estimates,
-    TrialEstimator,
-    condition_betas,
-    drift_regressors,
-    event_regressors,
-    hrf,
-    hrf_integral,
-    lss_betas,
+Names load on first use (lazy_loader), so the command line starts without scipy and pandas.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "ephys": ["RepeatAverage", "average_repeats", "window_rates"],
+        "glm": [
+            "Estimates",
+            "TrialEstimator",
+            "condition_betas",
+            "drift_regressors",
+            "event_regressors",
+            "hrf",
+            "hrf_integral",
+            "lss_betas",
+        ],
+        "reader": ["SessionData", "read_session"],
+        "recovery": ["clear_status_flags"],
+        "session": ["SessionError", "SessionFile", "recover"],
+    },
 )
-from .reader import SessionData, read_session
-from .recovery import clear_status_flags
-from .session import SessionError, SessionFile, recover
 
-__all__ = [
-    "Estimates",
-    "RepeatAverage",
-    "SessionData",
-    "SessionError",
-    "SessionFile",
-    "TrialEstimator",
-    "average_repeats",
-    "clear_status_flags",
-    "condition_betas",
-    "drift_regressors",
-    "event_regressors",
-    "hrf",
-    "hrf_integral",
-    "lss_betas",
-    "read_session",
-    "recover",
-    "window_rates",
-]
+if TYPE_CHECKING:
+    from .ephys import RepeatAverage, average_repeats, window_rates
+    from .glm import (
+        Estimates,
+        TrialEstimator,
+        condition_betas,
+        drift_regressors,
+        event_regressors,
+        hrf,
+        hrf_integral,
+        lss_betas,
+    )
+    from .reader import SessionData, read_session
+    from .recovery import clear_status_flags
+    from .session import SessionError, SessionFile, recover

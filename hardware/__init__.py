@@ -1,28 +1,28 @@
-"""Hardware bridge: the ZeroMQ wire protocol, rig and presenter peers, simulated rigs, the presenter."""
+"""Hardware bridge: the ZeroMQ wire protocol, rig and presenter peers, simulated rigs, the presenter.
 
-from .peer import ClockSync, CurveKeys, Outage, PeerClient, PeerServer
-from .presenter import NullDisplay, Presenter, PsychoPyDisplay
-from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
-from .rigs import SimulatedEphysRig, SimulatedFMRIRig, gabor_tuning, sim_clock
-from .subject import LanguageSubject, load_subject
+Names load on first use (lazy_loader), so the command line starts without zmq, torch or PsychoPy.
+"""
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "ClockSync",
-    "CurveKeys",
-    "LanguageSubject",
-    "NullDisplay",
-    "Outage",
-    "PeerClient",
-    "PeerServer",
-    "Presenter",
-    "ProtocolError",
-    "PsychoPyDisplay",
-    "SimulatedEphysRig",
-    "SimulatedFMRIRig",
-    "decode",
-    "encode",
-    "gabor_tuning",
-    "load_subject",
-    "sim_clock",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "peer": ["ClockSync", "CurveKeys", "Outage", "PeerClient", "PeerServer"],
+        "presenter": ["NullDisplay", "Presenter", "PsychoPyDisplay"],
+        "protocol": ["PROTOCOL_VERSION", "ProtocolError", "decode", "encode"],
+        "rigs": ["SimulatedEphysRig", "SimulatedFMRIRig", "gabor_tuning", "sim_clock"],
+        "subject": ["LanguageSubject", "load_subject"],
+    },
+)
+
+if TYPE_CHECKING:
+    from .peer import ClockSync, CurveKeys, Outage, PeerClient, PeerServer
+    from .presenter import NullDisplay, Presenter, PsychoPyDisplay
+    from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
+    from .rigs import SimulatedEphysRig, SimulatedFMRIRig, gabor_tuning, sim_clock
+    from .subject import LanguageSubject, load_subject

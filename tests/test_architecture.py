@@ -1,6 +1,8 @@
 """The layout's rule: dependencies point one way, and nothing imports control_loop."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +36,14 @@ def test_dependencies_point_one_way():
         for path in folder.rglob("*.py"):
             used = _imports(path) & set(PACKAGES) - {package}
             assert used <= ALLOWED[package], f"{path.relative_to(ROOT)} imports {sorted(used - ALLOWED[package])}"
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`neurotwin --help` and argument errors must not wait for torch, scipy or pandas."""
+    code = (
+        "import sys; from click.testing import CliRunner; from control_loop.cli import cli; "
+        "result = CliRunner().invoke(cli, ['--help']); assert result.exit_code == 0, result.output; "
+        "print(' '.join(sorted({'torch', 'scipy', 'pandas', 'transformers', 'zmq'} & set(sys.modules))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"importing the command line loads {out.stdout.strip()}"
