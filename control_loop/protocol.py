@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stimulus_synthesis.constraints import Constraints
+
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 
 
@@ -94,6 +96,10 @@ class Stimuli(_Strict):
         if self.min_words > self.max_words:
             raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
         return self
+
+    def constraints(self) -> Constraints:
+        """What every sentence shown in the session satisfies (random baseline sentences too)."""
+        return Constraints(self.min_words, self.max_words, None, list(self.blocklist), None, None, self.max_similarity)
 
 
 class Stopping(_Strict):

@@ -81,7 +81,8 @@ class Candidates:
                 pool = list(dict.fromkeys([*wordnet_sentences("examples"), *lee_sentences()]))
             else:
                 pool = load_pool(s.source).sentences
-            pool = [p for p in pool if s.min_words <= len(p.split()) <= s.max_words]
+            constraints = s.constraints()
+            pool = [p for p in pool if constraints.ok(p)]
             pool = sorted(pool)
             rng.shuffle(pool)
             self.items: list[Any] = pool[: s.candidates]
@@ -250,7 +251,7 @@ class SessionRunner:
 
     def _best(self, cond: str, k: int, acquisition: str, beta: float, chosen: list, rng: np.random.Generator
               ) -> list[Any]:  # fmt: skip
-        from stimulus_synthesis import Constraints, Goal, select
+        from stimulus_synthesis import Goal, select
 
         goal = Goal(cond, self.target, acquisition=acquisition, beta=beta, hold=self.protocol.target.hold)
         taken = self.shown | {i for _, i in chosen if isinstance(i, int | np.integer)}
@@ -258,11 +259,9 @@ class SessionRunner:
             return self._synthesize(goal, k, rng)
         free = np.array([i for i in range(len(self.candidates.items)) if i not in taken])
         mean, sd = self.candidates.embedded.predict(self.twin, with_sd=acquisition != "mean")
-        s = self.protocol.stimuli
-        constraints = Constraints(s.min_words, s.max_words, None, list(s.blocklist), None, None, s.max_similarity)
         shown = [self.candidates.items[i] for i in taken if isinstance(i, int | np.integer)]
-        sel = select([self.candidates.items[i] for i in free], mean[free], k, goal,
-                     sd=None if sd is None else sd[free], constraints=constraints, shown=shown, rng=rng)  # fmt: skip
+        sel = select([self.candidates.items[i] for i in free], mean[free], k, goal, sd=None if sd is None else sd[free],
+                     constraints=self.protocol.stimuli.constraints(), shown=shown, rng=rng)  # fmt: skip
         return [int(free[i]) for i in sel.index]
 
     def _synthesize(self, goal: Any, k: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -151,9 +151,11 @@ def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
 
 
 def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
+    """max_trials ends the session; and a blocklisted word is in no shown sentence, random baseline ones too."""
     work, _, _ = uninterrupted
     protocol = tmp_path / "short.toml"
-    protocol.write_text(TINY.read_text() + "\n[stopping]\nmax_trials = 40\n")
+    text = TINY.read_text().replace("max_words = 25\n", 'max_words = 25\nblocklist = ["the"]\n')
+    protocol.write_text(text + "\n[stopping]\nmax_trials = 40\n")
     out = tmp_path / "short.h5"
     proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -162,6 +164,8 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     data = read_session(out)
     assert len(data.events) == 40
     assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]
+    shown = data.stimuli.set_index("stimulus_id").loc[data.events.stimulus_id, "text"]
+    assert not shown.str.contains(r"\bthe\b", case=False).any(), shown[shown.str.contains(r"\bthe\b", case=False)]
 
 
 @pytest.mark.parametrize("conditions", [["suppress"], ["suppress", "baseline"]], ids=["suppress", "with-baseline"])
