@@ -7,13 +7,18 @@ pooled), word frequency and length through a saturating nonlinearity, fit to the
 Pereira 2018 language-network responses (weights in ``subjects/language.npz``;
 refit with ``python -m hardware.subjects.refit``) and calibrated to the
 single-participant figures of Tuckute et al. 2024: signal SD 0.188 and noise SD
-0.623 per trial (SNR 0.30).
+0.623 per trial (SNR 0.30). Strings that are mostly not words (the localizer's
+nonword lists) get the language network's much weaker response to them, so
+sentences > nonwords, its defining contrast (Fedorenko et al. 2010).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,20 @@ PARAMS = Path(__file__).with_name("subjects") / "language.npz"
 SIGNAL_SD = 0.188
 NOISE_SD = 0.623
 BASELINE = 1.0  # response to a sentence relative to fixation
+NONWORD_LEVEL = 0.4  # response to a list of nonwords: far below sentences, above fixation (Fedorenko et al. 2010)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+def lexicality(sentences: Sequence[str], min_zipf: float = 1.5) -> np.ndarray:
+    """Fraction of each string's words that are English words (wordfreq Zipf >= ``min_zipf``);
+    capitalized words after the first are names and not counted."""
+    from wordfreq import zipf_frequency
+
+    out = []
+    for s in sentences:
+        words = [w.lower() for i, w in enumerate(_WORD.findall(s)) if i == 0 or not w[0].isupper()]
+        out.append(np.mean([zipf_frequency(w, "en") >= min_zipf for w in words]) if words else 1.0)
+    return np.array(out)
 
 
 def subject_features(sentences: Sequence[str]) -> np.ndarray:
@@ -52,7 +71,9 @@ class LanguageSubject:
         X = subject_features(stimuli)
         z = (X @ self.coef + self.intercept - self.z_mean) / self.z_sd
         g = (np.tanh(self.gain * z) - self.g_mean) / self.g_sd  # saturating, unit SD on Pereira
-        lang = BASELINE + SIGNAL_SD * g
+        # Sentences are >= 0.92 words (a few rare or technical ones down to 0.6), nonword lists 0.5 on average.
+        understood = np.clip((lexicality(stimuli) - 0.4) / 0.4, 0.0, 1.0)
+        lang = NONWORD_LEVEL + understood * (BASELINE + SIGNAL_SD * g - NONWORD_LEVEL)
         md = 0.6 + SIGNAL_SD * ((X[:, -3:] @ self.md_coef - self.md_mean) / self.md_sd)
         return np.column_stack([lang, md])
 
@@ -60,12 +81,14 @@ class LanguageSubject:
 def load_subject(spec: str | None) -> Any:
     """A subject from ``module:attr``: a callable, or a class or factory (no required arguments) making one.
 
-    Default: LanguageSubject."""
+    The module may also be a file in the working folder. Default: LanguageSubject."""
     if not spec:
         return LanguageSubject()
     module, _, attr = spec.partition(":")
     if not attr:
         raise ValueError(f"subject must be given as module:attr, got {spec!r}")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a console script does not search the working folder
+        sys.path.append(os.getcwd())
     obj = getattr(importlib.import_module(module), attr)
     factory = isinstance(obj, type) or (
         callable(obj) and not hasattr(obj, "rois")

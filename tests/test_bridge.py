@@ -307,3 +307,27 @@ def test_unloadable_subject_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--subject", "nope:thing",
                            "--duration", "1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "cannot load 'nope:thing'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_language_subject_prefers_sentences_to_nonword_lists():
+    """The default subject on the real localizer materials (Fedorenko 2010): the language network responds
+    far more to sentences than to nonword lists, and the multiple-demand control region the other way round;
+    a sentence of ordinary words gets its response unchanged, whatever its names."""
+    import pandas as pd
+
+    from hardware.subject import BASELINE, NONWORD_LEVEL, LanguageSubject, lexicality
+
+    from .conftest import SHARED
+
+    files = sorted((SHARED / "fedorenko2010_localizer").glob("*.csv"))
+    if not files:
+        pytest.skip(f"localizer stimuli not found at {SHARED}")
+    rows = pd.concat([pd.read_csv(f) for f in files])
+    text = list(rows.filter(like="stim").iloc[:, 1:13].astype(str).agg(" ".join, axis=1).str.capitalize())
+    kind = rows.iloc[:, 13].astype(str).str.strip().to_numpy()
+    response = LanguageSubject()(text)
+    lang_s, lang_n = response[kind == "S", 0], response[kind == "N", 0]
+    assert lang_s.mean() - lang_n.mean() > 2 * LanguageSubject.signal_sd
+    assert lang_n.min() >= NONWORD_LEVEL and lang_n.mean() < (NONWORD_LEVEL + BASELINE) / 2 < lang_s.mean()
+    assert response[kind == "N", 1].mean() > response[kind == "S", 1].mean()
+    assert lexicality(["Yesterday Anna met Mr Quibbleworth at the market in Vrzonovice."]).tolist() == [1.0]
