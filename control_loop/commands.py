@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -39,17 +41,25 @@ def _run_or_pause(runner, out: Path) -> None:
         sys.exit(130)
 
 
-def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
+@contextlib.contextmanager
+def _simulated_runner(protocol: Protocol, out: Path, peers: dict, progress: Callable[[str], None]) -> Iterator:
+    """A session runner for PROTOCOL against a simulated rig and presenter (stopped on exit)."""
     from hardware.rigs import sim_clock
 
-    from .report import write_report
     from .session import SessionRunner
     from .simulate import simulated_peers, subject_rois
 
+    rois = subject_rois(protocol, peers)  # a subject that does not load fails before anything starts
     features = _features(protocol)
     with simulated_peers(protocol, peers, out.with_name(out.stem + "-logs")) as (rig, presenter):
-        runner = SessionRunner(protocol, out, rig, presenter, clock=sim_clock(peers["speed"]), features=features,
-                               rois=subject_rois(protocol, peers), progress=click.echo, peers=peers)  # fmt: skip
+        yield SessionRunner(protocol, out, rig, presenter, clock=sim_clock(peers["speed"]), features=features,
+                            rois=rois, progress=progress, peers=peers)  # fmt: skip
+
+
+def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
+    from .report import write_report
+
+    with _simulated_runner(protocol, out, peers, click.echo) as runner:
         _run_or_pause(runner, out)
     click.echo(f"session file: {out}")
     if report:
@@ -127,8 +137,29 @@ def protocol_group() -> None:
 
 @protocol_group.command("check")
 @click.argument("protocol_file", type=click.Path(path_type=Path))
-def check_cmd(protocol_file: Path) -> None:
-    """Validate PROTOCOL and print what it will do: duration, stimuli per condition, safety limits."""
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Also run it end to end in simulation and report what it showed and "
+    "measured: stimuli per condition, the evaluation's effects with their uncertainty, constraints.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Dry runs (simulated participants), seeds from the protocol's; 2 or more give the effects' spread.",
+)
+@click.option("--speed", type=float, default=None, help="Simulated speed of the dry runs (default: the protocol's).")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder to keep the dry runs' session files in (default: a temporary folder, removed).",
+)
+def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | None, keep: Path | None) -> None:
+    """Validate PROTOCOL and print what it will do: duration, stimuli per condition, constraints, safety limits;
+    with --dry-run, also what it does to the simulated subject."""  # fmt: skip
     from .simulate import simulation_peers, subject_rois
 
     protocol = load_protocol(protocol_file)
@@ -165,6 +196,40 @@ def check_cmd(protocol_file: Path) -> None:
     click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
                f"target effect {st.target_effect or '-'}")  # fmt: skip
     click.echo("  valid")
+    if dry_run:
+        _dry_runs(protocol, protocol_file, seeds, speed, keep)
+
+
+def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float | None, keep: Path | None) -> None:
+    """Run the protocol `seeds` times in simulation and print what each run showed and measured."""
+    import tempfile
+
+    from .dryrun import describe, describe_spread, dry_run_summary
+    from .simulate import simulation_peers
+
+    with tempfile.TemporaryDirectory(prefix="neurotwin-dry-run-") as tmp:
+        folder = keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        summaries = []
+        for k in range(seeds):
+            p = protocol.model_copy(update={"seed": protocol.seed + k})
+            out = folder / f"{protocol_file.stem}-dry-run-seed{p.seed}.h5"
+            if out.exists():
+                raise ProtocolError(f"dry run: '{out}' already exists; choose another --keep folder")
+            start = time.perf_counter()
+            with _simulated_runner(p, out, simulation_peers(p, speed=speed), lambda _msg: None) as runner:
+                runner.run()
+            summary = dry_run_summary(out, p)
+            summaries.append(summary)
+            click.echo(f"  dry run {k + 1}/{seeds} (seed {p.seed}): {summary['trials']} trials in "
+                       f"{time.perf_counter() - start:.0f} s" + (f", session file {out}" if keep else ""))  # fmt: skip
+            for line in describe(summary, p):
+                click.echo(f"    {line}")
+        for line in describe_spread(summaries):
+            click.echo(f"  {line}")
+        failing = sum(len(s["stimuli"]["failing"]) for s in summaries)
+        if failing:
+            raise ProtocolError(f"dry run: {failing} shown stimuli broke the protocol's constraints or safety limits")
 
 
 @click.command("report")

@@ -61,18 +61,24 @@ def summarize(session_file: str | Path, data=None) -> dict:
     if evaluation:
         ev = est[est.trial.isin([t for trials in evaluation for t in trials])]
         out["evaluation"] = evaluation_contrasts(ev, target)
+    localizer = [t for r in runs if r["kind"] == "localizer" for t in r["trials"]]
+    if localizer:
+        out["localizer"] = evaluation_contrasts(est[est.trial.isin(localizer)], target, (("SENT", "NONW"),))
     return out
 
 
-def evaluation_contrasts(ev: pd.DataFrame, target: str) -> dict:
-    """Drive/baseline/suppress contrasts of trials (columns condition, run, target) by OLS on
-    condition and run indicators.
+EVALUATION_PAIRS = (("D", "B"), ("B", "S"), ("D", "S"))
+
+
+def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAIRS) -> dict:
+    """Contrasts of trials (columns condition, run, target) between condition ``pairs`` (default:
+    drive/baseline/suppress) by OLS on condition and run indicators.
 
     Each run's offset (fMRI: its own baseline) is removed, so trials are compared within
     runs; with one run this is Student's t-test. Without a full-rank design (a condition
     only in a run of its own), runs are pooled.
     """
-    conds = [c for c in ("D", "B", "S") if (ev.condition == c).sum() > 1]
+    conds = [c for c in dict.fromkeys(c for pair in pairs for c in pair) if (ev.condition == c).sum() > 1]
     ev = ev[ev.condition.isin(conds)]
     if len(conds) < 2:
         return {}
@@ -87,7 +93,7 @@ def evaluation_contrasts(ev: pd.DataFrame, target: str) -> dict:
     beta, *_ = np.linalg.lstsq(X, y, rcond=None)
     cov = float(((y - X @ beta) ** 2).sum() / dof) * np.linalg.inv(X.T @ X)
     out = {}
-    for a, b in (("D", "B"), ("B", "S"), ("D", "S")):
+    for a, b in pairs:
         if a in conds and b in conds:
             c = np.zeros(X.shape[1])
             c[conds.index(a)], c[conds.index(b)] = 1.0, -1.0

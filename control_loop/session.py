@@ -218,7 +218,12 @@ class SessionRunner:
             if self.twin is None:
                 raise SessionError(f"phase '{phase_name}' needs a twin, but no baseline was measured before it")
             conditions = phase.conditions_for(self.protocol.target.goal)
-            counts = {c: n // len(conditions) + (i < n % len(conditions)) for i, c in enumerate(conditions)}
+            # A run's leftover trials go to the conditions after the ones earlier runs of this round gave them to,
+            # so the phase stays balanced when runs do not divide by the conditions (20 + 10 trials: 7/7/6 + 3/3/4).
+            earlier = [m for p, r, m in self.protocol.runs()[:index] if p == phase_name and r == round_]
+            start = sum(m % len(conditions) for m in earlier)
+            counts = {c: n // len(conditions) + ((i - start) % len(conditions) < n % len(conditions))
+                      for i, c in enumerate(conditions)}  # fmt: skip
             chosen = []
             for cond, k in counts.items():
                 if cond == "baseline":
@@ -471,9 +476,10 @@ class SessionRunner:
         """Run (or resume) the whole protocol; returns the session file's path."""
         done = self._open()
         try:
-            self.candidates = Candidates(self.protocol, self.features)
-            if self.features is None:
-                self.features = self.candidates.features
+            if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
+                self.candidates = Candidates(self.protocol, self.features)
+                if self.features is None:
+                    self.features = self.candidates.features
             self._connect()
             complete = {r["index"] for r in done}
             runs = self.protocol.runs()

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .protocol import Protocol
+from .protocol import Protocol, ProtocolError
 
 DEFAULT_SUBJECTS = {"text": None, "image": "hardware.rigs:v4_tuning"}
 
@@ -93,7 +93,12 @@ def subject_rois(protocol: Protocol, peers: dict) -> list[str]:
         return [f"site{i}" for i in range(8)]
     from hardware.subject import load_subject
 
-    return list(getattr(load_subject(peers["subject"]), "rois", ["roi0"]))
+    try:
+        subject = load_subject(peers["subject"])
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ProtocolError(f"simulation.subject: cannot load {peers['subject']!r} ({exc}); give it as module:attr, "
+                            "importable from this folder") from None  # fmt: skip
+    return list(getattr(subject, "rois", ["roi0"]))
 
 
 def peers_of(session_file: Path) -> dict:

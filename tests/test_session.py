@@ -150,6 +150,37 @@ def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
     SessionFile.resume(out).close()  # the paused writer let go of the file
 
 
+def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uninterrupted, tmp_path):
+    """`protocol check --dry-run`: the protocol end to end in simulation, summarized from its session file."""
+    from control_loop.report import summarize
+
+    work, _, _ = uninterrupted
+    keep, tmp = tmp_path / "keep", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run(_cmd("protocol", "check", TINY, "--dry-run", "--keep", keep), cwd=ROOT,
+                          env={**_env(work / "cache"), "TMPDIR": str(tmp)}, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "  valid\n  dry run 1/1 (seed 3): 110 trials" in out
+    line = next(x for x in out.splitlines() if "stimuli shown: " in x).split("stimuli shown: ")[1]
+    shown = {}
+    for part in line.split("; "):
+        phase, counts = part.split(": ")
+        shown[phase] = {c.rsplit(" ", 1)[0]: int(c.rsplit(" ", 1)[1]) for c in counts.split(", ")}
+    # every condition of a phase gets its share, also when its runs do not divide (evaluation: 20 + 10 trials)
+    assert shown == {"baseline": {"baseline": 40}, "closed loop": {"drive": 20, "suppress": 20},
+                     "evaluation": {"drive": 10, "suppress": 10, "baseline": 10}}  # fmt: skip
+    session = keep / "tiny_language-dry-run-seed3.h5"
+    data = read_session(session)
+    assert data.events.condition.value_counts().to_dict() == {"B": 50, "D": 30, "S": 30}
+    for name, c in summarize(session)["evaluation"].items():  # the printed effects are the session's
+        assert f"{name} {c['difference']:+.3f} (SE {abs(c['difference'] / c['t']):.3f}, p {c['p']:.2g}" in out
+    assert "evaluation, as the twin predicted it: drive - baseline " in out
+    assert "constraints (3-25 words, blocklist none): 110 of 110 shown sentences pass" in out
+    assert list(tmp.iterdir()) == []  # its temporary folder is gone
+
+
 def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     """max_trials ends the session; and a blocklisted word is in no shown sentence, random baseline ones too."""
     work, _, _ = uninterrupted
