@@ -248,6 +248,15 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     means = est.groupby("condition").site0.mean()  # measured rates of the target site
     assert means["D"] > means["B"] > means["S"]
     assert (out.with_name(out.stem + "-report") / "report.html").exists()
+    # what `protocol check --dry-run` reads from such a file: every shown image re-checked against the limits
+    from control_loop.dryrun import describe, dry_run_summary
+    from control_loop.protocol import load_protocol
+
+    protocol = load_protocol(ROOT / "tests" / "protocols" / "tiny_image.toml")
+    summary = dry_run_summary(out, protocol)
+    assert summary["stimuli"] == {"shown": 60, "failing": {}} and summary["refused"] == 0
+    assert summary["per_phase"]["evaluation"] == {"D": 4, "S": 4, "B": 4}
+    assert "safety limits: 60 of 60 shown images pass; the presenter refused 0 trial(s)" in describe(summary, protocol)
 
 
 def test_live_view_on_a_terminal(uninterrupted, tmp_path):
