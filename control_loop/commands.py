@@ -159,7 +159,7 @@ def protocol_group() -> None:
 )
 def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | None, keep: Path | None) -> None:
     """Validate PROTOCOL and print what it will do: duration, stimuli per condition, constraints, safety limits;
-    with --dry-run, also what it does to the simulated subject."""  # fmt: skip
+    with --dry-run, also what it does to the simulated subject."""
     from .simulate import simulation_peers, subject_rois
 
     protocol = load_protocol(protocol_file)
@@ -216,13 +216,15 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
             out = folder / f"{protocol_file.stem}-dry-run-seed{p.seed}.h5"
             if out.exists():
                 raise ProtocolError(f"dry run: '{out}' already exists; choose another --keep folder")
+            peers = simulation_peers(p, speed=speed)
+            click.echo(f"  dry run {k + 1}/{seeds} (seed {p.seed}, simulated at {peers['speed']:g}x real time):")
             start = time.perf_counter()
-            with _simulated_runner(p, out, simulation_peers(p, speed=speed), lambda _msg: None) as runner:
+            with _simulated_runner(p, out, peers, lambda _msg: None) as runner:
                 runner.run()
             summary = dry_run_summary(out, p)
             summaries.append(summary)
-            click.echo(f"  dry run {k + 1}/{seeds} (seed {p.seed}): {summary['trials']} trials in "
-                       f"{time.perf_counter() - start:.0f} s" + (f", session file {out}" if keep else ""))  # fmt: skip
+            click.echo(f"    {summary['trials']} trials in {time.perf_counter() - start:.0f} s"
+                       + (f", session file {out}" if keep else ""))  # fmt: skip
             for line in describe(summary, p):
                 click.echo(f"    {line}")
         for line in describe_spread(summaries):

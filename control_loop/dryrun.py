@@ -12,9 +12,9 @@ import numpy as np
 from acquisition import read_session
 
 from .protocol import Protocol
-from .report import CONDITION_NAMES, summarize
+from .report import CONDITION_NAMES, EVALUATION_PAIRS, summarize
 
-CONTRASTS = ("drive - baseline", "baseline - suppress", "drive - suppress")
+CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
 
 def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
@@ -43,7 +43,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
         "baseline_sd": float(baseline_sd),
         "twin": {
             name: twin[a] - twin[b]
-            for name, (a, b) in zip(CONTRASTS, [("D", "B"), ("B", "S"), ("D", "S")], strict=True)
+            for name, (a, b) in zip(CONTRASTS, EVALUATION_PAIRS, strict=True)
             if a in twin and b in twin
         },
         "refused": int((data.log.kind == "refused").sum()),

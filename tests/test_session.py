@@ -162,7 +162,7 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "  valid\n  dry run 1/1 (seed 3): 110 trials" in out
+    assert "  valid\n  dry run 1/1 (seed 3, simulated at 100x real time):\n    110 trials in " in out
     line = next(x for x in out.splitlines() if "stimuli shown: " in x).split("stimuli shown: ")[1]
     shown = {}
     for part in line.split("; "):
