@@ -171,7 +171,8 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         plt.close(fig)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
-                   f"<td>{v['p']:.2g}</td></tr>" for k, v in summary["evaluation"].items())  # fmt: skip
+                   f"<td>{v['p']:.2g}</td></tr>"
+                   for k, v in [*summary["evaluation"].items(), *summary.get("localizer", {}).items()])  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>
@@ -180,7 +181,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6e
 <h1>{html.escape(summary["protocol"])}</h1>
 <p>Session <code>{html.escape(str(session_file))}</code>: {summary["trials"]} trials in {len(summary["runs"])} runs;
 target <b>{html.escape(target)}</b>.</p>
-<h2>Evaluation (measured responses, compared within runs: OLS with a fixed effect per run)</h2>
+<h2>Contrasts (evaluation and localizer; measured responses compared within runs: OLS with a fixed effect per run)</h2>
 <table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""

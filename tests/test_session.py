@@ -181,6 +181,26 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
     assert list(tmp.iterdir()) == []  # its temporary folder is gone
 
 
+def test_localizer_protocol_finds_sentences_above_nonwords(tmp_path):
+    """The shipped localizer (blocked, Fedorenko 2010 materials) in a dry run: the simulated language network
+    responds more to sentences than to nonword lists, measured through the rig and the GLM."""
+    from control_loop.report import summarize, write_report
+
+    keep = tmp_path / "keep"
+    proc = subprocess.run(_cmd("protocol", "check", "language_localizer.toml", "--dry-run", "--keep", keep),
+                          cwd=ROOT, env=_env(tmp_path / "cache"), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stimuli shown: localizer: sentences 36, nonwords 36" in proc.stdout
+    session = keep / "language_localizer-dry-run-seed0.h5"
+    contrast = summarize(session)["localizer"]["sentences - nonwords"]
+    assert contrast["difference"] > 0 and contrast["p"] < 1e-3, contrast
+    assert f"localizer, measured: sentences - nonwords {contrast['difference']:+.3f}" in proc.stdout
+    assert f"<td>sentences - nonwords</td><td>{contrast['difference']:+.3f}</td>" in write_report(session).read_text()
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(cache.iterdir())  # a localizer shows fixed materials: nothing embedded
+
+
 def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     """max_trials ends the session; and a blocklisted word is in no shown sentence, random baseline ones too."""
     work, _, _ = uninterrupted
