@@ -181,6 +181,8 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
         conds = {"localizer": "sentences / nonword lists", "baseline": "baseline (random from the source)",
                  "closed_loop": f"{shown} ({phase.acquisition})", "evaluation": shown}[phase.kind]  # fmt: skip
         click.echo(f"  phase {phase.name!r}: {phase.kind}, {phase.trials} trials{rounds}: {conds}")
+    totals = ", ".join(f"{c} {n}" for c, n in protocol.condition_totals().items())
+    click.echo(f"  stimuli per condition: {totals}")
     s = protocol.stimuli
     if protocol.modality == "text":
         click.echo(f"  stimuli: {s.source}, {s.candidates} candidates, {s.min_words}-{s.max_words} words, "

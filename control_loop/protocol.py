@@ -175,6 +175,36 @@ class Protocol(_Strict):
                     left -= n
         return out
 
+    def condition_counts(self, index: int) -> dict[str, int]:
+        """Trials of each condition in run ``index`` of :meth:`runs` (conditions named as in ``Phase.conditions``;
+        a localizer's alternating blocks as ``sentences`` and ``nonwords``).
+
+        A run's leftover trials go to the conditions after the ones that earlier runs of the same
+        phase and round gave theirs to, so a phase stays balanced when its runs do not divide
+        (20 + 10 trials over three conditions: 7/7/6 + 3/3/4).
+        """
+        runs = self.runs()
+        name, round_, n = runs[index]
+        phase = next(p for p in self.phases if p.name == name)
+        if phase.kind == "baseline":
+            return {"baseline": n}
+        if phase.kind == "localizer":
+            b = self.design.block_size
+            sizes = [min(b, n - i) for i in range(0, n, b)]
+            return {"sentences": sum(sizes[0::2]), "nonwords": sum(sizes[1::2])}
+        conditions = phase.conditions_for(self.target.goal)
+        k = len(conditions)
+        start = sum(m % k for p, r, m in runs[:index] if p == name and r == round_)
+        return {c: n // k + ((i - start) % k < n % k) for i, c in enumerate(conditions)}
+
+    def condition_totals(self) -> dict[str, int]:
+        """Trials of each condition over the whole protocol."""
+        out: dict[str, int] = {}
+        for index in range(len(self.runs())):
+            for c, n in self.condition_counts(index).items():
+                out[c] = out.get(c, 0) + n
+        return out
+
     def run_seconds(self, trials: int) -> float:
         return 2 * self.design.rest + trials * self.design.iti
 

@@ -217,15 +217,8 @@ class SessionRunner:
             self._ensure_twin()
             if self.twin is None:
                 raise SessionError(f"phase '{phase_name}' needs a twin, but no baseline was measured before it")
-            conditions = phase.conditions_for(self.protocol.target.goal)
-            # A run's leftover trials go to the conditions after the ones earlier runs of this round gave them to,
-            # so the phase stays balanced when runs do not divide by the conditions (20 + 10 trials: 7/7/6 + 3/3/4).
-            earlier = [m for p, r, m in self.protocol.runs()[:index] if p == phase_name and r == round_]
-            start = sum(m % len(conditions) for m in earlier)
-            counts = {c: n // len(conditions) + ((i - start) % len(conditions) < n % len(conditions))
-                      for i, c in enumerate(conditions)}  # fmt: skip
             chosen = []
-            for cond, k in counts.items():
+            for cond, k in self.protocol.condition_counts(index).items():
                 if cond == "baseline":
                     taken = {i for _, i in chosen if isinstance(i, int | np.integer)}  # (images may be arrays)
                     chosen += [("B", i) for i in self._random_unshown(k, rng, exclude=taken)]

@@ -1,11 +1,13 @@
 """Protocol files: every shipped one passes `protocol check`; malformed ones name the field."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from control_loop.cli import cli
+from control_loop.protocol import Protocol, load_protocol
 
 from .test_cli_twin import neurotwin
 
@@ -29,6 +31,22 @@ def test_shipped_protocols_pass_check():
         result = check(path)
         assert result.exit_code == 0, (path, result.output)
         assert result.stdout.rstrip().endswith("valid") and "runs" in result.stdout and "min of" in result.stdout
+        protocol = load_protocol(path)
+        totals = protocol.condition_totals()
+        assert sum(totals.values()) == protocol.total_trials
+        assert "stimuli per condition: " + ", ".join(f"{c} {n}" for c, n in totals.items()) in result.stdout
+    closed = load_protocol(ROOT / "protocols" / "closed_loop_language.toml")
+    assert closed.condition_totals() == {"baseline": 180 + 60 + 30, "suppress": 60 + 30, "drive": 30}
+
+
+def test_uneven_runs_keep_a_phase_balanced():
+    """Leftover trials rotate across conditions: an evaluation of 20 + 10 trials shows 10 of each of three."""
+    text = BASE.replace("trials_per_run = 60", "trials_per_run = 20").replace("trials = 90", "trials = 30")
+    protocol = Protocol.model_validate(tomllib.loads(text))
+    last = len(protocol.runs()) - 1
+    assert [protocol.condition_counts(i) for i in (last - 1, last)] == [
+        {"drive": 7, "suppress": 7, "baseline": 6}, {"drive": 3, "suppress": 3, "baseline": 4}
+    ]  # fmt: skip
 
 
 BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
