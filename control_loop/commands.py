@@ -162,6 +162,8 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
     with --dry-run, also what it does to the simulated subject."""
     from .simulate import simulation_peers, subject_rois
 
+    if not dry_run and (seeds != 1 or speed is not None or keep is not None):
+        raise click.UsageError("--seeds, --speed and --keep set up the dry run: add --dry-run")
     protocol = load_protocol(protocol_file)
     rois = subject_rois(protocol, simulation_peers(protocol))
     unknown = [r for r in protocol.target.rois if r not in rois]

@@ -39,6 +39,11 @@ def test_shipped_protocols_pass_check():
     assert closed.condition_totals() == {"baseline": 180 + 60 + 30, "suppress": 60 + 30, "drive": 30}
 
 
+def test_dry_run_options_need_dry_run():
+    result = CliRunner().invoke(cli, ["protocol", "check", str(SHIPPED[0]), "--seeds", "3"])
+    assert result.exit_code == 2 and "add --dry-run" in result.output
+
+
 def test_uneven_runs_keep_a_phase_balanced():
     """Leftover trials rotate across conditions: an evaluation of 20 + 10 trials shows 10 of each of three."""
     text = BASE.replace("trials_per_run = 60", "trials_per_run = 20").replace("trials = 90", "trials = 30")
