@@ -81,7 +81,8 @@ class LanguageSubject:
 def load_subject(spec: str | None) -> Any:
     """A subject from ``module:attr``: a callable, or a class or factory (no required arguments) making one.
 
-    The module may also be a file in the working folder. Default: LanguageSubject."""
+    The module may also be a file in the working folder. Default: LanguageSubject.
+    Raises ValueError, naming the spec, for anything that does not load."""
     if not spec:
         return LanguageSubject()
     module, _, attr = spec.partition(":")
@@ -89,7 +90,11 @@ def load_subject(spec: str | None) -> Any:
         raise ValueError(f"subject must be given as module:attr, got {spec!r}")
     if os.getcwd() not in sys.path:  # as `python -m` would: a console script does not search the working folder
         sys.path.append(os.getcwd())
-    obj = getattr(importlib.import_module(module), attr)
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        where = "an installed module, or a file in the working folder"
+        raise ValueError(f"cannot load {spec!r}: {exc} ({where})") from None
     factory = isinstance(obj, type) or (
         callable(obj) and not hasattr(obj, "rois")
         and all(p.default is not p.empty for p in inspect.signature(obj).parameters.values())

@@ -39,6 +39,13 @@ def test_shipped_protocols_pass_check():
     assert closed.condition_totals() == {"baseline": 180 + 60 + 30, "suppress": 60 + 30, "drive": 30}
 
 
+def test_unloadable_simulated_subject_is_one_line(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(BASE.replace("[simulation]\n", '[simulation]\nsubject = "nosuch:thing"\n'))
+    result = check(path)
+    assert result.exit_code == 2 and "simulation.subject: cannot load 'nosuch:thing'" in result.output, result.output
+
+
 def test_dry_run_options_need_dry_run():
     result = CliRunner().invoke(cli, ["protocol", "check", str(SHIPPED[0]), "--seeds", "3"])
     assert result.exit_code == 2 and "add --dry-run" in result.output
