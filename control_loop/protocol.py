@@ -189,13 +189,17 @@ class Protocol(_Strict):
         if phase.kind == "baseline":
             return {"baseline": n}
         if phase.kind == "localizer":
-            b = self.design.block_size
-            sizes = [min(b, n - i) for i in range(0, n, b)]
-            return {"sentences": sum(sizes[0::2]), "nonwords": sum(sizes[1::2])}
+            order = self.localizer_order(n)
+            return {c: order.count(c) for c in ("sentences", "nonwords")}
         conditions = phase.conditions_for(self.target.goal)
         k = len(conditions)
         start = sum(m % k for p, r, m in runs[:index] if p == name and r == round_)
         return {c: n // k + ((i - start) % k < n % k) for i, c in enumerate(conditions)}
+
+    def localizer_order(self, n: int) -> list[str]:
+        """The conditions of a localizer run's n trials: blocks of ``block_size``, sentences first, alternating."""
+        b = self.design.block_size
+        return [("sentences", "nonwords")[(i // b) % 2] for i in range(n)]
 
     def condition_totals(self) -> dict[str, int]:
         """Trials of each condition over the whole protocol."""

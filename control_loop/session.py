@@ -282,12 +282,11 @@ class SessionRunner:
         kinds = rows.iloc[:, 13].astype(str).str.strip()
         sent = [w for w, c in zip(words, kinds, strict=True) if c == "S"]
         nonw = [w for w, c in zip(words, kinds, strict=True) if c == "N"]
-        b = self.protocol.design.block_size
         out: list[tuple[str, Any]] = []
-        for block in range(math.ceil(n / b)):
-            cond, source = (("SENT", sent), ("NONW", nonw))[block % 2]
-            out += [(cond, source[int(rng.integers(len(source)))]) for _ in range(b)]
-        return out[:n]
+        for cond in self.protocol.localizer_order(n):
+            code, source = {"sentences": ("SENT", sent), "nonwords": ("NONW", nonw)}[cond]
+            out.append((code, source[int(rng.integers(len(source)))]))
+        return out
 
     # ----- one run -----
     def _record_stimuli(self, plan: RunPlan) -> None:
