@@ -53,9 +53,10 @@ def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
     if protocol.modality == "text":
         constraints = protocol.stimuli.constraints()
         words = shown.text.str.split().str.len()
+        broken = {t: constraints.violations(t) for t in shown.text}
         out["stimuli"] = {
             "shown": len(shown),
-            "failing": {t: constraints.violations(t) for t in shown.text if constraints.violations(t)},
+            "failing": {t: v for t, v in broken.items() if v},
             "words": [int(words.min()), int(words.max())] if len(words) else [],
         }
     else:
