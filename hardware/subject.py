@@ -7,9 +7,12 @@ pooled), word frequency and length through a saturating nonlinearity, fit to the
 Pereira 2018 language-network responses (weights in ``subjects/language.npz``;
 refit with ``python -m hardware.subjects.refit``) and calibrated to the
 single-participant figures of Tuckute et al. 2024: signal SD 0.188 and noise SD
-0.623 per trial (SNR 0.30). Strings that are mostly not words (the localizer's
-nonword lists) get the language network's much weaker response to them, so
-sentences > nonwords, its defining contrast (Fedorenko et al. 2010).
+0.623 per trial (SNR 0.30). Like that study's drive/suppress sessions, it has
+more room below than above: the response saturates fast towards a ceiling about
+25 % above the mean sentence's and slowly towards a floor at the nonword level.
+Strings that are mostly not words (the localizer's nonword lists) get the
+language network's much weaker response to them, so sentences > nonwords, its
+defining contrast (Fedorenko et al. 2010).
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ def lexicality(sentences: Sequence[str], min_zipf: float = 1.5) -> np.ndarray:
     return np.array(out)
 
 
+def saturate(z: np.ndarray, up: float, down: float) -> np.ndarray:
+    """tanh(gain * z) / gain, with gain ``up`` above 0 and ``down`` below: slope 1 at 0, bounded by 1/up and -1/down."""
+    gain = np.where(z > 0, up, down)
+    return np.tanh(gain * z) / gain
+
+
 def subject_features(sentences: Sequence[str]) -> np.ndarray:
     """The subject's own stimulus features: MiniLM layer 3 (mean), word frequency, length."""
     from twin.features import TextFeatureExtractor, length_features, word_frequency_features
@@ -63,14 +72,15 @@ class LanguageSubject:
     def __init__(self, params: str | Path = PARAMS) -> None:
         p = np.load(params)
         self.coef, self.intercept = p["coef"], float(p["intercept"])
-        self.z_mean, self.z_sd, self.gain = float(p["z_mean"]), float(p["z_sd"]), float(p["gain"])
+        self.z_mean, self.z_sd = float(p["z_mean"]), float(p["z_sd"])
+        self.gain_up, self.gain_down = float(p["gain_up"]), float(p["gain_down"])
         self.g_mean, self.g_sd = float(p["g_mean"]), float(p["g_sd"])
         self.md_coef, self.md_mean, self.md_sd = p["md_coef"], float(p["md_mean"]), float(p["md_sd"])
 
     def __call__(self, stimuli: Sequence[str]) -> np.ndarray:
         X = subject_features(stimuli)
         z = (X @ self.coef + self.intercept - self.z_mean) / self.z_sd
-        g = (np.tanh(self.gain * z) - self.g_mean) / self.g_sd  # saturating, unit SD on Pereira
+        g = (saturate(z, self.gain_up, self.gain_down) - self.g_mean) / self.g_sd  # unit SD on Pereira
         # Sentences are >= 0.92 words (a few rare or technical ones down to 0.6), nonword lists 0.5 on average.
         understood = np.clip((lexicality(stimuli) - 0.4) / 0.4, 0.0, 1.0)
         lang = NONWORD_LEVEL + understood * (BASELINE + SIGNAL_SD * g - NONWORD_LEVEL)

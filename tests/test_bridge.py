@@ -331,3 +331,28 @@ def test_language_subject_prefers_sentences_to_nonword_lists():
     assert lang_n.min() >= NONWORD_LEVEL and lang_n.mean() < (NONWORD_LEVEL + BASELINE) / 2 < lang_s.mean()
     assert response[kind == "N", 1].mean() > response[kind == "S", 1].mean()
     assert lexicality(["Yesterday Anna met Mr Quibbleworth at the market in Vrzonovice."]).tolist() == [1.0]
+
+
+def test_language_subject_has_more_room_below_than_above_like_tuckute_2024():
+    """In Tuckute et al. 2024's blocked sessions, suppress sentences lowered the language network's response
+    further below the baseline sentences' than drive sentences raised it; the default subject, on the real
+    Pereira 2018 sentences, does the same, and no sentence of words falls below the nonword level."""
+    import pandas as pd
+
+    from hardware.subject import NONWORD_LEVEL, LanguageSubject, saturate
+
+    from .conftest import SHARED
+
+    blocked = SHARED / "tuckute2024" / "blocked_condition_means.csv"
+    pereira = SHARED / "pereira2018_language_network.csv"
+    if not blocked.exists() or not pereira.exists():
+        pytest.skip(f"reference data not found at {SHARED}")
+    raw = pd.read_csv(blocked).query("roi == 'lang_LH_netw'").groupby("cond").response_target_non_norm.mean()
+    assert raw.B - raw.S > 2 * (raw.D - raw.B) > 0
+    lang = np.sort(LanguageSubject()(list(pd.read_csv(pereira).sentence))[:, 0])
+    top, bottom, middle = lang[-19:].mean(), lang[:19].mean(), np.median(lang)  # the extreme 5 %
+    assert middle - bottom > 1.5 * (top - middle) > 0
+    assert lang.min() > NONWORD_LEVEL
+    g = saturate(np.linspace(-50, 50, 1001), 1.2, 0.4)
+    assert np.all(np.diff(g) >= 0) and np.all(np.diff(saturate(np.linspace(-3, 3, 61), 1.2, 0.4)) > 0)
+    assert np.isclose(g.max(), 1 / 1.2) and np.isclose(g.min(), -1 / 0.4)
