@@ -22,7 +22,6 @@ again rather than rerun, so a long run can be split across sittings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,32 +29,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def evaluate(session: Path, truth_of) -> dict:
-    """True responses of the evaluation block's conditions, their separation and Welch tests."""
-    from acquisition import read_session
-    from twin.vision import load_image
+def evaluate(session: Path, subject) -> dict:
+    """True responses of the evaluation block's conditions, their separation and one-sided Welch tests."""
+    from control_loop.dryrun import true_contrasts
 
-    d = read_session(session)
-    runs = [json.loads(m) for m in d.log.loc[d.log.kind == "run-complete", "message"]]
-    trials = [t for r in runs if r["kind"] == "evaluation" for t in r["trials"]]
-    ev = d.events[d.events.trial.isin(trials)].merge(d.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
-    if "image" in ev and ev.image.astype(bool).any():
-        stimuli = [load_image(session.parent / name) for name in ev.image]
-    else:
-        stimuli = list(ev.text)
-    truth = truth_of(stimuli)
-    g = {c: truth[ev.condition.to_numpy() == c] for c in "DBS"}
-    p_db = stats.ttest_ind(g["D"], g["B"], equal_var=False, alternative="greater").pvalue
-    p_bs = stats.ttest_ind(g["B"], g["S"], equal_var=False, alternative="greater").pvalue
-    sep = (g["D"].mean() - g["S"].mean()) / g["B"].std(ddof=1)
-    return {"D": g["D"].mean(), "B": g["B"].mean(), "S": g["S"].mean(), "sep": sep, "p_db": p_db, "p_bs": p_bs}
+    t = true_contrasts(session, subject)
+    c = t["contrasts"]
+    return {**t["means"], "sep": c["drive - suppress"]["sds"], "p_db": c["drive - baseline"]["p"],
+            "p_bs": c["baseline - suppress"]["p"]}  # fmt: skip
 
 
 def finished(session: Path) -> bool:
@@ -73,13 +60,11 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> 
     if modality == "image":
         from hardware.rigs import v4_tuning
 
-        sites = v4_tuning()
-        truth_of, kind, target = (lambda s: sites(s)[:, 0]), "image", 1.0
+        subject, kind, target = v4_tuning(), "image", 1.0
     else:
         from hardware.subject import LanguageSubject
 
-        subject = LanguageSubject()
-        truth_of, kind, target = (lambda s: subject(s)[:, 0]), "language", 1.25
+        subject, kind, target = LanguageSubject(), "language", 1.25
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"session files in {work}")
@@ -92,7 +77,7 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> 
             proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc is not None and proc.returncode:
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
-            r = evaluate(out, truth_of)
+            r = evaluate(out, subject)
             results[name].append(r)
             print(f"seed {seed} {name:6s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",

@@ -209,12 +209,13 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
     import tempfile
 
     from .dryrun import describe, describe_spread, dry_run_summary
-    from .simulate import simulation_peers
+    from .simulate import simulated_subject, simulation_peers
 
     with tempfile.TemporaryDirectory(prefix="neurotwin-dry-run-") as tmp:
         folder = keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         summaries = []
+        subject = simulated_subject(simulation_peers(protocol, speed=speed))  # for the true responses
         for k in range(seeds):
             p = protocol.model_copy(update={"seed": protocol.seed + k})
             out = folder / f"{protocol_file.stem}-dry-run-seed{p.seed}.h5"
@@ -225,7 +226,7 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
             start = time.perf_counter()
             with _simulated_runner(p, out, peers, lambda _msg: None) as runner:
                 runner.run()
-            summary = dry_run_summary(out, p)
+            summary = dry_run_summary(out, p, subject)
             summaries.append(summary)
             click.echo(f"    {summary['trials']} trials in {time.perf_counter() - start:.0f} s"
                        + (f", session file {out}" if keep else ""))  # fmt: skip

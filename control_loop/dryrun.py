@@ -1,10 +1,11 @@
 """What a protocol's dry run in simulation showed: stimuli per phase and condition, the evaluation's
-effects (measured, and as the twin predicted them), and whether every shown stimulus kept the
-protocol's constraints and safety limits."""
+effects (measured, in the simulated subject's true response, and as the twin predicted them), and
+whether every shown stimulus kept the protocol's constraints and safety limits."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,44 @@ from .report import CONDITION_NAMES, EVALUATION_PAIRS, summarize
 CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
 
-def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
-    """The numbers of one finished dry-run session, as ``describe`` prints them."""
+def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
+    """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
+    true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
+    Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
+    from scipy import stats
+
+    from twin.vision import load_image
+
+    data = data if data is not None else read_session(session_file)
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    kinds = {r["kind"] for r in runs}
+    kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
+    trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
+    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
+    if not len(ev):
+        return {}
+    if "image" in ev and ev.image.astype(bool).any():
+        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
+    else:
+        stimuli = list(ev.text)
+    rois = list(getattr(subject, "rois", ()))
+    target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
+    truth = np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
+    group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
+    sd = float(group[pairs[0][1]].std(ddof=1)) if len(group[pairs[0][1]]) > 1 else float("nan")
+    out: dict = {"means": {c: float(v.mean()) for c, v in group.items() if len(v)}, "contrasts": {}, "sd": sd}
+    for a, b in pairs:
+        if len(group[a]) > 1 and len(group[b]) > 1:
+            diff = float(group[a].mean() - group[b].mean())
+            p = float(stats.ttest_ind(group[a], group[b], equal_var=False, alternative="greater").pvalue)
+            out["contrasts"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {"difference": diff, "p": p,
+                                                                               "sds": diff / sd}  # fmt: skip
+    return out
+
+
+def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | None = None) -> dict:
+    """The numbers of one finished dry-run session, as ``describe`` prints them; with the simulated
+    ``subject``, also its true contrasts (:func:`true_contrasts`)."""
     data = read_session(session_file)
     summary = summarize(session_file, data)
     runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
@@ -47,6 +84,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
             if a in twin and b in twin
         },
         "refused": int((data.log.kind == "refused").sum()),
+        "true": true_contrasts(session_file, subject, data) if subject is not None else {},
     }
     shown = data.stimuli.set_index("stimulus_id").loc[data.events.stimulus_id]
     shown = shown[shown.condition.isin(["D", "S", "B"])]  # localizer materials are fixed, not drawn
@@ -90,6 +128,13 @@ def describe(summary: dict, protocol: Protocol) -> list[str]:
         lines.append("localizer, measured: " + "; ".join(
             _contrast(name, c, float("nan")) for name, c in summary["localizer"].items()
         ))  # fmt: skip
+    true = summary.get("true", {}).get("contrasts")
+    if true:
+        block = "evaluation" if summary["measured"] else "localizer"
+        lines.append(f"{block}, in the simulated subject's true response: " + "; ".join(
+            f"{name} {c['difference']:+.3f} ({c['sds']:+.2f} SDs of its baseline, p {c['p']:.2g} one-sided)"
+            for name, c in true.items()
+        ))  # fmt: skip
     if summary["twin"]:
         lines.append("evaluation, as the twin predicted it: " + "; ".join(
             f"{name} {value:+.3f}" for name, value in summary["twin"].items()
@@ -114,7 +159,8 @@ def describe(summary: dict, protocol: Protocol) -> list[str]:
 
 
 def describe_spread(summaries: list[dict]) -> list[str]:
-    """Mean and SD over dry runs of each measured evaluation contrast, and how often p < 0.01."""
+    """Mean and SD over dry runs of each measured evaluation contrast, and how often p < 0.01; the same
+    for the simulated subject's true contrasts."""
     lines = []
     for name in CONTRASTS:
         found = [s["measured"][name] for s in summaries if name in s["measured"]]
@@ -124,4 +170,11 @@ def describe_spread(summaries: list[dict]) -> list[str]:
         hits = sum(c["p"] < 0.01 and c["difference"] > 0 for c in found)
         lines.append(f"{name} {d.mean():+.3f} +- {d.std(ddof=1):.3f} (mean +- SD over {len(d)} dry runs); "
                      f"positive at p < 0.01 in {hits} of {len(d)}")  # fmt: skip
+    true = [s["true"]["contrasts"] for s in summaries if s.get("true", {}).get("contrasts")]
+    if len(true) > 1:
+        for name in true[0]:
+            d = np.array([c[name]["sds"] for c in true])
+            hits = sum(c[name]["p"] < 0.01 for c in true)
+            lines.append(f"{name}, true: {d.mean():+.2f} +- {d.std(ddof=1):.2f} SDs of its baseline "
+                         f"(mean +- SD over {len(d)} dry runs); p < 0.01 in {hits} of {len(d)}")  # fmt: skip
     return lines

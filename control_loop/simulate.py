@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .protocol import Protocol, ProtocolError
@@ -91,13 +91,17 @@ def subject_rois(protocol: Protocol, peers: dict) -> list[str]:
         return list(LanguageSubject.rois)
     if peers["subject"] == "hardware.rigs:v4_tuning":
         return [f"site{i}" for i in range(8)]
+    return list(getattr(simulated_subject(peers), "rois", ["roi0"]))
+
+
+def simulated_subject(peers: dict) -> Callable:
+    """The simulated subject (or tuning function) the rig reads, loaded here: its true responses."""
     from hardware.subject import load_subject
 
     try:
-        subject = load_subject(peers["subject"])
+        return load_subject(peers["subject"])
     except ValueError as exc:
         raise ProtocolError(f"simulation.subject: {exc}") from None
-    return list(getattr(subject, "rois", ["roi0"]))
 
 
 def peers_of(session_file: Path) -> dict:

@@ -154,6 +154,8 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
     """`protocol check --dry-run`: the protocol end to end in simulation, summarized from its session file."""
     from control_loop.report import summarize
 
+    from .subjects import length_language_subject
+
     work, _, _ = uninterrupted
     keep, tmp = tmp_path / "keep", tmp_path / "tmp"
     tmp.mkdir()
@@ -177,6 +179,13 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
     for name, c in summarize(session)["evaluation"].items():  # the printed effects are the session's
         assert f"{name} {c['difference']:+.3f} (SE {abs(c['difference'] / c['t']):.3f}, p {c['p']:.2g}" in out
     assert "evaluation, as the twin predicted it: drive - baseline " in out
+    # the simulated subject's true (noise-free) response to the evaluation block's sentences
+    last = data.events.sort_values("trial").tail(30).merge(data.stimuli[["stimulus_id", "text"]], on="stimulus_id")
+    truth = length_language_subject(list(last.text))[:, 0]  # the protocol's simulated subject
+    mean = {c: truth[last.condition.to_numpy() == c].mean() for c in "DBS"}
+    true_line = next(x for x in out.splitlines() if "evaluation, in the simulated subject's true response: " in x)
+    for name, (a, b) in {"drive - baseline": "DB", "baseline - suppress": "BS", "drive - suppress": "DS"}.items():
+        assert f"{name} {mean[a] - mean[b]:+.3f} (" in true_line, (name, mean, true_line)
     assert "constraints (3-25 words, blocklist none): 110 of 110 shown sentences pass" in out
     assert list(tmp.iterdir()) == []  # its temporary folder is gone
 
@@ -272,9 +281,16 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     from control_loop.dryrun import describe, dry_run_summary
     from control_loop.protocol import load_protocol
 
+    from .subjects import luminance_sites as sites  # the protocol's simulated sites
+
     protocol = load_protocol(ROOT / "tests" / "protocols" / "tiny_image.toml")
-    summary = dry_run_summary(out, protocol)
+    summary = dry_run_summary(out, protocol, sites)
     assert summary["stimuli"] == {"shown": 60, "failing": {}} and summary["refused"] == 0
+    last = data.events.sort_values("trial").tail(12).merge(stimuli.image.reset_index(), on="stimulus_id")
+    rate = sites([load_image(out.parent / name) for name in last.image])[:, 0]
+    drive, suppress = (rate[last.condition.to_numpy() == c].mean() for c in "DS")
+    true = summary["true"]["contrasts"]["drive - suppress"]
+    assert np.isclose(true["difference"], drive - suppress) and true["difference"] > 0 and true["p"] < 0.05
     assert summary["per_phase"]["evaluation"] == {"D": 4, "S": 4, "B": 4}
     assert "safety limits: 60 of 60 shown images pass; the presenter refused 0 trial(s)" in describe(summary, protocol)
 
