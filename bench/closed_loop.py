@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def evaluate(session: Path, subject) -> dict:
     """True responses of the evaluation block's conditions, their separation and one-sided Welch tests."""
-    from control_loop.dryrun import true_contrasts
+    from control_loop.report import true_contrasts
 
     t = true_contrasts(session, subject)
     c = t["contrasts"]

@@ -13,44 +13,9 @@ import numpy as np
 from acquisition import read_session
 
 from .protocol import Protocol
-from .report import CONDITION_NAMES, EVALUATION_PAIRS, summarize
+from .report import CONDITION_NAMES, EVALUATION_PAIRS, summarize, true_contrasts
 
 CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
-
-
-def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
-    """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
-    true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
-    Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
-    from scipy import stats
-
-    from twin.vision import load_image
-
-    data = data if data is not None else read_session(session_file)
-    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
-    kinds = {r["kind"] for r in runs}
-    kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
-    trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
-    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
-    if not len(ev):
-        return {}
-    if "image" in ev and ev.image.astype(bool).any():
-        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
-    else:
-        stimuli = list(ev.text)
-    rois = list(getattr(subject, "rois", ()))
-    target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
-    truth = np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
-    group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
-    sd = float(group[pairs[0][1]].std(ddof=1)) if len(group[pairs[0][1]]) > 1 else float("nan")
-    out: dict = {"means": {c: float(v.mean()) for c, v in group.items() if len(v)}, "contrasts": {}, "sd": sd}
-    for a, b in pairs:
-        if len(group[a]) > 1 and len(group[b]) > 1:
-            diff = float(group[a].mean() - group[b].mean())
-            p = float(stats.ttest_ind(group[a], group[b], equal_var=False, alternative="greater").pvalue)
-            out["contrasts"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {"difference": diff, "p": p,
-                                                                               "sds": diff / sd}  # fmt: skip
-    return out
 
 
 def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | None = None) -> dict:

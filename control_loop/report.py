@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,55 @@ def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATIO
     return out
 
 
+def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
+    """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
+    true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
+    Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
+    from twin.vision import load_image
+
+    data = data if data is not None else read_session(session_file)
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    kinds = {r["kind"] for r in runs}
+    kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
+    trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
+    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
+    if not len(ev):
+        return {}
+    if "image" in ev and ev.image.astype(bool).any():
+        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
+    else:
+        stimuli = list(ev.text)
+    rois = list(getattr(subject, "rois", ()))
+    target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
+    truth = np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
+    group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
+    sd = float(group[pairs[0][1]].std(ddof=1)) if len(group[pairs[0][1]]) > 1 else float("nan")
+    out: dict = {"means": {c: float(v.mean()) for c, v in group.items() if len(v)}, "contrasts": {}, "sd": sd}
+    for a, b in pairs:
+        if len(group[a]) > 1 and len(group[b]) > 1:
+            diff = float(group[a].mean() - group[b].mean())
+            p = float(stats.ttest_ind(group[a], group[b], equal_var=False, alternative="greater").pvalue)
+            out["contrasts"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {"difference": diff, "p": p,
+                                                                               "sds": diff / sd}  # fmt: skip
+    return out
+
+
+def simulated_truth(session_file: str | Path, data=None) -> dict:
+    """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
+    ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load here."""
+    from .protocol import ProtocolError
+    from .simulate import peers_of, simulated_subject
+
+    peers = peers_of(Path(session_file))
+    if peers.get("mode") != "simulation":
+        return {}
+    try:
+        subject = simulated_subject(peers)
+    except ProtocolError as exc:
+        return {"error": str(exc)}
+    return true_contrasts(Path(session_file), subject, data)
+
+
 def write_report(session_file: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/)."""
     import matplotlib
@@ -116,6 +166,9 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_session(session_file)
     summary = summarize(session_file, data)
+    true = simulated_truth(session_file, data)
+    if true:
+        summary["true"] = true
     target = summary["target"]
     est = _estimates(data)
     figures = []
@@ -173,6 +226,15 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
                    f"<td>{v['p']:.2g}</td></tr>"
                    for k, v in [*summary["evaluation"].items(), *summary.get("localizer", {}).items()])  # fmt: skip
+    truth = ""
+    if true.get("contrasts"):
+        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['sds']:+.2f}</td>"
+                        f"<td>{v['p']:.2g}</td></tr>" for k, v in true["contrasts"].items())  # fmt: skip
+        truth = ("<h2>In the simulated subject's true (noise-free) response</h2><table><tr><th>contrast</th>"
+                 f"<th>difference</th><th>SDs of the baseline condition</th><th>p (one-sided Welch)</th></tr>{cells}"
+                 "</table>")  # fmt: skip
+    elif true.get("error"):
+        truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>
@@ -183,6 +245,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6e
 target <b>{html.escape(target)}</b>.</p>
 <h2>Contrasts (evaluation and localizer; measured responses compared within runs: OLS with a fixed effect per run)</h2>
 <table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
+{truth}
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
     (out_dir / "report.html").write_text(page, encoding="utf-8")

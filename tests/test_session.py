@@ -57,6 +57,8 @@ def _trial_table(path: Path):
 
 
 def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
+    from .subjects import length_language_subject
+
     _work, out, stdout = uninterrupted
     assert f"session file: {out}" in stdout and "report: " in stdout
     data, est = _trial_table(out)
@@ -74,6 +76,14 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
     summary = json.loads((report / "summary.json").read_text())
     assert summary["trials"] == TOTAL and "drive - suppress" in summary["evaluation"]
     assert summary["evaluation"]["drive - suppress"]["difference"] > 0
+    # a simulated session's report also scores the evaluation by the subject's true, noise-free response
+    text = data.stimuli.set_index("stimulus_id").text
+    truth = {c: length_language_subject(list(text.loc[final[final.condition == c].stimulus_id]))[:, 0] for c in "DBS"}
+    true = summary["true"]["contrasts"]["drive - suppress"]
+    assert np.isclose(true["difference"], truth["D"].mean() - truth["S"].mean()) and true["p"] < 0.01
+    assert np.isclose(true["sds"], true["difference"] / truth["B"].std(ddof=1))
+    page = (report / "report.html").read_text()
+    assert f"<td>drive - suppress</td><td>{true['difference']:+.3f}</td><td>{true['sds']:+.2f}</td>" in page
     for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
         assert (report / png).stat().st_size > 5000
         assert png in (report / "report.html").read_text()
@@ -117,6 +127,25 @@ def _plan_record(data, index: int) -> dict:
     events = data.events.set_index("trial")
     record["stimuli"] = [(int(events.loc[t, "stimulus_id"]), events.loc[t, "condition"]) for t in record["trials"]]
     return record
+
+
+def test_report_says_when_the_simulated_subject_does_not_load_here(uninterrupted, tmp_path):
+    """A simulated session reported where its subject's module is missing: the report is written, and says why
+    the true responses are not in it."""
+    import html
+
+    import h5py
+
+    from control_loop.report import write_report
+
+    _work, out, _ = uninterrupted
+    moved = tmp_path / "elsewhere.h5"
+    shutil.copy(out, moved)
+    with h5py.File(moved, "r+") as f:
+        f.attrs["peers"] = f.attrs["peers"].replace("tests.subjects:length_language_subject", "lab_only:subject7")
+    page = html.unescape(write_report(moved).read_text())
+    assert "true response is not available here: simulation.subject: cannot load 'lab_only:subject7'" in page
+    assert "<td>drive - suppress</td>" in page  # the measured contrasts are there
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
