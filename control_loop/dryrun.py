@@ -4,7 +4,6 @@ whether every shown stimulus kept the protocol's constraints and safety limits."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from acquisition import read_session
 
 from .protocol import Protocol
-from .report import CONDITION_NAMES, EVALUATION_PAIRS, summarize, true_contrasts
+from .report import CONDITION_NAMES, EVALUATION_PAIRS, run_records, summarize, true_contrasts
 
 CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
@@ -23,7 +22,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | 
     ``subject``, also its true contrasts (:func:`true_contrasts`)."""
     data = read_session(session_file)
     summary = summarize(session_file, data)
-    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    runs = run_records(data)
     condition = data.events.set_index("trial").condition
     per_phase: dict[str, dict[str, int]] = {}
     predicted: dict[str, list[float]] = {}

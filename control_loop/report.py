@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
 
-def _runs(data) -> list[dict]:
+def run_records(data) -> list[dict]:
+    """The session's completed runs, as the runner logged them (index, phase, kind, trials, predictions)."""
     return [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
 
 
@@ -34,7 +35,7 @@ def summarize(session_file: str | Path, data=None) -> dict:
     protocol = json.loads(data.attrs["protocol"])
     target = protocol["target"]["rois"][0]
     est = _estimates(data)
-    runs = _runs(data)
+    runs = run_records(data)
     out: dict = {
         "session": str(session_file),
         "protocol": protocol["name"],
@@ -112,7 +113,7 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
     from twin.vision import load_image
 
     data = data if data is not None else read_session(session_file)
-    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    runs = run_records(data)
     kinds = {r["kind"] for r in runs}
     kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
     trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
@@ -141,9 +142,10 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
 def simulated_truth(session_file: str | Path, data=None) -> dict:
     """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
     ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load or run here."""
-    from .simulate import peers_of, simulated_subject
+    from .simulate import simulated_subject
 
-    peers = peers_of(Path(session_file))
+    data = data if data is not None else read_session(session_file)
+    peers = data.attrs.get("peers") or {}
     if peers.get("mode") != "simulation":
         return {}
     try:
@@ -182,7 +184,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     figures.append(("conditions.png", "Condition means with standard errors", fig))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for record in _runs(data):
+    for record in run_records(data):
         pred = record.get("predicted") or {}
         rows = est[est.trial.isin(record["trials"])]
         if pred:
