@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -26,6 +26,7 @@ class SessionData:
     estimates: pd.DataFrame
     twin: pd.DataFrame
     log: pd.DataFrame
+    attachments: dict[str, bytes] = field(default_factory=dict)  # files stored at the start (a reference twin)
 
     def latest_estimates(self) -> pd.DataFrame:
         """The last revision of each trial's estimate."""
@@ -80,4 +81,5 @@ def read_session(path: str | Path) -> SessionData:
             estimates=est,
             twin=twin,
             log=_table(f, "log", heap),
+            attachments={name: f["attachments"][name][()].tobytes() for name in f.get("attachments", {})},
         )

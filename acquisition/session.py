@@ -97,8 +97,10 @@ class SessionFile:
         peers: dict | None = None,
         software: dict | None = None,
         flush_interval: float = 1.0,
+        attachments: dict[str, bytes] | None = None,
     ) -> SessionFile:
-        """Start a new session file (refuses to overwrite one)."""
+        """Start a new session file (refuses to overwrite one); ``attachments``: files to keep in it
+        (e.g. the reference twin a session starts from), written once, here."""
         path = Path(path)
         if path.exists():
             raise SessionError(f"session file '{path}' already exists; resume it or choose another name")
@@ -128,6 +130,8 @@ class SessionFile:
         f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
         for key in ("beta", "se"):
             f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
+        for name, content in (attachments or {}).items():
+            f.create_dataset(f"attachments/{name}", data=np.frombuffer(content, np.uint8))
         f.swmr_mode = True
         f.flush()
         return cls(f, path, flush_interval, lock)

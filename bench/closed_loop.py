@@ -13,7 +13,12 @@ With ``image``, protocols/closed_loop_image.toml against open_loop_image.toml (s
 recording time) on the simulated electrophysiology rig, scored by the target site's
 true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural images' SD.
 Target: closed-loop separation at least the open loop's.
-Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR]
+With ``--reference TWIN`` (a twin file, e.g. fit on ../shared/data's Pereira responses with
+``neurotwin twin fit``) both protocols start from that twin (``[twin] reference``), and a third
+line scores the reference alone: the evaluation block with no measurement before it, as
+Tuckute et al. 2024 tested their model's choices in new people. (The default subject's
+weights come from the same Pereira data, so in simulation such a reference is a favourable prior.)
+Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR] [--reference TWIN]
 With ``--work DIR`` the session files are kept there, and a session already finished
 in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with every run of its protocol) is scored
 again rather than rerun, so a long run can be split across sittings.
@@ -56,7 +61,38 @@ def finished(session: Path) -> bool:
     return (d.log.kind == "run-complete").sum() == len(Protocol.model_validate_json(d.attrs["protocol"]).runs())
 
 
-def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> None:
+def _toml(data: dict) -> str:
+    """TOML for a protocol's tables of scalars and lists (json spells those the TOML way)."""
+    import json
+
+    top = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict) and k != "phases"]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{a} = {json.dumps(b)}" for a, b in v.items())
+              for k, v in data.items() if isinstance(v, dict)]  # fmt: skip
+    phases = ["\n[[phases]]\n" + "\n".join(f"{a} = {json.dumps(b)}" for a, b in p.items()) for p in data["phases"]]
+    return "\n".join(top) + "\n" + "\n".join(tables + phases) + "\n"
+
+
+def protocols(kind: str, reference: Path | None, work: Path) -> dict[str, Path]:
+    """The protocols compared: the shipped closed and open loops, or copies starting from ``reference`` plus
+    the reference alone (the evaluation phase only)."""
+    import tomllib
+
+    shipped = {name: ROOT / "protocols" / f"{name}_loop_{kind}.toml" for name in ("closed", "open")}
+    if reference is None:
+        return shipped
+    out = {}
+    for name, path in shipped.items():
+        data = tomllib.loads(path.read_text())
+        data["twin"] = {"reference": str(reference.resolve())}
+        out[f"{name}+ref"] = work / f"{name}+ref.toml"
+        out[f"{name}+ref"].write_text(_toml(data))
+    data["phases"] = [p for p in data["phases"] if p["kind"] == "evaluation"]
+    out["reference alone"] = work / "reference-alone.toml"
+    out["reference alone"].write_text(_toml(data))
+    return out
+
+
+def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, reference: Path | None = None) -> None:
     if modality == "image":
         from hardware.rigs import v4_tuning
 
@@ -68,27 +104,29 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None) -> 
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"session files in {work}")
-    results: dict[str, list[dict]] = {"closed": [], "open": []}
+    runs = protocols(kind, reference, work)
+    results: dict[str, list[dict]] = {name: [] for name in runs}
     for seed in range(n_seeds):
-        for name in ("closed", "open"):
-            out = work / f"{name}-{seed}.h5"
-            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", f"protocols/{name}_loop_{kind}.toml",
+        for name, protocol in runs.items():
+            out = work / f"{name.replace(' ', '-')}-{seed}.h5"
+            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", str(protocol),
                    "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
             proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc is not None and proc.returncode:
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
             r = evaluate(out, subject)
             results[name].append(r)
-            print(f"seed {seed} {name:6s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
+            print(f"seed {seed} {name:15s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",
                   flush=True)  # fmt: skip
     print()
-    for name in ("closed", "open"):
+    for name in runs:
         seps = np.array([r["sep"] for r in results[name]])
         sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in results[name])
         print(f"{name}-loop separation: mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
               f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
-    closed, open_ = (np.array([r["sep"] for r in results[name]]) for name in ("closed", "open"))
+    suffix = "+ref" if reference else ""
+    closed, open_ = (np.array([r["sep"] for r in results[name + suffix]]) for name in ("closed", "open"))
     ratio = closed.mean() / open_.mean()
     print(f"closed / open separation: {ratio:.2f} (target at least {target}: {'PASS' if ratio >= target else 'FAIL'})")
     if n_seeds > 1:  # a seed's two sessions share the protocol seed (the same first runs): compare them paired
@@ -101,5 +139,6 @@ if __name__ == "__main__":
     parser.add_argument("seeds", nargs="?", type=int, default=5)
     parser.add_argument("modality", nargs="?", choices=["text", "image"], default="text")
     parser.add_argument("--work", type=Path, help="keep session files here; finished ones are scored, not rerun")
+    parser.add_argument("--reference", type=Path, help="a twin file both loops start from (text)")
     args = parser.parse_args()
-    main(args.seeds, args.modality, args.work)
+    main(args.seeds, args.modality, args.work, args.reference)

@@ -11,7 +11,7 @@ import click
 
 from acquisition.cli import session_group
 
-from .protocol import Protocol, ProtocolError, load_protocol
+from .protocol import Protocol, ProtocolError, load_protocol, load_reference
 
 
 def _features(protocol: Protocol):
@@ -196,6 +196,10 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
         click.echo(f"  safety (ITU-R BT.1702): flashes >= {sl.flash_delta:g} cd/m2 over > {sl.max_area:.0%} "
                    f"at most {sl.max_flashes_per_s}/s; no regular pattern or saturated red over > "
                    f"{sl.max_area:.0%}")  # fmt: skip
+    if protocol.twin.reference:
+        ref = load_reference(protocol, _features(protocol), rois)
+        click.echo(f"  twin: starts from {protocol.twin.reference} (targets {', '.join(ref.targets)}; "
+                   f"{ref.n_train} training stimuli)")  # fmt: skip
     st = protocol.stopping
     click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
                f"target effect {st.target_effect or '-'}")  # fmt: skip

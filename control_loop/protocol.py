@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -128,6 +128,15 @@ class Simulation(_Strict):
     noise_sd: float | None = Field(None, gt=0)
 
 
+class TwinSource(_Strict):
+    reference: str | None = Field(
+        None,
+        description="A twin file (neurotwin fit: e.g. on other people's responses) the session's twin starts "
+        "from: it chooses stimuli before any baseline, and its predictions are one more block of every twin "
+        "the session fits. A relative path is read from the protocol file's folder.",
+    )
+
+
 class Protocol(_Strict):
     name: str
     description: str = ""
@@ -139,6 +148,7 @@ class Protocol(_Strict):
     stopping: Stopping = Stopping()
     safety: Safety = Safety()
     simulation: Simulation = Simulation()
+    twin: TwinSource = TwinSource()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -154,9 +164,12 @@ class Protocol(_Strict):
             if p.kind == "closed_loop" and bad:
                 raise ValueError(f"phases.{i}.conditions: {bad} cannot be chosen in closed-loop rounds for "
                                  f"target.goal '{self.target.goal}' (allowed: {allowed})")  # fmt: skip
-        fits = any(p.kind in ("baseline", "localizer") for p in self.phases)
+        fits = any(p.kind in ("baseline", "localizer") for p in self.phases) or self.twin.reference
         if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
-            raise ValueError("closed_loop and evaluation phases need a baseline phase before them to fit the twin")
+            raise ValueError(
+                "closed_loop and evaluation phases need a baseline phase before them to fit the twin "
+                "(or a twin.reference to start from)"
+            )
         return self
 
     @property
@@ -237,7 +250,7 @@ def load_protocol(path: str | Path) -> Protocol:
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"protocol '{path}' is not valid TOML: {exc}") from None
     try:
-        return Protocol.model_validate(data)
+        protocol = Protocol.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -250,3 +263,45 @@ def load_protocol(path: str | Path) -> Protocol:
                 msg = "is required"
             lines.append(f"  {_where(err['loc'])}: {msg}")
         raise ProtocolError(f"protocol '{path}' has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+    ref = protocol.twin.reference
+    if ref and not Path(ref).is_absolute():  # from the protocol's folder, wherever it is run from
+        protocol = protocol.model_copy(update={"twin": TwinSource(reference=str((path.parent / ref).resolve()))})
+    return protocol
+
+
+def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> Any:
+    """The protocol's reference twin, checked against the session's features and ROIs (None if it has none).
+
+    Raises ProtocolError naming ``twin.reference``: a missing or unreadable file, a twin of
+    other features, or one that cannot stand for the ROIs (see :func:`reference_for_rois`)."""
+    if not protocol.twin.reference:
+        return None
+    from twin import Twin, TwinError
+
+    where = f"twin.reference '{protocol.twin.reference}'"
+    try:
+        ref = Twin.load(protocol.twin.reference)
+        ref.check_compatible(features.plan, features.model_id, "twin.reference")
+    except TwinError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
+    reference_for_rois(ref, rois, protocol)  # fails now rather than at the first choice
+    return ref
+
+
+def reference_for_rois(reference: Any, rois: list[str], protocol: Protocol) -> Any:
+    """The reference twin as the session's twin before any data: a column per ROI.
+
+    An ROI takes the reference's target of the same name; the target ROI may instead take a
+    one-target reference's only target. Other ROIs then follow the target ROI's prediction, so the
+    goal 'control' (which holds them) needs the reference to predict each of them by name."""
+    target = protocol.target.rois[0]
+    by_name = {name: i for i, name in enumerate(reference.targets)}
+    if target not in by_name and len(reference.targets) != 1:
+        raise ProtocolError(f"twin.reference predicts {reference.targets}: none is the target ROI '{target}' "
+                            "(a reference with one target stands for it)")  # fmt: skip
+    own = by_name.get(target, 0)
+    unmatched = [r for r in rois if r not in by_name and r != target]
+    if protocol.target.goal == "control" and unmatched:
+        raise ProtocolError(f"twin.reference predicts {reference.targets}, not {unmatched}: before a baseline, "
+                            "the goal 'control' needs a reference that predicts every ROI it holds")  # fmt: skip
+    return reference.for_targets([by_name.get(r, own) if r != target else own for r in rois], rois)

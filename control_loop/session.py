@@ -34,7 +34,9 @@ from acquisition import SessionFile, TrialEstimator, read_session, window_rates
 from acquisition.session import SessionError
 from hardware import PeerClient
 
-from .protocol import Protocol
+from .protocol import Protocol, load_reference, reference_for_rois
+
+REFERENCE_FILE = "reference_twin.h5"  # the attachment holding the protocol's reference twin
 
 log = logging.getLogger(__name__)
 LOCALIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fedorenko2010_localizer"
@@ -95,6 +97,20 @@ class Candidates:
         self.features = features
 
 
+def _twin_from_bytes(content: bytes, what: str) -> Any:
+    import tempfile
+
+    from twin import Twin
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / REFERENCE_FILE
+        path.write_bytes(content)
+        try:
+            return Twin.load(path)
+        except Exception as exc:
+            raise SessionError(f"{what}: {exc}") from None
+
+
 class SessionRunner:
     """Runs a protocol against a rig and a presenter, writing one session file."""
 
@@ -117,6 +133,8 @@ class SessionRunner:
             raise SessionError(f"target.rois: {missing} not measured by the rig (it measures {self.rois})")
         self.target = self.rois.index(protocol.target.rois[0])
         self.twin: Any = None
+        self.reference: Any = None  # the protocol's twin.reference, kept in the session file
+        self._reference_only = False  # the twin is the reference (no session data fit yet)
         self.session: SessionFile | None = None
         self.candidates: Candidates | None = None
         self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
@@ -133,12 +151,23 @@ class SessionRunner:
         p = self.protocol
         if not self.path.exists():
             modality = "fmri" if p.modality == "text" else "spikes"
+            self.reference = load_reference(p, self.features, self.rois)
+            attachments = {REFERENCE_FILE: Path(p.twin.reference).read_bytes()} if self.reference else None
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,
-                                              seeds={"protocol": p.seed}, peers=self.peers)  # fmt: skip
+                                              seeds={"protocol": p.seed}, peers=self.peers,
+                                              attachments=attachments)  # fmt: skip
+            if self.reference is not None:
+                self.session.log(
+                    "reference",
+                    f"the twin starts from {p.twin.reference} "
+                    f"(targets {self.reference.targets}, {self.reference.n_train} training stimuli)",
+                )
             return []
         data = read_session(self.path)
         if data.attrs.get("protocol") != p.model_dump_json():
             raise SessionError(f"session file '{self.path}' was started with another protocol")
+        if p.twin.reference:  # the copy kept in the file, whatever became of the original
+            self.reference = _twin_from_bytes(data.attachments[REFERENCE_FILE], f"{self.path}: {REFERENCE_FILE}")
         self.session = SessionFile.resume(self.path)
         done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
         self.next_run = int(max([0, *data.samples.run.tolist(), *data.events.run.tolist()])) + 1
@@ -189,7 +218,7 @@ class SessionRunner:
         self._fit_data[1].append(np.asarray(Y, np.float64))
         if self.twin is None:
             return
-        if self.protocol.modality == "text":
+        if self.protocol.modality == "text" or self._reference_only:
             self.twin = None
             self._ensure_twin()
         else:
@@ -202,7 +231,12 @@ class SessionRunner:
         if self.twin is None and self._fit_data[0]:
             Y = self._fit_data[1]
             runs = np.repeat(np.arange(len(Y)), [len(y) for y in Y]) if self.protocol.modality == "text" else None
-            self.twin = Twin.fit(self._fit_data[0], np.vstack(Y), self.rois, features=self.features, runs=runs)
+            self.twin = Twin.fit(self._fit_data[0], np.vstack(Y), self.rois, features=self.features, runs=runs,
+                                 reference=self.reference)  # fmt: skip
+            self._reference_only = False
+        elif self.twin is None and self.reference is not None:
+            self.twin = reference_for_rois(self.reference, self.rois, self.protocol)
+            self._reference_only = True
 
     # ----- choosing trials -----
     def _plan(self, index: int, phase_name: str, round_: int, n: int) -> RunPlan:

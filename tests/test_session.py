@@ -38,9 +38,10 @@ def uninterrupted(tmp_path_factory):
     return work, out, proc.stdout
 
 
-def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float) -> subprocess.Popen:
-    """Simulate TINY into out; send sig `delay` s after the controller prints a line starting with prefix."""
-    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(cache),
+def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float, protocol: Path = TINY
+                   ) -> subprocess.Popen:  # fmt: skip
+    """Simulate a protocol into out; send sig `delay` s after the controller prints a line starting with prefix."""
+    proc = subprocess.Popen(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for line in proc.stdout:
         if line.startswith(prefix):
@@ -118,6 +119,75 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     keys = sorted(ref_run["predicted"])
     np.testing.assert_allclose([again["predicted"][k] for k in keys], [ref_run["predicted"][k] for k in keys],
                                rtol=1e-9)  # fmt: skip
+
+
+def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterrupted, tmp_path):
+    """A protocol with twin.reference and no baseline phase: the reference (fit with `neurotwin twin fit` on
+    another person's responses) chooses the first round; every later twin stacks it with the session's data.
+    The session file keeps a copy, so a killed session resumes after the original is gone; references that
+    cannot serve are refused, naming twin.reference."""
+    import csv
+
+    from stimulus_synthesis import wordnet_sentences
+    from twin import TextFeatures, Twin
+
+    from .subjects import length_language_subject
+
+    work, _, _ = uninterrupted
+    env = _env(work / "cache")
+    sentences = list(wordnet_sentences("examples"))[:150]
+    with (tmp_path / "other_person.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "response"])
+        w.writerows(zip(sentences, length_language_subject(sentences)[:, 0], strict=True))
+    fit = subprocess.run(_cmd("twin", "fit", tmp_path / "other_person.csv", "--out", tmp_path / "reference.h5"),
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    baseline = '[[phases]]\nname = "baseline"\nkind = "baseline"\ntrials = 40\n\n'
+    assert baseline in TINY.read_text()
+    protocol = tmp_path / "from_reference.toml"
+    protocol.write_text(TINY.read_text().replace(baseline, "") + '\n[twin]\nreference = "reference.h5"\n')
+    check = subprocess.run(_cmd("protocol", "check", protocol), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert check.returncode == 0 and f"twin: starts from {tmp_path / 'reference.h5'}" in check.stdout, check.stderr
+
+    out = tmp_path / "session.h5"
+    proc = _signal_during(out, work / "cache", "run 2/", signal.SIGKILL, 0.4, protocol)  # run 1 complete
+    proc.communicate(timeout=60)
+    first = read_session(out)
+    assert (tmp_path / "reference.h5").read_bytes() == first.attachments["reference_twin.h5"]
+    (tmp_path / "reference.h5").unlink()
+    resumed = subprocess.run(_cmd("session", "resume", out, "--no-report"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    data = read_session(out)
+    assert sorted(data.events.trial) == list(range(2 * 20 + 30))
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert [r["kind"] for r in runs] == ["closed_loop"] * 2 + ["evaluation"] * 2
+    # The first round was chosen by the reference alone: its predictions are the reference's ('response'
+    # standing for 'lang'), and it sent longer sentences to drive than to suppress.
+    (tmp_path / "kept.h5").write_bytes(data.attachments["reference_twin.h5"])
+    reference = Twin.load(tmp_path / "kept.h5")
+    reference.attach(TextFeatures(reference.plan, cache=work / "cache" / "features.h5"))
+    text = data.stimuli.set_index("stimulus_id").text
+    events = data.events.set_index("trial")
+    trials = sorted(int(t) for t in runs[0]["predicted"])
+    predicted = reference.predict(list(text.loc[events.loc[trials, "stimulus_id"]]))[0][:, 0]
+    np.testing.assert_allclose([runs[0]["predicted"][str(t)] for t in trials], predicted, rtol=1e-6)
+    words = text.loc[events.loc[trials, "stimulus_id"]].str.split().str.len().to_numpy()
+    cond = events.loc[trials, "condition"].to_numpy()
+    assert words[cond == "D"].mean() > words[cond == "S"].mean() + 5
+    assert "the twin starts from" in data.log.loc[data.log.kind == "reference", "message"].iloc[0]
+
+    # A reference that is gone, or one that reads other features, is refused before anything starts.
+    check = subprocess.run(_cmd("protocol", "check", protocol), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert check.returncode == 2 and "twin.reference" in check.stderr and "does not exist" in check.stderr
+    fit = subprocess.run(_cmd("twin", "fit", tmp_path / "other_person.csv", "--out", tmp_path / "reference.h5",
+                              "--components", "8"), cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    check = subprocess.run(_cmd("simulate", protocol, "--out", tmp_path / "never.h5"), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert check.returncode == 2 and "twin.reference" in check.stderr and "other features" in check.stderr
+    assert not (tmp_path / "never.h5").exists()
 
 
 def _plan_record(data, index: int) -> dict:

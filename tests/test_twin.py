@@ -138,3 +138,41 @@ def test_fit_within_runs_ignores_run_offsets(pereira, pereira_blocks):
     assert within.predict(texts)[0].mean() == pytest.approx(measured.mean(), abs=0.05 * measured.std())
     with pytest.raises(ValueError, match="one label per response row"):
         Twin.fit(texts, measured, ["lang"], features=features, runs=runs[:-1])
+
+
+def test_twin_starts_from_a_reference_twin(tmp_path, pereira, pereira_blocks, feature_cache):
+    """A reference fit on some sentences (other people, in practice) joins a twin fit on noisy new measurements
+    (one person's single trials) as one more stacked block: held out, the pair predicts better than those
+    measurements alone; it stays one affine map of the features, saves and loads with its reference, and a
+    reference on other features is refused."""
+    features, blocks = pereira_blocks
+    s, y = pereira.sentences, pereira.responses
+    order = np.random.default_rng(2).permutation(len(s))
+    ref_rows, new_rows, test = order[:150], order[150:300], order[300:]
+    reference = Twin.fit([s[i] for i in ref_rows], y[ref_rows], ["response"], features=features)
+    new = [s[i] for i in new_rows]
+
+    def held_out_r(twin: Twin) -> float:
+        return float(np.corrcoef(twin.predict([s[i] for i in test])[0][:, 0], y[test, 0])[0, 1])
+
+    gains = []
+    for seed in range(6):
+        noisy = y[new_rows] + np.random.default_rng(seed).normal(0, 3 * y.std(), (len(new_rows), 1))
+        with_ref = Twin.fit(new, noisy, ["lang"], features=features, reference=reference)
+        gains.append(held_out_r(with_ref) - held_out_r(Twin.fit(new, noisy, ["lang"], features=features)))
+    print(f"held-out r gained with the reference: {np.round(gains, 3)}; the reference alone "
+          f"{held_out_r(reference):.3f}")  # fmt: skip
+    assert np.mean(gains) > 0.05
+    assert with_ref.stack_weights[list(with_ref.readouts).index("reference"), 0] > 0
+    W, b = with_ref.linear()  # what pool re-scoring uses
+    Z = np.hstack([blocks[name] for name in features.plan.blocks])
+    np.testing.assert_allclose(Z @ W + b, with_ref.predict_blocks(blocks)[0], rtol=1e-9, atol=1e-12)
+    with_ref.save(tmp_path / "twin.h5")
+    loaded = Twin.load(tmp_path / "twin.h5")
+    assert loaded.reference is not None and loaded.reference.targets == ["response"]
+    np.testing.assert_array_equal(loaded.predict_blocks(blocks)[0], with_ref.predict_blocks(blocks)[0])
+    other = TextFeatures(FeaturePlan(components=16), cache=feature_cache)
+    with pytest.raises(FeatureModelError, match="reads other features"):
+        Twin.fit(new, y[new_rows], ["lang"], features=other, reference=reference)
+    renamed = reference.for_targets([0, 0], ["lang", "md"])
+    np.testing.assert_allclose(renamed.predict(new)[0], np.repeat(reference.predict(new)[0], 2, axis=1), rtol=1e-12)

@@ -9,6 +9,12 @@ combination are decided by inner cross-validation only.
 Responses measured in separate runs (fMRI: each run has its own baseline) can be
 fit within runs: a fixed effect per run is removed from responses and features
 alike (Frisch-Waugh), so a run's offset never reads as a stimulus effect.
+
+A twin may start from a reference twin (say, one fit on other people's data, as
+Tuckute et al. 2024's model was): the reference's predictions become one more
+block, stacked with the others, so the new data decide how far to trust them
+and rescale them to their own units. The whole twin stays one affine map of the
+features.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .vision import ImageFeatures, ImagePlan, image_digests
 FORMAT = "neurotwin.twin"
 FORMAT_VERSION = 2
 STATS_BLOCK = "stats"
+REFERENCE_BLOCK = "reference"
 DEFAULT_COMPONENTS = 32
 
 
@@ -341,6 +348,7 @@ class Twin:
     training_digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.uint8), repr=False)
     projection: Projection | None = field(default=None, repr=False)
     features: TextFeatures | ImageFeatures | None = field(default=None, repr=False)
+    reference: Twin | None = field(default=None, repr=False)
 
     # ----- fitting -----
     @classmethod
@@ -355,15 +363,19 @@ class Twin:
         alphas: np.ndarray = DEFAULT_ALPHAS,
         training_hash: str = "",
         runs: Sequence | None = None,
+        reference: Twin | None = None,
     ) -> Twin:
         """Fit on stimuli (sentences, or images with an ImagePlan) and responses (n, t).
 
         Hyperparameters are chosen by inner LOO unless given. ``runs``: a run label per
-        row, to fit within runs (see :func:`within_runs`).
+        row, to fit within runs (see :func:`within_runs`). ``reference``: a twin on the
+        same features whose predictions join as one more block.
         """
         features = features or features_for(plan or FeaturePlan())
         blocks = features(sentences)
-        twin = cls.fit_blocks(blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs)
+        twin = cls.fit_blocks(
+            blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs, reference
+        )
         twin.projection = features.projection
         twin.features = features
         twin.training_hash = training_hash
@@ -381,11 +393,16 @@ class Twin:
         hyperparameters: Hyperparameters | None = None,
         alphas: np.ndarray = DEFAULT_ALPHAS,
         runs: Sequence | None = None,
+        reference: Twin | None = None,
     ) -> Twin:
-        """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows)."""
+        """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows), and on a
+        reference twin's predictions from them when one is given."""
         Y = _as_2d(Y)
         if len(Y) < 3:
             raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        if reference is not None:
+            reference.check_compatible(plan, model_id)
+            blocks = {**blocks, REFERENCE_BLOCK: reference.predict_blocks(blocks)[0]}
         if runs is not None:
             blocks, Y = within_runs(blocks, Y, runs)
         targets = list(targets) if targets is not None else [f"target{t}" for t in range(Y.shape[1])]
@@ -400,10 +417,40 @@ class Twin:
             noise_var, scores = None, {}
         readouts = {name: RidgeReadout.fit(blocks[name], Y, hyperparameters.alphas[name]) for name in blocks}
         twin = cls(plan, model_id, targets, readouts, hyperparameters.stack_weights, np.zeros(Y.shape[1]), 0)
+        twin.reference = reference
         if noise_var is None:  # fixed hyperparameters: in-sample residual variance
             noise_var = ((Y - twin.predict_blocks(blocks)[0]) ** 2).mean(0)
         twin.noise_var, twin.n_noise, twin.scores = noise_var, len(Y), scores
         return twin
+
+    def check_compatible(self, plan: FeaturePlan | ImagePlan, model_id: str, what: str = "reference twin") -> None:
+        """Raise FeatureModelError unless this twin reads the features of ``plan`` and ``model_id``."""
+        if model_id != self.model_id:
+            raise FeatureModelError(f"the {what} uses feature model '{self.model_id}', not '{model_id}'")
+        if plan != self.plan:
+            raise FeatureModelError(f"the {what} reads other features of '{model_id}' ({self.plan}, not {plan})")
+
+    def for_targets(self, columns: Sequence[int], names: Sequence[str]) -> Twin:
+        """A copy predicting this twin's target ``columns`` (repeats allowed) under ``names``."""
+        cols = list(columns)
+
+        def pick(readout: RidgeReadout) -> RidgeReadout:
+            state = readout.state()
+            state.update({k: state[k][..., cols] for k in ("mean_y", "sxy", "syy", "alphas")})
+            return RidgeReadout.from_state(state)
+
+        return replace(
+            self,
+            targets=list(names),
+            readouts={name: pick(r) for name, r in self.readouts.items()},
+            stack_weights=self.stack_weights[:, cols],
+            noise_var=self.noise_var[cols],
+        )
+
+    def _with_reference(self, blocks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.reference is None or REFERENCE_BLOCK in blocks:
+            return blocks
+        return {**blocks, REFERENCE_BLOCK: self.reference.predict_blocks(blocks)[0]}
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -444,21 +491,30 @@ class Twin:
     def linear(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole twin as one affine map of concatenated blocks: ``predict = Z @ W + b``.
 
-        Returns W (d, t) and b (t,), blocks in plan order (see :meth:`TextFeatures.split`).
+        Returns W (d, t) and b (t,), blocks in plan order (see :meth:`TextFeatures.split`); a
+        reference twin's block is folded in through the reference's own affine map.
         """
         names = list(self.readouts)
         mean_y = self.readouts[names[0]].mean_y
         W, b = [], mean_y.copy()
+        folded = None
         for i, name in enumerate(names):
             readout, w = self.readouts[name], self.stack_weights[i]
+            if name == REFERENCE_BLOCK and self.reference is not None:
+                W_ref, b_ref = self.reference.linear()
+                folded = W_ref @ (readout.coef_ * w)
+                b += w * (b_ref @ readout.coef_ + readout.intercept_ - mean_y)
+                continue
             W.append(readout.coef_ * w)
             b += w * (readout.intercept_ - mean_y)
-        return np.vstack(W), b
+        W = np.vstack(W)
+        return (W + folded if folded is not None else W), b
 
     def predict_blocks(
         self, blocks: dict[str, np.ndarray], with_sd: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (m, t) from precomputed blocks, and the predictive SD when asked."""
+        blocks = self._with_reference(blocks)
         names = list(self.readouts)
         mean_y = self.readouts[names[0]].mean_y
         pred = np.tile(mean_y, (len(blocks[names[0]]), 1))
@@ -491,6 +547,7 @@ class Twin:
         Y = _as_2d(Y)
         if Y.shape[1] != len(self.targets):
             raise ValueError(f"update expects {len(self.targets)} response column(s), got {Y.shape[1]}")
+        blocks = self._with_reference(blocks)
         # Residuals before the update are out-of-sample: they refine the noise variance.
         resid = Y - self.predict_blocks(blocks)[0]
         total = self.n_noise + len(Y)
@@ -510,31 +567,37 @@ class Twin:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(
-                format=FORMAT,
-                format_version=FORMAT_VERSION,
-                neurotwin_version=self.version,
-                model_id=self.model_id,
-                plan=self.plan.to_json(),
-                targets=json.dumps(self.targets),
-                training_hash=self.training_hash,
-                scores=json.dumps(self.scores),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                n_noise=self.n_noise,
-            )
-            f["noise_var"] = self.noise_var
-            f["stack_weights"] = self.stack_weights
-            f["training_digests"] = self.training_digests
-            if self.projection is not None:
-                for key, value in self.projection.to_arrays().items():
-                    f.create_dataset(f"projection/{key}", data=value)
-            blocks = f.create_group("blocks")
-            for i, (name, readout) in enumerate(self.readouts.items()):
-                g = blocks.create_group(f"{i:03d}")
-                g.attrs["name"] = name
-                for key, value in readout.state().items():
-                    g.create_dataset(key, data=value)
+            self._write(f)
         tmp.replace(path)
+
+    def _write(self, f: h5py.Group) -> None:
+        """The twin into an HDF5 file or group (its reference twin, if any, in the group 'reference')."""
+        f.attrs.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            neurotwin_version=self.version,
+            model_id=self.model_id,
+            plan=self.plan.to_json(),
+            targets=json.dumps(self.targets),
+            training_hash=self.training_hash,
+            scores=json.dumps(self.scores),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            n_noise=self.n_noise,
+        )
+        f["noise_var"] = self.noise_var
+        f["stack_weights"] = self.stack_weights
+        f["training_digests"] = self.training_digests
+        if self.projection is not None:
+            for key, value in self.projection.to_arrays().items():
+                f.create_dataset(f"projection/{key}", data=value)
+        blocks = f.create_group("blocks")
+        for i, (name, readout) in enumerate(self.readouts.items()):
+            g = blocks.create_group(f"{i:03d}")
+            g.attrs["name"] = name
+            for key, value in readout.state().items():
+                g.create_dataset(key, data=value)
+        if self.reference is not None:
+            self.reference._write(f.create_group("reference"))
 
     @classmethod
     def load(cls, path: str | Path, model: str | None = None) -> Twin:
@@ -551,45 +614,55 @@ class Twin:
         with f:
             if f.attrs.get("format") != FORMAT:
                 raise TwinFileError(f"'{path}' is an HDF5 file but not a NeuroTwin twin")
-            version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise TwinFileError(
-                    f"twin file '{path}' has format version {version}, written by neurotwin "
-                    f"{f.attrs.get('neurotwin_version')}; this neurotwin ({package_version()}) reads "
-                    f"version {FORMAT_VERSION}: refit the twin"
-                )
-            try:
-                readouts = {}
-                for key in sorted(f["blocks"]):
-                    g = f["blocks"][key]
-                    readouts[str(g.attrs["name"])] = RidgeReadout.from_state({k: g[k][()] for k in g})
-                twin = cls(
-                    plan=plan_from_json(f.attrs["plan"]),
-                    model_id=str(f.attrs["model_id"]),
-                    targets=json.loads(f.attrs["targets"]),
-                    readouts=readouts,
-                    stack_weights=f["stack_weights"][()],
-                    noise_var=f["noise_var"][()],
-                    n_noise=int(f.attrs["n_noise"]),
-                    training_hash=str(f.attrs["training_hash"]),
-                    scores=json.loads(f.attrs["scores"]),
-                    version=str(f.attrs["neurotwin_version"]),
-                    training_digests=f["training_digests"][()],
-                )
-                if "projection" in f:
-                    arrays = {}
-                    f["projection"].visititems(
-                        lambda k, v: arrays.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None
-                    )
-                    twin.projection = Projection.from_arrays(arrays)
-            except (KeyError, OSError, ValueError, TypeError) as exc:
-                raise TwinFileError(f"twin file '{path}' is incomplete or damaged: {exc}") from None
+            twin = cls._read(f, path)
         if model is not None:
             from .models import resolve_model
 
             wanted = model if twin.modality == "image" else resolve_model(model)[0]
             if wanted != twin.model_id:
                 raise FeatureModelError(f"twin file '{path}' uses feature model '{twin.model_id}', not '{wanted}'")
+        return twin
+
+    @classmethod
+    def _read(cls, f: h5py.Group, path: Path) -> Twin:
+        """A twin from an HDF5 file or group written by :meth:`_write`."""
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise TwinFileError(
+                f"twin file '{path}' has format version {version}, written by neurotwin "
+                f"{f.attrs.get('neurotwin_version')}; this neurotwin ({package_version()}) reads "
+                f"version {FORMAT_VERSION}: refit the twin"
+            )
+        try:
+            readouts = {}
+            for key in sorted(f["blocks"]):
+                g = f["blocks"][key]
+                readouts[str(g.attrs["name"])] = RidgeReadout.from_state({k: g[k][()] for k in g})
+            twin = cls(
+                plan=plan_from_json(f.attrs["plan"]),
+                model_id=str(f.attrs["model_id"]),
+                targets=json.loads(f.attrs["targets"]),
+                readouts=readouts,
+                stack_weights=f["stack_weights"][()],
+                noise_var=f["noise_var"][()],
+                n_noise=int(f.attrs["n_noise"]),
+                training_hash=str(f.attrs["training_hash"]),
+                scores=json.loads(f.attrs["scores"]),
+                version=str(f.attrs["neurotwin_version"]),
+                training_digests=f["training_digests"][()],
+            )
+            if "projection" in f:
+                arrays = {}
+                f["projection"].visititems(
+                    lambda k, v: arrays.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None
+                )
+                twin.projection = Projection.from_arrays(arrays)
+            if REFERENCE_BLOCK in readouts and "reference" not in f:
+                raise KeyError("'reference': the twin has a reference block but no reference twin")
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise TwinFileError(f"twin file '{path}' is incomplete or damaged: {exc}") from None
+        if "reference" in f:
+            twin.reference = cls._read(f["reference"], path)
         return twin
 
 
