@@ -162,7 +162,7 @@ def test_twin_starts_from_a_reference_twin(tmp_path, pereira, pereira_blocks, fe
         gains.append(held_out_r(with_ref) - held_out_r(Twin.fit(new, noisy, ["lang"], features=features)))
     print(f"held-out r gained with the reference: {np.round(gains, 3)}; the reference alone "
           f"{held_out_r(reference):.3f}")  # fmt: skip
-    assert np.mean(gains) > 0.05
+    assert np.mean(gains) > 0.1
     assert with_ref.stack_weights[list(with_ref.readouts).index("reference"), 0] > 0
     W, b = with_ref.linear()  # what pool re-scoring uses
     Z = np.hstack([blocks[name] for name in features.plan.blocks])

@@ -12,9 +12,9 @@ alike (Frisch-Waugh), so a run's offset never reads as a stimulus effect.
 
 A twin may start from a reference twin (say, one fit on other people's data, as
 Tuckute et al. 2024's model was): the reference's predictions become one more
-block, stacked with the others, so the new data decide how far to trust them
-and rescale them to their own units. The whole twin stays one affine map of the
-features.
+block, weighted first, with the other blocks stacked on what it leaves, so the
+new data decide how far to trust it, put it in their own units and correct it.
+The whole twin stays one affine map of the features.
 """
 
 from __future__ import annotations
@@ -311,6 +311,10 @@ def select_hyperparameters(
 ) -> tuple[Hyperparameters, np.ndarray]:
     """Alphas by exact LOO per block and target, then NNLS stacking weights on the LOO predictions.
 
+    A reference twin's block is weighted first (least squares, at least 0), and the other blocks
+    are stacked on what it leaves: noisy data then refine the reference rather than trade it for
+    blocks that fit their noise.
+
     Returns the hyperparameters and the stacked LOO predictions (n, t).
     """
     Y = _as_2d(Y)
@@ -319,10 +323,18 @@ def select_hyperparameters(
     P = np.stack([loos[name].best_predictions for name in names])  # (b, n, t)
     weights = np.zeros((len(names), Y.shape[1]))
     stacked = np.empty_like(Y)
+    ref = names.index(REFERENCE_BLOCK) if REFERENCE_BLOCK in names else None
+    others = [i for i in range(len(names)) if i != ref]
     for t in range(Y.shape[1]):
         Pt = P[:, :, t].T
         center = Pt.mean(0)
-        w, _ = nnls(Pt - center, Y[:, t] - Y[:, t].mean())
+        Pc, yc = Pt - center, Y[:, t] - Y[:, t].mean()
+        w = np.zeros(len(names))
+        if ref is not None:  # the reference first; the other blocks explain what it leaves
+            norm = Pc[:, ref] @ Pc[:, ref]
+            w[ref] = max(0.0, Pc[:, ref] @ yc / norm) if norm > 0 else 0.0
+            yc = yc - w[ref] * Pc[:, ref]
+        w[others], _ = nnls(Pc[:, others], yc)
         if not w.any():
             w = np.full(len(names), 1.0 / len(names))
         weights[:, t] = w
