@@ -72,23 +72,23 @@ def _toml(data: dict) -> str:
     return "\n".join(top) + "\n" + "\n".join(tables + phases) + "\n"
 
 
-def protocols(kind: str, reference: Path | None, work: Path) -> dict[str, Path]:
-    """The protocols compared: the shipped closed and open loops, or copies starting from ``reference`` plus
-    the reference alone (the evaluation phase only)."""
+def protocols(kind: str, reference: Path | None, work: Path) -> dict[str, tuple[str, Path]]:
+    """label -> (session file stem, protocol): the shipped closed and open loops, or copies starting from
+    ``reference`` and the reference alone (the evaluation phase only)."""
     import tomllib
 
     shipped = {name: ROOT / "protocols" / f"{name}_loop_{kind}.toml" for name in ("closed", "open")}
     if reference is None:
-        return shipped
+        return {f"{name} loop": (name, path) for name, path in shipped.items()}
     out = {}
     for name, path in shipped.items():
         data = tomllib.loads(path.read_text())
         data["twin"] = {"reference": str(reference.resolve())}
-        out[f"{name}+ref"] = work / f"{name}+ref.toml"
-        out[f"{name}+ref"].write_text(_toml(data))
+        out[f"{name} loop + reference"] = (f"{name}+ref", work / f"{name}+ref.toml")
+        out[f"{name} loop + reference"][1].write_text(_toml(data))
     data["phases"] = [p for p in data["phases"] if p["kind"] == "evaluation"]
-    out["reference alone"] = work / "reference-alone.toml"
-    out["reference alone"].write_text(_toml(data))
+    out["reference alone"] = ("reference-alone", work / "reference-alone.toml")
+    out["reference alone"][1].write_text(_toml(data))
     return out
 
 
@@ -107,8 +107,8 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, ref
     runs = protocols(kind, reference, work)
     results: dict[str, list[dict]] = {name: [] for name in runs}
     for seed in range(n_seeds):
-        for name, protocol in runs.items():
-            out = work / f"{name.replace(' ', '-')}-{seed}.h5"
+        for name, (stem, protocol) in runs.items():
+            out = work / f"{stem}-{seed}.h5"
             cmd = [sys.executable, "-m", "control_loop.cli", "simulate", str(protocol),
                    "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
             proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -116,17 +116,17 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, ref
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
             r = evaluate(out, subject)
             results[name].append(r)
-            print(f"seed {seed} {name:15s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
+            print(f"seed {seed} {name:24s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",
                   flush=True)  # fmt: skip
     print()
     for name in runs:
         seps = np.array([r["sep"] for r in results[name]])
         sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in results[name])
-        print(f"{name}-loop separation: mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
+        print(f"{name}: separation mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
               f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
-    suffix = "+ref" if reference else ""
-    closed, open_ = (np.array([r["sep"] for r in results[name + suffix]]) for name in ("closed", "open"))
+    suffix = " + reference" if reference else ""
+    closed, open_ = (np.array([r["sep"] for r in results[f"{name} loop{suffix}"]]) for name in ("closed", "open"))
     ratio = closed.mean() / open_.mean()
     print(f"closed / open separation: {ratio:.2f} (target at least {target}: {'PASS' if ratio >= target else 'FAIL'})")
     if n_seeds > 1:  # a seed's two sessions share the protocol seed (the same first runs): compare them paired

@@ -281,7 +281,8 @@ def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> Any:
     where = f"twin.reference '{protocol.twin.reference}'"
     try:
         ref = Twin.load(protocol.twin.reference)
-        ref.check_compatible(features.plan, features.model_id, "twin.reference")
+        if features is not None:  # else the first fit or pool scoring checks it
+            ref.check_compatible(features.plan, features.model_id, "twin.reference")
     except TwinError as exc:
         raise ProtocolError(f"{where}: {exc}") from None
     reference_for_rois(ref, rois, protocol)  # fails now rather than at the first choice

@@ -97,18 +97,21 @@ class Candidates:
         self.features = features
 
 
-def _twin_from_bytes(content: bytes, what: str) -> Any:
+def _kept_reference(data: Any, path: Path) -> Any:
+    """The reference twin kept in a session file."""
     import tempfile
 
-    from twin import Twin
+    from twin import Twin, TwinError
 
+    if REFERENCE_FILE not in data.attachments:
+        raise SessionError(f"session file '{path}' names a twin.reference but holds no copy of it")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / REFERENCE_FILE
-        path.write_bytes(content)
+        kept = Path(tmp) / REFERENCE_FILE
+        kept.write_bytes(data.attachments[REFERENCE_FILE])
         try:
-            return Twin.load(path)
-        except Exception as exc:
-            raise SessionError(f"{what}: {exc}") from None
+            return Twin.load(kept)
+        except TwinError as exc:
+            raise SessionError(f"session file '{path}': its copy of the reference twin is damaged: {exc}") from None
 
 
 class SessionRunner:
@@ -167,7 +170,7 @@ class SessionRunner:
         if data.attrs.get("protocol") != p.model_dump_json():
             raise SessionError(f"session file '{self.path}' was started with another protocol")
         if p.twin.reference:  # the copy kept in the file, whatever became of the original
-            self.reference = _twin_from_bytes(data.attachments[REFERENCE_FILE], f"{self.path}: {REFERENCE_FILE}")
+            self.reference = _kept_reference(data, self.path)
         self.session = SessionFile.resume(self.path)
         done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
         self.next_run = int(max([0, *data.samples.run.tolist(), *data.events.run.tolist()])) + 1
