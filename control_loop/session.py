@@ -137,7 +137,6 @@ class SessionRunner:
         self.target = self.rois.index(protocol.target.rois[0])
         self.twin: Any = None
         self.reference: Any = None  # the protocol's twin.reference, kept in the session file
-        self._reference_only = False  # the twin is the reference (no session data fit yet)
         self.session: SessionFile | None = None
         self.candidates: Candidates | None = None
         self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
@@ -217,11 +216,12 @@ class SessionRunner:
         """
         if kind == "localizer" or not stimuli:
             return
+        reference_only = not self._fit_data[0]  # a twin before any data is the reference alone
         self._fit_data[0].extend(stimuli)
         self._fit_data[1].append(np.asarray(Y, np.float64))
         if self.twin is None:
             return
-        if self.protocol.modality == "text" or self._reference_only:
+        if self.protocol.modality == "text" or reference_only:
             self.twin = None
             self._ensure_twin()
         else:
@@ -236,10 +236,8 @@ class SessionRunner:
             runs = np.repeat(np.arange(len(Y)), [len(y) for y in Y]) if self.protocol.modality == "text" else None
             self.twin = Twin.fit(self._fit_data[0], np.vstack(Y), self.rois, features=self.features, runs=runs,
                                  reference=self.reference)  # fmt: skip
-            self._reference_only = False
         elif self.twin is None and self.reference is not None:
             self.twin = reference_for_rois(self.reference, self.rois, self.protocol)
-            self._reference_only = True
 
     # ----- choosing trials -----
     def _plan(self, index: int, phase_name: str, round_: int, n: int) -> RunPlan:
