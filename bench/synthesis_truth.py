@@ -5,15 +5,16 @@ MiniLM features, word frequency and length through a saturating nonlinearity,
 not the twin). A pool of new sentences is embedded; 300 of them are "measured"
 (true response plus the subject's per-trial noise, SD 0.623, SNR 0.3; and, for
 comparison, the mean of 5 such measurements); the default twin is fit on those and
-chooses drive and suppress sets of 50 from the rest of the pool.
-Targets: drive set's true mean above the pool's 90th percentile, suppress set's
-below the 10th. For scale, the same sets are chosen by a ridge readout of the
+chooses drive and suppress sets of 50 from the rest of the pool. This is repeated for
+12 training sets (``--splits``), each line printed, then the mean, the worst and how
+many sets met the targets: drive set's true mean above the pool's 90th percentile,
+suppress set's below the 10th. For scale, the same sets are chosen by a ridge readout of the
 subject's own features (its weights unknown) fit on the same measurements: how far
 300 measurements at this noise can take any twin. Then local search starts from
-the corpus' 16 best sentences and the margin by which generation raises (lowers)
-the predicted response is printed, with the naturalness filter rechecked on every
-generated sentence.
-Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE]
+the corpus' 16 best sentences (by the twin of training set 0, means of 5 trials) and
+the margin by which generation raises (lowers) the predicted response is printed,
+with the naturalness filter rechecked on every generated sentence.
+Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE] [--splits N]
 (``--cache`` keeps the pool's features for the next run; bench/loop_headroom.py reads the same.)
 """
 
@@ -34,7 +35,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import new_sentences
 
 
-def main(n_pool: int = 4000, cache: Path | None = None) -> None:
+def percentile(truth: np.ndarray, value: float) -> float:
+    """Percent of the pool whose true response is below ``value``."""
+    return float((truth < value).mean() * 100)
+
+
+def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> None:
     from hardware.subject import NOISE_SD, LanguageSubject, subject_features
     from stimulus_synthesis import Constraints, Goal, select
     from stimulus_synthesis.embedded import EmbeddedPool
@@ -55,32 +61,45 @@ def main(n_pool: int = 4000, cache: Path | None = None) -> None:
               f"90th pct {p90:.3f}\n")  # fmt: skip
         own = subject_features(sentences)
         free = Constraints(min_words=1, max_words=None, charset=None, max_similarity=1.0)
-        for split in range(3):
-            rng = np.random.default_rng(split)
-            train = rng.choice(len(sentences), 300, replace=False)
-            rest = np.setdiff1d(np.arange(len(sentences)), train)
-            texts = [sentences[i] for i in rest]
-            for label, repeats in [("single trials", 1), ("mean of 5 trials", 5)]:
+        columns = ["twin", "twin, default constraints", "subject's features"]
+        kept = None  # the twin that generation starts from: training set 0, means of 5 trials
+        for label, repeats in [("single trials", 1), ("means of 5 trials", 5)]:
+            print(
+                f"300 {label}, {splits} training sets: pool percentile of the true mean of the 50 chosen, "
+                "drive / suppress"
+            )
+            rows = []
+            for split in range(splits):
+                rng = np.random.default_rng(split)
+                train = rng.choice(len(sentences), 300, replace=False)
+                rest = np.setdiff1d(np.arange(len(sentences)), train)
+                texts = [sentences[i] for i in rest]
                 y = truth[train] + rng.standard_normal((300, repeats)).mean(1) * NOISE_SD
                 twin = Twin.fit([sentences[i] for i in train], y, ["lang"], features=features)
                 mean, _ = pool.predict(twin)
+                if repeats == 5 and split == 0:
+                    kept = twin, mean, rest
                 r = np.corrcoef(mean[rest, 0], truth[rest])[0, 1]
-                print(f"training set {split}, {label}: twin-vs-truth r on the unmeasured pool {r:.3f}")
-                for cname, constraints in [("no constraints", free), ("default constraints", Constraints())]:
-                    out = []
+                row = []
+                for constraints in (free, Constraints()):
                     for kind in ("drive", "suppress"):
                         sel = select(texts, mean[rest], 50, Goal(kind), constraints=constraints)
-                        chosen = truth[rest][sel.index].mean()
-                        ok = chosen > p90 if kind == "drive" else chosen < p10
-                        out.append(f"{kind} {chosen:.3f} (pct {(truth < chosen).mean() * 100:.1f}, "
-                                   f"{'PASS' if ok else 'FAIL'})")  # fmt: skip
-                    print(f"    {cname:20s} " + "; ".join(out))
+                        row.append(percentile(truth, truth[rest][sel.index].mean()))
                 ref = RidgeReadout.fit(own[train], y, loo_ridge(own[train], y).best_alpha).predict(own[rest])[:, 0]
                 order = np.argsort(ref)
-                pct = [(truth < truth[rest][order[s]].mean()).mean() * 100 for s in (slice(-50, None), slice(50))]
-                label = "subject's features"
-                print(f"    {label:20s} drive pct {pct[0]:.1f}; suppress pct {pct[1]:.1f} (no constraints)")
-        print()
+                row += [percentile(truth, truth[rest][order[s]].mean()) for s in (slice(-50, None), slice(50))]
+                rows.append(row)
+                pairs = zip(columns, row[0::2], row[1::2], strict=True)
+                cells = " | ".join(f"{c} {d:.1f} / {s:.1f}" for c, d, s in pairs)
+                print(f"  set {split:2d}: twin-vs-truth r {r:.3f} | {cells}")
+            a = np.array(rows)
+            for j, name in enumerate(columns):
+                d, s = a[:, 2 * j], a[:, 2 * j + 1]
+                print(f"  {name}: drive mean {d.mean():.1f} (worst {d.min():.1f}, above 90th in "
+                      f"{(d > 90).sum()}/{splits}); suppress mean {s.mean():.1f} (worst {s.max():.1f}, below 10th in "
+                      f"{(s < 10).sum()}/{splits})")  # fmt: skip
+            print()
+        twin, mean, rest = kept
         constraints = Constraints()
         naturalness = Naturalness()
         stats = features.surprisal_columns()
@@ -135,5 +154,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="synthetic-truth check of sentence selection and generation")
     parser.add_argument("pool", nargs="?", type=int, default=4000, help="pool size")
     parser.add_argument("--cache", type=Path, help="feature cache to use and keep")
+    parser.add_argument("--splits", type=int, default=12, help="training sets of 300 drawn from the pool")
     args = parser.parse_args()
-    main(args.pool, args.cache)
+    main(args.pool, args.cache, args.splits)
