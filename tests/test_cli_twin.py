@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from twin import Twin
+
 from .conftest import synthetic_sentences
 
 
@@ -52,6 +54,12 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     held = tmp_path / "held.csv"
     held.write_text("sentence,response,other\n" + "".join(f'"{s}",{len(s.split())},0.5\n' for s in new))
     assert "held-out" in neurotwin("twin", "score", twin, held, cache=cache).stdout
+
+    # 20 new sentences fit with the first twin's hyperparameters as the prior, one multiplier per target
+    borrowed = neurotwin("twin", "fit", held, "--out", tmp_path / "b.h5", "--model", "minilm", "--prior", twin,
+                         cache=cache)  # fmt: skip
+    assert f"hyperparameters from {twin} (40 training stimuli), penalties x" in borrowed.stdout
+    assert Twin.load(tmp_path / "b.h5").scores["prior_n_train"] == 40
 
 
 def test_duplicates_are_averaged_and_repeats_give_a_ceiling(tmp_path):

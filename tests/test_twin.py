@@ -176,3 +176,43 @@ def test_twin_starts_from_a_reference_twin(tmp_path, pereira, pereira_blocks, fe
         Twin.fit(new, y[new_rows], ["lang"], features=other, reference=reference)
     renamed = reference.for_targets([0, 0], ["lang", "md"])
     np.testing.assert_allclose(renamed.predict(new)[0], np.repeat(reference.predict(new)[0], 2, axis=1), rtol=1e-12)
+
+
+def test_twin_borrows_hyperparameters_from_a_prior_twin(pereira, pereira_blocks, feature_cache):
+    """From few, noisy responses, a twin that reuses a prior twin's ridge penalties and stacking weights
+    (one penalty multiplier chosen on its own data) predicts held-out sentences better than one choosing
+    every penalty and weight itself; the multiplier grows with the noise."""
+    features, blocks = pereira_blocks
+    y = pereira.responses[:, 0]
+    plan, model_id = features.plan, features.model_id
+
+    def rows(index):
+        return {k: v[index] for k, v in blocks.items()}
+
+    gains, multipliers = [], {0.0: [], 3.0: []}
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(y))
+        prior_rows, new_rows, test = order[:188], order[188:301], order[301:]
+        prior = Twin.fit_blocks(rows(prior_rows), y[prior_rows], ["response"], plan, model_id)
+        for noise in multipliers:
+            noisy = y[new_rows] + rng.normal(0, noise * y.std(), len(new_rows))
+            borrowed = Twin.fit_blocks(rows(new_rows), noisy, ["lang"], plan, model_id, prior=prior)
+            np.testing.assert_array_equal(borrowed.stack_weights, prior.stack_weights)
+            ratio = {k: borrowed.readouts[k].alphas[0] / prior.readouts[k].alphas[0] for k in blocks}
+            assert np.ptp(list(ratio.values())) < 1e-9 * max(ratio.values())  # one multiplier for every block
+            multipliers[noise].append(ratio["stats"])
+            if noise:
+                own = Twin.fit_blocks(rows(new_rows), noisy, ["lang"], plan, model_id)
+                r = [np.corrcoef(t.predict_blocks(rows(test))[0][:, 0], y[test])[0, 1] for t in (borrowed, own)]
+                gains.append(r[0] - r[1])
+    print(f"held-out r gained at 3x-SD noise: {np.round(gains, 3)}; penalty multipliers, no noise "
+          f"{np.round(multipliers[0.0], 2)}, 3x-SD noise {np.round(multipliers[3.0], 2)}")  # fmt: skip
+    assert np.mean(gains) > 0.03
+    assert np.median(multipliers[3.0]) > 2 * np.median(multipliers[0.0])
+    first = order[:100]  # a prior with one target serves two
+    two = Twin.fit_blocks(rows(first), np.column_stack([y[first], -y[first]]), ["a", "b"], plan, model_id, prior=prior)
+    assert two.stack_weights.shape == (len(blocks), 2)
+    other = TextFeatures(FeaturePlan(components=16), cache=feature_cache)
+    with pytest.raises(FeatureModelError, match="prior twin reads other features"):
+        Twin.fit(pereira.sentences[:20], y[:20], ["lang"], features=other, prior=prior)

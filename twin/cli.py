@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -74,8 +75,11 @@ def twin_group() -> None:
 @click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
               help="Sentences, or images (CSV column 'image': paths relative to the CSV).")  # fmt: skip
 @click.option("--grid", default=3, show_default=True, help="Images: spatial pooling grid per layer.")
+@click.option("--prior", type=click.Path(path_type=Path), default=None,
+              help="A twin file on the same features whose penalties and stacking weights to reuse, "
+                   "scaled to these data: for few or noisy responses (e.g. single trials).")  # fmt: skip
 def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device, modality,
-            grid) -> None:  # fmt: skip
+            grid, prior) -> None:  # fmt: skip
     """Fit a twin on DATA (CSV: 'sentence' or 'image' plus response columns). Duplicates are averaged.
 
     Images: --model efficientnet-lite0 (default for images), gabor-v1, or module:attr
@@ -85,8 +89,9 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     from .data import load_dataset
     from .model import FeaturePlan, Twin
 
+    prior_twin = Twin.load(prior) if prior is not None else None
     if modality == "image":
-        _fit_images(data, out, model, layers, grid, targets, device)
+        _fit_images(data, out, model, layers, grid, targets, device, prior, prior_twin)
         return
 
     dataset = load_dataset(data, targets.split(",") if targets else None)
@@ -101,10 +106,12 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     if features.plan.layers:
         features.extractor.check_layers(features.plan.layers)
     twin = Twin.fit(
-        dataset.sentences, dataset.responses, dataset.targets, features=features, training_hash=dataset.digest()
-    )
+        dataset.sentences, dataset.responses, dataset.targets, features=features, training_hash=dataset.digest(),
+        prior=prior_twin,
+    )  # fmt: skip
     twin.save(out)
     click.echo(f"fit {len(dataset)} unique sentences, targets: {', '.join(dataset.targets)}")
+    _echo_prior(twin, prior, prior_twin)
     for target, r in twin.scores["inner_loo_r"].items():
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
     used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1), strict=False) if w > 0]
@@ -112,8 +119,19 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     click.echo(f"wrote {out}")
 
 
+def _echo_prior(twin: Any, path: Path | None, prior: Any) -> None:
+    """Say how the prior's penalties were scaled to the data."""
+    if prior is None:
+        return
+    name = next(iter(twin.readouts))
+    own, base = np.atleast_1d(twin.readouts[name].alphas), np.atleast_1d(prior.readouts[name].alphas)
+    scale = own / (base if len(base) == len(own) else base[0])
+    click.echo(f"  hyperparameters from {path} ({prior.n_train} training stimuli), "
+               f"penalties x{', x'.join(f'{m:.3g}' for m in scale)}")  # fmt: skip
+
+
 def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int, targets: str | None,
-                device: str) -> None:  # fmt: skip
+                device: str, prior_path: Path | None = None, prior: Any = None) -> None:  # fmt: skip
     import pandas as pd
 
     from .data import DataError
@@ -138,9 +156,10 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
     paths = [str((data.parent / p) if not Path(p).is_absolute() else p) for p in frame["image"]]
     model = "efficientnet-lite0" if model == "smollm2-135m" else model
     plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)
-    twin = Twin.fit(paths, Y, names, features=ImageFeatures(plan, device=device))
+    twin = Twin.fit(paths, Y, names, features=ImageFeatures(plan, device=device), prior=prior)
     twin.save(out)
     click.echo(f"fit {len(paths)} images on {model} ({', '.join(twin.plan.layers or ())}), targets: {', '.join(names)}")
+    _echo_prior(twin, prior_path, prior)
     for target, r in twin.scores["inner_loo_r"].items():
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
     click.echo(f"wrote {out}")

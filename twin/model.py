@@ -343,6 +343,51 @@ def select_hyperparameters(
     return hp, stacked
 
 
+#: Multipliers of a prior twin's ridge penalties tried by :func:`transfer_hyperparameters`.
+PRIOR_MULTIPLIERS = np.logspace(-2, 3, 21)
+
+
+def transfer_hyperparameters(
+    blocks: dict[str, np.ndarray], Y: np.ndarray, prior: Hyperparameters, multipliers: np.ndarray = PRIOR_MULTIPLIERS
+) -> tuple[Hyperparameters, np.ndarray]:
+    """A prior twin's ridge penalties (their ratios across blocks) and stacking weights, scaled per
+    target by the one multiplier with the least exact-LOO error on these data.
+
+    One number per target is chosen instead of a penalty per block and the weights: from few,
+    noisy responses (single fMRI trials) that choice is far less noisy. The multiplier tracks
+    the data's noise relative to the prior's. A prior with one target serves every target.
+
+    Returns the hyperparameters and the stacked LOO predictions (n, t).
+    """
+    Y = _as_2d(Y)
+    names = list(blocks)
+    if set(names) != set(prior.alphas):
+        raise FeatureModelError(f"the prior twin has feature blocks {sorted(prior.alphas)}, not {sorted(names)}")
+    n_prior = prior.stack_weights.shape[1]
+    if n_prior not in (1, Y.shape[1]):
+        raise ValueError(f"the prior twin has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
+    row = {name: i for i, name in enumerate(prior.alphas)}  # prior.stack_weights rows follow its alphas
+    multipliers = np.asarray(multipliers, np.float64)
+    alphas = {name: np.empty(Y.shape[1]) for name in names}
+    weights = np.empty((len(names), Y.shape[1]))
+    stacked = np.empty_like(Y)
+    for t in range(Y.shape[1]):
+        col = t if n_prior > 1 else 0
+        base = {name: float(np.atleast_1d(prior.alphas[name])[col]) for name in names}
+        w = np.array([prior.stack_weights[row[name], col] for name in names])
+        P = np.full((len(multipliers), len(Y)), Y[:, t].mean())
+        for b, name in enumerate(names):
+            if w[b] > 0:
+                loo = loo_ridge(blocks[name], Y[:, t], base[name] * multipliers).predictions[:, :, 0]
+                P += w[b] * (loo - loo.mean(1, keepdims=True))
+        best = int(((P - Y[:, t]) ** 2).mean(1).argmin())
+        for name in names:
+            alphas[name][t] = base[name] * multipliers[best]
+        weights[:, t] = w
+        stacked[:, t] = P[best]
+    return Hyperparameters(alphas, weights), stacked
+
+
 @dataclass
 class Twin:
     """A fitted encoding model (of sentences or images) of one or more target responses."""
@@ -376,17 +421,21 @@ class Twin:
         training_hash: str = "",
         runs: Sequence | None = None,
         reference: Twin | None = None,
+        prior: Twin | None = None,
     ) -> Twin:
         """Fit on stimuli (sentences, or images with an ImagePlan) and responses (n, t).
 
         Hyperparameters are chosen by inner LOO unless given. ``runs``: a run label per
         row, to fit within runs (see :func:`within_runs`). ``reference``: a twin on the
-        same features whose predictions join as one more block.
+        same features whose predictions join as one more block. ``prior``: a twin on the
+        same features whose hyperparameters are reused, scaled (:func:`transfer_hyperparameters`).
         """
         features = features or features_for(plan or FeaturePlan())
+        if prior is not None:  # before the features are computed
+            prior.check_compatible(features.plan, features.model_id, "prior twin")
         blocks = features(sentences)
         twin = cls.fit_blocks(
-            blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs, reference
+            blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs, reference, prior
         )
         twin.projection = features.projection
         twin.features = features
@@ -406,12 +455,16 @@ class Twin:
         alphas: np.ndarray = DEFAULT_ALPHAS,
         runs: Sequence | None = None,
         reference: Twin | None = None,
+        prior: Twin | None = None,
     ) -> Twin:
-        """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows), and on a
-        reference twin's predictions from them when one is given."""
+        """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows), on a
+        reference twin's predictions from them when one is given, and with a prior twin's
+        hyperparameters, scaled, when one is given."""
         Y = _as_2d(Y)
         if len(Y) < 3:
             raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        if prior is not None:
+            prior.check_compatible(plan, model_id, "prior twin")
         if reference is not None:
             reference.check_compatible(plan, model_id)
             blocks = {**blocks, REFERENCE_BLOCK: reference.predict_blocks(blocks)[0]}
@@ -419,10 +472,15 @@ class Twin:
             blocks, Y = within_runs(blocks, Y, runs)
         targets = list(targets) if targets is not None else [f"target{t}" for t in range(Y.shape[1])]
         if hyperparameters is None:
-            hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
+            if prior is not None:
+                hyperparameters, stacked = transfer_hyperparameters(blocks, Y, prior.hyperparameters)
+            else:
+                hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
             noise_var = ((Y - stacked) ** 2).mean(0)
             loo_r = pearson_columns(stacked, Y)
             scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r), strict=False))}
+            if prior is not None:
+                scores["prior_n_train"] = prior.n_train
             if runs is not None:
                 scores["runs"] = len(np.unique(np.asarray(runs)))
         else:
