@@ -18,7 +18,9 @@ With ``--reference TWIN`` (a twin file, e.g. fit on ../shared/data's Pereira res
 line scores the reference alone: the evaluation block with no measurement before it, as
 Tuckute et al. 2024 tested their model's choices in new people. (The default subject's
 weights come from the same Pereira data, so in simulation such a reference is a favourable prior.)
-Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR] [--reference TWIN]
+With ``--prior TWIN`` both protocols' twins borrow that twin's hyperparameters (``[twin] prior``).
+Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR]
+     [--reference TWIN | --prior TWIN]
 With ``--work DIR`` the session files are kept there, and a session already finished
 in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with every run of its protocol) is scored
 again rather than rerun, so a long run can be split across sittings.
@@ -72,27 +74,32 @@ def _toml(data: dict) -> str:
     return "\n".join(top) + "\n" + "\n".join(tables + phases) + "\n"
 
 
-def protocols(kind: str, reference: Path | None, work: Path) -> dict[str, tuple[str, Path]]:
-    """label -> (session file stem, protocol): the shipped closed and open loops, or copies starting from
-    ``reference`` and the reference alone (the evaluation phase only)."""
+def protocols(kind: str, twin: dict[str, Path], work: Path) -> dict[str, tuple[str, Path]]:
+    """label -> (session file stem, protocol): the shipped closed and open loops, or copies with the ``[twin]``
+    table ``twin`` (a reference or a prior twin file) and, with a reference, the reference alone (the
+    evaluation phase only)."""
     import tomllib
 
     shipped = {name: ROOT / "protocols" / f"{name}_loop_{kind}.toml" for name in ("closed", "open")}
-    if reference is None:
+    if not twin:
         return {f"{name} loop": (name, path) for name, path in shipped.items()}
+    ((field, file),) = twin.items()
+    short = {"reference": "ref", "prior": "prior"}[field]
     out = {}
     for name, path in shipped.items():
         data = tomllib.loads(path.read_text())
-        data["twin"] = {"reference": str(reference.resolve())}
-        out[f"{name} loop + reference"] = (f"{name}+ref", work / f"{name}+ref.toml")
-        out[f"{name} loop + reference"][1].write_text(_toml(data))
-    data["phases"] = [p for p in data["phases"] if p["kind"] == "evaluation"]
-    out["reference alone"] = ("reference-alone", work / "reference-alone.toml")
-    out["reference alone"][1].write_text(_toml(data))
+        data["twin"] = {field: str(file.resolve())}
+        out[f"{name} loop + {field}"] = (f"{name}+{short}", work / f"{name}+{short}.toml")
+        out[f"{name} loop + {field}"][1].write_text(_toml(data))
+    if field == "reference":
+        data["phases"] = [p for p in data["phases"] if p["kind"] == "evaluation"]
+        out["reference alone"] = ("reference-alone", work / "reference-alone.toml")
+        out["reference alone"][1].write_text(_toml(data))
     return out
 
 
-def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, reference: Path | None = None) -> None:
+def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, twin: dict[str, Path] | None = None
+         ) -> None:  # fmt: skip
     if modality == "image":
         from hardware.rigs import v4_tuning
 
@@ -104,7 +111,8 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, ref
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"session files in {work}")
-    runs = protocols(kind, reference, work)
+    twin = twin or {}
+    runs = protocols(kind, twin, work)
     results: dict[str, list[dict]] = {name: [] for name in runs}
     for seed in range(n_seeds):
         for name, (stem, protocol) in runs.items():
@@ -125,7 +133,7 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, ref
         sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in results[name])
         print(f"{name}: separation mean {seps.mean():.2f} SD (spread {seps.min():.2f}-{seps.max():.2f}); "
               f"drive > baseline > suppress at p < 0.01 in {sig}/{n_seeds} seeds")  # fmt: skip
-    suffix = " + reference" if reference else ""
+    suffix = "".join(f" + {field}" for field in twin)
     closed, open_ = (np.array([r["sep"] for r in results[f"{name} loop{suffix}"]]) for name in ("closed", "open"))
     ratio = closed.mean() / open_.mean()
     print(f"closed / open separation: {ratio:.2f} (target at least {target}: {'PASS' if ratio >= target else 'FAIL'})")
@@ -139,6 +147,9 @@ if __name__ == "__main__":
     parser.add_argument("seeds", nargs="?", type=int, default=5)
     parser.add_argument("modality", nargs="?", choices=["text", "image"], default="text")
     parser.add_argument("--work", type=Path, help="keep session files here; finished ones are scored, not rerun")
-    parser.add_argument("--reference", type=Path, help="a twin file both loops start from (text)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--reference", type=Path, help="a twin file both loops start from (text)")
+    which.add_argument("--prior", type=Path, help="a twin file whose hyperparameters both loops' twins borrow")
     args = parser.parse_args()
-    main(args.seeds, args.modality, args.work, args.reference)
+    twin = {k: v for k, v in (("reference", args.reference), ("prior", args.prior)) if v is not None}
+    main(args.seeds, args.modality, args.work, twin)

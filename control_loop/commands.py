@@ -11,7 +11,7 @@ import click
 
 from acquisition.cli import session_group
 
-from .protocol import Protocol, ProtocolError, load_protocol, load_reference
+from .protocol import Protocol, ProtocolError, load_prior, load_protocol, load_reference
 
 
 def _features(protocol: Protocol):
@@ -200,6 +200,10 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
         ref = load_reference(protocol, _features(protocol), rois)
         click.echo(f"  twin: starts from {protocol.twin.reference} (targets {', '.join(ref.targets)}; "
                    f"{ref.n_train} training stimuli)")  # fmt: skip
+    if protocol.twin.prior:
+        prior = load_prior(protocol, _features(protocol), rois)
+        click.echo(f"  twin: hyperparameters from {protocol.twin.prior} ({prior.n_train} training stimuli), "
+                   "one penalty multiplier chosen at each fit")  # fmt: skip
     st = protocol.stopping
     click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
                f"target effect {st.target_effect or '-'}")  # fmt: skip

@@ -135,6 +135,18 @@ class TwinSource(_Strict):
         "from: it chooses stimuli before any baseline, and its predictions are one more block of every twin "
         "the session fits. A relative path is read from the protocol file's folder.",
     )
+    prior: str | None = Field(
+        None,
+        description="A twin file on the same features whose ridge penalties and stacking weights every twin "
+        "the session fits reuses, with one penalty multiplier chosen on the session's data: steadier than "
+        "choosing them all from single trials. A relative path is read from the protocol file's folder.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> TwinSource:
+        if self.reference and self.prior:
+            raise ValueError("give twin.reference or twin.prior, not both (a reference twin already guides the fits)")
+        return self
 
 
 class Protocol(_Strict):
@@ -263,10 +275,44 @@ def load_protocol(path: str | Path) -> Protocol:
                 msg = "is required"
             lines.append(f"  {_where(err['loc'])}: {msg}")
         raise ProtocolError(f"protocol '{path}' has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
-    ref = protocol.twin.reference
-    if ref and not Path(ref).is_absolute():  # from the protocol's folder, wherever it is run from
-        protocol = protocol.model_copy(update={"twin": TwinSource(reference=str((path.parent / ref).resolve()))})
+    files = {k: v for k, v in protocol.twin.model_dump().items() if v and not Path(v).is_absolute()}
+    if files:  # from the protocol's folder, wherever it is run from
+        resolved = {k: str((path.parent / v).resolve()) for k, v in files.items()}
+        protocol = protocol.model_copy(update={"twin": protocol.twin.model_copy(update=resolved)})
     return protocol
+
+
+def load_prior(protocol: Protocol, features: Any, rois: list[str]) -> Any:
+    """The protocol's prior twin with a target per ROI, checked against the session's features (None if none).
+
+    A prior with one target serves every ROI; else each ROI takes the prior's target of its name.
+    Raises ProtocolError naming ``twin.prior``: a missing or unreadable file, a twin of other
+    features, or one whose targets do not match the ROIs."""
+    if not protocol.twin.prior:
+        return None
+    from twin import Twin, TwinError
+
+    where = f"twin.prior '{protocol.twin.prior}'"
+    try:
+        prior = Twin.load(protocol.twin.prior)
+        if features is not None:  # else the first fit checks it
+            prior.check_compatible(features.plan, features.model_id, "twin.prior")
+    except TwinError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
+    return prior_for_rois(prior, rois, where)
+
+
+def prior_for_rois(prior: Any, rois: list[str], where: str = "twin.prior") -> Any:
+    """The prior twin with a target per ROI: its only target for each, or each ROI's target of the same name."""
+    if prior.reference is not None:
+        raise ProtocolError(f"{where} was fit with a reference twin: its hyperparameters cover a block that "
+                            "the session's twins do not have; use a twin fit without one")  # fmt: skip
+    if len(prior.targets) == 1:
+        return prior.for_targets([0] * len(rois), rois)
+    missing = [r for r in rois if r not in prior.targets]
+    if missing:
+        raise ProtocolError(f"{where} has targets {prior.targets}, not {missing} (a prior with one target serves all)")
+    return prior.for_targets([prior.targets.index(r) for r in rois], rois)
 
 
 def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> Any:

@@ -34,9 +34,10 @@ from acquisition import SessionFile, TrialEstimator, read_session, window_rates
 from acquisition.session import SessionError
 from hardware import PeerClient
 
-from .protocol import Protocol, load_reference, reference_for_rois
+from .protocol import Protocol, load_prior, load_reference, prior_for_rois, reference_for_rois
 
 REFERENCE_FILE = "reference_twin.h5"  # the attachment holding the protocol's reference twin
+PRIOR_FILE = "prior_twin.h5"  # the attachment holding the protocol's prior twin
 
 log = logging.getLogger(__name__)
 LOCALIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fedorenko2010_localizer"
@@ -97,21 +98,21 @@ class Candidates:
         self.features = features
 
 
-def _kept_reference(data: Any, path: Path) -> Any:
-    """The reference twin kept in a session file."""
+def _kept_twin(data: Any, path: Path, name: str, field: str) -> Any:
+    """The twin a session file keeps as attachment ``name`` (the protocol's ``field``)."""
     import tempfile
 
     from twin import Twin, TwinError
 
-    if REFERENCE_FILE not in data.attachments:
-        raise SessionError(f"session file '{path}' names a twin.reference but holds no copy of it")
+    if name not in data.attachments:
+        raise SessionError(f"session file '{path}' names a {field} but holds no copy of it")
     with tempfile.TemporaryDirectory() as tmp:
-        kept = Path(tmp) / REFERENCE_FILE
-        kept.write_bytes(data.attachments[REFERENCE_FILE])
+        kept = Path(tmp) / name
+        kept.write_bytes(data.attachments[name])
         try:
             return Twin.load(kept)
         except TwinError as exc:
-            raise SessionError(f"session file '{path}': its copy of the reference twin is damaged: {exc}") from None
+            raise SessionError(f"session file '{path}': its copy of the {field} file is damaged: {exc}") from None
 
 
 class SessionRunner:
@@ -137,6 +138,7 @@ class SessionRunner:
         self.target = self.rois.index(protocol.target.rois[0])
         self.twin: Any = None
         self.reference: Any = None  # the protocol's twin.reference, kept in the session file
+        self.prior: Any = None  # the protocol's twin.prior (a target per ROI), kept in the session file
         self.session: SessionFile | None = None
         self.candidates: Candidates | None = None
         self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
@@ -154,7 +156,9 @@ class SessionRunner:
         if not self.path.exists():
             modality = "fmri" if p.modality == "text" else "spikes"
             self.reference = load_reference(p, self.features, self.rois)
-            attachments = {REFERENCE_FILE: Path(p.twin.reference).read_bytes()} if self.reference else None
+            self.prior = load_prior(p, self.features, self.rois)
+            kept = {REFERENCE_FILE: p.twin.reference, PRIOR_FILE: p.twin.prior}
+            attachments = {name: Path(f).read_bytes() for name, f in kept.items() if f} or None
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,
                                               seeds={"protocol": p.seed}, peers=self.peers,
                                               attachments=attachments)  # fmt: skip
@@ -164,12 +168,18 @@ class SessionRunner:
                     f"the twin starts from {p.twin.reference} "
                     f"(targets {self.reference.targets}, {self.reference.n_train} training stimuli)",
                 )
+            if self.prior is not None:
+                self.session.log("prior", f"twins reuse the hyperparameters of {p.twin.prior} "
+                                          f"({self.prior.n_train} training stimuli)")  # fmt: skip
             return []
         data = read_session(self.path)
         if data.attrs.get("protocol") != p.model_dump_json():
             raise SessionError(f"session file '{self.path}' was started with another protocol")
-        if p.twin.reference:  # the copy kept in the file, whatever became of the original
-            self.reference = _kept_reference(data, self.path)
+        # the copies kept in the file, whatever became of the originals
+        if p.twin.reference:
+            self.reference = _kept_twin(data, self.path, REFERENCE_FILE, "twin.reference")
+        if p.twin.prior:
+            self.prior = prior_for_rois(_kept_twin(data, self.path, PRIOR_FILE, "twin.prior"), self.rois)
         self.session = SessionFile.resume(self.path)
         done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
         self.next_run = int(max([0, *data.samples.run.tolist(), *data.events.run.tolist()])) + 1
@@ -235,7 +245,7 @@ class SessionRunner:
             Y = self._fit_data[1]
             runs = np.repeat(np.arange(len(Y)), [len(y) for y in Y]) if self.protocol.modality == "text" else None
             self.twin = Twin.fit(self._fit_data[0], np.vstack(Y), self.rois, features=self.features, runs=runs,
-                                 reference=self.reference)  # fmt: skip
+                                 reference=self.reference, prior=self.prior)  # fmt: skip
         elif self.twin is None and self.reference is not None:
             self.twin = reference_for_rois(self.reference, self.rois, self.protocol)
 
@@ -496,7 +506,12 @@ class SessionRunner:
         return reason
 
     def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
-        return {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
+        out = {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
+        if self.prior is not None and "prior_n_train" in self.twin.scores:  # the multiplier this fit chose
+            name = next(iter(self.prior.readouts))
+            ratio = self.twin.readouts[name].alphas / self.prior.readouts[name].alphas
+            out["penalties_x_prior"] = float(ratio[self.target])
+        return out
 
     # ----- the session -----
     def run(self, stop_after: int | None = None) -> Path:

@@ -24,6 +24,15 @@ def neurotwin(*args, cache: Path | None = None, check_ok: bool = True) -> subpro
     return proc
 
 
+def neurotwin_all(*calls: tuple) -> list[subprocess.CompletedProcess]:
+    """Run several ``neurotwin`` command lines side by side (none may write what another reads)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "control_loop.cli", *map(str, args)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in calls]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
+
+
 def test_fit_predict_score_round_trip(tmp_path, small_csv):
     cache = tmp_path / "features.h5"
     twin = tmp_path / "twin.h5"
@@ -47,18 +56,20 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     assert "features minilm" not in second.stderr  # every sentence came from the cache
     assert again.read_bytes() == out.read_bytes()
 
-    scored = neurotwin("twin", "score", twin, small_csv, "--folds", "5", "--json", tmp_path / "s.json", cache=cache)
-    assert "5-fold cross-validated" in scored.stdout
-    for name in ("twin", "length (words)", "length (characters)", "word frequency"):
-        assert name in scored.stdout
     held = tmp_path / "held.csv"
     held.write_text("sentence,response,other\n" + "".join(f'"{s}",{len(s.split())},0.5\n' for s in new))
-    assert "held-out" in neurotwin("twin", "score", twin, held, cache=cache).stdout
-
-    # 20 new sentences fit with the first twin's hyperparameters as the prior, one multiplier per target
-    borrowed = neurotwin("twin", "fit", held, "--out", tmp_path / "b.h5", "--model", "minilm", "--prior", twin,
-                         cache=cache)  # fmt: skip
-    assert f"hyperparameters from {twin} (40 training stimuli), penalties x" in borrowed.stdout
+    # side by side: CV scores, held-out scores, and 20 new sentences fit with the first twin's
+    # hyperparameters as the prior (one multiplier per target)
+    scored, held_out, borrowed = neurotwin_all(
+        ("twin", "score", twin, small_csv, "--folds", "5", "--json", tmp_path / "s.json", "--cache", cache),
+        ("twin", "score", twin, held, "--cache", cache),
+        ("twin", "fit", held, "--out", tmp_path / "b.h5", "--model", "minilm", "--prior", twin, "--cache", cache),
+    )
+    assert "5-fold cross-validated" in scored.stdout, scored.stderr
+    for name in ("twin", "length (words)", "length (characters)", "word frequency"):
+        assert name in scored.stdout
+    assert "held-out" in held_out.stdout, held_out.stderr
+    assert f"hyperparameters from {twin} (40 training stimuli), penalties x" in borrowed.stdout, borrowed.stderr
     assert Twin.load(tmp_path / "b.h5").scores["prior_n_train"] == 40
 
 
@@ -120,19 +131,18 @@ def test_bad_twin_files_exit_2(tmp_path, small_csv):
     neurotwin("twin", "fit", small_csv, "--out", twin, "--model", "minilm", "--layers", "3", cache=cache)
     sentences = _bad(tmp_path, "s.txt", "One sentence here.\n")
     truncated = _bad(tmp_path, "trunc.h5", twin.read_bytes()[:2000])
-    for path, message in [
-        (truncated, "truncated or corrupt"),
-        (small_csv, "not a readable HDF5"),
-        (tmp_path / "none.h5", "does not exist"),
-    ]:
-        proc = neurotwin("twin", "predict", path, sentences, "--out", tmp_path / "p.csv", check_ok=False)
+    empty = _bad(tmp_path, "empty.txt", "\n\n")
+    cases = [  # (twin file, sentences, extra arguments): the message; run side by side
+        ((truncated, sentences), "truncated or corrupt"),
+        ((small_csv, sentences), "not a readable HDF5"),
+        ((tmp_path / "none.h5", sentences), "does not exist"),
+        ((twin, sentences, "--model", "smollm2-135m"), "uses feature model 'minilm'"),
+        ((twin, empty), "has no sentences"),
+    ]
+    procs = neurotwin_all(
+        *[("twin", "predict", *args[:2], "--out", tmp_path / "p.csv", *args[2:]) for args, _ in cases]
+    )
+    for proc, (_, message) in zip(procs, cases, strict=True):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
-    proc = neurotwin(
-        "twin", "predict", twin, sentences, "--out", tmp_path / "p.csv", "--model", "smollm2-135m", check_ok=False
-    )
-    assert proc.returncode == 2 and "uses feature model 'minilm'" in proc.stderr
-    empty = _bad(tmp_path, "empty.txt", "\n\n")
-    proc = neurotwin("twin", "predict", twin, empty, "--out", tmp_path / "p.csv", check_ok=False)
-    assert proc.returncode == 2 and "has no sentences" in proc.stderr
     assert not (tmp_path / "p.csv").exists()

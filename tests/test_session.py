@@ -128,14 +128,13 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     without the file is refused, naming twin.reference."""
     import csv
 
-    from stimulus_synthesis import wordnet_sentences
     from twin import TextFeatures, Twin
 
     from .subjects import length_language_subject
 
-    work, _, _ = uninterrupted
+    work, full, _ = uninterrupted
     env = _env(work / "cache")
-    sentences = list(wordnet_sentences("examples"))[:150]
+    sentences = list(read_session(full).stimuli.text)  # another person saw these (their features are cached)
     with (tmp_path / "other_person.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["sentence", "response"])
@@ -156,9 +155,13 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     first = read_session(out)
     assert (tmp_path / "reference.h5").read_bytes() == first.attachments["reference_twin.h5"]
     (tmp_path / "reference.h5").unlink()
-    resumed = subprocess.run(_cmd("session", "resume", out, "--no-report"), cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    # A resume reads the kept copy; a new session, which has none, is refused before anything starts (a
+    # reference on other features: tests/test_twin.py).
+    resumed, refused = _concurrently([_cmd("session", "resume", out, "--no-report"),
+                                      _cmd("simulate", protocol, "--out", tmp_path / "never.h5")], env)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert refused.returncode == 2 and "twin.reference" in refused.stderr and "does not exist" in refused.stderr
+    assert not (tmp_path / "never.h5").exists()
     data = read_session(out)
     assert sorted(data.events.trial) == list(range(2 * 20 + 30))
     runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
@@ -178,11 +181,61 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     assert words[cond == "D"].mean() > words[cond == "S"].mean() + 5
     assert "the twin starts from" in data.log.loc[data.log.kind == "reference", "message"].iloc[0]
 
-    # A reference that is gone is refused before anything starts (one on other features: tests/test_twin.py).
-    check = subprocess.run(_cmd("simulate", protocol, "--out", tmp_path / "never.h5"), cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert check.returncode == 2 and "twin.reference" in check.stderr and "does not exist" in check.stderr
-    assert not (tmp_path / "never.h5").exists()
+
+def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_path):
+    """A protocol with twin.prior: every twin the session fits takes the prior's penalties and stacking weights
+    with one penalty multiplier chosen on the session's data, recorded in each twin snapshot. The session file
+    keeps the prior, so a resume needs no original; a prior beside a reference is refused, naming both."""
+    from twin import FeaturePlan, TextFeatures, Twin
+
+    from .subjects import length_language_subject
+
+    work, full, _ = uninterrupted
+    env = _env(work / "cache")
+    sentences = list(read_session(full).stimuli.text)  # another person's responses to them (features cached)
+    features = TextFeatures(FeaturePlan(), cache=work / "cache" / "features.h5")
+    prior = Twin.fit(sentences, length_language_subject(sentences)[:, :1], ["response"], features=features)
+    prior.save(tmp_path / "prior.h5")
+    protocol = tmp_path / "with_prior.toml"
+    protocol.write_text(TINY.read_text() + '\n[twin]\nprior = "prior.h5"\n')
+    out = tmp_path / "session.h5"
+    check, run = _concurrently([_cmd("protocol", "check", protocol),
+                                _cmd("simulate", protocol, "--out", out, "--no-report")], env)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert f"twin: hyperparameters from {tmp_path / 'prior.h5'} ({len(sentences)} training stimuli)" in check.stdout
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = read_session(out)
+    assert data.attachments["prior_twin.h5"] == (tmp_path / "prior.h5").read_bytes()
+    assert f"{len(sentences)} training stimuli" in data.log.loc[data.log.kind == "prior", "message"].iloc[0]
+    snapshots = list(data.twin.scores)
+    assert len(snapshots) == 4 and all(s["penalties_x_prior"] > 0 for s in snapshots)  # 2 rounds + evaluation
+    # The twin after round 2 is the one Twin.fit gives with this prior on the trials of runs 1-4.
+    est = data.latest_estimates().set_index("trial")
+    events = data.events.set_index("trial")
+    text = data.stimuli.set_index("stimulus_id").text
+    fitted = events[events.run <= 4].sort_index()
+    again = Twin.fit(list(text.loc[fitted.stimulus_id]), est.loc[fitted.index, ["lang"]].to_numpy(), ["lang"],
+                     features=features, runs=fitted.run.to_numpy(), prior=prior)  # fmt: skip
+    name = next(iter(prior.readouts))
+    assert again.readouts[name].alphas[0] / prior.readouts[name].alphas[0] == pytest.approx(
+        snapshots[1]["penalties_x_prior"]
+    )
+
+    (tmp_path / "prior.h5").unlink()  # a resume reads the kept copy
+    both = tmp_path / "both.toml"
+    both.write_text(TINY.read_text() + '\n[twin]\nprior = "prior.h5"\nreference = "reference.h5"\n')
+    resumed, check = _concurrently([_cmd("session", "resume", out, "--no-report"), _cmd("protocol", "check", both)],
+                                   env)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert check.returncode == 2 and "twin: give twin.reference or twin.prior, not both" in check.stderr
+
+
+def _concurrently(cmds: list[list[str]], env: dict) -> list[subprocess.CompletedProcess]:
+    """Run commands side by side from the repository root; their completed processes, in order."""
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
 
 
 def _plan_record(data, index: int) -> dict:
