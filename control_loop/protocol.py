@@ -137,9 +137,10 @@ class TwinSource(_Strict):
     )
     prior: str | None = Field(
         None,
-        description="A twin file on the same features whose ridge penalties and stacking weights every twin "
-        "the session fits reuses, with one penalty multiplier chosen on the session's data: steadier than "
-        "choosing them all from single trials. A relative path is read from the protocol file's folder.",
+        description="A prior file (neurotwin twin prior; or a twin file) on the same features whose ridge "
+        "penalties and stacking weights every twin the session fits reuses, with one penalty multiplier chosen "
+        "on the session's data: steadier than choosing them all from single trials. A relative path is read "
+        "from the protocol file's folder.",
     )
 
     @model_validator(mode="after")
@@ -283,18 +284,18 @@ def load_protocol(path: str | Path) -> Protocol:
 
 
 def load_prior(protocol: Protocol, features: Any, rois: list[str]) -> Any:
-    """The protocol's prior twin with a target per ROI, checked against the session's features (None if none).
+    """The protocol's prior (:class:`twin.Prior`) with a target per ROI, checked against the session's
+    features (None if it has none).
 
-    A prior with one target serves every ROI; else each ROI takes the prior's target of its name.
-    Raises ProtocolError naming ``twin.prior``: a missing or unreadable file, a twin of other
-    features, or one whose targets do not match the ROIs."""
+    Raises ProtocolError naming ``twin.prior``: a missing or unreadable file, a prior for other
+    features, or one whose targets do not match the ROIs (see :func:`prior_for_rois`)."""
     if not protocol.twin.prior:
         return None
-    from twin import Twin, TwinError
+    from twin import Prior, TwinError
 
     where = f"twin.prior '{protocol.twin.prior}'"
     try:
-        prior = Twin.load(protocol.twin.prior)
+        prior = Prior.load(protocol.twin.prior)
         if features is not None:  # else the first fit checks it
             prior.check_compatible(features.plan, features.model_id, "twin.prior")
     except TwinError as exc:
@@ -303,10 +304,12 @@ def load_prior(protocol: Protocol, features: Any, rois: list[str]) -> Any:
 
 
 def prior_for_rois(prior: Any, rois: list[str], where: str = "twin.prior") -> Any:
-    """The prior twin with a target per ROI: its only target for each, or each ROI's target of the same name."""
-    if prior.reference is not None:
-        raise ProtocolError(f"{where} was fit with a reference twin: its hyperparameters cover a block that "
-                            "the session's twins do not have; use a twin fit without one")  # fmt: skip
+    """The prior with a target per ROI: its only target for each, or each ROI's target of the same name."""
+    from twin.model import REFERENCE_BLOCK
+
+    if REFERENCE_BLOCK in prior.hyperparameters.alphas:
+        raise ProtocolError(f"{where} comes from a twin fit with a reference twin: its hyperparameters cover a "
+                            "block that the session's twins do not have; use a twin fit without one")  # fmt: skip
     if len(prior.targets) == 1:
         return prior.for_targets([0] * len(rois), rois)
     missing = [r for r in rois if r not in prior.targets]

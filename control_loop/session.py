@@ -34,10 +34,10 @@ from acquisition import SessionFile, TrialEstimator, read_session, window_rates
 from acquisition.session import SessionError
 from hardware import PeerClient
 
-from .protocol import Protocol, load_prior, load_reference, prior_for_rois, reference_for_rois
+from .protocol import Protocol, load_prior, load_reference, reference_for_rois
 
 REFERENCE_FILE = "reference_twin.h5"  # the attachment holding the protocol's reference twin
-PRIOR_FILE = "prior_twin.h5"  # the attachment holding the protocol's prior twin
+PRIOR_FILE = "prior.json"  # the attachment holding the protocol's prior (its hyperparameters)
 
 log = logging.getLogger(__name__)
 LOCALIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fedorenko2010_localizer"
@@ -98,21 +98,35 @@ class Candidates:
         self.features = features
 
 
-def _kept_twin(data: Any, path: Path, name: str, field: str) -> Any:
-    """The twin a session file keeps as attachment ``name`` (the protocol's ``field``)."""
+def _kept(data: Any, path: Path, name: str, field: str) -> bytes:
+    if name not in data.attachments:
+        raise SessionError(f"session file '{path}' names a {field} but holds no copy of it")
+    return data.attachments[name]
+
+
+def _kept_reference(data: Any, path: Path) -> Any:
+    """The reference twin kept in a session file."""
     import tempfile
 
     from twin import Twin, TwinError
 
-    if name not in data.attachments:
-        raise SessionError(f"session file '{path}' names a {field} but holds no copy of it")
     with tempfile.TemporaryDirectory() as tmp:
-        kept = Path(tmp) / name
-        kept.write_bytes(data.attachments[name])
+        kept = Path(tmp) / REFERENCE_FILE
+        kept.write_bytes(_kept(data, path, REFERENCE_FILE, "twin.reference"))
         try:
             return Twin.load(kept)
         except TwinError as exc:
-            raise SessionError(f"session file '{path}': its copy of the {field} file is damaged: {exc}") from None
+            raise SessionError(f"session file '{path}': its copy of the reference twin is damaged: {exc}") from None
+
+
+def _kept_prior(data: Any, path: Path) -> Any:
+    """The prior kept in a session file (its hyperparameters for the session's ROIs)."""
+    from twin import Prior, TwinError
+
+    try:
+        return Prior.from_json(_kept(data, path, PRIOR_FILE, "twin.prior").decode("utf-8"), f"{path}:{PRIOR_FILE}")
+    except (TwinError, UnicodeDecodeError) as exc:
+        raise SessionError(f"session file '{path}': its copy of the prior is damaged: {exc}") from None
 
 
 class SessionRunner:
@@ -157,11 +171,14 @@ class SessionRunner:
             modality = "fmri" if p.modality == "text" else "spikes"
             self.reference = load_reference(p, self.features, self.rois)
             self.prior = load_prior(p, self.features, self.rois)
-            kept = {REFERENCE_FILE: p.twin.reference, PRIOR_FILE: p.twin.prior}
-            attachments = {name: Path(f).read_bytes() for name, f in kept.items() if f} or None
+            attachments = {}
+            if self.reference is not None:
+                attachments[REFERENCE_FILE] = Path(p.twin.reference).read_bytes()
+            if self.prior is not None:  # as read (a twin file's hyperparameters), for the session's ROIs
+                attachments[PRIOR_FILE] = self.prior.to_json().encode()
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,
                                               seeds={"protocol": p.seed}, peers=self.peers,
-                                              attachments=attachments)  # fmt: skip
+                                              attachments=attachments or None)  # fmt: skip
             if self.reference is not None:
                 self.session.log(
                     "reference",
@@ -177,9 +194,9 @@ class SessionRunner:
             raise SessionError(f"session file '{self.path}' was started with another protocol")
         # the copies kept in the file, whatever became of the originals
         if p.twin.reference:
-            self.reference = _kept_twin(data, self.path, REFERENCE_FILE, "twin.reference")
+            self.reference = _kept_reference(data, self.path)
         if p.twin.prior:
-            self.prior = prior_for_rois(_kept_twin(data, self.path, PRIOR_FILE, "twin.prior"), self.rois)
+            self.prior = _kept_prior(data, self.path)
         self.session = SessionFile.resume(self.path)
         done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
         self.next_run = int(max([0, *data.samples.run.tolist(), *data.events.run.tolist()])) + 1
@@ -508,8 +525,8 @@ class SessionRunner:
     def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
         out = {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
         if self.prior is not None and "prior_n_train" in self.twin.scores:  # the multiplier this fit chose
-            name = next(iter(self.prior.readouts))
-            ratio = self.twin.readouts[name].alphas / self.prior.readouts[name].alphas
+            name = next(iter(self.twin.readouts))
+            ratio = self.twin.readouts[name].alphas / self.prior.hyperparameters.alphas[name]
             out["penalties_x_prior"] = float(ratio[self.target])
         return out
 

@@ -58,18 +58,22 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
 
     held = tmp_path / "held.csv"
     held.write_text("sentence,response,other\n" + "".join(f'"{s}",{len(s.split())},0.5\n' for s in new))
+    prior = neurotwin("twin", "prior", twin, "--out", tmp_path / "prior.json")
+    assert f"wrote {tmp_path / 'prior.json'}: minilm" in prior.stdout and "40 training stimuli" in prior.stdout
+    assert "sxy" not in (tmp_path / "prior.json").read_text()  # hyperparameters only
     # side by side: CV scores, held-out scores, and 20 new sentences fit with the first twin's
     # hyperparameters as the prior (one multiplier per target)
     scored, held_out, borrowed = neurotwin_all(
         ("twin", "score", twin, small_csv, "--folds", "5", "--json", tmp_path / "s.json", "--cache", cache),
         ("twin", "score", twin, held, "--cache", cache),
-        ("twin", "fit", held, "--out", tmp_path / "b.h5", "--model", "minilm", "--prior", twin, "--cache", cache),
-    )
+        ("twin", "fit", held, "--out", tmp_path / "b.h5", "--model", "minilm", "--prior", tmp_path / "prior.json",
+         "--cache", cache),
+    )  # fmt: skip
     assert "5-fold cross-validated" in scored.stdout, scored.stderr
     for name in ("twin", "length (words)", "length (characters)", "word frequency"):
         assert name in scored.stdout
     assert "held-out" in held_out.stdout, held_out.stderr
-    assert f"hyperparameters from {twin} (40 training stimuli), penalties x" in borrowed.stdout, borrowed.stderr
+    assert f"hyperparameters from {tmp_path / 'prior.json'} (40 training stimuli), penalties x" in borrowed.stdout
     assert Twin.load(tmp_path / "b.h5").scores["prior_n_train"] == 40
 
 

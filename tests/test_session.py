@@ -183,10 +183,11 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
 
 
 def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_path):
-    """A protocol with twin.prior: every twin the session fits takes the prior's penalties and stacking weights
-    with one penalty multiplier chosen on the session's data, recorded in each twin snapshot. The session file
-    keeps the prior, so a resume needs no original; a prior beside a reference is refused, naming both."""
-    from twin import FeaturePlan, TextFeatures, Twin
+    """A protocol with twin.prior (here a twin file): every twin the session fits takes the prior's penalties and
+    stacking weights with one penalty multiplier chosen on the session's data, recorded in each twin snapshot.
+    The session file keeps the prior's hyperparameters, so a resume needs no original; a prior beside a
+    reference is refused, naming both."""
+    from twin import FeaturePlan, Prior, TextFeatures, Twin
 
     from .subjects import length_language_subject
 
@@ -205,7 +206,12 @@ def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_pa
     assert f"twin: hyperparameters from {tmp_path / 'prior.h5'} ({len(sentences)} training stimuli)" in check.stdout
     assert run.returncode == 0, run.stderr[-3000:]
     data = read_session(out)
-    assert data.attachments["prior_twin.h5"] == (tmp_path / "prior.h5").read_bytes()
+    # The session keeps the hyperparameters, the one-target prior's for each ROI the rig measures.
+    kept = Prior.from_json(data.attachments["prior.json"].decode())
+    assert kept.targets == ["lang", "md"] and kept.n_train == prior.n_train
+    for name, alphas in prior.hyperparameters.alphas.items():
+        np.testing.assert_array_equal(kept.hyperparameters.alphas[name], np.repeat(alphas, 2))
+    np.testing.assert_array_equal(kept.hyperparameters.stack_weights, np.repeat(prior.stack_weights, 2, axis=1))
     assert f"{len(sentences)} training stimuli" in data.log.loc[data.log.kind == "prior", "message"].iloc[0]
     snapshots = list(data.twin.scores)
     assert len(snapshots) == 4 and all(s["penalties_x_prior"] > 0 for s in snapshots)  # 2 rounds + evaluation

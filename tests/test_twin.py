@@ -7,6 +7,7 @@ import pytest
 from twin import (
     FeatureModelError,
     FeaturePlan,
+    Prior,
     TextFeatures,
     Twin,
     TwinFileError,
@@ -178,7 +179,7 @@ def test_twin_starts_from_a_reference_twin(tmp_path, pereira, pereira_blocks, fe
     np.testing.assert_allclose(renamed.predict(new)[0], np.repeat(reference.predict(new)[0], 2, axis=1), rtol=1e-12)
 
 
-def test_twin_borrows_hyperparameters_from_a_prior_twin(pereira, pereira_blocks, feature_cache):
+def test_twin_borrows_hyperparameters_from_a_prior_twin(tmp_path, pereira, pereira_blocks, feature_cache):
     """From few, noisy responses, a twin that reuses a prior twin's ridge penalties and stacking weights
     (one penalty multiplier chosen on its own data) predicts held-out sentences better than one choosing
     every penalty and weight itself; the multiplier grows with the noise."""
@@ -214,5 +215,13 @@ def test_twin_borrows_hyperparameters_from_a_prior_twin(pereira, pereira_blocks,
     two = Twin.fit_blocks(rows(first), np.column_stack([y[first], -y[first]]), ["a", "b"], plan, model_id, prior=prior)
     assert two.stack_weights.shape == (len(blocks), 2)
     other = TextFeatures(FeaturePlan(components=16), cache=feature_cache)
-    with pytest.raises(FeatureModelError, match="prior twin reads other features"):
+    with pytest.raises(FeatureModelError, match="prior reads other features"):
         Twin.fit(pereira.sentences[:20], y[:20], ["lang"], features=other, prior=prior)
+    # A prior file holds the hyperparameters alone and borrows the same as the twin.
+    prior.as_prior().save(tmp_path / "prior.json")
+    loaded = Prior.load(tmp_path / "prior.json")
+    again = Twin.fit_blocks(rows(new_rows), noisy, ["lang"], plan, model_id, prior=loaded)
+    np.testing.assert_array_equal(again.predict_blocks(rows(test))[0], borrowed.predict_blocks(rows(test))[0])
+    (tmp_path / "bad.json").write_text('{"format": "neurotwin.prior", "alphas": {}}')
+    with pytest.raises(TwinFileError, match="not a readable prior file"):
+        Prior.load(tmp_path / "bad.json")

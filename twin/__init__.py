@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "model": [
             "FeaturePlan",
             "Hyperparameters",
+            "Prior",
             "TextFeatures",
             "Twin",
             "baseline_predictions",
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .model import (
         FeaturePlan,
         Hyperparameters,
+        Prior,
         TextFeatures,
         Twin,
         baseline_predictions,

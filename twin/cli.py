@@ -76,8 +76,8 @@ def twin_group() -> None:
               help="Sentences, or images (CSV column 'image': paths relative to the CSV).")  # fmt: skip
 @click.option("--grid", default=3, show_default=True, help="Images: spatial pooling grid per layer.")
 @click.option("--prior", type=click.Path(path_type=Path), default=None,
-              help="A twin file on the same features whose penalties and stacking weights to reuse, "
-                   "scaled to these data: for few or noisy responses (e.g. single trials).")  # fmt: skip
+              help="A prior file (neurotwin twin prior) or twin file on the same features whose penalties and "
+                   "stacking weights to reuse, scaled to these data: for few or noisy responses.")  # fmt: skip
 def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device, modality,
             grid, prior) -> None:  # fmt: skip
     """Fit a twin on DATA (CSV: 'sentence' or 'image' plus response columns). Duplicates are averaged.
@@ -87,9 +87,9 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     --layers as its module names, comma-separated.
     """
     from .data import load_dataset
-    from .model import FeaturePlan, Twin
+    from .model import FeaturePlan, Prior, Twin
 
-    prior_twin = Twin.load(prior) if prior is not None else None
+    prior_twin = Prior.load(prior) if prior is not None else None
     if modality == "image":
         _fit_images(data, out, model, layers, grid, targets, device, prior, prior_twin)
         return
@@ -124,10 +124,29 @@ def _echo_prior(twin: Any, path: Path | None, prior: Any) -> None:
     if prior is None:
         return
     name = next(iter(twin.readouts))
-    own, base = np.atleast_1d(twin.readouts[name].alphas), np.atleast_1d(prior.readouts[name].alphas)
+    own, base = np.atleast_1d(twin.readouts[name].alphas), np.atleast_1d(prior.hyperparameters.alphas[name])
     scale = own / (base if len(base) == len(own) else base[0])
     click.echo(f"  hyperparameters from {path} ({prior.n_train} training stimuli), "
                f"penalties x{', x'.join(f'{m:.3g}' for m in scale)}")  # fmt: skip
+
+
+@twin_group.command("prior")
+@click.argument("twin_file", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Prior file to write (.json).")
+def prior_cmd(twin_file: Path, out: Path) -> None:
+    """Write TWIN_FILE's hyperparameters (penalties, stacking weights) as a prior for other twins to borrow.
+
+    The prior holds no responses: share it where the twin's data may not go. Use it with
+    `twin fit --prior` or a protocol's [twin] prior.
+    """
+    from .model import Twin
+
+    prior = Twin.load(twin_file).as_prior()
+    prior.save(out)
+    used = [name for name, w in zip(prior.hyperparameters.alphas, prior.hyperparameters.stack_weights.max(1),
+                                    strict=True) if w > 0]  # fmt: skip
+    click.echo(f"wrote {out}: {prior.model_id}, targets {', '.join(prior.targets)}, {prior.n_train} training "
+               f"stimuli, blocks with weight {', '.join(used)}")  # fmt: skip
 
 
 def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int, targets: str | None,

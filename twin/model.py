@@ -362,10 +362,10 @@ def transfer_hyperparameters(
     Y = _as_2d(Y)
     names = list(blocks)
     if set(names) != set(prior.alphas):
-        raise FeatureModelError(f"the prior twin has feature blocks {sorted(prior.alphas)}, not {sorted(names)}")
+        raise FeatureModelError(f"the prior has feature blocks {sorted(prior.alphas)}, not {sorted(names)}")
     n_prior = prior.stack_weights.shape[1]
     if n_prior not in (1, Y.shape[1]):
-        raise ValueError(f"the prior twin has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
+        raise ValueError(f"the prior has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
     row = {name: i for i, name in enumerate(prior.alphas)}  # prior.stack_weights rows follow its alphas
     multipliers = np.asarray(multipliers, np.float64)
     alphas = {name: np.empty(Y.shape[1]) for name in names}
@@ -386,6 +386,95 @@ def transfer_hyperparameters(
         weights[:, t] = w
         stacked[:, t] = P[best]
     return Hyperparameters(alphas, weights), stacked
+
+
+def check_features(
+    plan: FeaturePlan | ImagePlan, model_id: str, wanted_plan: FeaturePlan | ImagePlan, wanted_model: str, what: str
+) -> None:
+    """Raise FeatureModelError naming ``what`` unless ``plan`` of ``model_id`` is the wanted plan and model."""
+    if wanted_model != model_id:
+        raise FeatureModelError(f"the {what} uses feature model '{model_id}', not '{wanted_model}'")
+    if wanted_plan != plan:
+        raise FeatureModelError(f"the {what} reads other features of '{wanted_model}' ({plan}, not {wanted_plan})")
+
+
+PRIOR_FORMAT = "neurotwin.prior"
+
+
+@dataclass
+class Prior:
+    """A twin's hyperparameters for other twins on the same features to borrow (``Twin.fit(prior=)``).
+
+    Saved as a small JSON file (:meth:`save`, ``neurotwin twin prior``): penalties and stacking
+    weights per block and target, no responses or statistics of them.
+    """
+
+    plan: FeaturePlan | ImagePlan
+    model_id: str
+    targets: list[str]
+    n_train: int
+    hyperparameters: Hyperparameters
+
+    def check_compatible(self, plan: FeaturePlan | ImagePlan, model_id: str, what: str = "prior") -> None:
+        """Raise FeatureModelError unless this prior is for the features of ``plan`` and ``model_id``."""
+        check_features(self.plan, self.model_id, plan, model_id, what)
+
+    def for_targets(self, columns: Sequence[int], names: Sequence[str]) -> Prior:
+        """A copy for this prior's target ``columns`` (repeats allowed) under ``names``."""
+        cols = list(columns)
+        hp = self.hyperparameters
+        picked = Hyperparameters({k: np.atleast_1d(v)[cols] for k, v in hp.alphas.items()}, hp.stack_weights[:, cols])
+        return replace(self, targets=list(names), hyperparameters=picked)
+
+    def to_json(self) -> str:
+        hp = self.hyperparameters
+        return json.dumps({
+            "format": PRIOR_FORMAT, "format_version": 1, "model_id": self.model_id,
+            "plan": json.loads(self.plan.to_json()), "targets": self.targets, "n_train": self.n_train,
+            "alphas": {k: np.atleast_1d(v).tolist() for k, v in hp.alphas.items()},
+            "stack_weights": hp.stack_weights.tolist(),
+        }, indent=1)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "prior") -> Prior:
+        """Parse :meth:`to_json`; TwinFileError naming ``where`` for anything else."""
+        try:
+            d = json.loads(text)
+            if d.get("format") != PRIOR_FORMAT:
+                raise TwinFileError(f"'{where}' is not a NeuroTwin prior (no format '{PRIOR_FORMAT}')")
+            alphas = {k: np.asarray(v, np.float64) for k, v in d["alphas"].items()}
+            weights = np.asarray(d["stack_weights"], np.float64)
+            n_targets = len(d["targets"])
+            if weights.shape != (len(alphas), n_targets) or any(a.shape != (n_targets,) for a in alphas.values()):
+                raise TwinFileError(f"prior '{where}': alphas and stack_weights do not match {n_targets} target(s)")
+            if (weights < 0).any() or any((a <= 0).any() for a in alphas.values()):
+                raise TwinFileError(f"prior '{where}': alphas must be > 0 and stack_weights >= 0")
+            plan = plan_from_json(json.dumps(d["plan"]))
+            return cls(plan, str(d["model_id"]), list(d["targets"]), int(d["n_train"]),
+                       Hyperparameters(alphas, weights))  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TwinFileError(f"prior '{where}' is not a readable prior file: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the prior as JSON (a temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prior:
+        """A prior from a prior file (JSON) or from a twin file (its hyperparameters)."""
+        path = Path(path)
+        if not path.exists():
+            raise TwinFileError(f"prior file '{path}' does not exist")
+        if path.suffix.lower() == ".json":
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TwinFileError(f"prior file '{path}' is not readable text: {exc}") from None
+            return cls.from_json(text, str(path))
+        return Twin.load(path).as_prior()
 
 
 @dataclass
@@ -421,18 +510,19 @@ class Twin:
         training_hash: str = "",
         runs: Sequence | None = None,
         reference: Twin | None = None,
-        prior: Twin | None = None,
+        prior: Twin | Prior | None = None,
     ) -> Twin:
         """Fit on stimuli (sentences, or images with an ImagePlan) and responses (n, t).
 
         Hyperparameters are chosen by inner LOO unless given. ``runs``: a run label per
         row, to fit within runs (see :func:`within_runs`). ``reference``: a twin on the
-        same features whose predictions join as one more block. ``prior``: a twin on the
-        same features whose hyperparameters are reused, scaled (:func:`transfer_hyperparameters`).
+        same features whose predictions join as one more block. ``prior``: a :class:`Prior`
+        (or a twin) on the same features whose hyperparameters are reused, scaled
+        (:func:`transfer_hyperparameters`).
         """
         features = features or features_for(plan or FeaturePlan())
         if prior is not None:  # before the features are computed
-            prior.check_compatible(features.plan, features.model_id, "prior twin")
+            prior.check_compatible(features.plan, features.model_id, "prior")
         blocks = features(sentences)
         twin = cls.fit_blocks(
             blocks, Y, targets, features.plan, features.model_id, hyperparameters, alphas, runs, reference, prior
@@ -455,16 +545,18 @@ class Twin:
         alphas: np.ndarray = DEFAULT_ALPHAS,
         runs: Sequence | None = None,
         reference: Twin | None = None,
-        prior: Twin | None = None,
+        prior: Twin | Prior | None = None,
     ) -> Twin:
         """Fit on precomputed feature blocks (within runs, if ``runs`` labels the rows), on a
-        reference twin's predictions from them when one is given, and with a prior twin's
+        reference twin's predictions from them when one is given, and with a prior's
         hyperparameters, scaled, when one is given."""
         Y = _as_2d(Y)
         if len(Y) < 3:
             raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        if isinstance(prior, Twin):
+            prior = prior.as_prior()
         if prior is not None:
-            prior.check_compatible(plan, model_id, "prior twin")
+            prior.check_compatible(plan, model_id, "prior")
         if reference is not None:
             reference.check_compatible(plan, model_id)
             blocks = {**blocks, REFERENCE_BLOCK: reference.predict_blocks(blocks)[0]}
@@ -495,10 +587,11 @@ class Twin:
 
     def check_compatible(self, plan: FeaturePlan | ImagePlan, model_id: str, what: str = "reference twin") -> None:
         """Raise FeatureModelError unless this twin reads the features of ``plan`` and ``model_id``."""
-        if model_id != self.model_id:
-            raise FeatureModelError(f"the {what} uses feature model '{self.model_id}', not '{model_id}'")
-        if plan != self.plan:
-            raise FeatureModelError(f"the {what} reads other features of '{model_id}' ({self.plan}, not {plan})")
+        check_features(self.plan, self.model_id, plan, model_id, what)
+
+    def as_prior(self) -> Prior:
+        """This twin's hyperparameters, for other twins to borrow."""
+        return Prior(self.plan, self.model_id, list(self.targets), self.n_train, self.hyperparameters)
 
     def for_targets(self, columns: Sequence[int], names: Sequence[str]) -> Twin:
         """A copy predicting this twin's target ``columns`` (repeats allowed) under ``names``."""
