@@ -20,11 +20,13 @@ responses.
 * headroom: a twin fit on every pool sentence's noise-free response: what a
   better-informed twin would give, whatever the design.
 
+Twins borrow the language protocols' prior (``protocols/priors/pereira2018_smollm2.json``),
+as the shipped protocols' twins do; ``--prior none`` lets them choose their own hyperparameters.
 Designs are compared paired: per seed, every design measures random sentences in the
 same order, with the same noise for the same sentence; each line prints its mean
 difference from the open loop at 300 trials and that difference's SE.
 
-Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE]
+Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE] [--prior FILE|none]
 (about 2.5 min on 2 cores, 4 more the first time to embed the pool).
 """
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import new_sentences
 
+PRIOR = Path(__file__).resolve().parents[1] / "protocols" / "priors" / "pereira2018_smollm2.json"  # the protocols'
 NOISE_SD = 0.623
 RUN_SD = 0.26
 RUN = 60  # trials per run
@@ -53,10 +56,13 @@ DESIGNS = [  # label, random trials, rounds, conditions of each round's run (sup
 ]
 
 
-def main(n_seeds: int, cache: Path | None) -> None:
+def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR) -> None:
     from hardware.subject import LanguageSubject
     from stimulus_synthesis import Goal, objective
-    from twin import FeaturePlan, TextFeatures, Twin
+    from twin import FeaturePlan, Prior, TextFeatures, Twin
+
+    prior = Prior.load(prior_file) if prior_file else None
+    print(f"twins borrow the hyperparameters of {prior_file}" if prior else "twins choose their own hyperparameters")
 
     sentences = new_sentences(4000, seed=11)
     truth = LanguageSubject()(sentences)[:, 0]
@@ -71,7 +77,7 @@ def main(n_seeds: int, cache: Path | None) -> None:
     def fit(index: np.ndarray, y: np.ndarray) -> Twin:
         """The twin on trials measured in consecutive runs of RUN, fit within runs."""
         runs = np.arange(len(index)) // RUN
-        return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id, runs=runs)
+        return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id, runs=runs, prior=prior)
 
     def best(twin: Twin, free: np.ndarray, kind: str, k: int, acquisition: str = "mean") -> np.ndarray:
         mean, sd = twin.predict_blocks(part(free), with_sd=acquisition != "mean")
@@ -138,5 +144,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("seeds", nargs="?", type=int, default=40)
     parser.add_argument("--cache", type=Path, help="feature cache to use (and keep) for the 4,000 sentences")
+    parser.add_argument("--prior", default=str(PRIOR), help="prior the twins borrow ('none': choose their own)")
     args = parser.parse_args()
-    main(args.seeds, args.cache)
+    main(args.seeds, args.cache, None if args.prior == "none" else Path(args.prior))
