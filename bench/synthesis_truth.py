@@ -10,10 +10,12 @@ chooses drive and suppress sets of 50 from the rest of the pool. This is repeate
 many sets met the targets: drive set's true mean above the pool's 90th percentile,
 suppress set's below the 10th. For scale, the same sets are chosen by a ridge readout of the
 subject's own features (its weights unknown) fit on the same measurements: how far
-300 measurements at this noise can take any twin. Then local search starts from
-the corpus' 16 best sentences (by the twin of training set 0, means of 5 trials) and
-the margin by which generation raises (lowers) the predicted response is printed,
-with the naturalness filter rechecked on every generated sentence.
+300 measurements at this noise can take any twin; and by the twin borrowing the
+language protocols' prior (``protocols/priors/pereira2018_smollm2.json``), without
+constraints. Then local search starts from the corpus' 16 best sentences (by the
+twin of training set 0, means of 5 trials) and the margin by which generation
+raises (lowers) the predicted response is printed, with the naturalness filter
+rechecked on every generated sentence.
 Run: .venv/bin/python bench/synthesis_truth.py [pool size, default 4000] [--cache FILE] [--splits N]
 (``--cache`` keeps the pool's features for the next run; bench/loop_headroom.py reads the same.)
 """
@@ -32,7 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from bench._common import new_sentences
+from bench._common import ROOT, new_sentences
+
+PRIOR = ROOT / "protocols" / "priors" / "pereira2018_smollm2.json"  # the language protocols' prior
 
 
 def percentile(truth: np.ndarray, value: float) -> float:
@@ -45,7 +49,7 @@ def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> Non
     from stimulus_synthesis import Constraints, Goal, select
     from stimulus_synthesis.embedded import EmbeddedPool
     from stimulus_synthesis.generate import Naturalness, generate
-    from twin import FeaturePlan, RidgeReadout, TextFeatures, Twin, loo_ridge
+    from twin import FeaturePlan, Prior, RidgeReadout, TextFeatures, Twin, loo_ridge
 
     work = Path(tempfile.mkdtemp(prefix="nt-truth-"))
     try:
@@ -61,7 +65,8 @@ def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> Non
               f"90th pct {p90:.3f}\n")  # fmt: skip
         own = subject_features(sentences)
         free = Constraints(min_words=1, max_words=None, charset=None, max_similarity=1.0)
-        columns = ["twin", "twin, default constraints", "subject's features"]
+        prior = Prior.load(PRIOR)
+        columns = ["twin", "twin, default constraints", "twin + the protocols' prior", "subject's features"]
         kept = None  # the twin that generation starts from: training set 0, means of 5 trials
         for label, repeats in [("single trials", 1), ("means of 5 trials", 5)]:
             print(
@@ -85,6 +90,11 @@ def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> Non
                     for kind in ("drive", "suppress"):
                         sel = select(texts, mean[rest], 50, Goal(kind), constraints=constraints)
                         row.append(percentile(truth, truth[rest][sel.index].mean()))
+                borrowed, _ = pool.predict(Twin.fit([sentences[i] for i in train], y, ["lang"], features=features,
+                                                    prior=prior))  # fmt: skip
+                for kind in ("drive", "suppress"):
+                    sel = select(texts, borrowed[rest], 50, Goal(kind), constraints=free)
+                    row.append(percentile(truth, truth[rest][sel.index].mean()))
                 ref = RidgeReadout.fit(own[train], y, loo_ridge(own[train], y).best_alpha).predict(own[rest])[:, 0]
                 order = np.argsort(ref)
                 row += [percentile(truth, truth[rest][order[s]].mean()) for s in (slice(-50, None), slice(50))]
