@@ -165,6 +165,8 @@ def test_twin_starts_from_a_reference_twin(tmp_path, pereira, pereira_blocks, fe
           f"{held_out_r(reference):.3f}")  # fmt: skip
     assert np.mean(gains) > 0.1
     assert with_ref.stack_weights[list(with_ref.readouts).index("reference"), 0] > 0
+    with pytest.raises(FeatureModelError, match="cannot be a prior"):  # its blocks include the reference's
+        with_ref.as_prior()
     W, b = with_ref.linear()  # what pool re-scoring uses
     Z = np.hstack([blocks[name] for name in features.plan.blocks])
     np.testing.assert_allclose(Z @ W + b, with_ref.predict_blocks(blocks)[0], rtol=1e-9, atol=1e-12)

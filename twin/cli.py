@@ -89,9 +89,9 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     from .data import load_dataset
     from .model import FeaturePlan, Prior, Twin
 
-    prior_twin = Prior.load(prior) if prior is not None else None
+    borrowed = Prior.load(prior) if prior is not None else None
     if modality == "image":
-        _fit_images(data, out, model, layers, grid, targets, device, prior, prior_twin)
+        _fit_images(data, out, model, layers, grid, targets, device, prior, borrowed)
         return
 
     dataset = load_dataset(data, targets.split(",") if targets else None)
@@ -107,11 +107,11 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
         features.extractor.check_layers(features.plan.layers)
     twin = Twin.fit(
         dataset.sentences, dataset.responses, dataset.targets, features=features, training_hash=dataset.digest(),
-        prior=prior_twin,
+        prior=borrowed,
     )  # fmt: skip
     twin.save(out)
     click.echo(f"fit {len(dataset)} unique sentences, targets: {', '.join(dataset.targets)}")
-    _echo_prior(twin, prior, prior_twin)
+    _echo_prior(twin, prior, borrowed)
     for target, r in twin.scores["inner_loo_r"].items():
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
     used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1), strict=False) if w > 0]

@@ -590,7 +590,10 @@ class Twin:
         check_features(self.plan, self.model_id, plan, model_id, what)
 
     def as_prior(self) -> Prior:
-        """This twin's hyperparameters, for other twins to borrow."""
+        """This twin's hyperparameters, for other twins to borrow (not a twin fit with a reference twin's)."""
+        if self.reference is not None:
+            raise FeatureModelError("a twin fit with a reference twin cannot be a prior: its hyperparameters cover "
+                                    "the reference's block, which other twins do not have")  # fmt: skip
         return Prior(self.plan, self.model_id, list(self.targets), self.n_train, self.hyperparameters)
 
     def for_targets(self, columns: Sequence[int], names: Sequence[str]) -> Twin:
