@@ -18,9 +18,10 @@ With ``--reference TWIN`` (a twin file, e.g. fit on ../shared/data's Pereira res
 line scores the reference alone: the evaluation block with no measurement before it, as
 Tuckute et al. 2024 tested their model's choices in new people. (The default subject's
 weights come from the same Pereira data, so in simulation such a reference is a favourable prior.)
-With ``--prior TWIN`` both protocols' twins borrow that twin's hyperparameters (``[twin] prior``).
+The shipped language protocols' twins borrow a prior (``[twin] prior``); ``--prior FILE`` puts another
+(a prior or twin file) in its place.
 Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--work DIR]
-     [--reference TWIN | --prior TWIN]
+     [--reference TWIN | --prior FILE]
 With ``--work DIR`` the session files are kept there, and a session already finished
 in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with every run of its protocol) is scored
 again rather than rerun, so a long run can be split across sittings.
@@ -76,7 +77,7 @@ def _toml(data: dict) -> str:
 
 def protocols(kind: str, twin: dict[str, Path], work: Path) -> dict[str, tuple[str, Path]]:
     """label -> (session file stem, protocol): the shipped closed and open loops, or copies with the ``[twin]``
-    table ``twin`` (a reference or a prior twin file) and, with a reference, the reference alone (the
+    table ``twin`` (a reference twin file, or a prior file) and, with a reference, the reference alone (the
     evaluation phase only)."""
     import tomllib
 
@@ -149,7 +150,7 @@ if __name__ == "__main__":
     parser.add_argument("--work", type=Path, help="keep session files here; finished ones are scored, not rerun")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--reference", type=Path, help="a twin file both loops start from (text)")
-    which.add_argument("--prior", type=Path, help="a twin file whose hyperparameters both loops' twins borrow")
+    which.add_argument("--prior", type=Path, help="a prior (or twin) file both loops' twins borrow from")
     args = parser.parse_args()
     twin = {k: v for k, v in (("reference", args.reference), ("prior", args.prior)) if v is not None}
     main(args.seeds, args.modality, args.work, twin)
