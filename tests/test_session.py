@@ -368,6 +368,7 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     work, _, _ = uninterrupted
     protocol = tmp_path / "short.toml"
     text = TINY.read_text().replace("max_words = 25\n", 'max_words = 25\nblocklist = ["the"]\n')
+    text = text.replace("candidates = 400", "candidates = 100")  # 40 trials; the pool is new, so embedded
     protocol.write_text(text + "\n[stopping]\nmax_trials = 40\n")
     out = tmp_path / "short.h5"
     proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
