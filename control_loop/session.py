@@ -525,10 +525,8 @@ class SessionRunner:
     def _twin_score(self, shown: list[Trial], beta: np.ndarray) -> dict:
         out = {"n_train": int(self.twin.n_train), "run_trials": len(shown)}
         text_fit = self.protocol.modality == "text"  # image twins are updated online, penalties re-chosen by GCV
-        if self.prior is not None and text_fit and "prior_n_train" in self.twin.scores:  # this fit's multiplier
-            name = next(iter(self.twin.readouts))
-            ratio = self.twin.readouts[name].alphas / self.prior.hyperparameters.alphas[name]
-            out["penalties_x_prior"] = float(ratio[self.target])
+        if self.prior is not None and text_fit and "prior_multiplier" in self.twin.scores:  # this fit's multiplier
+            out["penalties_x_prior"] = self.twin.scores["prior_multiplier"][self.rois[self.target]]
         return out
 
     # ----- the session -----

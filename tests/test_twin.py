@@ -205,6 +205,7 @@ def test_twin_borrows_hyperparameters_from_a_prior_twin(tmp_path, pereira, perei
             ratio = {k: borrowed.readouts[k].alphas[0] / prior.readouts[k].alphas[0] for k in blocks}
             assert np.ptp(list(ratio.values())) < 1e-9 * max(ratio.values())  # one multiplier for every block
             multipliers[noise].append(ratio["stats"])
+            assert borrowed.scores["prior_multiplier"]["lang"] == pytest.approx(ratio["stats"])  # as recorded
             if noise:
                 own = Twin.fit_blocks(rows(new_rows), noisy, ["lang"], plan, model_id)
                 r = [np.corrcoef(t.predict_blocks(rows(test))[0][:, 0], y[test])[0, 1] for t in (borrowed, own)]

@@ -123,9 +123,7 @@ def _echo_prior(twin: Any, path: Path | None, prior: Any) -> None:
     """Say how the prior's penalties were scaled to the data."""
     if prior is None:
         return
-    name = next(iter(twin.readouts))
-    own, base = np.atleast_1d(twin.readouts[name].alphas), np.atleast_1d(prior.hyperparameters.alphas[name])
-    scale = own / (base if len(base) == len(own) else base[0])
+    scale = twin.scores["prior_multiplier"].values()
     click.echo(f"  hyperparameters from {path} ({prior.n_train} training stimuli), "
                f"penalties x{', x'.join(f'{m:.3g}' for m in scale)}")  # fmt: skip
 

@@ -349,7 +349,7 @@ PRIOR_MULTIPLIERS = np.logspace(-2, 3, 21)
 
 def transfer_hyperparameters(
     blocks: dict[str, np.ndarray], Y: np.ndarray, prior: Hyperparameters, multipliers: np.ndarray = PRIOR_MULTIPLIERS
-) -> tuple[Hyperparameters, np.ndarray]:
+) -> tuple[Hyperparameters, np.ndarray, np.ndarray]:
     """A prior twin's ridge penalties (their ratios across blocks) and stacking weights, scaled per
     target by the one multiplier with the least exact-LOO error on these data.
 
@@ -357,7 +357,7 @@ def transfer_hyperparameters(
     noisy responses (single fMRI trials) that choice is far less noisy. The multiplier tracks
     the data's noise relative to the prior's. A prior with one target serves every target.
 
-    Returns the hyperparameters and the stacked LOO predictions (n, t).
+    Returns the hyperparameters, the stacked LOO predictions (n, t) and the multiplier chosen per target (t,).
     """
     Y = _as_2d(Y)
     names = list(blocks)
@@ -371,6 +371,7 @@ def transfer_hyperparameters(
     alphas = {name: np.empty(Y.shape[1]) for name in names}
     weights = np.empty((len(names), Y.shape[1]))
     stacked = np.empty_like(Y)
+    chosen = np.empty(Y.shape[1])
     for t in range(Y.shape[1]):
         col = t if n_prior > 1 else 0
         base = {name: float(np.atleast_1d(prior.alphas[name])[col]) for name in names}
@@ -385,7 +386,8 @@ def transfer_hyperparameters(
             alphas[name][t] = base[name] * multipliers[best]
         weights[:, t] = w
         stacked[:, t] = P[best]
-    return Hyperparameters(alphas, weights), stacked
+        chosen[t] = multipliers[best]
+    return Hyperparameters(alphas, weights), stacked, chosen
 
 
 def check_features(
@@ -565,7 +567,7 @@ class Twin:
         targets = list(targets) if targets is not None else [f"target{t}" for t in range(Y.shape[1])]
         if hyperparameters is None:
             if prior is not None:
-                hyperparameters, stacked = transfer_hyperparameters(blocks, Y, prior.hyperparameters)
+                hyperparameters, stacked, chosen = transfer_hyperparameters(blocks, Y, prior.hyperparameters)
             else:
                 hyperparameters, stacked = select_hyperparameters(blocks, Y, alphas)
             noise_var = ((Y - stacked) ** 2).mean(0)
@@ -573,6 +575,7 @@ class Twin:
             scores = {"inner_loo_r": dict(zip(targets, map(float, loo_r), strict=False))}
             if prior is not None:
                 scores["prior_n_train"] = prior.n_train
+                scores["prior_multiplier"] = dict(zip(targets, map(float, chosen), strict=True))
             if runs is not None:
                 scores["runs"] = len(np.unique(np.asarray(runs)))
         else:
