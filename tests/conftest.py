@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,11 @@ def small_csv(tmp_path: Path) -> Path:
 def feature_cache(tmp_path_factory) -> Path:
     """One feature cache for the session, so each sentence is embedded once across tests."""
     return tmp_path_factory.mktemp("cache") / "features.h5"
+
+
+def side_by_side(cmds: list[list[str]], env: dict, cwd: Path | None = None) -> list[subprocess.CompletedProcess]:
+    """Run command lines at once (none may write what another reads); their completed processes, in order."""
+    procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]

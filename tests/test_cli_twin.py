@@ -10,7 +10,7 @@ import pytest
 
 from twin import Twin
 
-from .conftest import synthetic_sentences
+from .conftest import side_by_side, synthetic_sentences
 
 
 def neurotwin(*args, cache: Path | None = None, check_ok: bool = True) -> subprocess.CompletedProcess:
@@ -27,10 +27,7 @@ def neurotwin(*args, cache: Path | None = None, check_ok: bool = True) -> subpro
 def neurotwin_all(*calls: tuple) -> list[subprocess.CompletedProcess]:
     """Run several ``neurotwin`` command lines side by side (none may write what another reads)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "control_loop.cli", *map(str, args)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in calls]  # fmt: skip
-    outputs = [p.communicate(timeout=600) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
+    return side_by_side([[sys.executable, "-m", "control_loop.cli", *map(str, args)] for args in calls], env)
 
 
 def test_fit_predict_score_round_trip(tmp_path, small_csv):

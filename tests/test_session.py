@@ -14,6 +14,7 @@ import pytest
 
 from acquisition import SessionFile, read_session
 
+from .conftest import side_by_side
 from .netutil import ROOT
 
 TINY = ROOT / "tests" / "protocols" / "tiny_language.toml"
@@ -157,11 +158,12 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     (tmp_path / "reference.h5").unlink()
     # A resume reads the kept copy; a new session, which has none, is refused before anything starts (a
     # reference on other features: tests/test_twin.py).
-    resumed, refused = _concurrently([_cmd("session", "resume", out, "--no-report"),
-                                      _cmd("simulate", protocol, "--out", tmp_path / "never.h5")], env)  # fmt: skip
+    never = tmp_path / "never.h5"
+    resumed, refused = side_by_side([_cmd("session", "resume", out, "--no-report"),
+                                     _cmd("simulate", protocol, "--out", never)], env, ROOT)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert refused.returncode == 2 and "twin.reference" in refused.stderr and "does not exist" in refused.stderr
-    assert not (tmp_path / "never.h5").exists()
+    assert not never.exists()
     data = read_session(out)
     assert sorted(data.events.trial) == list(range(2 * 20 + 30))
     runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
@@ -200,8 +202,8 @@ def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_pa
     protocol = tmp_path / "with_prior.toml"
     protocol.write_text(TINY.read_text() + '\n[twin]\nprior = "prior.h5"\n')
     out = tmp_path / "session.h5"
-    check, run = _concurrently([_cmd("protocol", "check", protocol),
-                                _cmd("simulate", protocol, "--out", out, "--no-report")], env)  # fmt: skip
+    check, run = side_by_side([_cmd("protocol", "check", protocol),
+                               _cmd("simulate", protocol, "--out", out, "--no-report")], env, ROOT)  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert f"twin: hyperparameters from {tmp_path / 'prior.h5'} ({len(sentences)} training stimuli)" in check.stdout
     assert run.returncode == 0, run.stderr[-3000:]
@@ -230,18 +232,10 @@ def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_pa
     (tmp_path / "prior.h5").unlink()  # a resume reads the kept copy
     both = tmp_path / "both.toml"
     both.write_text(TINY.read_text() + '\n[twin]\nprior = "prior.h5"\nreference = "reference.h5"\n')
-    resumed, check = _concurrently([_cmd("session", "resume", out, "--no-report"), _cmd("protocol", "check", both)],
-                                   env)  # fmt: skip
+    resumed, check = side_by_side([_cmd("session", "resume", out, "--no-report"), _cmd("protocol", "check", both)],
+                                  env, ROOT)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert check.returncode == 2 and "twin: give twin.reference or twin.prior, not both" in check.stderr
-
-
-def _concurrently(cmds: list[list[str]], env: dict) -> list[subprocess.CompletedProcess]:
-    """Run commands side by side from the repository root; their completed processes, in order."""
-    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in cmds]  # fmt: skip
-    outputs = [p.communicate(timeout=600) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
 
 
 def _plan_record(data, index: int) -> dict:
