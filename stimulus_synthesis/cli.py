@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from twin.paths import replaced_whole
+
 SOURCES = ("wordnet-examples", "wordnet-glosses", "lee")
 
 
@@ -163,13 +165,11 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
         exclude=set(shown), shown=shown, generate_budget=budget,
         naturalness=Naturalness(naturalness_model, max_nll=max_nll, device=device), seed=seed, progress=True,
     )  # fmt: skip
-    tmp = Path(str(out) + ".tmp")
-    pd.DataFrame(result.rows).to_csv(tmp, index=False)
-    if log_path and result.log:
-        log_tmp = Path(str(log_path) + ".tmp")
-        pd.DataFrame([c.row() for c in result.log]).to_csv(log_tmp, index=False)
-        log_tmp.replace(log_path)
-    tmp.replace(out)
+    with replaced_whole(out) as tmp:
+        pd.DataFrame(result.rows).to_csv(tmp, index=False)
+        if log_path and result.log:
+            with replaced_whole(log_path) as log_tmp:
+                pd.DataFrame([c.row() for c in result.log]).to_csv(log_tmp, index=False)
     generated = sum(r["source"] == "generated" for r in result.rows)
     name = twin.targets[target]
     values = [r[f"predicted_{name}"] for r in result.rows]
@@ -261,7 +261,6 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     if folder.exists():
         shutil.rmtree(folder)
     tmp_dir.replace(folder)
-    tmp = Path(str(out) + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(out)
+    with replaced_whole(out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
     click.echo(f"wrote {len(rows)} images to {folder}/ and their predictions and safety reports to {out}")

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from twin.paths import replaced_whole
+
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 
@@ -92,6 +94,5 @@ def write_pool(sentences: list[str], out: str | Path) -> None:
     """Write one sentence per line, atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with replaced_whole(out) as tmp:
+        tmp.write_text("\n".join(sentences) + "\n", encoding="utf-8")

@@ -16,6 +16,7 @@ from twin import (
     length_features,
     score,
 )
+from twin.paths import replaced_whole
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,12 @@ def test_bad_twin_files(tmp_path, small_csv, feature_cache):
         Twin.load(good)
     with pytest.raises(TwinFileError, match="does not exist"):
         Twin.load(tmp_path / "missing.h5")
+    # A save that fails part-way leaves the file there as it was, and no temporary file.
+    before = good.read_bytes()
+    with pytest.raises(TypeError), replaced_whole(good) as tmp:
+        tmp.write_bytes(before[:100])
+        raise TypeError("failed part-way")
+    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
 
 
 def test_fit_within_runs_ignores_run_offsets(pereira, pereira_blocks):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
+
+from .paths import replaced_whole
 
 
 class UserError(click.ClickException):
@@ -206,7 +207,8 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
     report = score_report(twin, dataset, folds=folds, seed=seed)
     click.echo(report.text())
     if json_out:
-        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+        with replaced_whole(json_out) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2))
         click.echo(f"wrote {json_out}")
 
 
@@ -232,7 +234,6 @@ def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
     for t, name in enumerate(twin.targets):
         table[name] = np.round(mean[:, t], 6)
         table[f"{name}_sd"] = np.round(sd[:, t], 6)
-    tmp = Path(str(out) + ".tmp")
-    pd.DataFrame(table).to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with replaced_whole(out) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
     click.echo(f"predicted {len(texts)} sentences -> {out}")

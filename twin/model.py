@@ -34,6 +34,7 @@ from .cache import FeatureCache, text_digests
 from .errors import FeatureModelError, TwinFileError
 from .features import SURPRISAL_KEY, SURPRISAL_STATS, TextFeatureExtractor, layer_key, length_features
 from .models import model_info
+from .paths import replaced_whole
 from .projection import Projection, reference_projection
 from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
 from .scoring import kfold
@@ -459,10 +460,8 @@ class Prior:
 
     def save(self, path: str | Path) -> None:
         """Write the prior as JSON (a temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(path)
+        with replaced_whole(path) as tmp:
+            tmp.write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Prior:
@@ -733,11 +732,8 @@ class Twin:
     # ----- persistence -----
     def save(self, path: str | Path) -> None:
         """Write the twin to one HDF5 file (atomically: a temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with replaced_whole(path) as tmp, h5py.File(tmp, "w") as f:
             self._write(f)
-        tmp.replace(path)
 
     def _write(self, f: h5py.Group) -> None:
         """The twin into an HDF5 file or group (its reference twin, if any, in the group 'reference')."""

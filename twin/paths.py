@@ -1,8 +1,10 @@
-"""Where NeuroTwin keeps its caches (converted models, feature tables)."""
+"""Where NeuroTwin keeps its caches (converted models, feature tables), and writing files whole."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -19,3 +21,17 @@ def cache_root() -> Path:
 def default_feature_cache() -> Path:
     """The default HDF5 feature cache file."""
     return cache_root() / "features.h5"
+
+
+@contextmanager
+def replaced_whole(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to: it replaces ``path`` when the block ends
+    and is removed when the block fails, so ``path`` is never half-written."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .paths import cache_root
+from .paths import cache_root, replaced_whole
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,8 @@ def reference_projection(extractor, blocks: Sequence[str], k: int) -> Projection
         if path.exists():
             with np.load(path) as z:
                 previous = {key: z[key] for key in z.files}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **{**previous, **fresh})
-        tmp.replace(path)
+        with replaced_whole(path, ".tmp.npz") as tmp:
+            np.savez(tmp, **{**previous, **fresh})
         stored.update(fresh)
     return Projection(
         {b: stored[f"{b}/mean"] for b in blocks},
