@@ -197,7 +197,7 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
                    f"at most {sl.max_flashes_per_s}/s; no regular pattern or saturated red over > "
                    f"{sl.max_area:.0%}")  # fmt: skip
     if protocol.twin.reference:
-        ref = load_reference(protocol, _features(protocol), rois)
+        ref, _ = load_reference(protocol, _features(protocol), rois)
         click.echo(f"  twin: starts from {protocol.twin.reference} (targets {', '.join(ref.targets)}; "
                    f"{ref.n_train} training stimuli)")  # fmt: skip
     if protocol.twin.prior:

@@ -318,8 +318,9 @@ def prior_for_rois(prior: Any, rois: list[str], where: str = "twin.prior") -> An
     return prior.for_targets([prior.targets.index(r) for r in rois], rois)
 
 
-def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> Any:
-    """The protocol's reference twin, checked against the session's features and ROIs (None if it has none).
+def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> tuple[Any, bytes] | None:
+    """The protocol's reference twin, checked against the session's features and ROIs, and the
+    bytes of its file as read (None if it has none).
 
     Raises ProtocolError naming ``twin.reference``: a missing or unreadable file, a twin of
     other features, or one that cannot stand for the ROIs (see :func:`reference_for_rois`)."""
@@ -329,13 +330,19 @@ def load_reference(protocol: Protocol, features: Any, rois: list[str]) -> Any:
 
     where = f"twin.reference '{protocol.twin.reference}'"
     try:
-        ref = Twin.load(protocol.twin.reference)
+        data = Path(protocol.twin.reference).read_bytes()
+    except FileNotFoundError:
+        raise ProtocolError(f"{where}: the file does not exist") from None
+    except OSError as exc:
+        raise ProtocolError(f"{where}: the file cannot be read ({exc.strerror or exc})") from None
+    try:
+        ref = Twin.from_bytes(data, protocol.twin.reference)
         if features is not None:  # else the first fit or pool scoring checks it
             ref.check_compatible(features.plan, features.model_id, "twin.reference")
     except TwinError as exc:
         raise ProtocolError(f"{where}: {exc}") from None
     reference_for_rois(ref, rois, protocol)  # fails now rather than at the first choice
-    return ref
+    return ref, data
 
 
 def reference_for_rois(reference: Any, rois: list[str], protocol: Protocol) -> Any:

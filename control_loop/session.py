@@ -106,17 +106,12 @@ def _kept(data: Any, path: Path, name: str, field: str) -> bytes:
 
 def _kept_reference(data: Any, path: Path) -> Any:
     """The reference twin kept in a session file."""
-    import tempfile
-
     from twin import Twin, TwinError
 
-    with tempfile.TemporaryDirectory() as tmp:
-        kept = Path(tmp) / REFERENCE_FILE
-        kept.write_bytes(_kept(data, path, REFERENCE_FILE, "twin.reference"))
-        try:
-            return Twin.load(kept)
-        except TwinError as exc:
-            raise SessionError(f"session file '{path}': its copy of the reference twin is damaged: {exc}") from None
+    try:
+        return Twin.from_bytes(_kept(data, path, REFERENCE_FILE, "twin.reference"), f"{path}:{REFERENCE_FILE}")
+    except TwinError as exc:
+        raise SessionError(f"session file '{path}': its copy of the reference twin is damaged: {exc}") from None
 
 
 def _kept_prior(data: Any, path: Path) -> Any:
@@ -169,11 +164,11 @@ class SessionRunner:
         p = self.protocol
         if not self.path.exists():
             modality = "fmri" if p.modality == "text" else "spikes"
-            self.reference = load_reference(p, self.features, self.rois)
+            reference = load_reference(p, self.features, self.rois)
             self.prior = load_prior(p, self.features, self.rois)
             attachments = {}
-            if self.reference is not None:
-                attachments[REFERENCE_FILE] = Path(p.twin.reference).read_bytes()
+            if reference is not None:  # the file's bytes as read, so the copy is the twin in use
+                self.reference, attachments[REFERENCE_FILE] = reference
             if self.prior is not None:  # as read (a twin file's hyperparameters), for the session's ROIs
                 attachments[PRIOR_FILE] = self.prior.to_json().encode()
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,

@@ -170,8 +170,7 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     assert [r["kind"] for r in runs] == ["closed_loop"] * 2 + ["evaluation"] * 2
     # The first round was chosen by the reference alone: its predictions are the reference's ('response'
     # standing for 'lang'), and it sent longer sentences to drive than to suppress.
-    (tmp_path / "kept.h5").write_bytes(data.attachments["reference_twin.h5"])
-    reference = Twin.load(tmp_path / "kept.h5")
+    reference = Twin.from_bytes(data.attachments["reference_twin.h5"], "the kept copy")
     reference.attach(TextFeatures(reference.plan, cache=work / "cache" / "features.h5"))
     text = data.stimuli.set_index("stimulus_id").text
     events = data.events.set_index("trial")

@@ -94,6 +94,12 @@ def test_bad_twin_files(tmp_path, small_csv, feature_cache):
     )
     good = tmp_path / "twin.h5"
     twin.save(good)
+    # A twin file's bytes (a session keeps its reference twin so) read as the file does.
+    again = Twin.from_bytes(good.read_bytes(), "kept copy")
+    again.attach(twin.features)
+    assert np.array_equal(again.predict(data.sentences[:3])[0], twin.predict(data.sentences[:3])[0])
+    with pytest.raises(TwinFileError, match="'kept copy' is not a readable HDF5 file"):
+        Twin.from_bytes(good.read_bytes()[:500], "kept copy")
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
     with pytest.raises(TwinFileError, match="truncated or corrupt"):

@@ -20,11 +20,13 @@ The whole twin stays one affine map of the features.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -770,26 +772,35 @@ class Twin:
         path = Path(path)
         if not path.exists():
             raise TwinFileError(f"twin file '{path}' does not exist")
+        return cls._open(path, str(path), model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str, model: str | None = None) -> Twin:
+        """A twin from the bytes of a twin file (``name`` says where they came from, in errors)."""
+        return cls._open(io.BytesIO(data), name, model)
+
+    @classmethod
+    def _open(cls, source: Path | BinaryIO, name: str, model: str | None) -> Twin:
         try:
-            f = h5py.File(path, "r")
+            f = h5py.File(source, "r")
         except OSError as exc:
             raise TwinFileError(
-                f"twin file '{path}' is not a readable HDF5 file (truncated or corrupt?): {exc}"
+                f"twin file '{name}' is not a readable HDF5 file (truncated or corrupt?): {exc}"
             ) from None
         with f:
             if f.attrs.get("format") != FORMAT:
-                raise TwinFileError(f"'{path}' is an HDF5 file but not a NeuroTwin twin")
-            twin = cls._read(f, path)
+                raise TwinFileError(f"'{name}' is an HDF5 file but not a NeuroTwin twin")
+            twin = cls._read(f, name)
         if model is not None:
             from .models import resolve_model
 
             wanted = model if twin.modality == "image" else resolve_model(model)[0]
             if wanted != twin.model_id:
-                raise FeatureModelError(f"twin file '{path}' uses feature model '{twin.model_id}', not '{wanted}'")
+                raise FeatureModelError(f"twin file '{name}' uses feature model '{twin.model_id}', not '{wanted}'")
         return twin
 
     @classmethod
-    def _read(cls, f: h5py.Group, path: Path) -> Twin:
+    def _read(cls, f: h5py.Group, path: Path | str) -> Twin:
         """A twin from an HDF5 file or group written by :meth:`_write`."""
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
