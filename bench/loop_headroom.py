@@ -42,9 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from bench._common import new_sentences
+from bench._common import PRIOR, new_sentences
 
-PRIOR = Path(__file__).resolve().parents[1] / "protocols" / "priors" / "pereira2018_smollm2.json"  # the protocols'
 NOISE_SD = 0.623
 RUN_SD = 0.26
 RUN = 60  # trials per run

@@ -34,9 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from bench._common import ROOT, new_sentences
-
-PRIOR = ROOT / "protocols" / "priors" / "pereira2018_smollm2.json"  # the language protocols' prior
+from bench._common import PRIOR, new_sentences
 
 
 def percentile(truth: np.ndarray, value: float) -> float:
