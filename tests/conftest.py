@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from twin.paths import models_root
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests give their processes feature caches of their own; the offline model is converted once, for all of them.
+os.environ.setdefault("NEUROTWIN_MODELS", str(models_root()))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

