@@ -4,7 +4,7 @@ Any ``torch.nn.Module`` with named submodules is a feature model: forward hooks
 capture the chosen layers, each averaged over a ``grid x grid`` spatial grid
 (keeping where in the image a feature is, which V1/V4 sites care about). Two
 offline defaults need no download: EfficientNet-Lite0 trained on ImageNet, and
-:class:`GaborV1`, a fixed Gabor filter bank with simple- and complex-cell outputs.
+:class:`twin.gabor.GaborV1`, a fixed Gabor filter bank with simple- and complex-cell outputs.
 Features are differentiable (:meth:`ImageFeatures.torch_matrix`) so image
 synthesis can follow the twin's gradient.
 """
@@ -15,18 +15,18 @@ import hashlib
 import importlib
 import io
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .errors import DataError, FeatureModelError
+
+if TYPE_CHECKING:  # torch is imported where features are computed, so reading twin files needs none
+    import torch
+    from torch import nn
 
 IMAGE_MODELS = ("efficientnet-lite0", "gabor-v1")
 ImageLike = np.ndarray | bytes | str | Path
@@ -70,6 +70,9 @@ def image_digest(image: np.ndarray) -> bytes:
 
 def to_tensor(images: Sequence[ImageLike], size: int) -> torch.Tensor:
     """(N, 3, size, size) floats in [0, 1], each image center-cropped to square and resized."""
+    import torch
+    import torch.nn.functional as F
+
     out = []
     for i, item in enumerate(images):
         a = load_image(item, f"image {i}")
@@ -83,51 +86,6 @@ def to_tensor(images: Sequence[ImageLike], size: int) -> torch.Tensor:
     if not out:
         raise DataError("no images given")
     return torch.cat(out)
-
-
-# ----- the V1 model -----
-class GaborV1(nn.Module):
-    """A V1 model: quadrature Gabor pairs at several scales and orientations on luminance.
-
-    ``simple``: half-wave rectified responses of both phases and signs (4 per pair);
-    ``complex``: the pairs' energy, sqrt(even^2 + odd^2). Input (N, 3, H, W) in [0, 1].
-    """
-
-    def __init__(self, wavelengths: Sequence[float] = (4.0, 8.0, 16.0), orientations: int = 8, size: int = 96):
-        super().__init__()
-        self.size = size
-        self.banks = nn.ModuleList()
-        for lam in wavelengths:
-            sigma = 0.56 * lam  # about 1.5 octaves of bandwidth
-            k = int(2 * math.ceil(2.5 * sigma) + 1)
-            r = torch.arange(k, dtype=torch.float32) - k // 2
-            y, x = torch.meshgrid(r, r, indexing="ij")
-            filters = []
-            for o in range(orientations):
-                th = math.pi * o / orientations
-                xr = x * math.cos(th) + y * math.sin(th)
-                env = torch.exp(-(x**2 + y**2) / (2 * sigma**2))
-                for phase in (0.0, math.pi / 2):
-                    g = env * torch.cos(2 * math.pi * xr / lam + phase)
-                    g = g - g.mean() * env / env.mean()  # no response to uniform light
-                    filters.append(g / g.norm())
-            conv = nn.Conv2d(1, len(filters), k, padding=k // 2, bias=False)
-            conv.weight.data[:] = torch.stack(filters)[:, None]
-            conv.weight.requires_grad_(False)
-            self.banks.append(conv)
-        self.simple = nn.Identity()
-        self.complex = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None] - 0.5
-        simple, energy = [], []
-        for conv in self.banks:
-            r = conv(lum)
-            even, odd = r[:, 0::2], r[:, 1::2]
-            simple.append(torch.cat([F.relu(r), F.relu(-r)], 1))
-            energy.append(torch.sqrt(even**2 + odd**2 + 1e-8))
-        self.simple(torch.cat(simple, 1))  # hooked by name, like any network layer
-        return self.complex(torch.cat(energy, 1))
 
 
 # ----- feature models -----
@@ -173,7 +131,11 @@ def load_vision_model(name: str) -> VisionModel:
     if name == "efficientnet-lite0":
         return _efficientnet_lite0()
     if name == "gabor-v1":
+        from .gabor import GaborV1
+
         return VisionModel(GaborV1(), 96, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("simple", "complex"))
+    from torch import nn
+
     module, _, attr = name.partition(":")
     if not attr:
         raise FeatureModelError(f"unknown image model '{name}': use one of {', '.join(IMAGE_MODELS)} or module:attr")
@@ -253,6 +215,9 @@ class ImageFeatures:
 
     def torch_blocks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pooled features per layer for images x (N, 3, H, W) in [0, 1], differentiable."""
+        import torch
+        import torch.nn.functional as F
+
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         mean = torch.tensor(self.vision.mean, device=x.device)[:, None, None]
@@ -277,10 +242,14 @@ class ImageFeatures:
 
     def torch_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """All blocks concatenated in plan order (N, d), differentiable."""
+        import torch
+
         return torch.cat(list(self.torch_blocks(x).values()), 1)
 
     def __call__(self, images: Sequence[ImageLike]) -> dict[str, np.ndarray]:
         """Feature blocks (name -> (n, d)) for images; FeatureModelError on non-finite features."""
+        import torch
+
         images = list(images)
         parts: dict[str, list[np.ndarray]] = {}
         with torch.no_grad():
@@ -297,6 +266,8 @@ class ImageFeatures:
     @property
     def block_dims(self) -> dict[str, int]:
         if self._dims is None:
+            import torch
+
             with torch.no_grad():
                 blocks = self.torch_blocks(torch.full((1, 3, self.size, self.size), 0.5, device=self.device))
             self._dims = {k: v.shape[1] for k, v in blocks.items()}
@@ -311,6 +282,8 @@ def image_digests(images: Sequence[ImageLike]) -> np.ndarray:
 
 def predict_torch(twin: Any, features: ImageFeatures) -> Callable[[torch.Tensor], torch.Tensor]:
     """The twin as a differentiable function of images (N, 3, H, W) in [0, 1] -> (N, targets)."""
+    import torch
+
     W, b = twin.linear()
     Wt, bt = torch.tensor(W, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
     return lambda x: features.torch_matrix(x) @ Wt.to(x.device) + bt.to(x.device)
