@@ -1,4 +1,4 @@
-"""The layout's rule: dependencies point one way, and nothing imports control_loop."""
+"""The layout's rules: dependencies point one way, nothing imports control_loop, heavy libraries load when used."""
 
 import ast
 import subprocess
@@ -47,3 +47,25 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "", f"importing the command line loads {out.stdout.strip()}"
+
+
+def test_a_twin_predicts_from_cached_features_without_torch(tmp_path, small_csv, feature_cache):
+    """Loading a twin file and predicting sentences already in the feature cache needs no torch or transformers
+    (`twin predict` on a warm cache, sessions re-scoring their pool, every CLI error about a twin file)."""
+    from twin import FeaturePlan, TextFeatures, Twin, load_dataset
+
+    data = load_dataset(small_csv)
+    plan = FeaturePlan(model="minilm", layers=(3,))
+    Twin.fit(data.sentences, data.responses, data.targets, features=TextFeatures(plan, cache=feature_cache)).save(
+        tmp_path / "twin.h5"
+    )
+    code = (
+        "import sys; from twin import TextFeatures, Twin; "
+        f"twin = Twin.load({str(tmp_path / 'twin.h5')!r}); "
+        f"twin.attach(TextFeatures(twin.plan, cache={str(feature_cache)!r})); "
+        f"print(twin.predict({data.sentences[:5]!r})[0].shape); "
+        "print(' '.join(sorted({'torch', 'transformers'} & set(sys.modules))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    shape, loaded = [*out.stdout.splitlines(), ""][:2]
+    assert shape == "(5, 2)" and loaded == "", f"predicting from the cache loads {loaded}"
