@@ -21,26 +21,22 @@ from bench._common import PEREIRA, need_shared, new_sentences
 
 def run(args: list[str], env: dict) -> float:
     t = time.perf_counter()
-    subprocess.run(["neurotwin", *args], env=env, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "control_loop.cli", *args], env=env, check=True, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
 def main(n: int = 10_000) -> None:
     need_shared()
-    from twin.paths import cache_root
+    from twin.paths import models_root
 
     work = Path(tempfile.mkdtemp(prefix="nt-speed-"))
     sentences = work / "new.txt"
     texts = new_sentences(n)
     sentences.write_text("\n".join(texts) + "\n")
     words = sum(len(s.split()) for s in texts) / len(texts)
-    cache = work / "cache"
-    (cache / "models").mkdir(parents=True)
-    models = cache_root() / "models"
-    if models.exists():  # reuse the converted model; the feature cache stays cold
-        for d in models.iterdir():
-            os.symlink(d, cache / "models" / d.name)
-    env = {**os.environ, "NEUROTWIN_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    # A cold feature cache; the converted model is reused from its usual folder.
+    env = {**os.environ, "NEUROTWIN_CACHE": str(work / "cache"), "NEUROTWIN_MODELS": str(models_root()),
+           "HF_HUB_OFFLINE": "1"}  # fmt: skip
     twin = work / "twin.h5"
     t_fit = run(["twin", "fit", str(PEREIRA), "--out", str(twin)], env)
     t_pred = run(["twin", "predict", str(twin), str(sentences), "--out", str(work / "p.csv")], env)
