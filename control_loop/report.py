@@ -63,13 +63,40 @@ def summarize(session_file: str | Path, data=None) -> dict:
     if evaluation:
         ev = est[est.trial.isin([t for trials in evaluation for t in trials])]
         out["evaluation"] = evaluation_contrasts(ev, target)
+        out["evaluation_means"] = condition_means(ev, target)
     localizer = [t for r in runs if r["kind"] == "localizer" for t in r["trials"]]
     if localizer:
         out["localizer"] = evaluation_contrasts(est[est.trial.isin(localizer)], target, (("SENT", "NONW"),))
+        out["localizer_means"] = condition_means(est[est.trial.isin(localizer)], target, (("SENT", "NONW"),))
     return out
 
 
 EVALUATION_PAIRS = (("D", "B"), ("B", "S"), ("D", "S"))
+
+
+def _within_runs(ev: pd.DataFrame, target: str, conds: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """OLS of the target on condition indicators and, when the design allows, run indicators:
+    (each condition's least-squares mean at the block's average run offset as rows of a contrast
+    matrix, the coefficients, their covariance, the residual degrees of freedom)."""
+    y = ev[target].to_numpy(np.float64)
+    X = np.column_stack([(ev.condition == c).to_numpy(np.float64) for c in conds])
+    runs = [(ev.run == r).to_numpy(np.float64) for r in sorted(ev.run.unique())[1:]]
+    with_runs = np.column_stack([X, *runs])
+    if np.linalg.matrix_rank(with_runs) == with_runs.shape[1]:
+        X = with_runs
+    dof = len(y) - X.shape[1]
+    means = np.zeros((len(conds), X.shape[1]))
+    means[:, : len(conds)] = np.eye(len(conds))
+    means[:, len(conds) :] = X[:, len(conds) :].mean(0)  # the block's share of trials in each run
+    if dof < 1:
+        return means, np.full(X.shape[1], np.nan), np.full((X.shape[1], X.shape[1]), np.nan), dof
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    cov = float(((y - X @ beta) ** 2).sum() / dof) * np.linalg.inv(X.T @ X)
+    return means, beta, cov, dof
+
+
+def _conditions_in(ev: pd.DataFrame, pairs: tuple) -> list[str]:
+    return [c for c in dict.fromkeys(c for pair in pairs for c in pair) if (ev.condition == c).sum() > 1]
 
 
 def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAIRS) -> dict:
@@ -80,30 +107,37 @@ def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATIO
     runs; with one run this is Student's t-test. Without a full-rank design (a condition
     only in a run of its own), runs are pooled.
     """
-    conds = [c for c in dict.fromkeys(c for pair in pairs for c in pair) if (ev.condition == c).sum() > 1]
+    conds = _conditions_in(ev, pairs)
     ev = ev[ev.condition.isin(conds)]
     if len(conds) < 2:
         return {}
-    y = ev[target].to_numpy(np.float64)
-    X = np.column_stack([(ev.condition == c).to_numpy(np.float64) for c in conds])
-    with_runs = np.column_stack([X] + [(ev.run == r).to_numpy(np.float64) for r in sorted(ev.run.unique())[1:]])
-    if np.linalg.matrix_rank(with_runs) == with_runs.shape[1]:
-        X = with_runs
-    dof = len(y) - X.shape[1]
+    _, beta, cov, dof = _within_runs(ev, target, conds)
     if dof < 1:
         return {}
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    cov = float(((y - X @ beta) ** 2).sum() / dof) * np.linalg.inv(X.T @ X)
     out = {}
     for a, b in pairs:
         if a in conds and b in conds:
-            c = np.zeros(X.shape[1])
+            c = np.zeros(len(beta))
             c[conds.index(a)], c[conds.index(b)] = 1.0, -1.0
             diff = float(c @ beta)
             t = diff / float(np.sqrt(c @ cov @ c))
             out[f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {
                 "difference": diff, "t": t, "p": float(2 * stats.t.sf(abs(t), dof))}  # fmt: skip
     return out
+
+
+def condition_means(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAIRS) -> dict:
+    """Each condition's mean in a block of trials with its SE, with the run offsets removed as in
+    :func:`evaluation_contrasts` (least-squares means at the block's average run): ``{condition: {n, mean, se}}``."""
+    conds = _conditions_in(ev, pairs)
+    ev = ev[ev.condition.isin(conds)]
+    if not conds:
+        return {}
+    means, beta, cov, dof = _within_runs(ev, target, conds)
+    if dof < 1:
+        return {}
+    return {c: {"n": int((ev.condition == c).sum()), "mean": float(L @ beta), "se": float(np.sqrt(L @ cov @ L))}
+            for c, L in zip(conds, means, strict=True)}  # fmt: skip
 
 
 def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
@@ -129,7 +163,12 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
     truth = np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
     group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
     sd = float(group[pairs[0][1]].std(ddof=1)) if len(group[pairs[0][1]]) > 1 else float("nan")
-    out: dict = {"means": {c: float(v.mean()) for c, v in group.items() if len(v)}, "contrasts": {}, "sd": sd}
+    out: dict = {
+        "means": {c: float(v.mean()) for c, v in group.items() if len(v)},
+        "contrasts": {},
+        "sd": sd,
+        "sems": {c: float(v.std(ddof=1) / np.sqrt(len(v))) for c, v in group.items() if len(v) > 1},
+    }
     for a, b in pairs:
         if len(group[a]) > 1 and len(group[b]) > 1:
             diff = float(group[a].mean() - group[b].mean())
@@ -160,6 +199,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
@@ -173,15 +213,28 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     est = _estimates(data)
     figures = []
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    conds = [c for c in ("S", "B", "D", "NONW", "SENT") if c in summary["conditions"]]
-    means = [summary["conditions"][c]["mean"] for c in conds]
-    sems = [summary["conditions"][c]["sem"] for c in conds]
     colors = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}
-    ax.bar([CONDITION_NAMES[c] for c in conds], means, yerr=sems, capsize=4, color=[colors[c] for c in conds])
-    ax.set_ylabel(f"{target} response (mean ± SEM)")
-    ax.set_title("Condition means")
-    figures.append(("conditions.png", "Condition means with standard errors", fig))
+    block = summary.get("evaluation_means") or summary.get("localizer_means")
+    panels = [(block, "se", "measured, run offsets removed")] if block else [(summary["conditions"], "sem", "")]
+    if block and true.get("means"):
+        panels.append(({c: {"mean": m, "se": true["sems"].get(c, 0.0)} for c, m in true["means"].items()}, "se",
+                       "simulated subject's true response"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
+    for ax, (means, err, label) in zip(axes[0], panels, strict=True):
+        conds = [c for c in ("S", "B", "D", "NONW", "SENT") if c in means]
+        ax.bar([CONDITION_NAMES[c] for c in conds], [means[c]["mean"] for c in conds],
+               yerr=[means[c][err] for c in conds], capsize=4, color=[colors[c] for c in conds])  # fmt: skip
+        ax.set_ylabel(f"{target} (mean ± SE)")
+        ax.set_title(label, fontsize=9)
+    if block:
+        name = "evaluation" if summary.get("evaluation_means") else "localizer"
+        fig.suptitle(f"Condition means in the {name} block")
+        caption = (f"Condition means of the {name} block with standard errors (measured: least-squares means "
+                   "with a fixed effect per run, as in the contrasts)")  # fmt: skip
+    else:
+        fig.suptitle("Condition means, all trials")
+        caption = "Condition means of all trials with standard errors"
+    figures.append(("conditions.png", caption, fig))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for record in run_records(data):
@@ -200,6 +253,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
     ax.plot([r["index"] + 1 for r in scored], [r["twin_r"] for r in scored], "o-")
     ax.set_xlabel("run")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("r (prediction, measurement)")
     ax.set_title("Twin accuracy over runs")
     figures.append(("twin_accuracy.png", "Twin accuracy on each run's new stimuli", fig))

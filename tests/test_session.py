@@ -78,6 +78,9 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
     summary = json.loads((report / "summary.json").read_text())
     assert summary["trials"] == TOTAL and "drive - suppress" in summary["evaluation"]
     assert summary["evaluation"]["drive - suppress"]["difference"] > 0
+    means = summary["evaluation_means"]  # the condition-means figure: the evaluation block, run offsets removed
+    assert [means[c]["n"] for c in "DBS"] == [10, 10, 10]
+    assert np.isclose(means["D"]["mean"] - means["S"]["mean"], summary["evaluation"]["drive - suppress"]["difference"])
     # a simulated session's report also scores the evaluation by the subject's true, noise-free response
     text = data.stimuli.set_index("stimulus_id").text
     truth = {c: length_language_subject(list(text.loc[final[final.condition == c].stimulus_id]))[:, 0] for c in "DBS"}
@@ -480,10 +483,10 @@ def test_live_view_on_a_terminal(uninterrupted, tmp_path):
 
 def test_evaluation_contrasts_compare_within_runs():
     """Two evaluation runs with offsets of +1 and -1 and opposite condition mixes: the report's contrasts
-    recover the condition effects, where pooled means would mistake the offsets for them."""
+    and condition means recover the condition effects, where pooled means would mistake the offsets for them."""
     import pandas as pd
 
-    from control_loop.report import evaluation_contrasts
+    from control_loop.report import condition_means, evaluation_contrasts
 
     rng = np.random.default_rng(0)
     effect = {"D": 0.3, "B": 0.0, "S": -0.3}
@@ -504,3 +507,11 @@ def test_evaluation_contrasts_compare_within_runs():
     one_run = evaluation_contrasts(ev[ev.run == 1], "lang")  # a single run: Student's t on its trials
     assert one_run["drive - suppress"]["difference"] == pytest.approx(0.6, abs=4 * 0.1 * np.sqrt(1 / 30 + 1 / 5))
     assert evaluation_contrasts(ev[ev.condition == "D"], "lang") == {}  # nothing to compare
+    # The report's bars: each condition's mean at the block's average offset (here 0: 50 trials in each run),
+    # not the pooled means, which put D at +0.6 and S at -0.6 above and below the offsets' average.
+    means = condition_means(ev, "lang")
+    for cond, truth in effect.items():
+        assert means[cond]["mean"] == pytest.approx(truth, abs=4 * means[cond]["se"]) and means[cond]["se"] < 0.05
+    assert [means[c]["n"] for c in "DBS"] == [35, 30, 35]
+    d, s = means["D"]["mean"], means["S"]["mean"]
+    assert d - s == pytest.approx(out["drive - suppress"]["difference"], abs=1e-12)
