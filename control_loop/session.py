@@ -480,8 +480,10 @@ class SessionRunner:
         if plan.predicted and len(shown) > 2:
             p = np.array([plan.predicted[t.trial] for t in shown])
             line += f"; twin r on this run {np.corrcoef(p, y)[0, 1]:+.2f}"
-        if effect is not None:
-            line += f"; drive - suppress {effect:+.2f} baseline SDs"
+        if effect is not None:  # what the round compared: a one-sided round stands against baseline
+            conds = {t.condition for t in shown}
+            compared = f"{'drive' if 'D' in conds else 'baseline'} - {'suppress' if 'S' in conds else 'baseline'}"
+            line += f"; {compared} {effect:+.2f} baseline SDs"
         left = sum(self.protocol.run_seconds(n) for _, _, n in self.protocol.runs()[plan.index + 1 :]) / 60
         self.progress(line + f"; {left:.1f} scanner min left")
 

@@ -398,7 +398,7 @@ def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, co
     base_runs = est[est.run <= 2].lang
     base = round_[round_.condition == "B"].lang.mean() if "B" in expected else base_runs.mean()
     effect = (base - round_[round_.condition == "S"].lang.mean()) / base_runs.std(ddof=1)
-    assert f"drive - suppress {effect:+.2f} baseline SDs" in proc.stdout, (effect, proc.stdout[-2000:])
+    assert f"baseline - suppress {effect:+.2f} baseline SDs" in proc.stdout, (effect, proc.stdout[-2000:])
     reached = "stopping rule: target_effect 0.2 reached" in proc.stdout
     assert reached == (effect >= 0.2), (effect, proc.stdout[-2000:])
     if conditions == ["suppress"]:
