@@ -83,8 +83,7 @@ class PsychoPyDisplay:
         self.cross = visual.TextStim(self.win, text="+", height=0.08, color="white")
         measured = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10)
         self.frame_interval = 1.0 / measured if measured else 1 / 60
-        # PsychoPy's clock -> wall clock
-        self._to_wall = time.time() - core.getTime()
+        self._to_wall = clock_offset(core.getTime)  # PsychoPy's clock -> wall clock
         self.screenshots = Path(screenshots) if screenshots else None
         self._shots = 0
         self._saver = ThreadPoolExecutor(1)  # PNGs are written off the presentation thread
@@ -120,6 +119,19 @@ class PsychoPyDisplay:
     def close(self) -> None:
         self._saver.shutdown()  # waits for the screenshots still being written
         self.win.close()
+
+
+def clock_offset(clock: Callable[[], float], samples: int = 50) -> float:
+    """``time.time() - clock()``, from the sample whose two wall-clock readings bracket ``clock()`` most
+    tightly: a single pair is off by however long the process was preempted between its two calls."""
+    best, offset = float("inf"), 0.0
+    for _ in range(samples):
+        before = time.time()
+        mid = clock()
+        after = time.time()
+        if after - before < best:
+            best, offset = after - before, (before + after) / 2 - mid
+    return offset
 
 
 class Presenter:

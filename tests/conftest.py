@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests give their processes feature caches of their own; the offline model is converted once, for all of them.
 os.environ.setdefault("NEUROTWIN_MODELS", str(models_root()))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one thread per worker (and its subprocesses): no oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

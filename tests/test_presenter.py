@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hardware import PeerClient
-from hardware.presenter import blank_fraction
+from hardware.presenter import blank_fraction, clock_offset
 
 from .netutil import ROOT, free_port
 
@@ -62,6 +62,25 @@ def _check_onsets(got, sent, client, tolerance):
         onset = client.to_local(m["onset"]) - sent  # on the controller's clock, from the trigger
         assert abs(onset - trial["onset"]) < tolerance(m), (m, onset)
         assert m["offset"] - m["onset"] == pytest.approx(trial["duration"], abs=tolerance(m))
+
+
+def test_clock_offset_ignores_samples_taken_across_a_preemption():
+    """The presenter's flip clock -> wall clock offset: a process preempted between its two clock
+    reads (emulated by a clock that is slow to answer) must not shift every reported onset."""
+
+    def slow_clock():
+        calls = iter(range(10_000))
+
+        def read() -> float:
+            if next(calls) % 5 != 4:  # four of five reads, the first among them, wait 20 ms for the clock
+                time.sleep(0.02)
+            return time.monotonic() + 7.0
+
+        return read
+
+    truth = time.time() - (time.monotonic() + 7.0)
+    assert clock_offset(slow_clock(), samples=10) == pytest.approx(truth, abs=0.002)
+    assert abs(clock_offset(slow_clock(), samples=1) - truth) > 0.005  # what a single pair of reads can be off by
 
 
 def test_null_presenter_keeps_the_schedule():
