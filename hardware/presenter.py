@@ -81,6 +81,10 @@ class PsychoPyDisplay:
         self._visual = visual
         self.text_height = text_height
         self.cross = visual.TextStim(self.win, text="+", height=0.08, color="white")
+        # Real-time priority, as PsychoPy advises for timing-critical presentation (needs the permission).
+        if not core.rush(True):
+            log.warning("could not raise the presenter's priority (PsychoPy rush: the user needs the permission "
+                        "to set a real-time scheduler); flips may be late when this computer is busy")  # fmt: skip
         measured = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10)
         self.frame_interval = 1.0 / measured if measured else 1 / 60
         self._to_wall = clock_offset(core.getTime)  # PsychoPy's clock -> wall clock
@@ -119,6 +123,7 @@ class PsychoPyDisplay:
     def close(self) -> None:
         self._saver.shutdown()  # waits for the screenshots still being written
         self.win.close()
+        self._core.rush(False)
 
 
 def clock_offset(clock: Callable[[], float], samples: int = 50) -> float:

@@ -29,13 +29,14 @@ def _png(array) -> bytes:
 def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple[list[dict], float, PeerClient]:
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
     end = time.monotonic() + timeout
-    while not client.up and time.monotonic() < end:
+    while (not client.up or client.offset is None) and time.monotonic() < end:
         client.poll(0.05)
-    assert client.up, "the presenter never answered"
+    assert client.up and client.offset is not None, "the presenter never answered"
     client.send_reliable("schedule", run=1, trials=trials)
     client.poll(0.5)
     sent = client.clock()
-    client.send_reliable("trigger", run=1, volume=0, time=sent)
+    # As the controller relays the scanner's trigger: when it happened, on the presenter's clock.
+    client.send_reliable("trigger", run=1, volume=0, time=sent, receiver_time=client.to_remote(sent))
     got: list[dict] = []
     while len(got) < len(trials) and time.monotonic() < end:
         got += client.poll(0.05)
@@ -90,7 +91,7 @@ def test_null_presenter_keeps_the_schedule():
                             cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         got, sent, client = _run_schedule(port, _trials())
-        # The trigger reached the presenter one network hop after 'sent': allow a few ms.
+        # Onsets count from the trigger's own time, not its arrival: allow the clocks' sync error and a few ms.
         _check_onsets(got, sent, client, lambda m: 0.01)
         client.close()
     finally:
@@ -128,7 +129,7 @@ def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):
         # the wait for their onset, so a screenshot never delays a flip.
         for m in got:
             assert -frame / 2 - 0.002 < m["onset"] - m["scheduled"] < 2 * frame, m
-        # End to end on the controller's clock, which adds the trigger's hop to the presenter.
+        # End to end on the controller's clock, through the clocks' sync estimate.
         _check_onsets(got, sent, client, lambda m: 2 * frame + 0.02)
         client.close()
     finally:
