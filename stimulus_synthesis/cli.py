@@ -96,6 +96,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
               help="Candidates to evaluate in local search beyond the pool (0: corpus only).")  # fmt: skip
 @click.option("--naturalness-model", default="smollm2-135m", show_default=True, help="Causal LM judging naturalness.")
 @click.option("--max-nll", default=7.0, show_default=True, help="Highest mean surprisal (nats/token) generated.")
+@click.option("--max-edits", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Most edits a generated sentence may be from its corpus sentence.")  # fmt: skip
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
               help="CSV of every generated candidate evaluated.")  # fmt: skip
 @click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
@@ -111,8 +113,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 @click.option("--device", default="cpu", show_default=True)
 def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hold, acquisition, beta, column,
                    min_words, max_words, charset, blocklist, min_readability, max_readability, max_similarity,
-                   exclude, budget, naturalness_model, max_nll, log_path, model, method, steps, start_path, size,
-                   seed, cache, device) -> None:  # fmt: skip
+                   exclude, budget, naturalness_model, max_nll, max_edits, log_path, model, method, steps, start_path,
+                   size, seed, cache, device) -> None:  # fmt: skip
     """Choose (and optionally generate) sentences, or synthesize images, that the twin predicts will
     drive or suppress a target.
 
@@ -163,7 +165,8 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     result = synthesize_sentences(
         twin, embedded, n, Goal(goal, target, value, hold, acquisition, beta), constraints,
         exclude=set(shown), shown=shown, generate_budget=budget,
-        naturalness=Naturalness(naturalness_model, max_nll=max_nll, device=device), seed=seed, progress=True,
+        naturalness=Naturalness(naturalness_model, max_nll=max_nll, device=device, max_edits=max_edits), seed=seed,
+        progress=True,
     )  # fmt: skip
     with replaced_whole(out) as tmp:
         pd.DataFrame(result.rows).to_csv(tmp, index=False)

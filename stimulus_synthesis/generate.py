@@ -61,6 +61,10 @@ class Naturalness:
     context_words: int = 2
     context: str = "Example sentence:"
     device: str = "cpu"
+    # Edits a generated sentence may be from its corpus sentence. Each edit is judged against its parent, so a
+    # long chain of small edits drifts into word salad that SmolLM2 finds as likely as a news sentence full of
+    # names ("... has not been finalised with Kerry as their default Nettle will from the Greens ..." after 13).
+    max_edits: int | None = 2
     _extractor: TextFeatureExtractor | None = field(default=None, repr=False)
 
     @property
@@ -197,6 +201,7 @@ class Candidate:
     problems: list[str]
     accepted: bool = False
     round: int = 0
+    edits: int = 0  # edits from its corpus sentence
     origin: np.ndarray | None = field(default=None, repr=False)
     stats: np.ndarray | None = field(default=None, repr=False)
     site: tuple[str, int, int] | None = field(default=None, repr=False)  # see edit_with_site
@@ -269,8 +274,9 @@ def _split_word(word: str) -> tuple[str, str, str]:
     return (m.group(1), m.group(2), m.group(3)) if m else ("", word, "")
 
 
-def _recase(new: str, old: str) -> str:
-    return new.capitalize() if old[:1].isupper() else new
+def _is_name(word: str) -> bool:
+    """Whether a word after the first is capitalized: part of a name (or an acronym, or "I")."""
+    return _split_word(word)[1][:1].isupper()
 
 
 def apply_edit(
@@ -301,6 +307,9 @@ def edit_with_site(
     if len(words) < 2:
         return None
     j = 1 + min(int(position * (len(words) - 1)), len(words) - 2)  # never the first word
+    in_name = _is_name(words[j - 1]) and _is_name(words[j]) if operator == "insert" else _is_name(words[j])
+    if in_name:  # names stay whole: not replaced, cut or split ("Ramon Puerta" -> "Ramon centuries Puerta")
+        return None
     if operator == "delete":
         post = _split_word(words[j])[2]
         if post and j == len(words) - 1 and not _split_word(words[j - 1])[2]:
@@ -314,7 +323,7 @@ def edit_with_site(
         pre, core, post = _split_word(words[j])
         if new.lower() == core.lower():
             return None
-        words[j] = pre + _recase(new, core) + post
+        words[j] = pre + new + post
         return " ".join(words), (parent, j + 1, j + 1)
     if operator == "insert":
         return " ".join([*words[:j], new, *words[j:]]), (parent, j + 1, j)
@@ -361,11 +370,15 @@ def generate(
     mean surprisal from features already computed (else ``naturalness`` computes it).
     Stops after ``budget`` candidates, or when ``max_misses`` edits in a row (those after the
     first ``batch`` drawn at random) make no new sentence: the edits around the beam are used up.
-    Only natural candidates that pass the constraints and improve on their parent's objective join the beam.
+    Only natural candidates that pass the constraints and improve on their parent's objective join the beam;
+    those ``naturalness.max_edits`` edits from their corpus sentence are kept but not edited further.
     """
     import optuna
 
     naturalness = naturalness or Naturalness()
+    max_edits = naturalness.max_edits
+    if max_edits is not None and max_edits < 1:
+        raise ValueError(f"max_edits must be at least 1 (or None for no limit), got {max_edits}")
     goal = goal or Goal()
     constraints = constraints or Constraints()
     nll_of = nll_of or naturalness.nll
@@ -408,6 +421,7 @@ def generate(
                     float(nll[i, 0]),
                     problems,
                     round=rnd,
+                    edits=parent.edits + 1 if parent else 0,
                     origin=nll[i] if origin is None else origin,
                     stats=nll[i],
                     site=sites[i],
@@ -478,7 +492,8 @@ def generate(
             history += children
             if bar is not None:
                 bar.update(len(children))
-            pool = {c.sentence: c for c in population + [c for c in children if c.accepted]}
+            editable = [c for c in children if c.accepted and (max_edits is None or c.edits < max_edits)]
+            pool = {c.sentence: c for c in population + editable}
             population = sorted(pool.values(), key=lambda c: -c.objective)[:beam]
     finally:
         if bar is not None:

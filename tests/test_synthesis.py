@@ -127,6 +127,14 @@ def test_edits():
     joined = apply_edit("He came home, and she left early.", "recombine", 0.0, 0, props, "It rained, so we stayed in.")
     assert joined == "He came home, so we stayed in."
     assert apply_edit("Short", "delete", 0.5, 0, [], None) is None
+    # names stay whole: no word of one is replaced or deleted, and nothing is inserted inside one
+    named = "Yesterday Ramon Puerta met the press."
+    props = [["he"], ["new"], ["with"], ["all"], ["media"]]
+    for op in ("substitute", "delete"):
+        assert [apply_edit(named, op, p, 0, props, None) for p in (0.0, 0.25)] == [None, None]
+    assert apply_edit(named, "insert", 0.25, 0, props, None) is None  # between Ramon and Puerta
+    assert apply_edit(named, "insert", 0.5, 0, props, None) == "Yesterday Ramon Puerta with met the press."
+    assert apply_edit(named, "substitute", 0.6, 0, props, None) == "Yesterday Ramon Puerta met all press."
 
 
 def test_naturalness_filter_tells_sentences_from_scrambles():
@@ -207,6 +215,26 @@ def test_generation_stops_when_the_edits_are_used_up(lang_twin, feature_cache):
     # Every draw after the last new sentence was a miss, and the run stopped at max_misses of them;
     # the old rule (stop after `budget` empty rounds) drew about budget * batch edits.
     assert gen.edits < budget * batch / 4, gen.edits
+
+
+def test_generation_keeps_sentences_within_max_edits_of_the_corpus(lang_twin, feature_cache, pool_sentences):
+    """Each edit is judged against its parent, so chains are capped: at the cap a candidate is not edited further."""
+    twin, _ = _load(lang_twin, feature_cache)
+    seeds = pool_sentences[:4]
+
+    def predict(texts):
+        return twin.predict(texts, with_sd=True)
+
+    gen = generate(seeds, predict, Goal("drive"), naturalness=Naturalness(max_edits=1), budget=48, batch=8, seed=0)
+    assert gen.log and {c.parent for c in gen.log} <= set(seeds)
+    assert {c.edits for c in gen.log} == {1} and {c.edits for c in gen.seeds} == {0}
+    deeper = generate(seeds, predict, Goal("drive"), naturalness=Naturalness(max_edits=None), budget=48, batch=8,
+                      seed=0)  # fmt: skip
+    edits = {c.sentence: c.edits for c in [*deeper.seeds, *deeper.log]}
+    assert all(c.edits == edits[c.parent] + 1 for c in deeper.log)
+    assert max(edits.values()) > 1  # without the cap the beam's accepted candidates are edited again
+    with pytest.raises(ValueError, match="max_edits"):
+        generate(seeds, predict, Goal("drive"), naturalness=Naturalness(max_edits=0), budget=8)
 
 
 def _rows(path: Path) -> list[dict]:
