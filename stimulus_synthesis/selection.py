@@ -79,11 +79,14 @@ def select(
     shown: np.ndarray | Sequence[str] | None = None,
     exclude: set[str] | None = None,
     rng: np.random.Generator | None = None,
+    groups: Sequence[object] | None = None,
 ) -> Selection:
     """Greedy: the best-scoring candidates that pass the constraints and are not near-duplicates of
     each other or of already ``shown`` stimuli: cosine similarity above ``constraints.max_similarity``
     of their word and word-pair counts (:mod:`.similarity`), or of ``embeddings`` when given (then
-    ``shown`` holds the shown stimuli's embeddings rather than their text).
+    ``shown`` holds the shown stimuli's embeddings rather than their text). ``groups``: a label per
+    candidate, at most one chosen per label (None: a group of its own), e.g. a corpus sentence and
+    the sentences generated from it.
     Raises ConstraintError if fewer than n qualify."""
     constraints = constraints or Constraints()
     if len(sentences) == 0:
@@ -110,10 +113,17 @@ def select(
     chosen: list[int] = []
     rejected: Counter = Counter()
     seen_text = set(exclude or ())
+    if groups is not None and len(groups) != len(sentences):
+        raise ValueError(f"groups has {len(groups)} labels for {len(sentences)} candidates")
+    taken: set = set()  # groups already chosen from
     for i in order:
         text = sentences[i]
         if text in seen_text:
             rejected["already shown or chosen"] += 1
+            continue
+        group = groups[i] if groups is not None else None
+        if group is not None and group in taken:
+            rejected["same group as a chosen one"] += 1
             continue
         problems = constraints.violations(text)
         if problems:
@@ -128,6 +138,8 @@ def select(
             n_kept += 1
         chosen.append(int(i))
         seen_text.add(text)
+        if group is not None:
+            taken.add(group)
         if len(chosen) == n:
             break
     if len(chosen) < n:

@@ -90,12 +90,16 @@ def synthesize_sentences(
                        progress=progress)  # fmt: skip
         log = gen.log
         if gen.best:
-            texts = [c[0] for c in chosen] + [c.sentence for c in gen.best]
+            # A generated sentence competes with its corpus sentence and its siblings, not beside them:
+            # one per family (a few edits apart, they are near-duplicates however long the sentence).
+            root = {t: t for t in seeds}
+            for c in gen.log:  # in evaluation order: parents come first
+                root[c.sentence] = root.get(c.parent, c.parent)
+            texts = [pool.sentences[i] for i in short] + [c.sentence for c in gen.best]
             m, s = predict([c.sentence for c in gen.best])
-            all_mean = np.vstack([np.array([c[1] for c in chosen]), m])
-            all_sd = np.vstack([np.array([c[2] for c in chosen]), s])
+            all_mean, all_sd = np.vstack([mean[short], m]), np.vstack([sd[short], s])
             sel2 = select(texts, all_mean, n, goal, sd=all_sd, constraints=constraints, shown=shown,
-                          exclude=exclude, rng=rng)  # fmt: skip
+                          exclude=exclude, rng=rng, groups=[root.get(t) for t in texts])  # fmt: skip
             nll = {c.sentence: c.nll for c in gen.best}
             chosen = [(texts[i], all_mean[i], all_sd[i], "generated" if texts[i] in nll else "corpus",
                        nll.get(texts[i])) for i in sel2.index]  # fmt: skip

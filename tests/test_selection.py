@@ -78,6 +78,27 @@ def test_near_duplicates_are_judged_by_shared_words():
         select(sentences, mean, 5, Goal("drive"), constraints=c, shown=[sentences[5]])
 
 
+def test_at_most_one_sentence_per_group():
+    sentences = [
+        "The old farmer crossed the river near the mill at dawn.",
+        "The young farmer crossed the wide river near the mill at dawn.",  # generated from the first
+        "The old farmer crossed the river near the barn at dawn.",  # and another
+        "Her eyesight went after the accident.",
+        "A shown sentence about the quiet harbour.",
+    ]
+    mean = np.array([[1.0], [3.0], [2.0], [0.5], [0.1]])
+    groups = ["farmer", "farmer", "farmer", None, None]
+    c = Constraints(min_words=1, max_similarity=1.0)  # only the groups keep the variants apart
+    sel = select(sentences, mean, 3, Goal("drive"), constraints=c, groups=groups)
+    assert [sentences[i] for i in sel.index] == [sentences[1], sentences[3], sentences[4]]  # the family's best
+    assert sel.rejected["same group as a chosen one"] == 2
+    assert len(select(sentences, mean, 5, Goal("drive"), constraints=c).index) == 5  # without groups: all
+    with pytest.raises(ConstraintError, match="same group"):
+        select(sentences, mean, 4, Goal("drive"), constraints=c, groups=groups)
+    with pytest.raises(ValueError, match="groups has 2 labels for 5"):
+        select(sentences, mean, 1, Goal("drive"), constraints=c, groups=groups[:2])
+
+
 def test_charset():
     c = Constraints(min_words=1)
     assert c.ok("A plain sentence, with punctuation!")

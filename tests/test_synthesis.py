@@ -273,6 +273,11 @@ def test_synthesize_cli_drive_and_suppress(lang_twin, feature_cache, pool_senten
     for r in d:
         if r["source"] == "generated":
             assert any(x["sentence"] == r["sentence"] and x["accepted"] == "True" for x in logged)
+    root = {}
+    for x in logged:  # in evaluation order: parents first
+        root[x["sentence"]] = root.get(x["parent"], x["parent"])
+    families = [root.get(r["sentence"], r["sentence"]) for r in d]
+    assert len(set(families)) == len(d)  # one sentence per corpus sentence and what was generated from it
 
 
 @pytest.mark.parametrize(
