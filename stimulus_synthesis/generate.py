@@ -275,7 +275,7 @@ def _split_word(word: str) -> tuple[str, str, str]:
 
 
 def _is_name(word: str) -> bool:
-    """Whether a word after the first is capitalized: part of a name (or an acronym, or "I")."""
+    """Whether a word is capitalized: after a sentence's first word, part of a name (or an acronym, or "I")."""
     return _split_word(word)[1][:1].isupper()
 
 
