@@ -123,13 +123,9 @@ def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> Non
             dt = time.perf_counter() - t
             sign = 1 if kind == "drive" else -1
             by_seed = {c.sentence: c.predicted for c in gen.seeds}
-            ancestor = {c.sentence: c.sentence for c in gen.seeds}
-            for c in gen.log:  # the log is in evaluation order, so parents come first
-                ancestor[c.sentence] = ancestor.get(c.parent, c.parent)
             gains = {s: 0.0 for s in by_seed}
             for c in gen.best:
-                root = ancestor[c.sentence]
-                gains[root] = max(gains[root], sign * (c.predicted - by_seed[root]))
+                gains[c.root] = max(gains[c.root], sign * (c.predicted - by_seed[c.root]))
             best = gen.best[:16]
             recheck = naturalness.nll([c.sentence for c in best]) if best else np.zeros((0, 3))
             origin = {c.sentence: c.origin for c in [*gen.seeds, *gen.log]}

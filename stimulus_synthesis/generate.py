@@ -202,6 +202,7 @@ class Candidate:
     accepted: bool = False
     round: int = 0
     edits: int = 0  # edits from its corpus sentence
+    root: str = ""  # that corpus sentence
     origin: np.ndarray | None = field(default=None, repr=False)
     stats: np.ndarray | None = field(default=None, repr=False)
     site: tuple[str, int, int] | None = field(default=None, repr=False)  # see edit_with_site
@@ -422,6 +423,7 @@ def generate(
                     problems,
                     round=rnd,
                     edits=parent.edits + 1 if parent else 0,
+                    root=parent.root if parent else text,
                     origin=nll[i] if origin is None else origin,
                     stats=nll[i],
                     site=sites[i],

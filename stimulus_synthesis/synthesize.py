@@ -92,14 +92,12 @@ def synthesize_sentences(
         if gen.best:
             # A generated sentence competes with its corpus sentence and its siblings, not beside them:
             # one per family (a few edits apart, they are near-duplicates however long the sentence).
-            root = {t: t for t in seeds}
-            for c in gen.log:  # in evaluation order: parents come first
-                root[c.sentence] = root.get(c.parent, c.parent)
+            family = {c.sentence: c.root for c in [*gen.seeds, *gen.best]}
             texts = [pool.sentences[i] for i in short] + [c.sentence for c in gen.best]
             m, s = predict([c.sentence for c in gen.best])
             all_mean, all_sd = np.vstack([mean[short], m]), np.vstack([sd[short], s])
             sel2 = select(texts, all_mean, n, goal, sd=all_sd, constraints=constraints, shown=shown,
-                          exclude=exclude, rng=rng, groups=[root.get(t) for t in texts])  # fmt: skip
+                          exclude=exclude, rng=rng, groups=[family.get(t) for t in texts])  # fmt: skip
             nll = {c.sentence: c.nll for c in gen.best}
             chosen = [(texts[i], all_mean[i], all_sd[i], "generated" if texts[i] in nll else "corpus",
                        nll.get(texts[i])) for i in sel2.index]  # fmt: skip

@@ -228,6 +228,7 @@ def test_generation_keeps_sentences_within_max_edits_of_the_corpus(lang_twin, fe
     gen = generate(seeds, predict, Goal("drive"), naturalness=Naturalness(max_edits=1), budget=48, batch=8, seed=0)
     assert gen.log and {c.parent for c in gen.log} <= set(seeds)
     assert {c.edits for c in gen.log} == {1} and {c.edits for c in gen.seeds} == {0}
+    assert all(c.root == c.parent for c in gen.log) and all(c.root == c.sentence for c in gen.seeds)
     deeper = generate(seeds, predict, Goal("drive"), naturalness=Naturalness(max_edits=None), budget=48, batch=8,
                       seed=0)  # fmt: skip
     edits = {c.sentence: c.edits for c in [*deeper.seeds, *deeper.log]}
@@ -276,6 +277,7 @@ def test_synthesize_cli_drive_and_suppress(lang_twin, feature_cache, pool_senten
     root = {}
     for x in logged:  # in evaluation order: parents first
         root[x["sentence"]] = root.get(x["parent"], x["parent"])
+    assert all(x["root"] == root[x["sentence"]] for x in logged)  # each candidate names its corpus sentence
     families = [root.get(r["sentence"], r["sentence"]) for r in d]
     assert len(set(families)) == len(d)  # one sentence per corpus sentence and what was generated from it
 
