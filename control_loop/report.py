@@ -29,6 +29,13 @@ def _estimates(data):
     return data.latest_estimates().merge(data.events[["trial", "condition", "measured_onset"]], on="trial")
 
 
+def r_interval(r: float, n: int, level: float = 0.95) -> list[float]:
+    """Confidence interval of a Pearson r from n pairs (Fisher z)."""
+    half = stats.norm.ppf(0.5 + level / 2) / np.sqrt(n - 3)
+    z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+    return [float(np.tanh(z - half)), float(np.tanh(z + half))]
+
+
 def summarize(session_file: str | Path, data=None) -> dict:
     """The report's numbers: per-condition means, twin accuracy per run, evaluation contrasts."""
     data = data if data is not None else read_session(session_file)
@@ -54,6 +61,8 @@ def summarize(session_file: str | Path, data=None) -> dict:
         if pred:
             p = np.array([pred[str(t)] for t in rows.trial])
             entry["twin_r"] = float(np.corrcoef(p, rows[target])[0, 1]) if len(rows) > 2 else None
+            if len(rows) > 3 and np.isfinite(entry["twin_r"]):
+                entry["twin_r_ci"] = r_interval(entry["twin_r"], len(rows))
         out["runs"].append(entry)
     for cond, rows in est.groupby("condition"):
         v = rows[target].to_numpy()
@@ -150,23 +159,14 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
     """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
     true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
     Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
-    from twin.vision import load_image
-
     data = data if data is not None else read_session(session_file)
     runs = run_records(data)
     kinds = {r["kind"] for r in runs}
     kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
     trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
-    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
+    ev, truth = _true_responses(session_file, data, subject, trials)
     if not len(ev):
         return {}
-    if "image" in ev and ev.image.astype(bool).any():
-        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
-    else:
-        stimuli = list(ev.text)
-    rois = list(getattr(subject, "rois", ()))
-    target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
-    truth = np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
     group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
     sd = float(group[pairs[0][1]].std(ddof=1)) if len(group[pairs[0][1]]) > 1 else float("nan")
     out: dict = {
@@ -184,6 +184,37 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
     return out
 
 
+def _true_responses(session_file: Path, data, subject: Callable, trials: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events of ``trials`` with their stimuli, and the subject's true response of the protocol's target."""
+    from twin.vision import load_image
+
+    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
+    if not len(ev):
+        return ev, np.zeros(0)
+    if "image" in ev and ev.image.astype(bool).any():
+        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
+    else:
+        stimuli = list(ev.text)
+    rois = list(getattr(subject, "rois", ()))
+    target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
+    return ev, np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
+
+
+def true_twin_accuracy(session_file: Path, subject: Callable, data=None) -> dict[str, float]:
+    """Per run the twin predicted (by run index): r of its predictions with the subject's true response."""
+    data = data if data is not None else read_session(session_file)
+    runs = [r for r in run_records(data) if r.get("predicted")]
+    ev, truth = _true_responses(session_file, data, subject, [t for r in runs for t in r["trials"]])
+    truth_of = dict(zip(ev.trial, truth, strict=True))
+    out = {}
+    for record in runs:
+        trials = [t for t in record["trials"] if t in truth_of]
+        if len(trials) > 2:
+            pred = [record["predicted"][str(t)] for t in trials]
+            out[str(record["index"])] = float(np.corrcoef(pred, [truth_of[t] for t in trials])[0, 1])
+    return out
+
+
 def simulated_truth(session_file: str | Path, data=None) -> dict:
     """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
     ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load or run here."""
@@ -194,7 +225,10 @@ def simulated_truth(session_file: str | Path, data=None) -> dict:
     if peers.get("mode") != "simulation":
         return {}
     try:
-        return true_contrasts(Path(session_file), simulated_subject(peers), data)
+        subject = simulated_subject(peers)
+        true = true_contrasts(Path(session_file), subject, data)
+        twin_r = true_twin_accuracy(Path(session_file), subject, data)
+        return {**true, "twin_r": twin_r} if twin_r else true
     except Exception as exc:  # e.g. its model's weights are not on this machine: the rest of the report stands
         return {"error": str(exc) or type(exc).__name__}
 
@@ -257,12 +291,23 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
-    ax.plot([r["index"] + 1 for r in scored], [r["twin_r"] for r in scored], "o-")
+    x = np.array([r["index"] + 1 for r in scored], dtype=float)
+    r = np.array([r["twin_r"] for r in scored])
+    ci = np.array([r_.get("twin_r_ci", [v, v]) for r_, v in zip(scored, r, strict=True)]).reshape(-1, 2)
+    ax.errorbar(x, r, yerr=[r - ci[:, 0], ci[:, 1] - r], fmt="o-", capsize=4, label="measured (95% CI)")
+    caption = "Twin accuracy on each run's new stimuli, before they were measured: r with the measured responses"
+    true_r = true.get("twin_r") or {}
+    if true_r:
+        ax.plot([int(i) + 1 for i in true_r], list(true_r.values()), "s--", color="#c8423b",
+                label="simulated subject's true response")  # fmt: skip
+        ax.legend(fontsize=7)
+        caption += " (95% CI, Fisher z) and with the simulated subject's true, noise-free response"
+    ax.axhline(0, color="#999", lw=0.8)
     ax.set_xlabel("run")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("r (prediction, measurement)")
+    ax.set_ylabel("r (prediction, response)")
     ax.set_title("Twin accuracy over runs")
-    figures.append(("twin_accuracy.png", "Twin accuracy on each run's new stimuli", fig))
+    figures.append(("twin_accuracy.png", caption, fig))
 
     fig, ax = plt.subplots(figsize=(8, 3))
     last = data.samples.run.max() if len(data.samples) else None

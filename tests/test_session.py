@@ -87,6 +87,16 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
     true = summary["true"]["contrasts"]["drive - suppress"]
     assert np.isclose(true["difference"], truth["D"].mean() - truth["S"].mean()) and true["p"] < 0.01
     assert np.isclose(true["sds"], true["difference"] / truth["B"].std(ddof=1))
+    # twin accuracy per run: r with the measurements inside its 95% interval, and r with the true response
+    scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
+    assert [r["kind"] for r in scored] == ["closed_loop"] * 2 + ["evaluation"] * 2
+    for entry, record in zip(scored, runs[2:], strict=True):
+        lo, hi = entry["twin_r_ci"]
+        assert -1 < lo < entry["twin_r"] < hi < 1
+        events = data.events[data.events.trial.isin(record["trials"])]
+        pred = [record["predicted"][str(t)] for t in events.trial]
+        true_r = np.corrcoef(pred, length_language_subject(list(text.loc[events.stimulus_id]))[:, 0])[0, 1]
+        assert np.isclose(summary["true"]["twin_r"][str(record["index"])], true_r)
     page = (report / "report.html").read_text()
     assert f"<td>drive - suppress</td><td>{true['difference']:+.3f}</td><td>{true['sds']:+.2f}</td>" in page
     for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
