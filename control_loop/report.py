@@ -233,6 +233,13 @@ def simulated_truth(session_file: str | Path, data=None) -> dict:
         return {"error": str(exc) or type(exc).__name__}
 
 
+def _r_cell(r: float | None, ci: list[float] | None = None) -> str:
+    """A correlation for the report's run table: blank before the twin predicted anything."""
+    if r is None or not np.isfinite(r):
+        return ""
+    return f"{r:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+
 def write_report(session_file: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/)."""
     import matplotlib
@@ -340,6 +347,17 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
                  "</table>")  # fmt: skip
     elif true.get("error"):
         truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
+    true_r = true.get("twin_r") or {}
+    head = "<th>twin r with the simulated subject's true response</th>" if true_r else ""
+    run_rows = "".join(
+        f"<tr><td>{r['index'] + 1}</td><td>{html.escape(r['phase'])}</td><td>{html.escape(r['kind'])}</td>"
+        f"<td>{r['trials']}</td><td>{_r_cell(r.get('twin_r'), r.get('twin_r_ci'))}</td>"
+        + (f"<td>{_r_cell(true_r.get(str(r['index'])))}</td>" if true_r else "")
+        + "</tr>"
+        for r in summary["runs"]
+    )
+    runs_table = ("<h2>Runs</h2><table><tr><th>run</th><th>phase</th><th>kind</th><th>trials</th>"
+                  f"<th>twin r with the measurements (95% CI)</th>{head}</tr>{run_rows}</table>")  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>
@@ -351,6 +369,7 @@ target <b>{html.escape(target)}</b>.</p>
 <h2>Contrasts (evaluation and localizer; measured responses compared within runs: OLS with a fixed effect per run)</h2>
 <table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
 {truth}
+{runs_table}
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
     (out_dir / "report.html").write_text(page, encoding="utf-8")

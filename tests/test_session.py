@@ -98,6 +98,10 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
         true_r = np.corrcoef(pred, length_language_subject(list(text.loc[events.stimulus_id]))[:, 0])[0, 1]
         assert np.isclose(summary["true"]["twin_r"][str(record["index"])], true_r)
     page = (report / "report.html").read_text()
+    last = scored[-1]  # the page's run table has the same numbers
+    assert (f"<td>{last['index'] + 1}</td><td>evaluation</td><td>evaluation</td><td>{last['trials']}</td>"
+            f"<td>{last['twin_r']:+.2f} [{last['twin_r_ci'][0]:+.2f}, {last['twin_r_ci'][1]:+.2f}]</td>"
+            f"<td>{summary['true']['twin_r'][str(last['index'])]:+.2f}</td></tr>") in page  # fmt: skip
     assert f"<td>drive - suppress</td><td>{true['difference']:+.3f}</td><td>{true['sds']:+.2f}</td>" in page
     for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
         assert (report / png).stat().st_size > 5000
