@@ -298,10 +298,10 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
-    x = np.array([r["index"] + 1 for r in scored], dtype=float)
-    r = np.array([r["twin_r"] for r in scored])
-    ci = np.array([r_.get("twin_r_ci", [v, v]) for r_, v in zip(scored, r, strict=True)]).reshape(-1, 2)
-    ax.errorbar(x, r, yerr=[r - ci[:, 0], ci[:, 1] - r], fmt="o-", capsize=4, label="measured (95% CI)")
+    measured = np.array([run["twin_r"] for run in scored])
+    ci = np.array([run.get("twin_r_ci", [run["twin_r"]] * 2) for run in scored]).reshape(-1, 2)
+    ax.errorbar([run["index"] + 1 for run in scored], measured, yerr=[measured - ci[:, 0], ci[:, 1] - measured],
+                fmt="o-", capsize=4, label="measured (95% CI)")  # fmt: skip
     caption = "Twin accuracy on each run's new stimuli, before they were measured: r with the measured responses"
     true_r = true.get("twin_r") or {}
     if true_r:
@@ -347,7 +347,6 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
                  "</table>")  # fmt: skip
     elif true.get("error"):
         truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
-    true_r = true.get("twin_r") or {}
     head = "<th>twin r with the simulated subject's true response</th>" if true_r else ""
     run_rows = "".join(
         f"<tr><td>{r['index'] + 1}</td><td>{html.escape(r['phase'])}</td><td>{html.escape(r['kind'])}</td>"
