@@ -26,7 +26,9 @@ Designs are compared paired: per seed, every design measures random sentences in
 same order, with the same noise for the same sentence; each line prints its mean
 difference from the open loop at 300 trials and that difference's SE.
 
-Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE] [--prior FILE|none]
+``--noise-sd`` changes the per-trial noise (e.g. 0.188 for SNR 1), to see how the edge depends on SNR.
+
+Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE] [--prior FILE|none] [--noise-sd SD]
 (about 2.5 min on 2 cores, 4 more the first time to embed the pool).
 """
 
@@ -43,8 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import PRIOR, new_sentences
+from hardware.subject import NOISE_SD, SIGNAL_SD
 
-NOISE_SD = 0.623
 RUN_SD = 0.26
 RUN = 60  # trials per run
 DESIGNS = [  # label, random trials, rounds, conditions of each round's run (suppress/drive by UCB, beta 1)
@@ -55,13 +57,14 @@ DESIGNS = [  # label, random trials, rounds, conditions of each round's run (sup
 ]
 
 
-def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR) -> None:
+def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, noise_sd: float = NOISE_SD) -> None:
     from hardware.subject import LanguageSubject
     from stimulus_synthesis import Goal, objective
     from twin import FeaturePlan, Prior, TextFeatures, Twin
 
     prior = Prior.load(prior_file) if prior_file else None
     print(f"twins borrow the hyperparameters of {prior_file}" if prior else "twins choose their own hyperparameters")
+    print(f"per-trial noise SD {noise_sd:g} (SNR {SIGNAL_SD / noise_sd:.2f})")
 
     sentences = new_sentences(4000, seed=11)
     truth = LanguageSubject()(sentences)[:, 0]
@@ -97,7 +100,7 @@ def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR) -> N
         # one measurement has the same noise in every design and run k the same offset, so designs compare
         # paired.
         order = rng.permutation(candidates)
-        noise = rng.standard_normal(len(sentences)) * NOISE_SD
+        noise = rng.standard_normal(len(sentences)) * noise_sd
         offset = rng.standard_normal(1000 // RUN + 1) * RUN_SD
 
         def measure(index: np.ndarray, run: int = 0, noise: np.ndarray = noise, offset: np.ndarray = offset
@@ -144,5 +147,7 @@ if __name__ == "__main__":
     parser.add_argument("seeds", nargs="?", type=int, default=40)
     parser.add_argument("--cache", type=Path, help="feature cache to use (and keep) for the 4,000 sentences")
     parser.add_argument("--prior", default=str(PRIOR), help="prior the twins borrow ('none': choose their own)")
+    parser.add_argument("--noise-sd", type=float, default=NOISE_SD,
+                        help=f"per-trial noise SD (default {NOISE_SD}, the subject's: SNR 0.3)")  # fmt: skip
     args = parser.parse_args()
-    main(args.seeds, args.cache, None if args.prior == "none" else Path(args.prior))
+    main(args.seeds, args.cache, None if args.prior == "none" else Path(args.prior), args.noise_sd)
