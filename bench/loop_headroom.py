@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import PRIOR, new_sentences
-from hardware.subject import NOISE_SD, SIGNAL_SD
+from hardware.subject import NOISE_SD, SIGNAL_SD, LanguageSubject
 
 RUN_SD = 0.26
 RUN = 60  # trials per run
@@ -58,7 +58,6 @@ DESIGNS = [  # label, random trials, rounds, conditions of each round's run (sup
 
 
 def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, noise_sd: float = NOISE_SD) -> None:
-    from hardware.subject import LanguageSubject
     from stimulus_synthesis import Goal, objective
     from twin import FeaturePlan, Prior, TextFeatures, Twin
 
