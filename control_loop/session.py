@@ -22,6 +22,8 @@ import io
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +126,37 @@ def _kept_prior(data: Any, path: Path) -> Any:
         raise SessionError(f"session file '{path}': its copy of the prior is damaged: {exc}") from None
 
 
+class _Interrupts:
+    """While entered (in the main thread, where Ctrl-C has Python's default handler), Ctrl-C raises
+    KeyboardInterrupt as usual and is also remembered: one raised while Python runs a finalizer, which
+    ignores exceptions, is raised again at the runner's next :meth:`check` instead of being lost."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        self.pending = False
+        if threading.current_thread() is threading.main_thread():
+            self._installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            if self._installed:
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pending = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class SessionRunner:
     """Runs a protocol against a rig and a presenter, writing one session file."""
 
@@ -146,6 +179,7 @@ class SessionRunner:
             raise SessionError(f"target.rois: {missing} not measured by the rig (it measures {self.rois})")
         self.target = self.rois.index(protocol.target.rois[0])
         self.twin: Any = None
+        self._interrupts = _Interrupts()
         self.reference: Any = None  # the protocol's twin.reference, kept in the session file
         self.prior: Any = None  # the protocol's twin.prior (a target per ROI), kept in the session file
         self.session: SessionFile | None = None
@@ -384,6 +418,7 @@ class SessionRunner:
         counted = 0
         with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
             while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
+                self._interrupts.check()
                 if time.monotonic() > deadline:
                     raise SessionError(f"run {run}: the rig or the presenter stopped answering")
                 if len(times) > counted:
@@ -530,32 +565,34 @@ class SessionRunner:
     def run(self, stop_after: int | None = None) -> Path:
         """Run (or resume) the whole protocol; returns the session file's path."""
         done = self._open()
-        try:
-            if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
-                self.candidates = Candidates(self.protocol, self.features)
-                if self.features is None:
-                    self.features = self.candidates.features
-            self._connect()
-            complete = {r["index"] for r in done}
-            runs = self.protocol.runs()
-            started = time.monotonic()
-            for index, (phase, round_, n) in enumerate(runs):
-                if index in complete:
-                    continue
-                if stop_after is not None and index >= stop_after:
-                    break
-                if self._stop_reason(runs[index][0]):
-                    continue
-                plan = self._plan(index, phase, round_, n)
-                self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
-                self._run(plan)
-                limit = self.protocol.stopping.max_minutes
-                if limit and (time.monotonic() - started) / 60 > limit:
-                    self.session.log("stop", f"max_minutes {limit} reached")
-                    break
-        finally:
-            if self.session is not None:
-                self.session.close()
-            self.rig.close()
-            self.presenter.close()
+        with self._interrupts:  # Ctrl-C pauses, and is never lost (see _Interrupts)
+            try:
+                if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
+                    self.candidates = Candidates(self.protocol, self.features)
+                    if self.features is None:
+                        self.features = self.candidates.features
+                self._connect()
+                complete = {r["index"] for r in done}
+                runs = self.protocol.runs()
+                started = time.monotonic()
+                for index, (phase, round_, n) in enumerate(runs):
+                    self._interrupts.check()
+                    if index in complete:
+                        continue
+                    if stop_after is not None and index >= stop_after:
+                        break
+                    if self._stop_reason(runs[index][0]):
+                        continue
+                    plan = self._plan(index, phase, round_, n)
+                    self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
+                    self._run(plan)
+                    limit = self.protocol.stopping.max_minutes
+                    if limit and (time.monotonic() - started) / 60 > limit:
+                        self.session.log("stop", f"max_minutes {limit} reached")
+                        break
+            finally:
+                if self.session is not None:
+                    self.session.close()
+                self.rig.close()
+                self.presenter.close()
         return self.path
