@@ -564,35 +564,38 @@ class SessionRunner:
     # ----- the session -----
     def run(self, stop_after: int | None = None) -> Path:
         """Run (or resume) the whole protocol; returns the session file's path."""
-        done = self._open()
         with self._interrupts:  # Ctrl-C pauses, and is never lost (see _Interrupts)
-            try:
-                if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
-                    self.candidates = Candidates(self.protocol, self.features)
-                    if self.features is None:
-                        self.features = self.candidates.features
-                self._connect()
-                complete = {r["index"] for r in done}
-                runs = self.protocol.runs()
-                started = time.monotonic()
-                for index, (phase, round_, n) in enumerate(runs):
-                    self._interrupts.check()
-                    if index in complete:
-                        continue
-                    if stop_after is not None and index >= stop_after:
-                        break
-                    if self._stop_reason(runs[index][0]):
-                        continue
-                    plan = self._plan(index, phase, round_, n)
-                    self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
-                    self._run(plan)
-                    limit = self.protocol.stopping.max_minutes
-                    if limit and (time.monotonic() - started) / 60 > limit:
-                        self.session.log("stop", f"max_minutes {limit} reached")
-                        break
-            finally:
-                if self.session is not None:
-                    self.session.close()
-                self.rig.close()
-                self.presenter.close()
+            return self._run_protocol(stop_after)
+
+    def _run_protocol(self, stop_after: int | None) -> Path:
+        done = self._open()
+        try:
+            if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
+                self.candidates = Candidates(self.protocol, self.features)
+                if self.features is None:
+                    self.features = self.candidates.features
+            self._connect()
+            complete = {r["index"] for r in done}
+            runs = self.protocol.runs()
+            started = time.monotonic()
+            for index, (phase, round_, n) in enumerate(runs):
+                self._interrupts.check()
+                if index in complete:
+                    continue
+                if stop_after is not None and index >= stop_after:
+                    break
+                if self._stop_reason(runs[index][0]):
+                    continue
+                plan = self._plan(index, phase, round_, n)
+                self.progress(f"run {index + 1}/{len(runs)}: {phase} ({plan.kind}), {len(plan.trials)} trials")
+                self._run(plan)
+                limit = self.protocol.stopping.max_minutes
+                if limit and (time.monotonic() - started) / 60 > limit:
+                    self.session.log("stop", f"max_minutes {limit} reached")
+                    break
+        finally:
+            if self.session is not None:
+                self.session.close()
+            self.rig.close()
+            self.presenter.close()
         return self.path
