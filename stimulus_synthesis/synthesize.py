@@ -93,7 +93,7 @@ def synthesize_sentences(
             # A generated sentence competes with its corpus sentence and its siblings, not beside them:
             # one per family (a few edits apart, they are near-duplicates however long the sentence).
             family = {c.sentence: c.root for c in [*gen.seeds, *gen.best]}
-            texts = [pool.sentences[i] for i in short] + [c.sentence for c in gen.best]
+            texts = texts + [c.sentence for c in gen.best]  # the final shortlist, then the generated
             m, s = predict([c.sentence for c in gen.best])
             all_mean, all_sd = np.vstack([mean[short], m]), np.vstack([sd[short], s])
             sel2 = select(texts, all_mean, n, goal, sd=all_sd, constraints=constraints, shown=shown,
