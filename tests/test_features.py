@@ -95,6 +95,29 @@ def test_unknown_model_is_a_clear_error():
         TextFeatureExtractor("no-such-model-xyz").extract(SENTENCES, layers=[1])
 
 
+def test_model_info_reads_a_folders_config_as_transformers_does(tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import AutoConfig, GPT2Config, T5Config
+
+    from twin.models import ModelInfo, model_info, resolve_model
+
+    def via_transformers(source):
+        c = AutoConfig.from_pretrained(source)
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in c.architectures or [])
+        return ModelInfo(c.num_hidden_layers, causal, c.hidden_size)
+
+    GPT2Config(n_layer=3, n_embd=64, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path / "gpt2")
+    T5Config(num_layers=2, d_model=32, architectures=["T5ForConditionalGeneration"]).save_pretrained(tmp_path / "t5")
+    for name in ("minilm", str(tmp_path / "gpt2"), str(tmp_path / "t5")):  # t5: names AutoConfig maps
+        assert model_info(name) == via_transformers(resolve_model(name)[1]), name
+    assert model_info(str(tmp_path / "gpt2")) == (3, True, 64)
+    # A local config.json is read without importing transformers (seconds of `protocol check`).
+    code = "import sys; from twin.models import model_info; model_info('minilm'); print('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_length_and_frequency():
     L = length_features(["one two three", "a"])
     assert L.tolist() == [[3, 13], [1, 1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from .errors import FeatureModelError
@@ -161,8 +163,30 @@ def model_info(name: str) -> ModelInfo:
     """Layer count, causal-LM flag and hidden size from a model's config, without loading weights."""
     if name.strip().lower() == "smollm2-135m" and not _smollm2_target().exists():
         return ModelInfo(30, True, 576)  # known without converting the GGUF file
-    config = _config(name, resolve_model(name)[1])
+    source = resolve_model(name)[1]
+    local = _local_config(source)
+    if local is not None:
+        return local
+    config = _config(name, source)
     return ModelInfo(_n_layers(config), _is_causal(config), _hidden_size(config))
+
+
+def _local_config(source: str) -> ModelInfo | None:
+    """ModelInfo straight from a local folder's config.json (no transformers import, which takes seconds);
+    None when the file is not there or does not name all three plainly (then AutoConfig reads it)."""
+    try:
+        raw = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    config = SimpleNamespace(**{k: raw.get(k) for k in ("num_hidden_layers", "n_layer", "hidden_size", "n_embd")},
+                             architectures=raw.get("architectures"))  # fmt: skip
+    try:
+        info = ModelInfo(_n_layers(config), _is_causal(config), _hidden_size(config))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return info if info.n_layers > 0 and info.hidden_size > 0 and isinstance(config.architectures, list) else None
 
 
 def _config(name: str, source: str) -> Any:
