@@ -16,6 +16,7 @@ from acquisition import read_session
 if TYPE_CHECKING:
     import pandas as pd
 
+MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one panel each
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
 
@@ -316,19 +317,32 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     ax.set_title("Twin accuracy over runs")
     figures.append(("twin_accuracy.png", caption, fig))
 
-    fig, ax = plt.subplots(figsize=(8, 3))
-    last = data.samples.run.max() if len(data.samples) else None
-    if last is not None:
-        s = data.samples[data.samples.run == last]
+    runs = sorted(data.samples.run.unique())[-MAX_TIMECOURSE_RUNS:] if len(data.samples) else []
+    fig, axes = plt.subplots(max(len(runs), 1), 1, figsize=(8, 1.0 + 1.2 * max(len(runs), 1)), sharey=True,
+                             squeeze=False)  # fmt: skip
+    shown: dict[str, object] = {}
+    kinds = {r["run"]: r["kind"].replace("_", " ") for r in run_records(data)}
+    for ax, run in zip(axes[:, 0], runs, strict=False):
+        s = data.samples[data.samples.run == run]
         t0 = s.time.min()
         ax.plot(s.time - t0, s[target], lw=0.8, color="k")
-        ev = data.events[data.events.run == last]
-        for _, e in ev.iterrows():
-            ax.axvline(e.measured_onset - t0, color=colors.get(e.condition, "#999"), alpha=0.4, lw=0.8)
-    ax.set_xlabel("time in the last run (s)")
-    ax.set_ylabel(target)
-    ax.set_title("Target time course with trial onsets (colour: condition)")
-    figures.append(("timecourse.png", "Time course of the target with trial onsets", fig))
+        for e in data.events[data.events.run == run].itertuples():
+            span = ax.axvspan(e.measured_onset - t0, e.measured_onset - t0 + e.duration, lw=0, alpha=0.3,
+                              color=colors.get(e.condition, "#999999"))  # fmt: skip
+            shown.setdefault(CONDITION_NAMES.get(e.condition, e.condition), span)
+        ax.set_ylabel(f"run {int(run)}\n{kinds.get(run, '')}", fontsize=8)
+    axes[-1, 0].set_xlabel("time from the run's first sample (s)")
+    fig.suptitle(f"{target}: time course of each run, trials shaded by condition", x=0.02, ha="left")
+    order = [CONDITION_NAMES[c] for c in ("S", "B", "D", "NONW", "SENT")]
+    labels = sorted(shown, key=lambda n: order.index(n) if n in order else len(order))
+    if labels:
+        fig.legend([shown[n] for n in labels], labels, loc="upper right", ncols=len(labels), fontsize=7,
+                   frameon=False)  # fmt: skip
+    total = data.samples.run.nunique() if len(data.samples) else 0
+    caption = "Time course of the target in each run, with each trial shaded from onset to offset by condition"
+    if total > len(runs):
+        caption += f" (the last {len(runs)} of {total} runs)"
+    figures.append(("timecourse.png", caption, fig))
 
     for name, _, fig in figures:
         fig.tight_layout()

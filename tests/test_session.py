@@ -107,6 +107,7 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
     for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
         assert (report / png).stat().st_size > 5000
         assert png in (report / "report.html").read_text()
+    assert "Time course of the target in each run" in page and "(the last" not in page  # all 6 runs, one panel each
 
 
 def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupted, tmp_path):
