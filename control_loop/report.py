@@ -285,17 +285,23 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     figures.append(("conditions.png", caption, fig))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    points = []  # (prediction, measured, condition) of every trial the twin predicted before it was shown
     for record in run_records(data):
         pred = record.get("predicted") or {}
         rows = est[est.trial.isin(record["trials"])]
-        if pred:
-            ax.scatter([pred[str(t)] for t in rows.trial], rows[target], s=10, label=f"run {record['index'] + 1}")
+        points += [(pred[str(t)], y, c) for t, y, c in zip(rows.trial, rows[target], rows.condition, strict=True)
+                   if str(t) in pred]  # fmt: skip
+    for c in ("S", "B", "D", "NONW", "SENT"):
+        mine = [(x, y) for x, y, cond in points if cond == c]
+        if mine:
+            ax.scatter(*zip(*mine, strict=True), s=10, color=colors[c], label=CONDITION_NAMES[c])
     ax.set_xlabel("twin prediction (before measuring)")
     ax.set_ylabel(f"measured {target}")
     ax.set_title("Predicted vs measured, per stimulus")
-    if ax.get_legend_handles_labels()[0]:
+    if points:
         ax.legend(fontsize=7)
-    figures.append(("predicted_vs_measured.png", "Twin predictions against measured responses", fig))
+    figures.append(("predicted_vs_measured.png", "Twin predictions, made before each run, against the measured "
+                    "responses (trial estimates, each run's own offset included), by condition", fig))  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
