@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one panel each
+COLORS = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}  # by condition
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
 
@@ -241,13 +242,59 @@ def _r_cell(r: float | None, ci: list[float] | None = None) -> str:
     return f"{r:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
+def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> list:
+    """Predicted against measured per stimulus, and twin accuracy per run: (file, caption, figure) pairs,
+    none when the twin predicted nothing before a run (a localizer)."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = []  # (prediction, measured, condition) of every trial the twin predicted before it was shown
+    for record in run_records(data):
+        pred = record.get("predicted") or {}
+        rows = est[est.trial.isin(record["trials"])]
+        points += [(pred[str(t)], y, c) for t, y, c in zip(rows.trial, rows[target], rows.condition, strict=True)
+                   if str(t) in pred]  # fmt: skip
+    if not points:
+        return []
+    true_r = true.get("twin_r") or {}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for c in ("S", "B", "D", "NONW", "SENT"):
+        mine = [(x, y) for x, y, cond in points if cond == c]
+        if mine:
+            ax.scatter(*zip(*mine, strict=True), s=10, color=COLORS[c], label=CONDITION_NAMES[c])
+    ax.set_xlabel("twin prediction (before measuring)")
+    ax.set_ylabel(f"measured {target}")
+    ax.set_title("Predicted vs measured, per stimulus")
+    ax.legend(fontsize=7)
+    figures = [("predicted_vs_measured.png", "Twin predictions, made before each run, against the measured "
+                "responses (trial estimates, each run's own offset included), by condition", fig)]  # fmt: skip
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
+    measured = np.array([run["twin_r"] for run in scored])
+    ci = np.array([run.get("twin_r_ci", [run["twin_r"]] * 2) for run in scored]).reshape(-1, 2)
+    ax.errorbar([run["index"] + 1 for run in scored], measured, yerr=[measured - ci[:, 0], ci[:, 1] - measured],
+                fmt="o-", capsize=4, label="measured (95% CI)")  # fmt: skip
+    caption = "Twin accuracy on each run's new stimuli, before they were measured: r with the measured responses"
+    if true_r:
+        ax.plot([int(i) + 1 for i in true_r], list(true_r.values()), "s--", color="#c8423b",
+                label="simulated subject's true response")  # fmt: skip
+        ax.legend(fontsize=7)
+        caption += " (95% CI, Fisher z) and with the simulated subject's true, noise-free response"
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.set_xlabel("run")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("r (prediction, response)")
+    ax.set_title("Twin accuracy over runs")
+    figures.append(("twin_accuracy.png", caption, fig))
+    return figures
+
+
 def write_report(session_file: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
@@ -261,7 +308,6 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     est = _estimates(data)
     figures = []
 
-    colors = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}
     block = summary.get("evaluation_means") or summary.get("localizer_means")
     panels = [(block, "se", "measured, run offsets removed")] if block else [(summary["conditions"], "sem", "")]
     if block and true.get("means"):
@@ -271,7 +317,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
     for ax, (means, err, label) in zip(axes[0], panels, strict=True):
         conds = [c for c in ("S", "B", "D", "NONW", "SENT") if c in means]
         ax.bar([CONDITION_NAMES[c] for c in conds], [means[c]["mean"] for c in conds],
-               yerr=[means[c][err] for c in conds], capsize=4, color=[colors[c] for c in conds])  # fmt: skip
+               yerr=[means[c][err] for c in conds], capsize=4, color=[COLORS[c] for c in conds])  # fmt: skip
         ax.set_ylabel(f"{target} (mean ± SE)")
         ax.set_title(label, fontsize=9)
     if block:
@@ -284,44 +330,8 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         caption = "Condition means of all trials with standard errors"
     figures.append(("conditions.png", caption, fig))
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    points = []  # (prediction, measured, condition) of every trial the twin predicted before it was shown
-    for record in run_records(data):
-        pred = record.get("predicted") or {}
-        rows = est[est.trial.isin(record["trials"])]
-        points += [(pred[str(t)], y, c) for t, y, c in zip(rows.trial, rows[target], rows.condition, strict=True)
-                   if str(t) in pred]  # fmt: skip
-    for c in ("S", "B", "D", "NONW", "SENT"):
-        mine = [(x, y) for x, y, cond in points if cond == c]
-        if mine:
-            ax.scatter(*zip(*mine, strict=True), s=10, color=colors[c], label=CONDITION_NAMES[c])
-    ax.set_xlabel("twin prediction (before measuring)")
-    ax.set_ylabel(f"measured {target}")
-    ax.set_title("Predicted vs measured, per stimulus")
-    if points:
-        ax.legend(fontsize=7)
-    figures.append(("predicted_vs_measured.png", "Twin predictions, made before each run, against the measured "
-                    "responses (trial estimates, each run's own offset included), by condition", fig))  # fmt: skip
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
-    measured = np.array([run["twin_r"] for run in scored])
-    ci = np.array([run.get("twin_r_ci", [run["twin_r"]] * 2) for run in scored]).reshape(-1, 2)
-    ax.errorbar([run["index"] + 1 for run in scored], measured, yerr=[measured - ci[:, 0], ci[:, 1] - measured],
-                fmt="o-", capsize=4, label="measured (95% CI)")  # fmt: skip
-    caption = "Twin accuracy on each run's new stimuli, before they were measured: r with the measured responses"
     true_r = true.get("twin_r") or {}
-    if true_r:
-        ax.plot([int(i) + 1 for i in true_r], list(true_r.values()), "s--", color="#c8423b",
-                label="simulated subject's true response")  # fmt: skip
-        ax.legend(fontsize=7)
-        caption += " (95% CI, Fisher z) and with the simulated subject's true, noise-free response"
-    ax.axhline(0, color="#999", lw=0.8)
-    ax.set_xlabel("run")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("r (prediction, response)")
-    ax.set_title("Twin accuracy over runs")
-    figures.append(("twin_accuracy.png", caption, fig))
+    figures += _twin_figures(plt, data, est, summary, true, target)
 
     runs = sorted(data.samples.run.unique())[-MAX_TIMECOURSE_RUNS:] if len(data.samples) else []
     fig, axes = plt.subplots(max(len(runs), 1), 1, figsize=(8, 1.0 + 1.2 * max(len(runs), 1)), sharey=True,
@@ -334,7 +344,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         ax.plot(s.time - t0, s[target], lw=0.8, color="k")
         for e in data.events[data.events.run == run].itertuples():
             span = ax.axvspan(e.measured_onset - t0, e.measured_onset - t0 + e.duration, lw=0, alpha=0.3,
-                              color=colors.get(e.condition, "#999999"))  # fmt: skip
+                              color=COLORS.get(e.condition, "#999999"))  # fmt: skip
             shown.setdefault(CONDITION_NAMES.get(e.condition, e.condition), span)
         ax.set_ylabel(f"run {int(run)}\n{kinds.get(run, '')}", fontsize=8)
     axes[-1, 0].set_xlabel("time from the run's first sample (s)")
@@ -350,6 +360,8 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         caption += f" (the last {len(runs)} of {total} runs)"
     figures.append(("timecourse.png", caption, fig))
 
+    for name in {"predicted_vs_measured.png", "twin_accuracy.png"} - {n for n, _, _ in figures}:
+        (out_dir / name).unlink(missing_ok=True)
     for name, _, fig in figures:
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=110)

@@ -390,7 +390,14 @@ def test_localizer_protocol_finds_sentences_above_nonwords(tmp_path):
     contrast = summarize(session)["localizer"]["sentences - nonwords"]
     assert contrast["difference"] > 0 and contrast["p"] < 1e-3, contrast
     assert f"localizer, measured: sentences - nonwords {contrast['difference']:+.3f}" in proc.stdout
-    assert f"<td>sentences - nonwords</td><td>{contrast['difference']:+.3f}</td>" in write_report(session).read_text()
+    stale = session.with_name(session.stem + "-report") / "twin_accuracy.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"a figure from an earlier report")
+    page = write_report(session).read_text()
+    assert f"<td>sentences - nonwords</td><td>{contrast['difference']:+.3f}</td>" in page
+    # no twin predicted anything in a localizer: no twin figures (an earlier report's are removed), the rest stay
+    assert "twin_accuracy.png" not in page and "predicted_vs_measured.png" not in page and not stale.exists()
+    assert "conditions.png" in page and "timecourse.png" in page
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # a localizer shows fixed materials: nothing embedded
 
