@@ -379,16 +379,19 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
                  "</table>")  # fmt: skip
     elif true.get("error"):
         truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
-    head = "<th>twin r with the simulated subject's true response</th>" if true_r else ""
+    scored = any(r.get("twin_r") is not None for r in summary["runs"])  # else (a localizer) no twin r columns
+    head = ("<th>twin r with the measurements (95% CI)</th>" if scored else "") + (
+        "<th>twin r with the simulated subject's true response</th>" if true_r else "")
     run_rows = "".join(
         f"<tr><td>{r['index'] + 1}</td><td>{html.escape(r['phase'])}</td><td>{html.escape(r['kind'])}</td>"
-        f"<td>{r['trials']}</td><td>{_r_cell(r.get('twin_r'), r.get('twin_r_ci'))}</td>"
+        f"<td>{r['trials']}</td>"
+        + (f"<td>{_r_cell(r.get('twin_r'), r.get('twin_r_ci'))}</td>" if scored else "")
         + (f"<td>{_r_cell(true_r.get(str(r['index'])))}</td>" if true_r else "")
         + "</tr>"
         for r in summary["runs"]
     )
     runs_table = ("<h2>Runs</h2><table><tr><th>run</th><th>phase</th><th>kind</th><th>trials</th>"
-                  f"<th>twin r with the measurements (95% CI)</th>{head}</tr>{run_rows}</table>")  # fmt: skip
+                  f"{head}</tr>{run_rows}</table>")  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>

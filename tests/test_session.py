@@ -397,7 +397,8 @@ def test_localizer_protocol_finds_sentences_above_nonwords(tmp_path):
     assert f"<td>sentences - nonwords</td><td>{contrast['difference']:+.3f}</td>" in page
     # no twin predicted anything in a localizer: no twin figures (an earlier report's are removed), the rest stay
     assert "twin_accuracy.png" not in page and "predicted_vs_measured.png" not in page and not stale.exists()
-    assert "conditions.png" in page and "timecourse.png" in page
+    assert "conditions.png" in page and "timecourse.png" in page and "twin r" not in page
+    assert "<tr><td>1</td><td>localizer</td><td>localizer</td><td>36</td></tr>" in page  # the run table, no r cells
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # a localizer shows fixed materials: nothing embedded
 
