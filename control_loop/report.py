@@ -266,7 +266,7 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
     ax.set_title("Predicted vs measured, per stimulus")
     ax.legend(fontsize=7)
     figures = [("predicted_vs_measured.png", "Twin predictions, made before each run, against the measured "
-                "responses (trial estimates, each run's own offset included), by condition", fig)]  # fmt: skip
+                "trial estimates (run offsets not removed), by condition", fig)]  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
