@@ -11,6 +11,7 @@ outage with its duration. Ping/pong exchanges estimate the clock offset.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from .protocol import DEFAULT_MAX_BYTES, RELIABLE_TYPES, ProtocolError, decode, 
 from .stream import Inbox, Journal, Outbox
 
 log = logging.getLogger(__name__)
+
+#: What a server's poll() delivers, before any message of it, when a new controller stream begins: the
+#: rig or presenter then drops what it held for the earlier one (its runs, schedules). Never on the wire.
+NEW_STREAM = "new-stream"
 
 
 @dataclass
@@ -79,19 +84,37 @@ class _Endpoint:
         self.clock = clock
         self.context = zmq.Context.instance()
         self.journal = Journal(journal) if journal else None
-        self.outbox = Outbox(self.journal)
-        self.inbox = Inbox(self.journal)
-        self.restored: list[dict] = []  # reliable messages delivered before a restart
+        self.errors: list[str] = []
+        self._last_resend = 0.0
+        self._reset_streams()
+        self.stream = ""  # the controller stream (hello's 'session') that the streams belong to
+        self.stream_records: list[list] = []  # the journal's records since that stream began
         if self.journal is not None:
-            for kind, seq, payload in self.journal.records():
+            for record in self.journal.records():
+                kind, seq, payload = record
+                if kind == "stream":  # what came before belongs to an earlier controller's session
+                    self._reset_streams()
+                    self.stream, self.stream_records = payload, []
+                    continue
+                self.stream_records.append(record)
                 self.outbox.restore(kind, seq, payload)
                 msg = self.inbox.restore(kind, seq, payload)
                 if msg is not None:
                     self.restored.append(msg)
-        self.errors: list[str] = []
+
+    def _reset_streams(self) -> None:
+        self.outbox = Outbox(self.journal)
+        self.inbox = Inbox(self.journal)
+        self.restored: list[dict] = []  # reliable messages delivered before a restart
         self._last_ack_sent = 0
-        self._last_resend = 0.0
         self._peer_last = 0  # the peer's last reliable seq, from its heartbeats and pings
+
+    def _begin_stream(self, stream: str) -> None:
+        """Start both streams afresh for controller stream ``stream`` (journaled first)."""
+        if self.journal is not None:
+            self.journal.append("stream", 0, stream)
+        self._reset_streams()
+        self.stream, self.stream_records = stream, []
 
     def _message(self, type_: str, **fields: Any) -> dict:
         return {"type": type_, "t": self.clock(), **fields}
@@ -171,6 +194,7 @@ class PeerServer(_Endpoint):
         self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.peer: bytes | None = None
         self.peer_name = ""
+        self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
         self._peer_seen = 0.0
         self._last_beat = 0.0
 
@@ -230,13 +254,20 @@ class PeerServer(_Endpoint):
         kind = msg["type"]
         if kind == "hello":
             self.peer, self.peer_name, self._peer_seen = ident, msg["name"], seen
+            new = msg["session"] != self.stream
+            if new:  # another controller process (a new session, or one resumed after a crash)
+                if self.outbox.pending or self.inbox.expected > 1:
+                    log.warning("%s: controller stream %s replaces %s; the earlier one's undelivered messages "
+                                "are dropped", self.name, msg["session"] or "''", self.stream or "''")  # fmt: skip
+                self._begin_stream(msg["session"])
             self._last_ack_sent = 0
-            reply = self._message("hello", role=self.role, name=self.name, resume_from=self.inbox.expected)
+            reply = self._message("hello", role=self.role, name=self.name, session=self.stream,
+                                  resume_from=self.inbox.expected, channels=self.channels)  # fmt: skip
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
                 self._send_to_peer(frame_)
             log.info("%s: controller %s connected (resume from %d)", self.name, msg["name"], msg["resume_from"])
-            return []
+            return [{"type": NEW_STREAM, "session": self.stream}] if new else []
         if ident != self.peer:
             return []  # only the controller that said hello last is served
         self._peer_seen = seen
@@ -295,6 +326,9 @@ class PeerClient(_Endpoint):
         self.sync = ClockSync()
         self.peer_name = endpoint
         self.peer_role = ""
+        self.peer_channels: list[str] = []  # what a rig calls its sample values (its hello; [] if it does not say)
+        if not self.stream:  # one stream per client (kept in its journal, if it has one, across restarts)
+            self._begin_stream(secrets.token_hex(8))
         self.up = False
         self.outages: list[Outage] = []
         self.socket: zmq.Socket | None = None
@@ -317,7 +351,8 @@ class PeerClient(_Endpoint):
 
     def _send_hello(self) -> None:
         self._last_hello = time.monotonic()
-        self._raw(encode(self._message("hello", role="controller", name=self.name, resume_from=self.inbox.expected)))
+        self._raw(encode(self._message("hello", role="controller", name=self.name, session=self.stream,
+                                       resume_from=self.inbox.expected)))  # fmt: skip
 
     def _raw(self, frame: bytes) -> None:
         try:
@@ -378,7 +413,7 @@ class PeerClient(_Endpoint):
         self._seen = time.monotonic()
         kind = msg["type"]
         if kind == "hello":
-            self.peer_name, self.peer_role = msg["name"], msg["role"]
+            self.peer_name, self.peer_role, self.peer_channels = msg["name"], msg["role"], msg["channels"]
             if not self.up and self.outages and self.outages[-1].end is None:
                 outage = self.outages[-1]
                 outage.end = recv_t

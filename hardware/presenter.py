@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .peer import PeerServer
+from .peer import NEW_STREAM, PeerServer
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,17 @@ class Presenter:
         self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
         self.done: set[tuple[int, int]] = set()
         self.log: list[dict] = []
+        self.stream = 0  # counts controller streams: a trial of an earlier one stops where it is
 
     def _commands(self, timeout: float) -> None:
         for msg in self.server.poll(timeout):
             kind = msg["type"]
-            if kind == "schedule":
+            if kind == NEW_STREAM:  # a new controller: nothing scheduled by the earlier one is shown
+                self.schedules.clear()
+                self.triggered.clear()
+                self.done.clear()
+                self.stream += 1
+            elif kind == "schedule":
                 trials = self._safe(msg["run"], msg["trials"])
                 self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
                 log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
@@ -229,14 +235,19 @@ class Presenter:
         if not frames:  # a fixation trial
             frames = [(start, None, "fixation")]
         onset = None
+        stream = self.stream
         for at, prepared, label in frames:
             self.display.draw(prepared, label)
             self._wait_until(at)
+            if self.stream != stream:  # a new controller took over while this trial waited
+                return
             flip = self.display.flip(at)
             onset = flip if onset is None else onset
         self.display.draw(None, "fixation")  # a fixation cross between trials
         self._wait_until(start + trial["duration"])
         offset = self.display.flip(start + trial["duration"])
+        if self.stream != stream:
+            return
         entry = {"run": run, "trial": trial["trial"], "stimulus_id": trial["stimulus_id"], "scheduled": start,
                  "onset": onset, "offset": offset}  # fmt: skip
         self.log.append(entry)
@@ -257,6 +268,8 @@ class Presenter:
                 else:
                     continue
             for trial in trials:
+                if self.schedules.get(run) is not trials:  # stopped, or a new controller's
+                    break
                 if (run, trial["trial"]) not in self.done:
                     self._present(run, trial)
 

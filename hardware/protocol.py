@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 # Reliable messages carry a per-stream ``seq``; they are acknowledged and replayed after reconnects.
 RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "refused", "schedule", "start", "stop", "event"})
@@ -34,8 +34,9 @@ class Hello(_Msg):
     type: Literal["hello"]
     role: Literal["controller", "rig", "presenter"]
     name: str
-    session: str = ""
+    session: str = ""  # the controller's stream: a peer that hears a new one starts its streams afresh
     resume_from: int = 0  # the first reliable seq the sender of this hello still needs from the other side
+    channels: list[str] = Field(default_factory=list)  # a rig's names for the values of its samples, in order
 
 
 class Ping(_Msg):

@@ -23,7 +23,7 @@ from scipy import stats
 
 from acquisition.glm import event_regressors
 
-from .peer import PeerServer
+from .peer import NEW_STREAM, PeerServer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class _SimulatedRig:
         self.server = server
         self.subject = subject
         self.rois = list(getattr(subject, "rois", ["roi0"]))
+        server.channels = [str(r) for r in self.rois]  # announced in hello: what each sample's values are
         self.seed = seed
         self.runs: dict[int, _Run] = {}
         self._responses: dict[bytes, np.ndarray] = {}
@@ -68,7 +69,7 @@ class _SimulatedRig:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
         if self.server.journal is None:
             return
-        records = list(self.server.journal.records())
+        records = self.server.stream_records  # the current controller stream's
         started = {}
         for kind, _seq, payload in records:
             if kind == "run-start":
@@ -88,7 +89,10 @@ class _SimulatedRig:
 
     def _command(self, msg: dict, t0: float | None = None) -> None:
         kind = msg["type"]
-        if kind == "start":
+        if kind == NEW_STREAM:  # a new controller: the earlier one's runs end here
+            self.runs.clear()
+            self._early.clear()
+        elif kind == "start":
             if t0 is None:  # live: the run starts now (rig clock); journaled so a restart keeps the timing
                 t0 = self.server.clock()
                 if self.server.journal is not None:

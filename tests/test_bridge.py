@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hardware import PeerClient, PeerServer, ProtocolError, decode, encode
 from hardware.peer import CurveKeys
+from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
 from hardware.stream import Inbox, Journal, Outbox
 
@@ -111,10 +112,10 @@ def test_bad_messages_are_logged_and_the_rig_keeps_running(tmp_path):
     raw.connect(f"tcp://127.0.0.1:{port}")
     bad = [
         b"\xc1\xff garbage",
-        msgpack.packb({"v": 1, "type": "sample", "t": 1.0})[:-3],  # truncated
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "sample", "t": 1.0})[:-3],  # truncated
         msgpack.packb({"v": 99, "type": "heartbeat", "t": 1.0}),
-        msgpack.packb({"v": 1, "type": "sample", "t": 1.0, "seq": "x"}),
-        msgpack.packb({"v": 1, "type": "heartbeat", "t": 1.0, "pad": b"x" * (5 * 1024 * 1024)}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "sample", "t": 1.0, "seq": "x"}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "heartbeat", "t": 1.0, "pad": b"x" * (5 * 1024 * 1024)}),
     ]
     try:
         time.sleep(3.0)  # the rig process starts
@@ -167,7 +168,7 @@ def test_round_trip_encoding():
     msg = {"type": "sample", "t": 1.5, "seq": 3, "run": 1, "kind": "fmri", "volume": 2, "time": 1.4,
            "values": [0.5, 1.0]}  # fmt: skip
     out = decode(encode(dict(msg)))
-    assert out == {**msg, "v": 1, "width": 0.0}
+    assert out == {**msg, "v": PROTOCOL_VERSION, "width": 0.0}
 
 
 def test_curve_only_admits_configured_keys(tmp_path):
