@@ -128,6 +128,10 @@ def resume_cmd(session_file: Path, report: bool) -> None:
                            rois=recorded.rois, progress=click.echo, peers=peers)  # fmt: skip
     _run_or_pause(runner, session_file)
     click.echo(f"session file: {session_file} ({json.dumps(peers)})")
+    if report:
+        from .report import write_report
+
+        click.echo(f"report: {write_report(session_file)}")
 
 
 @click.group("protocol")

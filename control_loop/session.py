@@ -169,20 +169,17 @@ class SessionRunner:
         self.path = Path(path)
         self.images_dir = self.path.with_name(self.path.stem + "-images")
         self.clock = clock
-        self.rig = PeerClient(rig, heartbeat=heartbeat, clock=clock)
-        self.presenter = PeerClient(presenter, heartbeat=heartbeat, clock=clock)
-        self.features = features
+        self.session: SessionFile | None = None
         self.progress = progress or (lambda msg: log.info(msg))
-        self.rois = rois or list(protocol.target.rois)
-        missing = [r for r in protocol.target.rois if r not in self.rois]
-        if missing:
-            raise SessionError(f"target.rois: {missing} not measured by the rig (it measures {self.rois})")
-        self.target = self.rois.index(protocol.target.rois[0])
+        self.rig = PeerClient(rig, heartbeat=heartbeat, clock=clock, on_log=self._peer_log)
+        self.presenter = PeerClient(presenter, heartbeat=heartbeat, clock=clock, on_log=self._peer_log)
+        self.features = features
+        self._rois_given = rois is not None  # else the rig's own names for its channels, if it says them
+        self._set_rois(rois or list(protocol.target.rois))
         self.twin: Any = None
         self._interrupts = _Interrupts()
         self.reference: Any = None  # the protocol's twin.reference, kept in the session file
         self.prior: Any = None  # the protocol's twin.prior (a target per ROI), kept in the session file
-        self.session: SessionFile | None = None
         self.candidates: Candidates | None = None
         self.shown: set[int] = set()  # stimulus ids already shown (candidates index, or synthesized ids)
         self.next_trial = 0
@@ -191,6 +188,29 @@ class SessionRunner:
         self._baseline_y: list[float] = []  # measured target responses to baseline trials
         self._effect: float | None = None  # last closed-loop run's drive - suppress, in baseline SDs
         self._stopped: set[str] = set()
+
+    def _set_rois(self, rois: list[str]) -> None:
+        missing = [r for r in self.protocol.target.rois if r not in rois]
+        if missing:
+            raise SessionError(f"target.rois: {missing} not measured by the rig (it measures {rois})")
+        self.rois = list(rois)
+        self.target = self.rois.index(self.protocol.target.rois[0])
+
+    def _match_channels(self) -> None:
+        """Take the ROIs from the channels the rig announced, or fail naming both before anything is written."""
+        channels = self.rig.peer_channels
+        if not channels or channels == self.rois:
+            return  # a rig that does not say: the ROIs given (or the protocol's) stand
+        if self._rois_given:
+            raise SessionError(f"the rig measures {channels}, but this session records {self.rois}: "
+                               "name the rig's channels, in order (session run --rois), or connect the right rig")
+        self._set_rois(channels)
+
+    def _peer_log(self, kind: str, text: str) -> None:
+        """A link event (outage, reconnection): on the terminal and in the session file's log."""
+        self.progress(f"  {text}")
+        if self.session is not None:
+            self.session.log(kind, text)
 
     # ----- opening, resuming, the twin -----
     def _open(self) -> list[dict]:
@@ -420,7 +440,12 @@ class SessionRunner:
             while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
                 self._interrupts.check()
                 if time.monotonic() > deadline:
-                    raise SessionError(f"run {run}: the rig or the presenter stopped answering")
+                    state = {c: "connected" if c.up else "not answering" for c in (self.rig, self.presenter)}
+                    raise SessionError(
+                        f"run {run} did not finish: {len(times)} of {n_volumes} volumes came from the rig "
+                        f"({state[self.rig]}) and {len(presented) + len(refused)} of {len(trials)} trials from "
+                        f"the presenter ({state[self.presenter]})"
+                    )
                 if len(times) > counted:
                     live.update(len(times) - counted)
                     counted = len(times)
@@ -438,6 +463,10 @@ class SessionRunner:
                     local = t0 + (msg["time"] - rig_t0)
                     if msg["type"] == "trigger":
                         self.session.add_trigger(local, msg["volume"], run)
+                    elif len(msg["values"]) != len(self.rois):
+                        raise SessionError(f"run {run}: the rig sends {len(msg['values'])} values per sample, but "
+                                           f"this session records {len(self.rois)} ({self.rois}): name the rig's "
+                                           "channels, in order (session run --rois)")  # fmt: skip
                     else:
                         rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
                         times.append(local)
@@ -568,8 +597,10 @@ class SessionRunner:
             return self._run_protocol(stop_after)
 
     def _run_protocol(self, stop_after: int | None) -> Path:
-        done = self._open()
         try:
+            self._connect()  # first: a rig that measures other channels is refused before anything is written
+            self._match_channels()
+            done = self._open()
             if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
                 self.candidates = Candidates(self.protocol, self.features)
                 if self.features is None:

@@ -559,3 +559,68 @@ def test_evaluation_contrasts_compare_within_runs():
     assert [means[c]["n"] for c in "DBS"] == [35, 30, 35]
     d, s = means["D"]["mean"], means["S"]["mean"]
     assert d - s == pytest.approx(out["drive - suppress"]["difference"], abs=1e-12)
+
+
+def _serve(kind: str, port: int, journal: Path, log: Path) -> subprocess.Popen:
+    """A rig (simulated ephys, 2 sites) or a null presenter that runs at real time until killed."""
+    args = {"rig": ["rig", "simulate-ephys", "--tuning", "tests.subjects:luminance_sites"],
+            "presenter": ["present", "--null", "--trigger-key", ""]}[kind]  # fmt: skip
+    with open(log, "a") as err:
+        return subprocess.Popen(_cmd(*args, "--bind", f"tcp://127.0.0.1:{port}", "--journal", journal,
+                                     "--heartbeat", "0.3"),
+                                cwd=ROOT, env=_env(journal.parent / "cache"), stdout=subprocess.DEVNULL,
+                                stderr=err)  # fmt: skip
+
+
+def test_live_session_with_a_rig_and_presenter_that_outlive_it(tmp_path):
+    """`session run` against a rig and a presenter started on their own (as in a lab): the rig's channel names
+    are taken from its hello (or a mismatch is refused before anything is written); a rig killed and restarted
+    mid-run costs nothing and the outage is in the session file; the killed controller's session resumes
+    against the same, still running, rig and presenter (a new controller stream), every trial exactly once."""
+    from .netutil import free_port
+
+    live = ROOT / "tests" / "protocols" / "live_image.toml"
+    rig_port, pres_port = free_port(), free_port()
+    rig = _serve("rig", rig_port, tmp_path / "rig.journal", tmp_path / "rig.log")
+    presenter = _serve("presenter", pres_port, tmp_path / "presenter.journal", tmp_path / "presenter.log")
+    endpoints = ["--rig", f"tcp://127.0.0.1:{rig_port}", "--presenter", f"tcp://127.0.0.1:{pres_port}"]
+    env = _env(tmp_path / "cache")
+    try:
+        cmd = _cmd("session", "run", live, *endpoints, "--out", tmp_path / "wrong.h5", "--rois", "site0")
+        wrong = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and "the rig measures ['site0', 'site1']" in wrong.stderr, wrong.stderr
+        assert not (tmp_path / "wrong.h5").exists()
+
+        out = tmp_path / "live.h5"
+        proc = subprocess.Popen(_cmd("session", "run", live, *endpoints, "--out", out), cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("run 2/"):
+                time.sleep(1.0)
+                rig.kill()  # SIGKILL in the middle of run 2
+                rig.wait()
+                time.sleep(1.0)
+                rig = _serve("rig", rig_port, tmp_path / "rig.journal", tmp_path / "rig.log")  # same journal
+            if line.startswith("run 3/"):
+                time.sleep(0.5)
+                proc.kill()  # the controller dies in run 3; the rig and the presenter keep running
+                break
+        proc.communicate(timeout=30)
+        assert any(line.startswith("run 3/") for line in seen), "".join(seen) + proc.stderr.read()
+        resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming" in resumed.stdout and "report: " in resumed.stdout
+        data = read_session(out)
+        assert data.rois == ["site0", "site1"]  # the rig's names for its channels
+        assert sorted(data.events.trial) == list(range(32))  # every trial of the protocol, once
+        assert set(data.latest_estimates().trial) == set(range(32))
+        kinds = data.log.kind.tolist()
+        assert "outage" in kinds and "outage-end" in kinds and "resume" in kinds, data.log
+        assert (out.with_name("live-report") / "report.html").exists()
+    finally:
+        for p in (rig, presenter):
+            p.kill()
+            p.wait()
