@@ -217,6 +217,49 @@ def test_clock_offset_is_estimated():
         server.close()
 
 
+def _pump(server, client, until, timeout=5.0):
+    """Poll both ends until ``until(delivered to the server, delivered to the client)``; return both lists."""
+    to_server, to_client = [], []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not until(to_server, to_client):
+        to_server += server.poll(0.002)
+        to_client += client.poll(0.002)
+    return to_server, to_client
+
+
+def test_a_new_controller_starts_fresh_streams_and_a_restart_keeps_only_its_own(tmp_path):
+    from hardware.peer import NEW_STREAM
+
+    journal = tmp_path / "rig.journal"
+    server = PeerServer("tcp://127.0.0.1:*", journal=journal, heartbeat=0.05)
+    server.channels = ["lang", "md"]
+    first = PeerClient(server.endpoint, heartbeat=0.05)
+    for run in (1, 2):
+        first.send_reliable("stop", run=run)  # sent once the link is up
+    got, _ = _pump(server, first, lambda s, c: len(s) >= 3)
+    assert [m["type"] for m in got] == [NEW_STREAM, "stop", "stop"] and first.peer_channels == ["lang", "md"]
+    server.send_reliable("trigger", run=1, volume=0, time=0.0)  # never acknowledged: the controller goes
+    first.close()  # the first controller is gone (its session crashed, or ended)
+
+    second = PeerClient(server.endpoint, heartbeat=0.05)
+    assert second.stream != first.stream
+    second.send_reliable("stop", run=7)  # seq 1 of a new stream: not a duplicate of the first one's seq 1
+    got, back = _pump(server, second, lambda s, c: any(m["type"] == "stop" for m in s))
+    assert [m["type"] for m in got] == [NEW_STREAM, "stop"] and got[1]["run"] == 7 and got[1]["seq"] == 1
+    assert back == []  # the first stream's unacknowledged trigger is not sent to the second controller
+    server.send_reliable("trigger", run=7, volume=0, time=1.0)
+    _, back = _pump(server, second, lambda s, c: c)
+    assert [(m["run"], m["seq"]) for m in back] == [(7, 1)]
+    server.close()
+
+    restarted = PeerServer("tcp://127.0.0.1:*", journal=journal)  # a rig restarted from its journal
+    assert restarted.stream == second.stream
+    assert [m["run"] for m in restarted.restored] == [7]  # only the current stream's commands
+    assert restarted.inbox.expected == 2 and restarted.outbox.next_seq == 2
+    restarted.close()
+    second.close()
+
+
 def test_streams_deduplicate_and_fill_gaps(tmp_path):
     journal = Journal(tmp_path / "j")
     out = Outbox(journal)
