@@ -156,7 +156,7 @@ class Presenter:
         self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
         self.done: set[tuple[int, int]] = set()
         self.log: list[dict] = []
-        self.stream = 0  # counts controller streams: a trial of an earlier one stops where it is
+        self.generation = 0  # counts controller streams: a trial of an earlier one stops where it is
 
     def _commands(self, timeout: float) -> None:
         for msg in self.server.poll(timeout):
@@ -165,7 +165,7 @@ class Presenter:
                 self.schedules.clear()
                 self.triggered.clear()
                 self.done.clear()
-                self.stream += 1
+                self.generation += 1
             elif kind == "schedule":
                 trials = self._safe(msg["run"], msg["trials"])
                 self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
@@ -235,18 +235,18 @@ class Presenter:
         if not frames:  # a fixation trial
             frames = [(start, None, "fixation")]
         onset = None
-        stream = self.stream
+        generation = self.generation
         for at, prepared, label in frames:
             self.display.draw(prepared, label)
             self._wait_until(at)
-            if self.stream != stream:  # a new controller took over while this trial waited
+            if self.generation != generation:  # a new controller took over while this trial waited
                 return
             flip = self.display.flip(at)
             onset = flip if onset is None else onset
         self.display.draw(None, "fixation")  # a fixation cross between trials
         self._wait_until(start + trial["duration"])
         offset = self.display.flip(start + trial["duration"])
-        if self.stream != stream:
+        if self.generation != generation:
             return
         entry = {"run": run, "trial": trial["trial"], "stimulus_id": trial["stimulus_id"], "scheduled": start,
                  "onset": onset, "offset": offset}  # fmt: skip
