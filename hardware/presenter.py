@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from .peer import NEW_STREAM, PeerServer
@@ -157,26 +158,62 @@ class Presenter:
         self.done: set[tuple[int, int]] = set()
         self.log: list[dict] = []
         self.generation = 0  # counts controller streams: a trial of an earlier one stops where it is
+        self._restore()
+
+    def _restore(self) -> None:
+        """After a restart from the journal: the current stream's schedules and triggers again. Trials reported
+        before the crash stay done; those whose onset passed while the presenter was down are refused."""
+        for kind, seq, payload in self.server.stream_records:
+            if kind == "out":
+                sent = msgpack.unpackb(payload, raw=False)
+                if sent["type"] in ("presented", "refused"):
+                    self.done.add((sent["run"], sent["trial"]))
+            elif kind == "triggered":  # when each run's trials began counting (see _trigger)
+                self.triggered[seq] = payload
+        for msg in self.server.restored:
+            self._apply(msg)
+        now = self.server.clock()
+        for run, trials in self.schedules.items():
+            for trial in trials:
+                if run in self.triggered and (run, trial["trial"]) not in self.done and \
+                        self.triggered[run] + trial["onset"] < now:  # fmt: skip
+                    self._refuse(run, trial, "the presenter restarted after its onset (shown in part or not at all)")
+                    self.done.add((run, trial["trial"]))
 
     def _commands(self, timeout: float) -> None:
         for msg in self.server.poll(timeout):
-            kind = msg["type"]
-            if kind == NEW_STREAM:  # a new controller: nothing scheduled by the earlier one is shown
-                self.schedules.clear()
-                self.triggered.clear()
-                self.done.clear()
-                self.generation += 1
-            elif kind == "schedule":
-                trials = self._safe(msg["run"], msg["trials"])
-                self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
-                log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
-            elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
-                now = self.server.clock()
-                at = msg.get("receiver_time")
-                # A relayed trigger says when the volume began on this clock; receipt time adds the hop.
-                self.triggered[msg["run"]] = at if at is not None and now - 2.0 * self.speed < at <= now else now
-            elif kind == "stop":
-                self.schedules.pop(msg["run"], None)
+            self._apply(msg)
+
+    def _trigger(self, run: int, at: float) -> None:
+        """Run ``run``'s onsets count from ``at`` (this clock); journaled, so a restart keeps the timing."""
+        self.triggered[run] = at
+        if self.server.journal is not None:
+            self.server.journal.append("triggered", run, at)
+
+    def _apply(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == NEW_STREAM:  # a new controller: nothing scheduled by the earlier one is shown
+            self.schedules.clear()
+            self.triggered.clear()
+            self.done.clear()
+            self.generation += 1
+        elif kind == "schedule":
+            trials = self._safe(msg["run"], msg["trials"])
+            self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
+            log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
+        elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
+            now = self.server.clock()
+            at = msg.get("receiver_time")
+            # A relayed trigger says when the volume began on this clock; receipt time adds the hop.
+            self._trigger(msg["run"], at if at is not None and now - 2.0 * self.speed < at <= now else now)
+        elif kind == "stop":
+            self.schedules.pop(msg["run"], None)
+
+    def _refuse(self, run: int, trial: dict, reason: str) -> None:
+        log.error("run %d trial %d refused: %s", run, trial["trial"], reason)
+        self.refused.append({"run": run, "trial": trial["trial"], "reason": reason})
+        self.server.send_reliable("refused", run=run, trial=trial["trial"], stimulus_id=trial["stimulus_id"],
+                                  reason=reason)  # fmt: skip
 
     def _safe(self, run: int, trials: list[dict]) -> list[dict]:
         """The trials that pass the photosensitivity limits; each refused one is reported with its reason."""
@@ -203,10 +240,8 @@ class Presenter:
             except Exception as exc:  # a corrupt image is refused, not shown
                 reason = f"unreadable image: {exc}"
             if reason:
-                log.error("run %d trial %d refused: %s", run, trial["trial"], reason)
-                self.refused.append({"run": run, "trial": trial["trial"], "reason": reason})
-                self.server.send_reliable("refused", run=run, trial=trial["trial"], stimulus_id=trial["stimulus_id"],
-                                          reason=reason)  # fmt: skip
+                if (run, trial["trial"]) not in self.done:  # else refused before a restart: said once
+                    self._refuse(run, trial, reason)
                 continue
             frames += [(trial["onset"], image), (trial["onset"] + trial["duration"], grey)]
             keep.append(trial)
@@ -263,7 +298,7 @@ class Presenter:
         for run, trials in list(self.schedules.items()):
             if run not in self.triggered:
                 if self.trigger_key and self.display.key_pressed(self.trigger_key):
-                    self.triggered[run] = self.server.clock()
+                    self._trigger(run, self.server.clock())
                     log.info("run %d: trigger key", run)
                 else:
                     continue

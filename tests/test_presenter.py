@@ -99,6 +99,52 @@ def test_null_presenter_keeps_the_schedule():
         proc.wait()
 
 
+def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path):
+    """SIGKILL mid-run, restart on the same journal: trials reported before stay reported once, those due while
+    it was down are refused with the reason, and the rest are shown on the original schedule."""
+    port, journal = free_port(), tmp_path / "presenter.journal"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
+                                 f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3", "--journal",
+                                 str(journal)], cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    trials = [{"trial": k, "stimulus_id": 100 + k, "kind": "text", "text": f"sentence number {k}",
+               "onset": 0.5 + 0.5 * k, "duration": 0.2} for k in range(12)]  # fmt: skip
+    proc = start()
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    try:
+        end = time.monotonic() + 60
+        while (not client.up or client.offset is None) and time.monotonic() < end:
+            client.poll(0.05)
+        client.send_reliable("schedule", run=1, trials=trials)
+        client.poll(0.5)
+        sent = client.clock()
+        client.send_reliable("trigger", run=1, volume=0, time=sent, receiver_time=client.to_remote(sent))
+        got: list[dict] = []
+        while len(got) < 2 and time.monotonic() < end:
+            got += client.poll(0.02)
+        proc.kill()  # after trial 1, during trial 2's wait
+        proc.wait()
+        time.sleep(1.5)
+        proc = start()
+        while len(got) < len(trials) and time.monotonic() < end:
+            got += client.poll(0.05)
+        assert sorted(m["trial"] for m in got) == list(range(12))  # every trial answered, once
+        refused = [m for m in got if m["type"] == "refused"]
+        assert refused and all("restarted after its onset" in m["reason"] for m in refused)
+        shown = [m for m in got if m["type"] == "presented"]
+        assert len(shown) >= 4  # the first two, and the trials due after the restart
+        for m in shown:  # each on its original schedule (the trigger time survives the restart)
+            assert abs(client.to_local(m["onset"]) - (sent + trials[m["trial"]]["onset"])) < 0.05, m
+        last_refused = max(m["trial"] for m in refused)
+        assert all(m["trial"] > last_refused for m in shown if m["trial"] >= 2)  # refused: those due while down
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture()
 def xvfb():
     if importlib.util.find_spec("psychopy") is None:
