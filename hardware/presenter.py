@@ -311,9 +311,11 @@ class Presenter:
     def serve(self, duration: float | None = None) -> None:
         self.display.draw(None, "fixation")
         self.display.flip()
+        from .rigs import IDLE_POLL
+
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
-            self.step()
+            self.step(0.01 if self.schedules else IDLE_POLL)  # a waiting schedule polls the trigger key often
 
 
 def blank_fraction(png_or_array: Any) -> float:

@@ -27,6 +27,7 @@ from .peer import NEW_STREAM, PeerServer
 
 log = logging.getLogger(__name__)
 
+IDLE_POLL = 0.05  # s: how long a rig or presenter with nothing due waits for a message (heartbeats are >= 0.2 s)
 SIM_EPOCH = 1.7e9  # simulated clocks of all processes agree: epoch + (wall - epoch) * speed
 # Beta noise SD per unit time-series noise SD for LSS on 2-s events every 6-8 s, TR 2 s, AR(1) 0.4.
 BETA_NOISE_PER_TS_NOISE = 2.43
@@ -147,7 +148,8 @@ class _SimulatedRig:
         """Serve until interrupted (or for ``duration`` seconds)."""
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
-            self.step()
+            active = any(run.next_volume < run.n_volumes for run in self.runs.values())
+            self.step(0.005 if active else IDLE_POLL)  # a message wakes it at once either way
 
 
 class SimulatedFMRIRig(_SimulatedRig):
