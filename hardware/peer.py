@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: What a server's poll() delivers, before any message of it, when a new controller stream begins: the
 #: rig or presenter then drops what it held for the earlier one (its runs, schedules). Never on the wire.
 NEW_STREAM = "new-stream"
+IDLE_POLL = 0.05  # s: how long a rig or presenter with nothing due waits for a message (heartbeats are >= 0.2 s)
 
 
 @dataclass

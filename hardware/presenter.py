@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .peer import NEW_STREAM, PeerServer
+from .peer import IDLE_POLL, NEW_STREAM, PeerServer
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,8 @@ class Presenter:
             self._apply(msg)
         now = self.server.clock()
         for run, trials in self.schedules.items():
-            for trial in trials:
-                if run in self.triggered and (run, trial["trial"]) not in self.done and \
-                        self.triggered[run] + trial["onset"] < now:  # fmt: skip
+            for trial in trials if run in self.triggered else []:
+                if (run, trial["trial"]) not in self.done and self.triggered[run] + trial["onset"] < now:
                     self._refuse(run, trial, "the presenter restarted after its onset (shown in part or not at all)")
                     self.done.add((run, trial["trial"]))
 
@@ -311,8 +310,6 @@ class Presenter:
     def serve(self, duration: float | None = None) -> None:
         self.display.draw(None, "fixation")
         self.display.flip()
-        from .rigs import IDLE_POLL
-
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
             self.step(0.01 if self.schedules else IDLE_POLL)  # a waiting schedule polls the trigger key often

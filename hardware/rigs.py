@@ -23,11 +23,10 @@ from scipy import stats
 
 from acquisition.glm import event_regressors
 
-from .peer import NEW_STREAM, PeerServer
+from .peer import IDLE_POLL, NEW_STREAM, PeerServer
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 0.05  # s: how long a rig or presenter with nothing due waits for a message (heartbeats are >= 0.2 s)
 SIM_EPOCH = 1.7e9  # simulated clocks of all processes agree: epoch + (wall - epoch) * speed
 # Beta noise SD per unit time-series noise SD for LSS on 2-s events every 6-8 s, TR 2 s, AR(1) 0.4.
 BETA_NOISE_PER_TS_NOISE = 2.43
