@@ -234,11 +234,16 @@ class PeerServer(_Endpoint):
     def _tick(self) -> None:
         if self.peer is None:
             return
+        self.keepalive()
+        self._bookkeeping(self._send_to_peer)
+
+    def keepalive(self) -> None:
+        """Send a heartbeat if one is due. Call it during long work between polls (checking a schedule's
+        images, a subject's responses to a batch of events), or the controller takes the peer for lost."""
         now = time.monotonic()
-        if now - self._last_beat >= self.heartbeat:
+        if self.peer is not None and now - self._last_beat >= self.heartbeat:
             self.send("heartbeat", last=self.outbox.next_seq - 1)
             self._last_beat = now
-        self._bookkeeping(self._send_to_peer)
 
     def _on_frame(self, ident: bytes, frame: bytes) -> list[dict]:
         recv_t = self.clock()

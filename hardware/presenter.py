@@ -182,6 +182,7 @@ class Presenter:
     def _commands(self, timeout: float) -> None:
         for msg in self.server.poll(timeout):
             self._apply(msg)
+            self.server.keepalive()
 
     def _trigger(self, run: int, at: float) -> None:
         """Run ``run``'s onsets count from ``at`` (this clock); journaled, so a restart keeps the timing."""
@@ -224,6 +225,7 @@ class Presenter:
         frames: list[tuple[float, np.ndarray]] = [(0.0, grey)]
         keep = []
         for trial in sorted(trials, key=lambda tr: tr["onset"]):
+            self.server.keepalive()  # checking a run's images can take seconds
             if trial["kind"] != "image":
                 keep.append(trial)
                 continue

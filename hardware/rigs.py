@@ -130,6 +130,7 @@ class _SimulatedRig:
         """Handle commands, then emit every volume or window that is due."""
         for msg in self.server.poll(timeout):
             self._command(msg)
+            self.server.keepalive()  # a batch of events (a subject's response each) can take seconds
         now = self.server.clock()
         for run in self.runs.values():
             due = min(run.n_volumes, int((now - run.t0) / run.tr) + 1)
