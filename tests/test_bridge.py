@@ -260,6 +260,25 @@ def test_a_new_controller_starts_fresh_streams_and_a_restart_keeps_only_its_own(
     second.close()
 
 
+def test_a_busy_peer_that_calls_keepalive_is_not_taken_for_lost():
+    server = PeerServer("tcp://127.0.0.1:*", heartbeat=0.1)
+    client = PeerClient(server.endpoint, heartbeat=0.1)
+    try:
+        _pump(server, client, lambda s, c: client.up and server.peer is not None)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # long work that never polls, but keeps the link alive
+            time.sleep(0.02)
+            server.keepalive()
+        client.poll(0.05)
+        assert client.up and not client.outages
+        time.sleep(1.0)  # the same work without keepalive: the controller declares an outage
+        client.poll(0.05)
+        assert len(client.outages) == 1
+    finally:
+        client.close()
+        server.close()
+
+
 def test_streams_deduplicate_and_fill_gaps(tmp_path):
     journal = Journal(tmp_path / "j")
     out = Outbox(journal)
