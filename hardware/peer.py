@@ -31,6 +31,13 @@ NEW_STREAM = "new-stream"
 IDLE_POLL = 0.05  # s: how long a rig or presenter with nothing due waits for a message (heartbeats are >= 0.2 s)
 
 
+def _current_stream(journal: Journal | None) -> tuple[str, list[list]]:
+    """The last controller stream a journal began (its ``stream`` record; "" if none) and its records since."""
+    records = list(journal.records()) if journal is not None else []
+    start = max((i for i, r in enumerate(records) if r[0] == "stream"), default=-1)
+    return (records[start][2] if start >= 0 else ""), records[start + 1 :]
+
+
 @dataclass
 class CurveKeys:
     """ZeroMQ CURVE keys (Z85 bytes). A server needs its secret key and the allowed client public keys."""
@@ -88,20 +95,18 @@ class _Endpoint:
         self.errors: list[str] = []
         self._last_resend = 0.0
         self._reset_streams()
-        self.stream = ""  # the controller stream (hello's 'session') that the streams belong to
-        self.stream_records: list[list] = []  # the journal's records since that stream began
-        if self.journal is not None:
-            for record in self.journal.records():
-                kind, seq, payload = record
-                if kind == "stream":  # what came before belongs to an earlier controller's session
-                    self._reset_streams()
-                    self.stream, self.stream_records = payload, []
-                    continue
-                self.stream_records.append(record)
-                self.outbox.restore(kind, seq, payload)
-                msg = self.inbox.restore(kind, seq, payload)
-                if msg is not None:
-                    self.restored.append(msg)
+        # the controller stream (hello's 'session') that the streams belong to; what the journal holds of
+        # earlier streams belongs to earlier controllers' sessions and is not restored
+        self.stream, records = _current_stream(self.journal)
+        for kind, seq, payload in records:
+            self.outbox.restore(kind, seq, payload)
+            msg = self.inbox.restore(kind, seq, payload)
+            if msg is not None:
+                self.restored.append(msg)
+
+    def stream_records(self) -> list[list]:
+        """The journal's records since the current controller stream began (what a restart restores)."""
+        return _current_stream(self.journal)[1]
 
     def _reset_streams(self) -> None:
         self.outbox = Outbox(self.journal)
@@ -115,7 +120,7 @@ class _Endpoint:
         if self.journal is not None:
             self.journal.append("stream", 0, stream)
         self._reset_streams()
-        self.stream, self.stream_records = stream, []
+        self.stream = stream
 
     def _message(self, type_: str, **fields: Any) -> dict:
         return {"type": type_, "t": self.clock(), **fields}

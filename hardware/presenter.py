@@ -163,7 +163,7 @@ class Presenter:
     def _restore(self) -> None:
         """After a restart from the journal: the current stream's schedules and triggers again. Trials reported
         before the crash stay done; those whose onset passed while the presenter was down are refused."""
-        for kind, seq, payload in self.server.stream_records:
+        for kind, seq, payload in self.server.stream_records():
             if kind == "out":
                 sent = msgpack.unpackb(payload, raw=False)
                 if sent["type"] in ("presented", "refused"):

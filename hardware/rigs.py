@@ -69,7 +69,7 @@ class _SimulatedRig:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
         if self.server.journal is None:
             return
-        records = self.server.stream_records  # the current controller stream's
+        records = self.server.stream_records()  # the current controller stream's
         started = {}
         for kind, _seq, payload in records:
             if kind == "run-start":
