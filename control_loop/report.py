@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one panel each
 COLORS = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}  # by condition
+ORDER = ("S", "B", "D", "NONW", "SENT")  # conditions in the figures, left to right
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
 
@@ -257,7 +258,7 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
         return []
     true_r = true.get("twin_r") or {}
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for c in ("S", "B", "D", "NONW", "SENT"):
+    for c in ORDER:
         mine = [(x, y) for x, y, cond in points if cond == c]
         if mine:
             ax.scatter(*zip(*mine, strict=True), s=10, color=COLORS[c], label=CONDITION_NAMES[c])
@@ -315,7 +316,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
                        "simulated subject's true response"))  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, (means, err, label) in zip(axes[0], panels, strict=True):
-        conds = [c for c in ("S", "B", "D", "NONW", "SENT") if c in means]
+        conds = [c for c in ORDER if c in means]
         ax.bar([CONDITION_NAMES[c] for c in conds], [means[c]["mean"] for c in conds],
                yerr=[means[c][err] for c in conds], capsize=4, color=[COLORS[c] for c in conds])  # fmt: skip
         ax.set_ylabel(f"{target} (mean ± SE)")
@@ -349,7 +350,7 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         ax.set_ylabel(f"run {int(run)}\n{kinds.get(run, '')}", fontsize=8)
     axes[-1, 0].set_xlabel("time from the run's first sample (s)")
     fig.suptitle(f"{target}: time course of each run, trials shaded by condition", x=0.02, ha="left")
-    order = [CONDITION_NAMES[c] for c in ("S", "B", "D", "NONW", "SENT")]
+    order = [CONDITION_NAMES[c] for c in ORDER]
     labels = sorted(shown, key=lambda n: order.index(n) if n in order else len(order))
     if labels:
         fig.legend([shown[n] for n in labels], labels, loc="upper right", ncols=len(labels), fontsize=7,
