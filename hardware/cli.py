@@ -122,6 +122,7 @@ def keygen(folder: Path, name: str) -> None:
 @click.option(
     "--trigger-key", default="5", show_default=True, help="Scanner trigger key; '' to wait for trigger messages."
 )
+@click.option("--quit-key", default="escape", show_default=True, help="Key that stops the presenter; '' for none.")
 @click.option("--fullscreen", is_flag=True, help="Full screen (the scanner projector).")
 @click.option("--size", default="1024x768", show_default=True, help="Window size WxH.")
 @click.option("--screen", default=0, show_default=True, help="Screen number.")
@@ -131,8 +132,8 @@ def keygen(folder: Path, name: str) -> None:
 @click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @curve_options
-def present_cmd(bind, null, trigger_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat, duration,
-                curve_secret, curve_allow):  # fmt: skip
+def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat,
+                duration, curve_secret, curve_allow):  # fmt: skip
     """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
     from .peer import PeerServer
     from .presenter import NullDisplay, Presenter, PsychoPyDisplay
@@ -153,7 +154,7 @@ def present_cmd(bind, null, trigger_key, fullscreen, size, screen, screenshots, 
             display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0)
+    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None)
     try:
         _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:

@@ -4,7 +4,10 @@ trial at its onset (taken at the screen flip) and reports every measured onset b
 :class:`PsychoPyDisplay` draws in a real PsychoPy window (imported only when used;
 ``pip install neurotwin[presenter]``); :class:`NullDisplay` keeps the same timing
 without a screen, for simulation. The scanner trigger is the keyboard key ``5``
-by default (as scanners send it), or a ``trigger`` message from the controller.
+by default (as scanners send it; the keypad's 5 too, Num Lock on or off), or a ``trigger`` message from
+the controller. A run starts at the first trigger press after its schedule arrived:
+the pulses of an earlier run, or of a scan started before the schedule, never start
+it. Escape (``quit_key``) stops the presenter; restarted on its journal, it resumes.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ class NullDisplay:
     def flip(self, due: float | None = None) -> float:
         return self.clock() if due is None else due  # a simulated screen flips exactly when due
 
-    def key_pressed(self, key: str) -> bool:
-        return False
+    def keys(self) -> list[tuple[str, float]]:
+        return []
 
     def close(self) -> None:
         pass
@@ -118,8 +121,9 @@ class PsychoPyDisplay:
     def flip(self, due: float | None = None) -> float:
         return self.win.flip() + self._to_wall
 
-    def key_pressed(self, key: str) -> bool:
-        return key in self._event.getKeys(keyList=[key, "escape"])
+    def keys(self) -> list[tuple[str, float]]:
+        """Every key pressed since the last call (PsychoPy names), each with when it was seen, wall clock."""
+        return [(name, at + self._to_wall) for name, at in self._event.getKeys(timeStamped=True)]
 
     def close(self) -> None:
         self._saver.shutdown()  # waits for the screenshots still being written
@@ -140,11 +144,15 @@ def clock_offset(clock: Callable[[], float], samples: int = 50) -> float:
     return offset
 
 
+class Stopped(Exception):
+    """The operator pressed the quit key."""
+
+
 class Presenter:
     """Serves the presentation protocol: schedule -> trigger -> trials at their onsets -> 'presented'."""
 
     def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5", safety: Any = None,
-                 speed: float = 1.0) -> None:  # fmt: skip
+                 speed: float = 1.0, quit_key: str | None = "escape") -> None:  # fmt: skip
         from stimulus_synthesis.safety import SafetyLimits
 
         self.speed = speed  # the server's clock runs this many times faster than real time (simulation)
@@ -153,11 +161,18 @@ class Presenter:
         self.server = server
         self.display = display
         self.trigger_key = trigger_key
+        # The keypad's key too; its 5 reads 'num_begin' with Num Lock off.
+        self.trigger_keys = {trigger_key, f"num_{trigger_key}"} if trigger_key else set()
+        if trigger_key == "5":
+            self.trigger_keys.add("num_begin")
+        self.quit_key = quit_key
         self.schedules: dict[int, list[dict]] = {}
+        self.received: dict[int, float] = {}  # run -> when its schedule arrived (presenter clock)
         self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
         self.done: set[tuple[int, int]] = set()
         self.log: list[dict] = []
         self.generation = 0  # counts controller streams: a trial of an earlier one stops where it is
+        self.serving = False  # keys are read once serving
         self._restore()
 
     def _restore(self) -> None:
@@ -179,7 +194,21 @@ class Presenter:
                     self._refuse(run, trial, "the presenter restarted after its onset (shown in part or not at all)")
                     self.done.add((run, trial["trial"]))
 
+    def _keys(self) -> None:
+        """Act on the keys pressed since the last look: the quit key stops; a trigger press starts the
+        earliest run whose schedule arrived before it. Other presses (a run's later volumes) are not triggers."""
+        for key, at in self.display.keys():
+            if key == self.quit_key:
+                raise Stopped(f"{key} pressed")
+            waiting = [run for run in self.schedules if run not in self.triggered and self.received[run] <= at]
+            if waiting and key in self.trigger_keys:
+                self._trigger(min(waiting), at)
+                log.info("run %d: trigger key", min(waiting))
+            elif waiting and self.trigger_keys:  # say so: a scanner set to send another key is a common slip
+                log.info("run %d waits for the trigger key %r; %r was pressed", min(waiting), self.trigger_key, key)
+
     def _commands(self, timeout: float) -> None:
+        self._keys()
         for msg in self.server.poll(timeout):
             self._apply(msg)
             self.server.keepalive()
@@ -194,10 +223,14 @@ class Presenter:
         kind = msg["type"]
         if kind == NEW_STREAM:  # a new controller: nothing scheduled by the earlier one is shown
             self.schedules.clear()
+            self.received.clear()
             self.triggered.clear()
             self.done.clear()
             self.generation += 1
         elif kind == "schedule":
+            if self.serving:
+                self._keys()  # presses from before the schedule arrived are not its trigger
+            self.received[msg["run"]] = self.server.clock()
             trials = self._safe(msg["run"], msg["trials"])
             self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
             log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
@@ -298,11 +331,7 @@ class Presenter:
         self._commands(timeout)
         for run, trials in list(self.schedules.items()):
             if run not in self.triggered:
-                if self.trigger_key and self.display.key_pressed(self.trigger_key):
-                    self._trigger(run, self.server.clock())
-                    log.info("run %d: trigger key", run)
-                else:
-                    continue
+                continue
             for trial in trials:
                 if self.schedules.get(run) is not trials:  # stopped, or a new controller's
                     break
@@ -310,11 +339,17 @@ class Presenter:
                     self._present(run, trial)
 
     def serve(self, duration: float | None = None) -> None:
+        """Present until ``duration`` seconds have passed (None: until stopped). The quit key stops at once,
+        mid-trial too; the journal keeps what was reported, so a restart on it resumes the run."""
         self.display.draw(None, "fixation")
         self.display.flip()
         end = None if duration is None else time.monotonic() + duration
-        while end is None or time.monotonic() < end:
-            self.step(0.01 if self.schedules else IDLE_POLL)  # a waiting schedule polls the trigger key often
+        self.serving = True
+        try:
+            while end is None or time.monotonic() < end:
+                self.step(0.01 if self.schedules else IDLE_POLL)  # a waiting schedule polls the trigger key often
+        except Stopped as exc:
+            log.warning("%s: the presenter stops", exc)
 
 
 def blank_fraction(png_or_array: Any) -> float:

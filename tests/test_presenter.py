@@ -151,11 +151,12 @@ def xvfb():
         pytest.skip("PsychoPy is not installed (pip install 'neurotwin[presenter]'; .ci/setup installs it)")
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (Debian package xvfb; .ci/setup installs it)")
-    display = f":{90 + os.getpid() % 9}"
-    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(1.0)
-    yield display
+    # -displayfd: the server picks a free display number and writes it once it accepts clients.
+    proc = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    number = proc.stdout.readline().strip()
+    assert number.isdigit(), f"Xvfb did not start (exit status {proc.poll()})"
+    yield f":{number}"
     proc.kill()
     proc.wait()
 
@@ -188,3 +189,68 @@ def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):
     for shot in [text_shots[0], image_shots[0]]:
         assert blank_fraction(shot) < 0.99, shot  # something was drawn
     assert len(text_shots) == 1 + len("one word at a time".split())  # whole sentence, then word by word
+
+
+def test_psychopy_trigger_key_starts_a_run_only_after_its_schedule(xvfb):
+    """Keyboard triggers, as a scanner sends them (one press per volume), typed into the real window
+    through the X server's XTEST extension: presses before a run's schedule arrived (an earlier run's
+    volumes, a scan started early) never start it; the first press after it does, and its trials count
+    from that press; the keypad's 5 counts as 5; Escape stops the presenter cleanly."""
+    xlib = pytest.importorskip("Xlib.display")
+    from Xlib import XK, X
+    from Xlib.ext import xtest
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--size", "800x600"], cwd=ROOT, env={**os.environ, "DISPLAY": xvfb},
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    x = xlib.Display(xvfb)
+
+    def press(keysym: str) -> float:
+        code = x.keysym_to_keycode(XK.string_to_keysym(keysym))
+        xtest.fake_input(x, X.KeyPress, code)
+        xtest.fake_input(x, X.KeyRelease, code)
+        x.sync()
+        return client.clock()
+
+    def collect(until: float, n: int, pulses: float | None = None) -> list[dict]:
+        got, last = [], client.clock()
+        while client.clock() < until and len(got) < n:
+            got += [m for m in client.poll(0.02) if m["type"] == "presented"]
+            if pulses and client.clock() - last > pulses:  # the scanner goes on sending a press per volume
+                last = press("5")
+        return got
+
+    trials = [{"trial": i, "stimulus_id": i, "kind": "text", "text": f"sentence number {i}", "onset": 0.4 + 0.5 * i,
+               "duration": 0.3, "word_by_word": 0} for i in range(3)]  # fmt: skip
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    try:
+        end = time.monotonic() + 90
+        while (not client.up or client.offset is None) and time.monotonic() < end:
+            client.poll(0.05)
+        assert client.up, "the presenter never answered"
+        for _ in range(3):  # a scan started before the schedule
+            press("5")
+            time.sleep(0.1)
+        time.sleep(0.3)
+        client.send_reliable("schedule", run=1, trials=trials)
+        assert collect(client.clock() + 1.5, 1) == [], "stale trigger presses started the run"
+        frame = 2 / 60 + 0.03  # two frames without vsync, plus the key's polling interval
+        for run, key in [(1, "5"), (2, "KP_5")]:
+            if run == 2:
+                collect(client.clock() + 0.8, 1, pulses=0.2)  # run 1's scan goes on a while after its last trial
+                client.send_reliable("schedule", run=2, trials=trials)
+                assert collect(client.clock() + 1.0, 1) == [], "run 1's volumes started run 2"
+            pressed = press(key)
+            got = collect(pressed + 5.0, 3, pulses=0.25)
+            assert [m["trial"] for m in got] == [0, 1, 2] and {m["run"] for m in got} == {run}, got
+            for m, trial in zip(got, trials, strict=True):
+                assert 0 <= client.to_local(m["onset"]) - pressed - trial["onset"] < frame, (m, pressed)
+        press("Escape")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        client.close()
+        x.close()
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert "escape pressed: the presenter stops" in err, err[-2000:]
