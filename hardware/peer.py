@@ -202,6 +202,7 @@ class PeerServer(_Endpoint):
         self.peer_name = ""
         self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
         self._peer_seen = 0.0
+        self._last_hello: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
         self._last_beat = 0.0
 
     @property
@@ -264,6 +265,8 @@ class PeerServer(_Endpoint):
             return []
         kind = msg["type"]
         if kind == "hello":
+            hello = (ident, msg["session"], msg["resume_from"])
+            again, self._last_hello = hello == self._last_hello, hello
             self.peer, self.peer_name, self._peer_seen = ident, msg["name"], seen
             new = msg["session"] != self.stream
             if new:  # another controller process (a new session, or one resumed after a crash)
@@ -277,7 +280,9 @@ class PeerServer(_Endpoint):
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
                 self._send_to_peer(frame_)
-            log.info("%s: controller %s connected (resume from %d)", self.name, msg["name"], msg["resume_from"])
+            # A controller repeats its hello until answered: a peer slow to start finds several queued.
+            (log.debug if again else log.info)("%s: controller %s connected (resume from %d)", self.name, msg["name"],
+                                               msg["resume_from"])  # fmt: skip
             return [{"type": NEW_STREAM, "session": self.stream}] if new else []
         if ident != self.peer:
             return []  # only the controller that said hello last is served
