@@ -12,6 +12,7 @@ import pytest
 
 from hardware import PeerClient
 from hardware.presenter import blank_fraction, clock_offset
+from hardware.stream import Journal
 
 from .netutil import ROOT, free_port
 
@@ -99,9 +100,12 @@ def test_null_presenter_keeps_the_schedule():
         proc.wait()
 
 
-def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path):
+@pytest.mark.parametrize("trigger_time_lost", [False, True], ids=["journaled", "not-journaled"])
+def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path, trigger_time_lost):
     """SIGKILL mid-run, restart on the same journal: trials reported before stay reported once, those due while
-    it was down are refused with the reason, and the rest are shown on the original schedule."""
+    it was down are refused with the reason, and the rest are shown on the original schedule. Also when the
+    kill fell between journaling the relayed trigger and journaling the run's trigger time (emulated: that
+    record is left out of the journal): the trigger message itself says when."""
     port, journal = free_port(), tmp_path / "presenter.journal"
 
     def start() -> subprocess.Popen:
@@ -126,6 +130,13 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
             got += client.poll(0.02)
         proc.kill()  # after trial 1, during trial 2's wait
         proc.wait()
+        if trigger_time_lost:
+            records = [r for r in Journal(journal).records() if r[0] != "triggered"]
+            journal.unlink()
+            rewritten = Journal(journal)
+            for record in records:
+                rewritten.append(*record)
+            rewritten.close()
         time.sleep(1.5)
         proc = start()
         while len(got) < len(trials) and time.monotonic() < end:
