@@ -382,7 +382,8 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
     scored = any(r.get("twin_r") is not None for r in summary["runs"])  # else (a localizer) no twin r columns
     head = ("<th>twin r with the measurements (95% CI)</th>" if scored else "") + (
-        "<th>twin r with the simulated subject's true response</th>" if true_r else "")
+        "<th>twin r with the simulated subject's true response</th>" if true_r else ""
+    )
     run_rows = "".join(
         f"<tr><td>{r['index'] + 1}</td><td>{html.escape(r['phase'])}</td><td>{html.escape(r['kind'])}</td>"
         f"<td>{r['trials']}</td>"

@@ -202,8 +202,10 @@ class SessionRunner:
         if not channels or channels == self.rois:
             return  # a rig that does not say: the ROIs given (or the protocol's) stand
         if self._rois_given:
-            raise SessionError(f"the rig measures {channels}, but this session records {self.rois}: "
-                               "name the rig's channels, in order (session run --rois), or connect the right rig")
+            raise SessionError(
+                f"the rig measures {channels}, but this session records {self.rois}: "
+                "name the rig's channels, in order (session run --rois), or connect the right rig"
+            )
         self._set_rois(channels)
 
     def _peer_log(self, kind: str, text: str) -> None:
