@@ -367,8 +367,9 @@ def check_session_file(path: Path) -> None:
             raise SessionError(f"'{path}' is not an HDF5 file, so not a NeuroTwin session")
     try:
         with h5py.File(path, "r", swmr=True) as f:
-            if f.attrs.get("format") != FORMAT:
-                raise SessionError(f"'{path}' is an HDF5 file but not a NeuroTwin session")
+            if (found := f.attrs.get("format")) != FORMAT:
+                what = f" (its format is '{found}')" if isinstance(found, str) else ""
+                raise SessionError(f"'{path}' is an HDF5 file but not a NeuroTwin session{what}")
             if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
                 raise SessionError(
                     f"session file '{path}' has format version {f.attrs.get('format_version')}; "

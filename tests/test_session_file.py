@@ -83,7 +83,11 @@ def test_files_that_are_not_sessions(tmp_path):
     foreign = tmp_path / "other.h5"
     with h5py.File(foreign, "w") as f:
         f["x"] = 1
+    twin = tmp_path / "twin.h5"  # the format attribute a twin file has
+    with h5py.File(twin, "w") as f:
+        f.attrs["format"] = "neurotwin.twin"
     for path, message in [(text, "not an HDF5 file"), (foreign, "not a NeuroTwin session"),
+                          (twin, r"not a NeuroTwin session \(its format is 'neurotwin.twin'\)"),
                           (tmp_path / "none.h5", "does not exist")]:  # fmt: skip
         with pytest.raises(SessionError, match=message):
             read_session(path)

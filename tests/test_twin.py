@@ -114,6 +114,11 @@ def test_bad_twin_files(tmp_path, small_csv, feature_cache):
         f["x"] = [1, 2, 3]
     with pytest.raises(TwinFileError, match="not a NeuroTwin twin"):
         Twin.load(foreign)
+    from acquisition import SessionFile
+
+    SessionFile.create(tmp_path / "session.h5", ["lang"]).close()  # a session file given for a twin
+    with pytest.raises(TwinFileError, match=r"not a NeuroTwin twin \(its format is 'neurotwin.session'\)"):
+        Twin.load(tmp_path / "session.h5")
     with h5py.File(good, "a") as f:
         f.attrs["format_version"] = 99
     with pytest.raises(TwinFileError, match="format version 99"):

@@ -788,8 +788,9 @@ class Twin:
                 f"twin file '{name}' is not a readable HDF5 file (truncated or corrupt?): {exc}"
             ) from None
         with f:
-            if f.attrs.get("format") != FORMAT:
-                raise TwinFileError(f"'{name}' is an HDF5 file but not a NeuroTwin twin")
+            if (found := f.attrs.get("format")) != FORMAT:
+                what = f" (its format is '{found}')" if isinstance(found, str) else ""
+                raise TwinFileError(f"'{name}' is an HDF5 file but not a NeuroTwin twin{what}")
             twin = cls._read(f, name)
         if model is not None:
             from .models import resolve_model
