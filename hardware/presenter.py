@@ -4,10 +4,11 @@ trial at its onset (taken at the screen flip) and reports every measured onset b
 :class:`PsychoPyDisplay` draws in a real PsychoPy window (imported only when used;
 ``pip install neurotwin[presenter]``); :class:`NullDisplay` keeps the same timing
 without a screen, for simulation. The scanner trigger is the keyboard key ``5``
-by default (as scanners send it; the keypad's 5 too, Num Lock on or off), or a ``trigger`` message from
-the controller. A run starts at the first trigger press after its schedule arrived:
-the pulses of an earlier run, or of a scan started before the schedule, never start
-it. Escape (``quit_key``) stops the presenter; restarted on its journal, it resumes.
+by default (as scanners send it; the keypad's 5 too, Num Lock on or off), or a
+``trigger`` message from the controller. A run starts at the first trigger press
+after its schedule arrived: the pulses of an earlier run, or of a scan started
+before the schedule, never start it. Escape (``quit_key``) stops the presenter;
+restarted on its journal, it resumes.
 """
 
 from __future__ import annotations
