@@ -11,6 +11,7 @@ outage with its duration. Ping/pong exchanges estimate the clock offset.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -149,7 +150,7 @@ class _Endpoint:
         deadline = time.monotonic() + timeout
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            if self.socket.poll(int(remaining * 1000)):
+            if self.socket.poll(math.ceil(remaining * 1000)):  # whole ms, rounded up: no spinning at the end
                 while (got := self._receive()) is not None:
                     delivered += got
             self._tick()
