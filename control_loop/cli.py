@@ -41,6 +41,7 @@ def cli(verbose: int) -> None:
     """NeuroTwin: closed-loop control of brain activity with a digital twin."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread count, said on import, is not ours to say
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

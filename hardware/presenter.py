@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,14 @@ def _save_screenshot(image: Any, path: Path) -> None:
         log.error("could not write screenshot %s: %s", path, exc)
 
 
+def _no_window(screen: int, exc: Exception) -> RuntimeError:
+    """The error for a window that cannot open; pyglet's exception says why (no X display, no OpenGL...)."""
+    where = f"DISPLAY={os.environ['DISPLAY']!r}" if os.environ.get("DISPLAY") else "DISPLAY is not set"
+    return RuntimeError(f"the PsychoPy presenter cannot open a window on screen {screen} ({where}): "
+                        f"{type(exc).__name__}: {exc}. Run it on the presentation computer's desktop, or use "
+                        "--null to simulate without a screen")  # fmt: skip
+
+
 class PsychoPyDisplay:
     """A PsychoPy window. Stimuli are prepared (decoded, uploaded) ahead of their onset; ``draw`` puts
     the next frame in the back buffer (and reads it back as a screenshot, if asked) ahead of its onset,
@@ -78,10 +87,15 @@ class PsychoPyDisplay:
             from psychopy import logging as plog
         except ImportError as exc:
             raise RuntimeError("the PsychoPy presenter needs PsychoPy: pip install 'neurotwin[presenter]'") from exc
+        except Exception as exc:  # importing its event module opens pyglet's shadow window
+            raise _no_window(screen, exc) from None
         plog.console.setLevel(plog.ERROR)
         self._core, self._event = core, event
-        self.win = visual.Window(size, fullscr=fullscreen, screen=screen, color="black", units="height",
-                                 allowGUI=False, waitBlanking=True)  # fmt: skip
+        try:
+            self.win = visual.Window(size, fullscr=fullscreen, screen=screen, color="black", units="height",
+                                     allowGUI=False, waitBlanking=True)  # fmt: skip
+        except Exception as exc:
+            raise _no_window(screen, exc) from None
         self.win.mouseVisible = False
         self._visual = visual
         self.text_height = text_height

@@ -156,6 +156,17 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
         proc.wait()
 
 
+def test_psychopy_presenter_without_a_display_says_so():
+    if importlib.util.find_spec("psychopy") is None:
+        pytest.skip("PsychoPy is not installed (pip install 'neurotwin[presenter]'; .ci/setup installs it)")
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "present", "--bind",
+                           f"tcp://127.0.0.1:{free_port()}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "cannot open a window on screen 0 (DISPLAY is not set)" in done.stderr and "--null" in done.stderr
+
+
 @pytest.fixture()
 def xvfb():
     if importlib.util.find_spec("psychopy") is None:
