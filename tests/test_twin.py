@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from acquisition import SessionFile
 from twin import (
     FeatureModelError,
     FeaturePlan,
@@ -114,8 +115,6 @@ def test_bad_twin_files(tmp_path, small_csv, feature_cache):
         f["x"] = [1, 2, 3]
     with pytest.raises(TwinFileError, match="not a NeuroTwin twin"):
         Twin.load(foreign)
-    from acquisition import SessionFile
-
     SessionFile.create(tmp_path / "session.h5", ["lang"]).close()  # a session file given for a twin
     with pytest.raises(TwinFileError, match=r"not a NeuroTwin twin \(its format is 'neurotwin.session'\)"):
         Twin.load(tmp_path / "session.h5")
