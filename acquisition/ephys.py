@@ -15,25 +15,36 @@ def window_rates(
     onsets: Sequence[float],
     window: tuple[float, float] = (0.05, 0.25),
     baseline: tuple[float, float] | None = (-0.1, 0.0),
+    missing: str = "raise",
 ) -> np.ndarray:
     """Rate (spikes/s) per trial and site in ``window`` after each onset, minus the ``baseline`` rate.
 
     ``bin_times`` (N,) are the start times of count bins of ``bin_width`` s; ``counts``
-    is (N, sites). A bin belongs to a window when it lies wholly inside it.
+    is (N, sites), bins in time order. Each bin counts in proportion to the part of it
+    inside the window (spikes taken as spread evenly over a bin), so windows need not
+    line up with bins (a real recording's bins are not on the stimulus grid) and a
+    window partly over a gap in the recording is the rate over the part recorded.
+    A window that overlaps no bin raises ValueError, or with ``missing="nan"`` gives NaN.
     """
     t = np.asarray(bin_times, np.float64)
     counts = np.asarray(counts, np.float64)
     if counts.ndim != 2 or counts.shape[0] != len(t):
         raise ValueError(f"counts must be (bins, sites) with {len(t)} bins, got {counts.shape}")
-    csum = np.vstack([np.zeros(counts.shape[1]), np.cumsum(counts, 0)])
 
     def rate(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        i0 = np.searchsorted(t, lo - 1e-9, "left")
-        i1 = np.searchsorted(t + bin_width, hi + 1e-9, "right")
-        n_bins = np.clip(i1 - i0, 0, None)
-        if (n_bins == 0).any():
-            raise ValueError("a response or baseline window holds no complete bin; check onsets and windows")
-        return (csum[i1] - csum[i0]) / (n_bins * bin_width)[:, None]
+        first = np.searchsorted(t + bin_width, lo + 1e-9, "right")  # the first bin that ends after lo
+        stop = np.searchsorted(t, hi - 1e-9, "left")  # past the last bin that starts before hi
+        out = np.empty((len(lo), counts.shape[1]))
+        for j, (a, b) in enumerate(zip(first, stop, strict=True)):
+            overlap = np.clip(np.minimum(hi[j], t[a:b] + bin_width) - np.maximum(lo[j], t[a:b]), 0.0, None)
+            if overlap.sum() > 1e-9:
+                out[j] = (overlap / bin_width) @ counts[a:b] / overlap.sum()
+            elif missing == "nan":
+                out[j] = np.nan
+            else:
+                raise ValueError(f"a response or baseline window ({lo[j]:.3f}-{hi[j]:.3f} s) overlaps no bin; "
+                                 "check onsets and windows")  # fmt: skip
+        return out
 
     on = np.asarray(onsets, np.float64)
     out = rate(on + window[0], on + window[1])

@@ -510,17 +510,17 @@ class SessionRunner:
             se = se[[order[t.trial] for t in shown]]
         else:
             beta = window_rates(times, values, d.tr, [onsets[t.trial] for t in shown],
-                                window=(0.0, d.tr), baseline=None)  # fmt: skip
+                                window=(0.0, d.tr), baseline=None, missing="nan")  # fmt: skip
             se = np.sqrt(np.maximum(beta, 0) / d.tr)
         self._record_stimuli(plan)
         for t, b, s in zip(shown, beta, se, strict=True):
             self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,
                                    measured_onset=presented[t.trial], duration=d.trial_duration,
                                    condition=t.condition)  # fmt: skip
+            if np.isnan(b).any():  # shown, but the recording has a gap where its response was
+                self.session.log("no-estimate", f"run {run} trial {t.trial}: no samples in its response window")
+                continue
             self.session.add_estimate(t.trial, t.stimulus_id, b, s, run=run, provisional=False)
-        self._learn(plan.kind, [t.stimulus for t in shown], beta)
-        if self.twin is not None and plan.kind != "localizer":
-            self.session.add_twin_snapshot(plan.index, self.twin.n_train, self._twin_score(shown, beta))
         record = {
             "index": plan.index,
             "run": run,
@@ -529,6 +529,11 @@ class SessionRunner:
             "trials": [t.trial for t in shown],
             "predicted": plan.predicted,
         }
+        has = ~np.isnan(beta).any(axis=1)
+        shown, beta = [t for t, h in zip(shown, has, strict=True) if h], beta[has]  # from here: the measured
+        self._learn(plan.kind, [t.stimulus for t in shown], beta)
+        if self.twin is not None and plan.kind != "localizer":
+            self.session.add_twin_snapshot(plan.index, self.twin.n_train, self._twin_score(shown, beta))
         self.session.log("run-complete", json.dumps(record))
         self.session.flush()
         effect = self._track(plan.kind, [t.condition for t in shown], beta)

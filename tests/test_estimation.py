@@ -125,7 +125,18 @@ def test_ephys_rates_and_repeats():
     avg = average_repeats(stim, rates)
     assert list(avg.n) == [29, 29, 29, 29]
     assert np.all(np.abs(avg.mean - evoked) < 4 * avg.se + 1e-9)
-    with pytest.raises(ValueError, match="no complete bin"):
+    with pytest.raises(ValueError, match=r"window \(100.050-100.250 s\) overlaps no bin"):
         window_rates(bins, counts, width, [100.0])
+    # Windows off the bin grid take each bin in proportion to its overlap: for the same counts, shifting
+    # the windows by half a bin gives the mean of the two neighbouring grid-aligned windows' rates.
+    half = window_rates(bins, counts, width, onsets + width / 2, window=(0.0, 0.1), baseline=None)
+    grid = [window_rates(bins, counts, width, onsets + d, window=(0.0, 0.1), baseline=None) for d in (0, width)]
+    ends = [window_rates(bins, counts, width, onsets + d, window=(0.0, width), baseline=None) for d in (0, 0.1)]
+    assert np.allclose(half, grid[0] + (ends[1] - ends[0]) * width / 0.1 / 2)
+    gap = np.ones(len(bins), bool)
+    gap[(bins >= 10.0) & (bins < 10.05)] = False  # 50 ms unrecorded: a window over it uses the rest
+    partial = window_rates(bins[gap], counts[gap], width, [9.95], window=(0.0, 0.2), baseline=None)
+    kept = (bins >= 9.95 - 1e-9) & (bins < 10.15 - 1e-9) & gap
+    assert np.allclose(partial[0], counts[kept].sum(0) / (kept.sum() * width))
     with pytest.raises(ValueError, match="counts must be"):
         window_rates(bins, counts[:10], width, onsets)
