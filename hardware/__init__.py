@@ -1,4 +1,5 @@
-"""Hardware bridge: the ZeroMQ wire protocol, rig and presenter peers, simulated rigs, the presenter.
+"""Hardware bridge: the ZeroMQ wire protocol, rig and presenter peers, simulated rigs, a relay rig for real
+recordings, the presenter.
 
 Names load on first use (lazy_loader), so the command line starts without zmq, torch or PsychoPy.
 """
@@ -15,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "peer": ["ClockSync", "CurveKeys", "Outage", "PeerClient", "PeerServer"],
         "presenter": ["NullDisplay", "Presenter", "PsychoPyDisplay"],
         "protocol": ["PROTOCOL_VERSION", "ProtocolError", "decode", "encode"],
+        "relay": ["RelayRig"],
         "rigs": ["SimulatedEphysRig", "SimulatedFMRIRig", "gabor_tuning", "sim_clock"],
         "subject": ["LanguageSubject", "load_subject"],
     },
@@ -24,5 +26,6 @@ if TYPE_CHECKING:
     from .peer import ClockSync, CurveKeys, Outage, PeerClient, PeerServer
     from .presenter import NullDisplay, Presenter, PsychoPyDisplay
     from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
+    from .relay import RelayRig
     from .rigs import SimulatedEphysRig, SimulatedFMRIRig, gabor_tuning, sim_clock
     from .subject import LanguageSubject, load_subject

@@ -31,7 +31,7 @@ def server_curve(secret: Path | None, allow: tuple[Path, ...]):
 
 @click.group(name="rig")
 def rig_group() -> None:
-    """Simulated rigs and rig keys."""
+    """Rigs (simulated, or a relay of a real recording's values) and rig keys."""
 
 
 @rig_group.command("simulate-fmri")
@@ -79,6 +79,58 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
                         curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
     rig = SimulatedEphysRig(server, subject, baseline=baseline, seed=seed)
     _serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
+
+
+@rig_group.command("relay")
+@click.option("--channels", required=True, help="Names of each line's values, in order, e.g. lang,md.")
+@click.option(
+    "--input",
+    "source",
+    default="-",
+    show_default=True,
+    help="Where the lines come from: '-' (standard input), a FIFO, or a file to follow as it grows.",
+)
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    help="Seconds from a volume's acquisition to its line, for lines that carry no time.",
+)
+@click.option("--from-start", is_flag=True, help="Read a followed file from its start, not only new lines.")
+@click.option(
+    "--kind",
+    type=click.Choice(["fmri", "spikes"]),
+    default="fmri",
+    show_default=True,
+    help="What the values are: ROI signals per volume, or spike counts per window.",
+)
+@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option(
+    "--journal",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Journal file: restarted with it, the relay resends what was not acknowledged and keeps its run.",
+)
+@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@curve_options
+def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat, duration, curve_secret,
+          curve_allow):  # fmt: skip
+    """A real recording: relay the ROI values another program writes, one line per volume (a time first,
+    optionally), as the samples of the controller's runs. Each run begins with the first line after its start."""
+    from .peer import PeerServer
+    from .relay import RelayRig, open_input
+
+    logging.getLogger().setLevel(logging.INFO)
+    names = [c.strip() for c in channels.split(",") if c.strip()]
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
+                                 param_hint="--channels")  # fmt: skip
+    server = PeerServer(bind, role="rig", name="relay", heartbeat=heartbeat, journal=journal,
+                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    rig = RelayRig(server, names, open_input(source, from_start), latency=latency, kind=kind)
+    _serve(rig, server, f"relay serving on {server.endpoint} (channels: {', '.join(names)}; input: {source})",
+           duration)  # fmt: skip
 
 
 def _interrupt(*_: object) -> None:

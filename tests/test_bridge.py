@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -17,7 +19,7 @@ from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
 from hardware.stream import Inbox, Journal, Outbox
 
-from .netutil import CuttableProxy, free_port, start_rig
+from .netutil import ROOT, CuttableProxy, free_port, start_rig
 
 N_VOLUMES = 60
 
@@ -419,3 +421,26 @@ def test_language_subject_has_more_room_below_than_above_like_tuckute_2024():
     g = saturate(np.linspace(-50, 50, 1001), 1.2, 0.4)
     assert np.all(np.diff(g) >= 0) and np.all(np.diff(saturate(np.linspace(-3, 3, 61), 1.2, 0.4)) > 0)
     assert np.isclose(g.max(), 1 / 1.2) and np.isclose(g.min(), -1 / 0.4)
+
+
+def test_relay_reads_lines_with_or_without_a_time_and_names_a_bad_one():
+    from hardware import RelayRig
+
+    server = PeerServer(f"tcp://127.0.0.1:{free_port()}", name="relay")
+    try:
+        relay = RelayRig(server, ["lang", "md"], iter([]), latency=1.5)
+        assert server.channels == ["lang", "md"]  # announced in hello
+        assert relay.parse(1, 100.0, "0.25, -1e-1\n") == (98.5, [0.25, -0.1])  # arrival minus the latency
+        assert relay.parse(2, 100.0, "1796212785.5\t0.25 0.5") == (1796212785.5, [0.25, 0.5])  # its own time
+        assert relay.parse(3, 100.0, "  \n") is None and relay.parse(4, 100.0, "# lang md") is None
+        with pytest.raises(ValueError, match=r"line 5 has 4 values; expected 2 \(lang, md\), or a time and 2"):
+            relay.parse(5, 100.0, "1 2 3 4")
+        with pytest.raises(ValueError, match="line 6 is not numbers: 'lang,md'"):
+            relay.parse(6, 100.0, "lang,md")
+        with pytest.raises(ValueError, match="names of its channels"):
+            RelayRig(server, [], iter([]))
+    finally:
+        server.close()
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "rig", "relay", "--channels", "lang,lang"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "distinct channel names" in done.stderr, done.stderr

@@ -624,3 +624,87 @@ def test_live_session_with_a_rig_and_presenter_that_outlive_it(tmp_path):
         for p in (rig, presenter):
             p.kill()
             p.wait()
+
+
+def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path):
+    """`rig relay` between a recording that writes one line per window (a time, then each site's count) and
+    `session run`: each run takes the lines that follow its start, in order and with their own times; lines
+    outside runs, comments and a malformed line are not samples; the relay killed mid-run and restarted on
+    its journal keeps its run, and the session finishes with every trial once."""
+    import threading
+
+    from .netutil import free_port
+
+    live = ROOT / "tests" / "protocols" / "live_image.toml"
+    rig_port, pres_port = free_port(), free_port()
+    lines, journal = tmp_path / "recording.txt", tmp_path / "relay.journal"
+    lines.touch()
+    written: list[tuple[float, int, int]] = []  # every well-formed line, in order
+    stop = threading.Event()
+
+    def record() -> None:  # the recording: a line per 0.5-s window, as an acquisition program writes them
+        rng = np.random.default_rng(0)
+        with open(lines, "a") as fh:
+            for k in range(10_000):
+                if stop.wait(0.5):
+                    return
+                if k == 8:
+                    fh.write("# the acquisition program's comment\n3.5 oops\n")  # not samples
+                row = (time.time(), int(rng.poisson(5)), int(rng.poisson(8)))
+                written.append(row)
+                fh.write(f"{row[0]:.6f},{row[1]},{row[2]}\n")
+                fh.flush()
+
+    def relay() -> subprocess.Popen:
+        with open(tmp_path / "relay.log", "a") as err:
+            return subprocess.Popen(_cmd("rig", "relay", "--channels", "site0,site1", "--input", lines, "--kind",
+                                         "spikes", "--bind", f"tcp://127.0.0.1:{rig_port}", "--journal", journal,
+                                         "--heartbeat", "0.3"),
+                                    cwd=ROOT, env=_env(tmp_path / "cache"), stderr=err)  # fmt: skip
+
+    rig, writer = relay(), threading.Thread(target=record, daemon=True)
+    presenter = _serve("presenter", pres_port, tmp_path / "presenter.journal", tmp_path / "presenter.log")
+    writer.start()
+    try:
+        time.sleep(2.0)  # lines before any run: not sent
+        out = tmp_path / "relayed.h5"
+        cmd = _cmd("session", "run", live, "--rig", f"tcp://127.0.0.1:{rig_port}", "--presenter",
+                   f"tcp://127.0.0.1:{pres_port}", "--out", out)  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path / "cache"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for line in proc.stdout:
+            if line.startswith("run 2/"):
+                time.sleep(2.0)
+                rig.kill()  # SIGKILL mid-run; the lines written while it is down are lost to the run
+                rig.wait()
+                time.sleep(1.0)
+                rig = relay()
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        stop.set()
+        for p in (rig, presenter):
+            p.kill()
+            p.wait()
+    data = read_session(out)
+    assert data.rois == ["site0", "site1"]
+    assert sorted(data.events.trial) == list(range(32))  # every trial of the protocol, once
+    log = (tmp_path / "relay.log").read_text()
+    assert "is not numbers: '3.5 oops': skipped" in log and "arrived outside a run: not sent" in log, log[-3000:]
+    times = np.array([t for t, _, _ in written])
+    counts = np.array([(a, b) for _, a, b in written])
+    for run, samples in data.samples.groupby("run"):
+        # Each sample is a written line: the session keeps the lines' own spacing in time (one clock offset
+        # per run), so some line is the run's first, and each later sample is the line that far after it.
+        rel = samples.time.to_numpy() - samples.time.iloc[0]
+        values = samples[["site0", "site1"]].to_numpy()
+        found = []
+        for base in times:
+            k = np.searchsorted(times, base + rel - 1e-4)
+            if k.max() < len(times) and np.allclose(times[k], base + rel, atol=1e-4):
+                found += [k] if np.array_equal(counts[k], values) else []
+        assert len(found) == 1, (run, len(found))  # one stretch of the recording is this run, value for value
+    assert len(data.samples) < len(written) - 10  # the lines outside runs were not samples
+    gaps = data.samples.groupby("run").time.apply(lambda t: np.diff(t.to_numpy()).max())
+    assert (gaps > 1.0).sum() == 1  # one run went on after the relay's restart, with the lines lost meanwhile
+    assert "outage" in data.log.kind.tolist()

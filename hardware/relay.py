@@ -1,0 +1,185 @@
+"""A rig for real recordings: relays ROI values that another program writes, one line per volume.
+
+A scanner's real-time pipeline (the vendor's export with a script of the lab's own,
+AFNI's or OpenNFT's ROI time series...) writes one line per volume to a pipe or a
+file: the values of the channels in order, optionally preceded by the volume's
+acquisition time (Unix seconds). :class:`RelayRig` serves the controller like the
+simulated rigs: each run begins with the first line that arrives after the
+controller's ``start``, whose time is sent as the run's trigger; every line is a
+``sample``. Lines without a time are stamped with their arrival minus ``latency``
+(the pipeline's delay from acquisition to line). Lines outside a run (a scan started
+early, dummy volumes) are counted and not sent; a malformed line is logged with its
+number and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import msgpack
+
+from .peer import IDLE_POLL, NEW_STREAM, PeerServer
+
+log = logging.getLogger(__name__)
+_SPLIT = re.compile(r"[,;\s]+")
+
+
+def follow(path: Path, poll: float = 0.01, from_start: bool = False) -> Iterator[str]:
+    """Lines appended to ``path`` (as ``tail -f``: from its end unless ``from_start``); waits for it to exist."""
+    while not path.exists():
+        time.sleep(poll)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        if not from_start:
+            fh.seek(0, 2)
+        partial = ""
+        while True:
+            chunk = fh.readline()
+            if not chunk:
+                time.sleep(poll)
+                continue
+            partial += chunk
+            if partial.endswith("\n"):  # a line the writer has finished
+                yield partial
+                partial = ""
+
+
+@dataclass
+class _Run:
+    run: int
+    tr: float
+    n_volumes: int
+    next_volume: int = 0
+
+
+class RelayRig:
+    """Serves the lines of ``lines`` (an iterator, read on a thread of its own) as the samples of runs."""
+
+    def __init__(self, server: PeerServer, channels: list[str], lines: Iterator[str] | IO[str],
+                 latency: float = 0.0, kind: str = "fmri") -> None:  # fmt: skip
+        if not channels:
+            raise ValueError("a relay needs the names of its channels, in the order of each line's values")
+        self.server, self.channels, self.latency, self.kind = server, list(channels), latency, kind
+        server.channels = self.channels  # announced in hello
+        self.run: _Run | None = None
+        self.outside = 0  # lines that arrived while no run was open
+        self.malformed = 0
+        self._lines: queue.Queue[tuple[int, float, str] | None] = queue.Queue()
+        self._restore()
+        threading.Thread(target=self._read, args=(lines,), daemon=True, name="relay-input").start()
+
+    def _read(self, lines: Iterator[str] | IO[str]) -> None:
+        for number, line in enumerate(lines, 1):
+            self._lines.put((number, self.server.clock(), line))  # stamped on arrival
+        self._lines.put(None)
+
+    def _restore(self) -> None:
+        """After a restart on the journal: the open run, and how many of its volumes were sent."""
+        for msg in self.server.restored:
+            self._command(msg)
+        for kind, _seq, payload in self.server.stream_records():
+            if kind == "out" and self.run is not None:
+                msg = msgpack.unpackb(payload, raw=False)
+                if msg["type"] == "sample" and msg["run"] == self.run.run:
+                    self.run.next_volume = max(self.run.next_volume, msg["volume"] + 1)
+        if self.run is not None and self.run.next_volume >= self.run.n_volumes:
+            self.run = None
+
+    def _command(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == NEW_STREAM:
+            self.run = None
+        elif kind == "start":
+            self.run = _Run(msg["run"], msg["tr"], msg["n_volumes"])
+            log.info("run %d: waiting for its first volume (%d volumes of %.3f s)", msg["run"], msg["n_volumes"],
+                     msg["tr"])  # fmt: skip
+        elif kind == "stop" and self.run is not None and self.run.run == msg["run"]:
+            log.info("run %d stopped after %d volumes", self.run.run, self.run.next_volume)
+            self.run = None
+
+    def parse(self, number: int, arrived: float, line: str) -> tuple[float, list[float]] | None:
+        """(acquisition time, values) of one line; None for a blank or comment line. Raises ValueError."""
+        text = line.strip()
+        if not text or text.startswith("#"):
+            return None
+        fields = [f for f in _SPLIT.split(text) if f]
+        try:
+            numbers = [float(f) for f in fields]
+        except ValueError:
+            raise ValueError(f"line {number} is not numbers: {text[:80]!r}") from None
+        n = len(self.channels)
+        if len(numbers) == n:
+            return arrived - self.latency, numbers
+        if len(numbers) == n + 1:
+            return numbers[0], numbers[1:]
+        raise ValueError(f"line {number} has {len(numbers)} values; expected {n} ({', '.join(self.channels)}), "
+                         f"or a time and {n}: {text[:80]!r}")  # fmt: skip
+
+    def _volume(self, number: int, arrived: float, line: str) -> None:
+        try:
+            parsed = self.parse(number, arrived, line)
+        except ValueError as exc:
+            self.malformed += 1
+            log.error("%s: skipped", exc)
+            return
+        if parsed is None:
+            return
+        if self.run is None:
+            self.outside += 1
+            if self.outside in (1, 10) or self.outside % 100 == 0:
+                log.info("%d volume(s) so far arrived outside a run: not sent", self.outside)
+            return
+        t, values = parsed
+        run, k = self.run, self.run.next_volume
+        if k == 0:
+            self.server.send_reliable("trigger", run=run.run, volume=0, time=t)
+            log.info("run %d: first volume", run.run)
+        self.server.send_reliable("sample", run=run.run, kind=self.kind, volume=k, time=t, width=run.tr,
+                                  values=values)  # fmt: skip
+        run.next_volume += 1
+        if run.next_volume >= run.n_volumes:
+            log.info("run %d complete: %d volumes", run.run, run.n_volumes)
+            self.run = None
+
+    def step(self, timeout: float = IDLE_POLL) -> bool:
+        """Serve the link, then relay the lines that arrived; False once the input has ended."""
+        for msg in self.server.poll(timeout):
+            self._command(msg)
+        while True:
+            try:
+                item = self._lines.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                self._lines.put(None)
+                return False
+            self._volume(*item)
+
+    def serve(self, duration: float | None = None) -> None:
+        """Serve until interrupted (or ``duration`` seconds); after the input ends, until its run is sent."""
+        end = None if duration is None else time.monotonic() + duration
+        ended_at = None
+        while end is None or time.monotonic() < end:
+            if not self.step(0.005) and ended_at is None:
+                ended_at = time.monotonic()
+                log.warning("the input ended: nothing more to relay")
+            if ended_at is not None and not self.server.outbox.pending and time.monotonic() - ended_at > 1.0:
+                return
+
+
+def open_input(spec: str, from_start: bool = False) -> Iterator[str] | IO[str]:
+    """'-' for standard input, else a file to follow (a FIFO is read as it is written)."""
+    if spec == "-":
+        return sys.stdin
+    path = Path(spec)
+    if path.is_fifo():
+        return open(path, encoding="utf-8", errors="replace")  # read until the writer closes it
+    return follow(path, from_start=from_start)
