@@ -175,11 +175,14 @@ class RelayRig:
                 return
 
 
+def _fifo(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as fh:  # opening waits for the writer: on the reader thread
+        yield from fh
+
+
 def open_input(spec: str, from_start: bool = False) -> Iterator[str] | IO[str]:
-    """'-' for standard input, else a file to follow (a FIFO is read as it is written)."""
+    """'-' for standard input, a FIFO (read until its writer closes it), else a file to follow as it grows."""
     if spec == "-":
         return sys.stdin
     path = Path(spec)
-    if path.is_fifo():
-        return open(path, encoding="utf-8", errors="replace")  # read until the writer closes it
-    return follow(path, from_start=from_start)
+    return _fifo(path) if path.is_fifo() else follow(path, from_start=from_start)
