@@ -444,3 +444,50 @@ def test_relay_reads_lines_with_or_without_a_time_and_names_a_bad_one():
     done = subprocess.run([sys.executable, "-m", "control_loop.cli", "rig", "relay", "--channels", "lang,lang"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "distinct channel names" in done.stderr, done.stderr
+
+
+def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines_after_start(tmp_path):
+    import threading
+
+    from hardware import RelayRig
+    from hardware.relay import open_input
+
+    fifo = tmp_path / "volumes"
+    os.mkfifo(fifo)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = PeerServer(endpoint, name="relay", heartbeat=0.3)
+    relay = RelayRig(server, ["lang"], open_input(str(fifo)))
+    client = PeerClient(endpoint, heartbeat=0.3)
+    got: list[dict] = []
+
+    def pump(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            relay.step(0.005)
+            got.extend(client.poll(0.005))
+
+    try:
+        pump(1.0)
+        assert client.up and client.peer_channels == ["lang"]  # no writer yet: the relay answers all the same
+        written = threading.Event()
+
+        def write() -> None:
+            with open(fifo, "w") as fh:
+                fh.write("0.5\n")  # before the run: not a sample
+                fh.flush()
+                time.sleep(0.3)
+                fh.write("100.0 1.5\n101.0 2.5\n102.0 3.5\n")  # the run's two volumes, then one after it
+            written.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        pump(0.15)
+        client.send_reliable("start", run=1, tr=1.0, n_volumes=2)
+        pump(1.0)
+        assert written.is_set()
+        assert [(m["type"], m["volume"], m["time"]) for m in got] == [("trigger", 0, 100.0), ("sample", 0, 100.0),
+                                                                      ("sample", 1, 101.0)]  # fmt: skip
+        assert [m["values"] for m in got if m["type"] == "sample"] == [[1.5], [2.5]]
+        assert relay.outside == 2 and relay.step() is False  # the line before and the one after; input ended
+    finally:
+        client.close()
+        server.close()
