@@ -252,9 +252,11 @@ class Presenter:
         elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
             now = self.server.clock()
             at = msg.get("receiver_time")
-            # A relayed trigger says when the volume began on this clock; receipt time adds the hop. One restored
-            # from the journal (killed before its `triggered` record was written) is older, and still right.
-            recent = not self.serving or now - 2.0 * self.speed < (at or 0.0)
+            # A relayed trigger says when the volume began on this clock; receipt time adds the hop, and for a
+            # real recording its pipeline's delay (seconds: the first volume reaches the controller late; trials
+            # already due are shown at once, their lateness reported). One restored from the journal (killed
+            # before its `triggered` record was written) is older, and still right.
+            recent = not self.serving or now - 10.0 * self.speed < (at or 0.0)
             self._trigger(msg["run"], at if at is not None and at <= now and recent else now)
         elif kind == "stop":
             self.schedules.pop(msg["run"], None)

@@ -276,3 +276,34 @@ def test_psychopy_trigger_key_starts_a_run_only_after_its_schedule(xvfb):
         proc.kill()
         _, err = proc.communicate(timeout=10)
     assert "escape pressed: the presenter stops" in err, err[-2000:]
+
+
+def test_a_relayed_trigger_seconds_old_still_sets_the_run_start():
+    """A real recording's first volume reaches the controller after its pipeline's delay, so the relayed
+    trigger can be seconds old: the run counts from it (trials already due are shown at once, late). Only
+    one older than 10 s is taken as wrong, and the run counts from its arrival."""
+    from hardware import NullDisplay, PeerServer, Presenter
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = PeerServer(endpoint, name="null-presenter", heartbeat=0.3)
+    presenter = Presenter(server, NullDisplay(), trigger_key=None)
+    presenter.serving = True
+    client = PeerClient(endpoint, heartbeat=0.3)
+    try:
+        end = time.monotonic() + 10
+        while not client.up and time.monotonic() < end:
+            presenter.step(0.01)
+            client.poll(0.01)
+        trial = {"trial": 0, "stimulus_id": 1, "kind": "fixation", "onset": 0.5, "duration": 0.2}
+        for run, age in [(1, 4.0), (2, 30.0)]:
+            client.send_reliable("schedule", run=run, trials=[trial])
+            sent = time.time()
+            client.send_reliable("trigger", run=run, volume=0, time=sent - age, receiver_time=sent - age)
+            while run not in presenter.triggered and time.monotonic() < end:
+                presenter.step(0.01)
+                client.poll(0.01)
+            expected = sent - age if age < 10 else sent
+            assert presenter.triggered[run] == pytest.approx(expected, abs=0.2), (run, age)
+    finally:
+        client.close()
+        server.close()
