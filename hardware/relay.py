@@ -8,13 +8,15 @@ simulated rigs: each run begins with the first line that arrives after the
 controller's ``start``, whose time is sent as the run's trigger; every line is a
 ``sample``. Lines without a time are stamped with their arrival minus ``latency``
 (the pipeline's delay from acquisition to line). Lines outside a run (a scan started
-early, dummy volumes) are counted and not sent; a malformed line is logged with its
-number and skipped.
+early, dummy volumes) are counted and not sent; a malformed line (a wrong count, not
+numbers, NaN, a time not after the previous volume's) is logged with its number and
+skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import re
 import sys
@@ -58,6 +60,7 @@ class _Run:
     tr: float
     n_volumes: int
     next_volume: int = 0
+    last_time: float = -math.inf
 
 
 class RelayRig:
@@ -90,6 +93,7 @@ class RelayRig:
                 msg = msgpack.unpackb(payload, raw=False)
                 if msg["type"] == "sample" and msg["run"] == self.run.run:
                     self.run.next_volume = max(self.run.next_volume, msg["volume"] + 1)
+                    self.run.last_time = max(self.run.last_time, msg["time"])
         if self.run is not None and self.run.next_volume >= self.run.n_volumes:
             self.run = None
 
@@ -115,6 +119,8 @@ class RelayRig:
             numbers = [float(f) for f in fields]
         except ValueError:
             raise ValueError(f"line {number} is not numbers: {text[:80]!r}") from None
+        if not all(map(math.isfinite, numbers)):  # a NaN sample would spoil every estimate of its run
+            raise ValueError(f"line {number} has a value that is not a finite number: {text[:80]!r}")
         n = len(self.channels)
         if len(numbers) == n:
             return arrived - self.latency, numbers
@@ -139,6 +145,12 @@ class RelayRig:
             return
         t, values = parsed
         run, k = self.run, self.run.next_volume
+        if t <= run.last_time:  # the session file keeps samples in time order
+            self.malformed += 1
+            log.error("line %d: its time %.6f is not after the previous volume's (%.6f): skipped", number, t,
+                      run.last_time)  # fmt: skip
+            return
+        run.last_time = t
         if k == 0:
             self.server.send_reliable("trigger", run=run.run, volume=0, time=t)
             log.info("run %d: first volume", run.run)

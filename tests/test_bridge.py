@@ -437,6 +437,8 @@ def test_relay_reads_lines_with_or_without_a_time_and_names_a_bad_one():
             relay.parse(5, 100.0, "1 2 3 4")
         with pytest.raises(ValueError, match="line 6 is not numbers: 'lang,md'"):
             relay.parse(6, 100.0, "lang,md")
+        with pytest.raises(ValueError, match="line 7 has a value that is not a finite number"):
+            relay.parse(7, 100.0, "0.5 nan")
         with pytest.raises(ValueError, match="names of its channels"):
             RelayRig(server, [], iter([]))
     finally:
@@ -476,7 +478,7 @@ def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines
                 fh.write("0.5\n")  # before the run: not a sample
                 fh.flush()
                 time.sleep(0.3)
-                fh.write("100.0 1.5\n101.0 2.5\n102.0 3.5\n")  # the run's two volumes, then one after it
+                fh.write("100.0 1.5\n99.0 9.9\n101.0 2.5\n102.0 3.5\n")  # two volumes (and one back in time)
             written.set()
 
         threading.Thread(target=write, daemon=True).start()
@@ -487,7 +489,8 @@ def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines
         assert [(m["type"], m["volume"], m["time"]) for m in got] == [("trigger", 0, 100.0), ("sample", 0, 100.0),
                                                                       ("sample", 1, 101.0)]  # fmt: skip
         assert [m["values"] for m in got if m["type"] == "sample"] == [[1.5], [2.5]]
-        assert relay.outside == 2 and relay.step() is False  # the line before and the one after; input ended
+        assert relay.outside == 2 and relay.malformed == 1  # the lines before and after the run; the one back
+        assert relay.step() is False  # the writer closed the FIFO: the input has ended
     finally:
         client.close()
         server.close()
