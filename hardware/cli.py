@@ -117,7 +117,8 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
 def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat, duration, curve_secret,
           curve_allow):  # fmt: skip
     """A real recording: relay the ROI values another program writes, one line per volume (a time first,
-    optionally), as the samples of the controller's runs. Each run begins with the first line after its start."""
+    optionally), as the samples of the controller's runs. Each run begins with the first volume acquired after
+    its start."""
     from .peer import PeerServer
     from .relay import RelayRig, open_input
 

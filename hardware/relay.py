@@ -4,11 +4,12 @@ A scanner's real-time pipeline (the vendor's export with a script of the lab's o
 AFNI's or OpenNFT's ROI time series...) writes one line per volume to a pipe or a
 file: the values of the channels in order, optionally preceded by the volume's
 acquisition time (Unix seconds). :class:`RelayRig` serves the controller like the
-simulated rigs: each run begins with the first line that arrives after the
-controller's ``start``, whose time is sent as the run's trigger; every line is a
-``sample``. Lines without a time are stamped with their arrival minus ``latency``
-(the pipeline's delay from acquisition to line). Lines outside a run (a scan started
-early, dummy volumes) are counted and not sent; a malformed line (a wrong count, not
+simulated rigs: each run begins with the first volume acquired after the
+controller's ``start`` (as the presenter's run begins with the first trigger after
+its schedule), whose time is sent as the run's trigger; every line is a ``sample``.
+Lines without a time are stamped with their arrival minus ``latency`` (the
+pipeline's delay from acquisition to line). Volumes acquired outside a run (a scan
+started early, dummy volumes) are counted and not sent; a malformed line (a wrong count, not
 numbers, NaN, a time not after the previous volume's) is logged with its number and
 skipped.
 """
@@ -59,6 +60,7 @@ class _Run:
     run: int
     tr: float
     n_volumes: int
+    started: float  # when the controller's start arrived (this clock): the run's volumes are acquired after it
     next_volume: int = 0
     last_time: float = -math.inf
 
@@ -102,7 +104,7 @@ class RelayRig:
         if kind == NEW_STREAM:
             self.run = None
         elif kind == "start":
-            self.run = _Run(msg["run"], msg["tr"], msg["n_volumes"])
+            self.run = _Run(msg["run"], msg["tr"], msg["n_volumes"], self.server.clock())
             log.info("run %d: waiting for its first volume (%d volumes of %.3f s)", msg["run"], msg["n_volumes"],
                      msg["tr"])  # fmt: skip
         elif kind == "stop" and self.run is not None and self.run.run == msg["run"]:
@@ -138,12 +140,14 @@ class RelayRig:
             return
         if parsed is None:
             return
-        if self.run is None:
+        t, values = parsed
+        # A run's first volume is the first acquired after its start, as the presenter's trigger is the first
+        # press after its schedule: a volume acquired before, whose line came after (the pipeline's delay), is not.
+        if self.run is None or (self.run.next_volume == 0 and t < self.run.started):
             self.outside += 1
             if self.outside in (1, 10) or self.outside % 100 == 0:
-                log.info("%d volume(s) so far arrived outside a run: not sent", self.outside)
+                log.info("%d volume(s) so far acquired outside a run: not sent", self.outside)
             return
-        t, values = parsed
         run, k = self.run, self.run.next_volume
         if t <= run.last_time:  # the session file keeps samples in time order
             self.malformed += 1

@@ -473,23 +473,30 @@ def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines
         assert client.up and client.peer_channels == ["lang"]  # no writer yet: the relay answers all the same
         written = threading.Event()
 
+        started = threading.Event()
+
         def write() -> None:
             with open(fifo, "w") as fh:
                 fh.write("0.5\n")  # before the run: not a sample
                 fh.flush()
-                time.sleep(0.3)
-                fh.write("100.0 1.5\n99.0 9.9\n101.0 2.5\n102.0 3.5\n")  # two volumes (and one back in time)
+                started.wait(5)
+                t = time.time()
+                # After the start: a volume acquired before it (its line late), two of the run's (and one back in
+                # time between them), and one after the run.
+                fh.write(f"{t - 0.5} 0.5\n{t + 0.1} 1.5\n{t} 9.9\n{t + 0.6} 2.5\n{t + 1.1} 3.5\n")
             written.set()
 
         threading.Thread(target=write, daemon=True).start()
-        pump(0.15)
-        client.send_reliable("start", run=1, tr=1.0, n_volumes=2)
+        pump(0.3)
+        client.send_reliable("start", run=1, tr=0.5, n_volumes=2)
+        pump(0.2)
+        started.set()
         pump(1.0)
         assert written.is_set()
-        assert [(m["type"], m["volume"], m["time"]) for m in got] == [("trigger", 0, 100.0), ("sample", 0, 100.0),
-                                                                      ("sample", 1, 101.0)]  # fmt: skip
+        assert [(m["type"], m["volume"]) for m in got] == [("trigger", 0), ("sample", 0), ("sample", 1)]
         assert [m["values"] for m in got if m["type"] == "sample"] == [[1.5], [2.5]]
-        assert relay.outside == 2 and relay.malformed == 1  # the lines before and after the run; the one back
+        assert got[0]["time"] == got[1]["time"] and got[2]["time"] - got[1]["time"] == pytest.approx(0.5)
+        assert relay.outside == 3 and relay.malformed == 1  # before, acquired before the start, after; the one back
         assert relay.step() is False  # the writer closed the FIFO: the input has ended
     finally:
         client.close()

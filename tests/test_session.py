@@ -690,7 +690,7 @@ def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path)
     assert data.rois == ["site0", "site1"]
     assert sorted(data.events.trial) == list(range(32))  # every trial of the protocol, once
     log = (tmp_path / "relay.log").read_text()
-    assert "is not numbers: '3.5 oops': skipped" in log and "arrived outside a run: not sent" in log, log[-3000:]
+    assert "is not numbers: '3.5 oops': skipped" in log and "acquired outside a run: not sent" in log, log[-3000:]
     times = np.array([t for t, _, _ in written])
     counts = np.array([(a, b) for _, a, b in written])
     for run, samples in data.samples.groupby("run"):
