@@ -9,9 +9,9 @@ controller's ``start`` (as the presenter's run begins with the first trigger aft
 its schedule), whose time is sent as the run's trigger; every line is a ``sample``.
 Lines without a time are stamped with their arrival minus ``latency`` (the
 pipeline's delay from acquisition to line). Volumes acquired outside a run (a scan
-started early, dummy volumes) are counted and not sent; a malformed line (a wrong count, not
-numbers, NaN, a time not after the previous volume's) is logged with its number and
-skipped.
+started early, dummy volumes) are counted and not sent; a malformed line (a wrong
+count, not numbers, NaN, a time not after the previous volume's) is logged with its
+number and skipped.
 """
 
 from __future__ import annotations
