@@ -64,6 +64,16 @@ class RunPlan:
     predicted: dict[int, float] = field(default_factory=dict)  # trial -> the twin's prediction before measuring
 
 
+def start_disagreement(measured: dict[int, float], scheduled: dict[int, float], tr: float) -> float | None:
+    """How far the presenter's measured onsets lie from where the rig's first volume puts them (median over
+    trials, s; positive: later), when that is more than a quarter of a TR (and 0.1 s); else None. The
+    estimates assume the two coincide: they do when the presenter's trigger and the rig's first volume are
+    the same volume of the same scan."""
+    lags = [measured[t] - scheduled[t] for t in scheduled if t in measured]
+    lag = float(np.median(lags)) if lags else 0.0
+    return lag if abs(lag) > max(0.1, tr / 4) else None
+
+
 def _png(image: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -512,6 +522,14 @@ class SessionRunner:
             beta = window_rates(times, values, d.tr, [onsets[t.trial] for t in shown],
                                 window=(0.0, d.tr), baseline=None, missing="nan")  # fmt: skip
             se = np.sqrt(np.maximum(beta, 0) / d.tr)
+        lag = start_disagreement(presented, {t.trial: t0 + onsets[t.trial] for t in shown}, d.tr)
+        if lag is not None:
+            self._peer_log(
+                "timing",
+                f"run {run}: the presenter's onsets are {lag:+.2f} s from where the rig's "
+                "first volume puts them (median); the estimates assume they coincide: check the relay's "
+                "--latency, and that the presenter's trigger and the rig's first volume are one scan's",
+            )
         self._record_stimuli(plan)
         for t, b, s in zip(shown, beta, se, strict=True):
             self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,

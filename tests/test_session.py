@@ -708,3 +708,17 @@ def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path)
     gaps = data.samples.groupby("run").time.apply(lambda t: np.diff(t.to_numpy()).max())
     assert (gaps > 1.0).sum() == 1  # one run went on after the relay's restart, with the lines lost meanwhile
     assert "outage" in data.log.kind.tolist()
+
+
+def test_start_disagreement_flags_a_presenter_and_rig_that_do_not_start_together():
+    """The check behind the session's `timing` warning: the median of the measured onsets' distance from where
+    the rig's first volume puts them, when above a quarter TR (and 0.1 s)."""
+    from control_loop.session import start_disagreement
+
+    scheduled = {k: 10.0 + 4.0 * k for k in range(8)}
+    shifted = {k: t - 0.3 + (0.05 if k == 3 else 0.0) for k, t in scheduled.items()}  # one trial late on its own
+    assert start_disagreement(shifted, scheduled, tr=0.5) == pytest.approx(-0.3)
+    assert start_disagreement(shifted, scheduled, tr=2.0) is None  # within a quarter of a 2-s TR
+    one_late = {**scheduled, 5: scheduled[5] + 1.0}  # a single late flip does not move the median
+    assert start_disagreement(one_late, scheduled, tr=0.5) is None
+    assert start_disagreement({}, scheduled, tr=0.5) is None  # nothing shown
