@@ -52,6 +52,8 @@ def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, dura
 
     logging.getLogger().setLevel(logging.INFO)
     truth = _load_subject(subject)
+    if callable(getattr(truth, "warm_up", None)):  # a subject with a model to load: before serving, not mid-run
+        truth.warm_up()
     server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
                         curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
     rig = SimulatedFMRIRig(server, truth, noise_sd=noise_sd, seed=seed)

@@ -77,6 +77,11 @@ class LanguageSubject:
         self.g_mean, self.g_sd = float(p["g_mean"]), float(p["g_sd"])
         self.md_coef, self.md_mean, self.md_sd = p["md_coef"], float(p["md_mean"]), float(p["md_sd"])
 
+    def warm_up(self) -> None:
+        """Load the feature model now (about 5 s), not at the first stimulus, when a rig serving it would
+        fall silent long enough to be taken for lost."""
+        self(["A sentence to load the model with."])
+
     def __call__(self, stimuli: Sequence[str]) -> np.ndarray:
         X = subject_features(stimuli)
         z = (X @ self.coef + self.intercept - self.z_mean) / self.z_sd
