@@ -501,3 +501,30 @@ def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines
     finally:
         client.close()
         server.close()
+
+
+def test_the_default_language_rig_answers_its_first_event_without_falling_silent():
+    """The default subject's feature model takes seconds to load; the rig loads it before serving, so its
+    first event does not silence it for longer than the controller waits (which was a 'lost fmri-sim' outage
+    in the first run of every language simulation)."""
+    port = free_port()
+    rig = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--bind",
+                            f"tcp://127.0.0.1:{port}", "--heartbeat", "0.2"], cwd=ROOT,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.2)
+    try:
+        end = time.monotonic() + 120
+        while not client.up and time.monotonic() < end:
+            client.poll(0.05)
+        assert client.up, "the rig never answered"
+        client.send_reliable("event", run=1, trial=0, stimulus_id=1, onset=1.0, duration=2.0,
+                             text="The first sentence this rig hears.", image=b"")  # fmt: skip
+        client.send_reliable("start", run=1, tr=2.0, n_volumes=2)
+        got: list[dict] = []
+        while len([m for m in got if m["type"] == "sample"]) < 1 and time.monotonic() < end:
+            got += client.poll(0.05)
+        assert client.outages == [] and any(m["type"] == "sample" for m in got)
+    finally:
+        client.close()
+        rig.kill()
+        rig.wait()
