@@ -209,7 +209,13 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
             display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None)
+    try:
+        presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0,
+                              quit_key=quit_key or None)  # fmt: skip
+    except ValueError as exc:
+        display.close()
+        server.close()
+        raise click.UsageError(str(exc)) from None
     try:
         _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:

@@ -180,6 +180,8 @@ class Presenter:
         self.trigger_keys = {trigger_key, f"num_{trigger_key}"} if trigger_key else set()
         if trigger_key == "5":
             self.trigger_keys.add("num_begin")
+        if quit_key and quit_key in self.trigger_keys:
+            raise ValueError(f"the quit key and the trigger key are both {quit_key!r}: the first trigger would stop")
         self.quit_key = quit_key
         self.schedules: dict[int, list[dict]] = {}
         self.received: dict[int, float] = {}  # run -> when its schedule arrived (presenter clock)

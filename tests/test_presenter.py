@@ -307,3 +307,20 @@ def test_a_relayed_trigger_seconds_old_still_sets_the_run_start():
     finally:
         client.close()
         server.close()
+
+
+def test_a_quit_key_that_is_the_trigger_key_is_refused():
+    from hardware import NullDisplay, PeerServer, Presenter
+
+    server = PeerServer(f"tcp://127.0.0.1:{free_port()}", name="null-presenter")
+    try:
+        for quit_key in ("5", "num_5", "num_begin"):  # the keypad's 5 is a trigger too
+            with pytest.raises(ValueError, match="the first trigger would stop"):
+                Presenter(server, NullDisplay(), trigger_key="5", quit_key=quit_key)
+        assert Presenter(server, NullDisplay(), trigger_key="5", quit_key="q").quit_key == "q"
+    finally:
+        server.close()
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "present", "--null", "--trigger-key", "t",
+                           "--quit-key", "t", "--bind", f"tcp://127.0.0.1:{free_port()}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "both 't'" in done.stderr, done.stderr
