@@ -248,6 +248,7 @@ class Presenter:
             if self.serving:
                 self._keys()  # presses from before the schedule arrived are not its trigger
             self.received[msg["run"]] = self.server.clock()
+            self.schedules[msg["run"]] = []  # waiting already: a trigger pressed while its images are checked counts
             trials = self._safe(msg["run"], msg["trials"])
             self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
             log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
@@ -279,7 +280,9 @@ class Presenter:
         frames: list[tuple[float, np.ndarray]] = [(0.0, grey)]
         keep = []
         for trial in sorted(trials, key=lambda tr: tr["onset"]):
-            self.server.keepalive()  # checking a run's images can take seconds
+            self.server.keepalive()  # checking a run's images can take seconds: heartbeats, and the trigger key
+            if self.serving:
+                self._keys()
             if trial["kind"] != "image":
                 keep.append(trial)
                 continue

@@ -217,7 +217,8 @@ def test_psychopy_trigger_key_starts_a_run_only_after_its_schedule(xvfb):
     """Keyboard triggers, as a scanner sends them (one press per volume), typed into the real window
     through the X server's XTEST extension: presses before a run's schedule arrived (an earlier run's
     volumes, a scan started early) never start it; the first press after it does, and its trials count
-    from that press; the keypad's 5 counts as 5; Escape stops the presenter cleanly."""
+    from that press, also when it came while the presenter was still checking the schedule's images; the
+    keypad's 5 counts as 5; Escape stops the presenter cleanly, mid-run."""
     xlib = pytest.importorskip("Xlib.display")
     from Xlib import XK, X
     from Xlib.ext import xtest
@@ -268,7 +269,22 @@ def test_psychopy_trigger_key_starts_a_run_only_after_its_schedule(xvfb):
             assert [m["trial"] for m in got] == [0, 1, 2] and {m["run"] for m in got} == {run}, got
             for m, trial in zip(got, trials, strict=True):
                 assert -0.005 < client.to_local(m["onset"]) - pressed - trial["onset"] < frame, (m, pressed)
-        press("Escape")
+        # A trigger pressed while the presenter still checks a schedule's images (seconds, for many or large
+        # ones) starts the run at the press, not when the checks end.
+        row, col = np.mgrid[0:512, 0:512]
+        envelope = np.exp(-((col - 256) ** 2 + (row - 256) ** 2) / (2 * 48**2))
+        big = _png(np.repeat((128 + 100 * envelope * np.sin(2 * np.pi * col / 64))[..., None], 3, 2))
+        # 30 of them: about 1 s of checks
+        images = [{"trial": i, "stimulus_id": 10 + i, "kind": "image", "image": big, "image_name": f"{i}.png",
+                   "onset": 1.5 + 0.5 * i, "duration": 0.2} for i in range(30)]  # fmt: skip
+        client.send_reliable("schedule", run=3, trials=images)
+        time.sleep(0.15)
+        pressed = press("5")
+        got = collect(pressed + 6.0, 3)
+        assert [m["trial"] for m in got] == [0, 1, 2], got
+        for m, trial in zip(got, images[:3], strict=True):
+            assert -0.005 < client.to_local(m["onset"]) - pressed - trial["onset"] < frame, (m, pressed)
+        press("Escape")  # mid-run
         assert proc.wait(timeout=20) == 0
     finally:
         client.close()
