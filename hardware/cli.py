@@ -191,9 +191,13 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
                 duration, curve_secret, curve_allow):  # fmt: skip
     """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
     from .peer import PeerServer
-    from .presenter import NullDisplay, Presenter, PsychoPyDisplay
+    from .presenter import NullDisplay, Presenter, PsychoPyDisplay, trigger_names
     from .rigs import sim_clock
 
+    try:
+        trigger_names(trigger_key or None, quit_key or None)  # before a window opens
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     logging.getLogger().setLevel(logging.INFO)
     clock = sim_clock(speed if null else 1.0)
     server = PeerServer(bind, role="presenter", name="null-presenter" if null else "psychopy", heartbeat=heartbeat,
@@ -209,13 +213,7 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
             display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-    try:
-        presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0,
-                              quit_key=quit_key or None)  # fmt: skip
-    except ValueError as exc:
-        display.close()
-        server.close()
-        raise click.UsageError(str(exc)) from None
+    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None)
     try:
         _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:

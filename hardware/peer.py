@@ -203,7 +203,7 @@ class PeerServer(_Endpoint):
         self.peer_name = ""
         self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
         self._peer_seen = 0.0
-        self._last_hello: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
+        self._hello_heard: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
         self._last_beat = 0.0
 
     @property
@@ -267,7 +267,7 @@ class PeerServer(_Endpoint):
         kind = msg["type"]
         if kind == "hello":
             hello = (ident, msg["session"], msg["resume_from"])
-            again, self._last_hello = hello == self._last_hello, hello
+            again, self._hello_heard = hello == self._hello_heard, hello
             self.peer, self.peer_name, self._peer_seen = ident, msg["name"], seen
             new = msg["session"] != self.stream
             if new:  # another controller process (a new session, or one resumed after a crash)

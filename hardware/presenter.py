@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from .peer import IDLE_POLL, NEW_STREAM, PeerServer
+from .stream import sent_messages
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,17 @@ def clock_offset(clock: Callable[[], float], samples: int = 50) -> float:
     return offset
 
 
+def trigger_names(trigger_key: str | None, quit_key: str | None = None) -> set[str]:
+    """The key names that trigger a run: ``trigger_key`` and the keypad's (whose 5 reads 'num_begin' with Num
+    Lock off). Raises ValueError if ``quit_key`` is one of them: the first trigger would stop the presenter."""
+    names = {trigger_key, f"num_{trigger_key}"} if trigger_key else set()
+    if trigger_key == "5":
+        names.add("num_begin")
+    if quit_key and quit_key in names:
+        raise ValueError(f"the quit key and the trigger key are both {quit_key!r}: the first trigger would stop")
+    return names
+
+
 class Stopped(Exception):
     """The operator pressed the quit key."""
 
@@ -176,12 +187,7 @@ class Presenter:
         self.server = server
         self.display = display
         self.trigger_key = trigger_key
-        # The keypad's key too; its 5 reads 'num_begin' with Num Lock off.
-        self.trigger_keys = {trigger_key, f"num_{trigger_key}"} if trigger_key else set()
-        if trigger_key == "5":
-            self.trigger_keys.add("num_begin")
-        if quit_key and quit_key in self.trigger_keys:
-            raise ValueError(f"the quit key and the trigger key are both {quit_key!r}: the first trigger would stop")
+        self.trigger_keys = trigger_names(trigger_key, quit_key)
         self.quit_key = quit_key
         self.schedules: dict[int, list[dict]] = {}
         self.received: dict[int, float] = {}  # run -> when its schedule arrived (presenter clock)
@@ -189,19 +195,16 @@ class Presenter:
         self.done: set[tuple[int, int]] = set()
         self.log: list[dict] = []
         self.generation = 0  # counts controller streams: a trial of an earlier one stops where it is
-        self.serving = False  # keys are read once serving
+        self.serving = False  # keys are read once serving (see _keys)
         self._restore()
 
     def _restore(self) -> None:
         """After a restart from the journal: the current stream's schedules and triggers again. Trials reported
         before the crash stay done; those whose onset passed while the presenter was down are refused."""
-        for kind, seq, payload in self.server.stream_records():
-            if kind == "out":
-                sent = msgpack.unpackb(payload, raw=False)
-                if sent["type"] in ("presented", "refused"):
-                    self.done.add((sent["run"], sent["trial"]))
-            elif kind == "triggered":  # when each run's trials began counting (see _trigger)
-                self.triggered[seq] = payload
+        records = self.server.stream_records()
+        self.done |= {(m["run"], m["trial"]) for m in sent_messages(records) if m["type"] in ("presented", "refused")}
+        # when each run's trials began counting (see _trigger)
+        self.triggered |= {seq: at for kind, seq, at in records if kind == "triggered"}
         for msg in self.server.restored:
             self._apply(msg)
         now = self.server.clock()
@@ -212,9 +215,10 @@ class Presenter:
                     self.done.add((run, trial["trial"]))
 
     def _keys(self) -> None:
-        """Act on the keys pressed since the last look: the quit key stops; a trigger press starts the
-        earliest run whose schedule arrived before it. Other presses (a run's later volumes) are not triggers."""
-        for key, at in self.display.keys():
+        """Act on the keys pressed since the last look (once serving: not while restoring): the quit key stops;
+        a trigger press starts the earliest run whose schedule arrived before it. Other presses (a run's later
+        volumes) are not triggers."""
+        for key, at in self.display.keys() if self.serving else []:
             if key == self.quit_key:
                 raise Stopped(f"{key} pressed")
             waiting = [run for run in self.schedules if run not in self.triggered and self.received[run] <= at]
@@ -245,8 +249,7 @@ class Presenter:
             self.done.clear()
             self.generation += 1
         elif kind == "schedule":
-            if self.serving:
-                self._keys()  # presses from before the schedule arrived are not its trigger
+            self._keys()  # presses from before the schedule arrived are not its trigger
             self.received[msg["run"]] = self.server.clock()
             self.schedules[msg["run"]] = []  # waiting already: a trigger pressed while its images are checked counts
             trials = self._safe(msg["run"], msg["trials"])
@@ -281,8 +284,7 @@ class Presenter:
         keep = []
         for trial in sorted(trials, key=lambda tr: tr["onset"]):
             self.server.keepalive()  # checking a run's images can take seconds: heartbeats, and the trigger key
-            if self.serving:
-                self._keys()
+            self._keys()
             if trial["kind"] != "image":
                 keep.append(trial)
                 continue

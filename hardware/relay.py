@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import msgpack
-
 from .peer import IDLE_POLL, NEW_STREAM, PeerServer
+from .stream import sent_messages
 
 log = logging.getLogger(__name__)
 _SPLIT = re.compile(r"[,;\s]+")
@@ -90,12 +89,10 @@ class RelayRig:
         """After a restart on the journal: the open run, and how many of its volumes were sent."""
         for msg in self.server.restored:
             self._command(msg)
-        for kind, _seq, payload in self.server.stream_records():
-            if kind == "out" and self.run is not None:
-                msg = msgpack.unpackb(payload, raw=False)
-                if msg["type"] == "sample" and msg["run"] == self.run.run:
-                    self.run.next_volume = max(self.run.next_volume, msg["volume"] + 1)
-                    self.run.last_time = max(self.run.last_time, msg["time"])
+        for msg in sent_messages(self.server.stream_records()) if self.run is not None else []:
+            if msg["type"] == "sample" and msg["run"] == self.run.run:
+                self.run.next_volume = max(self.run.next_volume, msg["volume"] + 1)
+                self.run.last_time = max(self.run.last_time, msg["time"])
         if self.run is not None and self.run.next_volume >= self.run.n_volumes:
             self.run = None
 

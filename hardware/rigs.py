@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgpack
 import numpy as np
 from scipy import stats
 
 from acquisition.glm import event_regressors
 
 from .peer import IDLE_POLL, NEW_STREAM, PeerServer
+from .stream import sent_messages
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ class _SimulatedRig:
                 started[payload["run"]] = payload["t0"]
         for msg in self.server.restored:
             self._command(msg, t0=started.get(msg.get("run")))
-        for kind, _seq, payload in records:
-            if kind != "out":
-                continue
-            msg = msgpack.unpackb(payload, raw=False)
+        for msg in sent_messages(records):
             run = self.runs.get(msg.get("run"))
             if run is not None and msg["type"] == "sample":
                 run.next_volume = max(run.next_volume, msg["volume"] + 1)

@@ -64,6 +64,11 @@ class Journal:
         os.close(self._fd)
 
 
+def sent_messages(records: list[list]) -> list[dict]:
+    """The reliable messages a peer sent, in order, from its journal's records (``out``: each frame as sent)."""
+    return [msgpack.unpackb(payload, raw=False) for kind, _seq, payload in records if kind == "out"]
+
+
 class Outbox:
     """Reliable sending: seq numbering, unacknowledged buffer, replay."""
 
