@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_up(client, timeout: float, what: str = "the rig", synced: bool = False) -> float:
+    """Poll a PeerClient until its peer has answered (with ``synced``, and its clock is known).
+
+    Fails after ``timeout`` s; returns the deadline, for the waits that follow to share."""
+    end = time.monotonic() + timeout
+    while (not client.up or (synced and client.offset is None)) and time.monotonic() < end:
+        client.poll(0.05)
+    assert client.up and (not synced or client.offset is not None), f"{what} never answered"
+    return end
 
 
 def start_rig(port: int, journal: Path, *extra: str, speed: float = 10.0) -> subprocess.Popen:

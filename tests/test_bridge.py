@@ -19,7 +19,7 @@ from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
 from hardware.stream import Inbox, Journal, Outbox
 
-from .netutil import ROOT, CuttableProxy, free_port, start_rig
+from .netutil import ROOT, CuttableProxy, free_port, start_rig, wait_up
 
 N_VOLUMES = 60
 
@@ -32,10 +32,7 @@ def _collect(client, samples, until, timeout):
 
 
 def _start_run(client, timeout=20.0):
-    end = time.monotonic() + timeout
-    while not client.up and time.monotonic() < end:
-        client.poll(0.05)
-    assert client.up, "the rig never answered"
+    wait_up(client, timeout)
     client.send_reliable("start", run=1, tr=2.0, n_volumes=N_VOLUMES)
     for trial in range(8):
         client.send_reliable("event", run=1, trial=trial, stimulus_id=trial, onset=4.0 + 12 * trial, duration=2.0,
@@ -329,9 +326,7 @@ def test_ephys_rig_streams_spike_counts_that_follow_the_stimulus(tmp_path):
     ]
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.2)
     try:
-        end = time.monotonic() + 20
-        while not client.up and time.monotonic() < end:
-            client.poll(0.05)
+        wait_up(client, 20)
         width, n_windows = 0.05, 400  # 20 s of simulated time
         client.send_reliable("start", run=1, tr=width, n_volumes=n_windows)
         onsets = np.arange(1.0, 19.0, 0.75)
@@ -513,10 +508,7 @@ def test_the_default_language_rig_answers_its_first_event_without_falling_silent
                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)  # fmt: skip
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.2)
     try:
-        end = time.monotonic() + 120
-        while not client.up and time.monotonic() < end:
-            client.poll(0.05)
-        assert client.up, "the rig never answered"
+        end = wait_up(client, 120)
         client.send_reliable("event", run=1, trial=0, stimulus_id=1, onset=1.0, duration=2.0,
                              text="The first sentence this rig hears.", image=b"")  # fmt: skip
         client.send_reliable("start", run=1, tr=2.0, n_volumes=2)

@@ -25,7 +25,7 @@ from stimulus_synthesis.safety import SafetyLimits, check_image, check_sequence,
 from twin import DataError, FeatureModelError, Twin
 from twin.vision import ImageFeatures, ImagePlan, to_tensor
 
-from .netutil import ROOT, free_port
+from .netutil import ROOT, free_port, wait_up
 from .test_cli_twin import neurotwin
 
 YY, XX = np.mgrid[0:256, 0:256]
@@ -282,9 +282,7 @@ def test_presenter_refuses_unsafe_images_and_shows_safe_ones(tmp_path):
                             cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
-        end = time.monotonic() + 60
-        while not client.up and time.monotonic() < end:
-            client.poll(0.05)
+        end = wait_up(client, 60)
         safe = np.full((64, 64, 3), 128, np.uint8)
         safe[24:40, 24:40] = 160
         trials = [

@@ -14,7 +14,7 @@ from hardware import PeerClient
 from hardware.presenter import blank_fraction, clock_offset
 from hardware.stream import Journal
 
-from .netutil import ROOT, free_port
+from .netutil import ROOT, free_port, wait_up
 
 
 def _png(array) -> bytes:
@@ -29,10 +29,7 @@ def _png(array) -> bytes:
 
 def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple[list[dict], float, PeerClient]:
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
-    end = time.monotonic() + timeout
-    while (not client.up or client.offset is None) and time.monotonic() < end:
-        client.poll(0.05)
-    assert client.up and client.offset is not None, "the presenter never answered"
+    end = wait_up(client, timeout, "the presenter", synced=True)
     client.send_reliable("schedule", run=1, trials=trials)
     client.poll(0.5)
     sent = client.clock()
@@ -118,9 +115,7 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
     proc = start()
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
     try:
-        end = time.monotonic() + 60
-        while (not client.up or client.offset is None) and time.monotonic() < end:
-            client.poll(0.05)
+        end = wait_up(client, 60, "the presenter", synced=True)
         client.send_reliable("schedule", run=1, trials=trials)
         client.poll(0.5)
         sent = client.clock()
@@ -248,10 +243,7 @@ def test_psychopy_trigger_key_starts_a_run_only_after_its_schedule(xvfb):
                "duration": 0.3, "word_by_word": 0} for i in range(3)]  # fmt: skip
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
     try:
-        end = time.monotonic() + 90
-        while (not client.up or client.offset is None) and time.monotonic() < end:
-            client.poll(0.05)
-        assert client.up, "the presenter never answered"
+        wait_up(client, 90, "the presenter", synced=True)
         for _ in range(3):  # a scan started before the schedule
             press("5")
             time.sleep(0.1)
