@@ -16,18 +16,20 @@ from acquisition import read_session
 if TYPE_CHECKING:
     import pandas as pd
 
+    from acquisition import SessionData
+
 MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one panel each
 COLORS = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}  # by condition
 ORDER = ("S", "B", "D", "NONW", "SENT")  # conditions in the figures, left to right
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
 
 
-def run_records(data) -> list[dict]:
+def run_records(data: SessionData) -> list[dict]:
     """The session's completed runs, as the runner logged them (index, phase, kind, trials, predictions)."""
     return [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
 
 
-def _estimates(data):
+def _estimates(data: SessionData) -> pd.DataFrame:
     """Each trial's latest estimate with its condition, run and onset."""
     return data.latest_estimates().merge(data.events[["trial", "condition", "measured_onset"]], on="trial")
 
@@ -39,7 +41,7 @@ def r_interval(r: float, n: int, level: float = 0.95) -> list[float]:
     return [float(np.tanh(z - half)), float(np.tanh(z + half))]
 
 
-def summarize(session_file: str | Path, data=None) -> dict:
+def summarize(session_file: str | Path, data: SessionData | None = None) -> dict:
     """The report's numbers: per-condition means, twin accuracy per run, evaluation contrasts."""
     data = data if data is not None else read_session(session_file)
     protocol = json.loads(data.attrs["protocol"])
@@ -158,7 +160,7 @@ def condition_means(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAI
             for c, L in zip(conds, means, strict=True)}  # fmt: skip
 
 
-def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
+def true_contrasts(session_file: Path, subject: Callable, data: SessionData | None = None) -> dict:
     """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
     true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
     Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
@@ -187,7 +189,9 @@ def true_contrasts(session_file: Path, subject: Callable, data=None) -> dict:
     return out
 
 
-def _true_responses(session_file: Path, data, subject: Callable, trials: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
+def _true_responses(
+    session_file: Path, data: SessionData, subject: Callable, trials: list[int]
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The events of ``trials`` with their stimuli, and the subject's true response of the protocol's target."""
     from twin.vision import load_image
 
@@ -203,7 +207,7 @@ def _true_responses(session_file: Path, data, subject: Callable, trials: list[in
     return ev, np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
 
 
-def true_twin_accuracy(session_file: Path, subject: Callable, data=None) -> dict[str, float]:
+def true_twin_accuracy(session_file: Path, subject: Callable, data: SessionData | None = None) -> dict[str, float]:
     """Per run the twin predicted (by run index): r of its predictions with the subject's true response."""
     data = data if data is not None else read_session(session_file)
     runs = [r for r in run_records(data) if r.get("predicted")]
@@ -218,7 +222,7 @@ def true_twin_accuracy(session_file: Path, subject: Callable, data=None) -> dict
     return out
 
 
-def simulated_truth(session_file: str | Path, data=None) -> dict:
+def simulated_truth(session_file: str | Path, data: SessionData | None = None) -> dict:
     """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
     ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load or run here."""
     from .simulate import simulated_subject

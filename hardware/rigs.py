@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -245,7 +246,7 @@ def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
     bank = np.stack(filters).reshape(n_sites, -1)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
 
-    def tuning(stimuli) -> np.ndarray:
+    def tuning(stimuli: Sequence[Any]) -> np.ndarray:
         from PIL import Image
 
         rows = []
@@ -283,7 +284,7 @@ def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Cal
             weights[i, c] = rng.choice([1.0, 1.0, -0.5]) * window / window.sum()
     w = weights.reshape(n_sites, -1)
 
-    def drive(images) -> np.ndarray:
+    def drive(images: Sequence[np.ndarray]) -> np.ndarray:
         return features(images)[layer] @ w.T
 
     # Standardize on a fixed natural set (crops of a few sample photos), so rates are comparable across sites.
@@ -301,7 +302,7 @@ def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Cal
     ref = drive(ref_imgs)
     mu, sd = ref.mean(0), ref.std(0) + 1e-9
 
-    def tuning(stimuli) -> np.ndarray:
+    def tuning(stimuli: Sequence[Any]) -> np.ndarray:
         images = [s for s in stimuli if not isinstance(s, str)]
         rates = np.full((len(stimuli), n_sites), 5.0)
         if images:

@@ -20,11 +20,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
 
 from .paths import cache_root, replaced_whole
+
+if TYPE_CHECKING:
+    from .features import TextFeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ def _load_stored(model_id: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def reference_projection(extractor, blocks: Sequence[str], k: int) -> Projection:
+def reference_projection(extractor: TextFeatureExtractor, blocks: Sequence[str], k: int) -> Projection:
     """The projection of these pooled-layer blocks (``last/L12``...) onto k reference components.
 
     ``extractor`` is a :class:`twin.features.TextFeatureExtractor`; it runs only for
