@@ -303,8 +303,8 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
 
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
+    data = read_session(session_file)  # before the folder: a file that is not a session leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = read_session(session_file)
     summary = summarize(session_file, data)
     true = simulated_truth(session_file, data)
     if true:

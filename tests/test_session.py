@@ -284,6 +284,15 @@ def test_report_says_when_the_simulated_subject_does_not_load_here(uninterrupted
     assert "<td>drive - suppress</td>" in page  # the measured contrasts are there
 
 
+def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_path):
+    protocol = tmp_path / "protocol.toml"
+    shutil.copy(TINY, protocol)
+    proc = subprocess.run(_cmd("report", protocol), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"'{protocol}' is not an HDF5 file, so not a NeuroTwin session" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.toml"]  # no empty report folder beside it
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
 def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
     from PIL import Image
