@@ -106,6 +106,11 @@ def _bad(tmp_path: Path, name: str, content: str | bytes) -> Path:
         ("text.csv", "sentence,response\nhello there,1\nsecond one,high\n", "non-numeric value 'high'"),
         ("header.csv", "sentence,response\n", "no rows"),
         ("binary.csv", b"sentence,response\n\xff\xfe\x00,1\n", "not UTF-8"),
+        (
+            "two.csv",
+            "sentence,response\nhello there,1\nhello there,2\nsecond one,3\n",
+            "has 2 unique sentence(s); a twin needs at least 3",
+        ),
     ],
 )
 def test_bad_training_data_exits_2(tmp_path, name, content, message):

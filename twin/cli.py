@@ -96,6 +96,7 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
         return
 
     dataset = load_dataset(data, targets.split(",") if targets else None)
+    _enough(data, len(dataset), "unique sentence(s)")
     poolings = tuple(p.strip() for p in pooling.split(","))
     if any(p not in ("last", "mean") for p in poolings):
         raise UserError(f"--pooling: {pooling!r}; choose last, mean or 'last,mean'")
@@ -118,6 +119,15 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     used = [name for name, w in zip(twin.readouts, twin.stack_weights.max(1), strict=False) if w > 0]
     click.echo(f"  feature blocks with weight: {', '.join(used)}")
     click.echo(f"wrote {out}")
+
+
+def _enough(data: Path, n: int, what: str) -> None:
+    """Refuse, before any features are computed, training data too small for a twin."""
+    from .data import DataError
+    from .model import MIN_TRAIN
+
+    if n < MIN_TRAIN:
+        raise DataError(f"'{data}' has {n} {what}; a twin needs at least {MIN_TRAIN}")
 
 
 def _echo_prior(twin: Any, path: Path | None, prior: Any) -> None:
@@ -171,6 +181,7 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
     Y = frame[names].to_numpy(float)
     if not np.isfinite(Y).all():
         raise DataError(f"'{data}': responses contain NaN or infinite values")
+    _enough(data, len(frame), "image(s)")
     paths = [str((data.parent / p) if not Path(p).is_absolute() else p) for p in frame["image"]]
     model = "efficientnet-lite0" if model == "smollm2-135m" else model
     plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)

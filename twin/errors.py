@@ -7,8 +7,8 @@ class TwinError(Exception):
     """Base class for every user-facing twin error (bad data, unknown model, bad twin file)."""
 
 
-class DataError(TwinError):
-    """A training or prediction file is missing, empty or malformed."""
+class DataError(TwinError, ValueError):
+    """Training or prediction data (or its file) is missing, too small, empty or malformed."""
 
 
 class FeatureModelError(TwinError):

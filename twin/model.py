@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from .cache import FeatureCache, text_digests
-from .errors import FeatureModelError, TwinFileError
+from .errors import DataError, FeatureModelError, TwinFileError
 from .features import SURPRISAL_KEY, SURPRISAL_STATS, TextFeatureExtractor, layer_key, length_features
 from .models import model_info
 from .paths import replaced_whole
@@ -47,6 +47,7 @@ FORMAT_VERSION = 2
 STATS_BLOCK = "stats"
 REFERENCE_BLOCK = "reference"
 DEFAULT_COMPONENTS = 32
+MIN_TRAIN = 3  # training stimuli a twin needs (its readouts choose penalties by leave-one-out)
 
 
 def plan_from_json(text: str) -> FeaturePlan | ImagePlan:
@@ -368,7 +369,7 @@ def transfer_hyperparameters(
         raise FeatureModelError(f"the prior has feature blocks {sorted(prior.alphas)}, not {sorted(names)}")
     n_prior = prior.stack_weights.shape[1]
     if n_prior not in (1, Y.shape[1]):
-        raise ValueError(f"the prior has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
+        raise DataError(f"the prior has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
     row = {name: i for i, name in enumerate(prior.alphas)}  # prior.stack_weights rows follow its alphas
     multipliers = np.asarray(multipliers, np.float64)
     alphas = {name: np.empty(Y.shape[1]) for name in names}
@@ -554,8 +555,8 @@ class Twin:
         reference twin's predictions from them when one is given, and with a prior's
         hyperparameters, scaled, when one is given."""
         Y = _as_2d(Y)
-        if len(Y) < 3:
-            raise ValueError(f"a twin needs at least 3 training sentences, got {len(Y)}")
+        if len(Y) < MIN_TRAIN:
+            raise DataError(f"a twin needs at least {MIN_TRAIN} training stimuli, got {len(Y)}")
         if isinstance(prior, Twin):
             prior = prior.as_prior()
         if prior is not None:
