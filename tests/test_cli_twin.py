@@ -138,16 +138,22 @@ def test_bad_twin_files_exit_2(tmp_path, small_csv):
     sentences = _bad(tmp_path, "s.txt", "One sentence here.\n")
     truncated = _bad(tmp_path, "trunc.h5", twin.read_bytes()[:2000])
     empty = _bad(tmp_path, "empty.txt", "\n\n")
-    cases = [  # (twin file, sentences, extra arguments): the message; run side by side
-        ((truncated, sentences), "truncated or corrupt"),
-        ((small_csv, sentences), "not a readable HDF5"),
-        ((tmp_path / "none.h5", sentences), "does not exist"),
-        ((twin, sentences, "--model", "smollm2-135m"), "uses feature model 'minilm'"),
-        ((twin, empty), "has no sentences"),
-    ]
-    procs = neurotwin_all(
-        *[("twin", "predict", *args[:2], "--out", tmp_path / "p.csv", *args[2:]) for args, _ in cases]
+    out = ("--out", tmp_path / "p.csv")
+    lines = ["The cat sat on the mat.", "A dog ran in the park.", "She reads every night.", "We went out.", "Hi."]
+    few = _bad(tmp_path, "few.csv", "sentence,response,other\n" + "".join(f"{s},{i},1\n" for i, s in enumerate(lines)))
+    two = _bad(
+        tmp_path, "two.csv", "sentence,response,other\n" + "".join(f"{s},{i},1\n" for i, s in enumerate(lines[:2]))
     )
+    cases = [  # command line: the message; run side by side
+        (("predict", truncated, sentences, *out), "truncated or corrupt"),
+        (("predict", small_csv, sentences, *out), "not a readable HDF5"),
+        (("predict", tmp_path / "none.h5", sentences, *out), "does not exist"),
+        (("predict", twin, sentences, *out, "--model", "smollm2-135m"), "uses feature model 'minilm'"),
+        (("predict", twin, empty, *out), "has no sentences"),
+        (("score", twin, two), "scoring needs at least 5 unique sentences, got 2"),
+        (("score", twin, few, "--folds", "2"), "2 folds of 5 sentences leave 2 to train on; a twin needs 3"),
+    ]
+    procs = neurotwin_all(*[("twin", *args) for args, _ in cases])
     for proc, (_, message) in zip(procs, cases, strict=True):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr

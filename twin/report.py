@@ -8,9 +8,10 @@ import numpy as np
 
 from .cache import digest_keys, text_digests
 from .data import Dataset
+from .errors import DataError
 from .features import length_features, word_frequency_features
-from .model import Twin, baseline_predictions, cross_validated_predictions
-from .scoring import Score, score, split_half_ceiling
+from .model import MIN_TRAIN, Twin, baseline_predictions, cross_validated_predictions
+from .scoring import Score, kfold, score, split_half_ceiling
 
 BASELINES = {
     "length (words)": lambda s: length_features(s)[:, :1],
@@ -47,7 +48,15 @@ class ScoreReport:
 
 
 def score_report(twin: Twin, dataset: Dataset, folds: int = 10, seed: int = 0) -> ScoreReport:
-    """Cross-validate the twin's recipe on sentences it was trained on, else score its predictions."""
+    """Cross-validate the twin's recipe on sentences it was trained on, else score its predictions.
+
+    Raises DataError for data too small to score: under 5 sentences, or a training fold under MIN_TRAIN."""
+    if len(dataset) < 5:
+        raise DataError(f"scoring needs at least 5 unique sentences, got {len(dataset)}")
+    test_folds = kfold(len(dataset), folds, seed, dataset.groups)
+    if (smallest := len(dataset) - max(map(len, test_folds))) < MIN_TRAIN:
+        raise DataError(f"{len(test_folds)} folds of {len(dataset)} sentences leave {smallest} to train on; "
+                        f"a twin needs {MIN_TRAIN}: use more --folds or more sentences")  # fmt: skip
     trained = set(digest_keys(twin.training_digests))
     seen = np.array([k in trained for k in digest_keys(text_digests(dataset.sentences))])
     features = twin._features()

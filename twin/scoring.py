@@ -7,11 +7,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import DataError
+
 
 def kfold(n: int, k: int = 10, seed: int = 0, groups: Sequence | None = None) -> list[np.ndarray]:
     """Test-index arrays of K folds; with ``groups``, no group is split across folds."""
     if n < 2:
-        raise ValueError("cross-validation needs at least 2 rows")
+        raise DataError("cross-validation needs at least 2 rows")
     rng = np.random.default_rng(seed)
     if groups is None:
         k = min(k, n)
@@ -19,7 +21,7 @@ def kfold(n: int, k: int = 10, seed: int = 0, groups: Sequence | None = None) ->
     labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
     k = min(k, len(labels))
     if k < 2:
-        raise ValueError("grouped cross-validation needs at least 2 groups")
+        raise DataError(f"grouped cross-validation needs at least 2 groups, got {len(labels)}")
     # Largest groups first, each to the currently smallest fold (balanced, seeded tie-break).
     sizes = np.bincount(inverse)
     order = sorted(rng.permutation(len(labels)), key=lambda g: -sizes[g])
