@@ -11,6 +11,7 @@ import click
 from acquisition.cli import session_group
 from acquisition.session import SessionError
 from hardware.cli import present_cmd, rig_group
+from hardware.errors import EndpointError
 from stimulus_synthesis.cli import corpus_group, synthesize_cmd
 from stimulus_synthesis.constraints import ConstraintError
 from stimulus_synthesis.pool import PoolError
@@ -27,7 +28,7 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (TwinError, SessionError, PoolError, ConstraintError, ProtocolError) as exc:
+        except (TwinError, SessionError, PoolError, ConstraintError, ProtocolError, EndpointError) as exc:
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

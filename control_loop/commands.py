@@ -71,7 +71,12 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Session file (default: sessions/NAME-TIME.h5)."
 )
-@click.option("--speed", type=float, default=None, help="Simulated time speed (default: the protocol's).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Simulated time speed (default: the protocol's).",
+)
 @click.option("--subject", default=None, help="Simulated subject as module:attr (default: the modality's).")
 @click.option("--seed", type=int, default=None, help="Override the protocol's seed.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML report at the end.")
@@ -154,7 +159,12 @@ def protocol_group() -> None:
     show_default=True,
     help="Dry runs (simulated participants), seeds from the protocol's; 2 or more give the effects' spread.",
 )
-@click.option("--speed", type=float, default=None, help="Simulated speed of the dry runs (default: the protocol's).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Simulated speed of the dry runs (default: the protocol's).",
+)
 @click.option(
     "--keep",
     type=click.Path(path_type=Path, file_okay=False),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+POSITIVE = click.FloatRange(min=0, min_open=True)  # speeds, intervals, durations
+
 
 def curve_options(f):
     f = click.option("--curve-secret", type=click.Path(path_type=Path), default=None,
@@ -41,9 +43,9 @@ def rig_group() -> None:
 @click.option("--subject", default=None, help="Ground-truth subject as module:attr (default: the language subject).")
 @click.option("--noise-sd", type=float, default=None, help="Per-trial noise SD (default: the subject's, 0.623).")
 @click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
-@click.option("--speed", default=1.0, show_default=True, help="Simulated time runs this many times faster.")
-@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: run until killed).")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
 @curve_options
 def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, duration, curve_secret, curve_allow):
     """A scanner with a simulated subject: a trigger and one sample per ROI every TR."""
@@ -67,8 +69,8 @@ def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, dura
 @click.option("--sites", default=16, show_default=True, help="Number of sites of the default tuning.")
 @click.option("--baseline", default=5.0, show_default=True, help="Spontaneous rate (spikes/s).")
 @click.option("--seed", default=0, show_default=True, help="Spike-count seed.")
-@click.option("--speed", default=1.0, show_default=True, help="Simulated time runs this many times faster.")
-@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
 @curve_options
 def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbeat, curve_secret, curve_allow):
     """An electrophysiology array: Poisson spike counts per window from a tuning function."""
@@ -113,8 +115,8 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
     default=None,
     help="Journal file: restarted with it, the relay resends what was not acknowledged and keeps its run.",
 )
-@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @curve_options
 def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat, duration, curve_secret,
           curve_allow):  # fmt: skip
@@ -183,9 +185,9 @@ def keygen(folder: Path, name: str) -> None:
 @click.option("--screen", default=0, show_default=True, help="Screen number.")
 @click.option("--screenshots", type=click.Path(path_type=Path), default=None, help="Save every frame shown here.")
 @click.option("--journal", type=click.Path(path_type=Path), default=None, help="Journal file (restart without loss).")
-@click.option("--speed", default=1.0, show_default=True, help="Simulated time speed (with --null).")
-@click.option("--heartbeat", default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (with --null).")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @curve_options
 def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat,
                 duration, curve_secret, curve_allow):  # fmt: skip

@@ -10,6 +10,7 @@ outage with its duration. Ping/pong exchanges estimate the clock offset.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import secrets
@@ -21,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from .errors import EndpointError
 from .protocol import DEFAULT_MAX_BYTES, RELIABLE_TYPES, ProtocolError, decode, encode
 from .stream import Inbox, Journal, Outbox
 
@@ -192,12 +194,17 @@ class PeerServer(_Endpoint):
         curve: CurveKeys | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(role, name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
-        self.socket = _socket(self.context, zmq.ROUTER)
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket = _socket(zmq.Context.instance(), zmq.ROUTER)  # bound first: a bad endpoint opens no journal
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if curve is not None:
-            _server_curve(self.socket, curve)
-        self.socket.bind(endpoint)
+            _server_curve(socket, curve)
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(0)
+            raise _endpoint_error("listen on", endpoint, exc) from None
+        super().__init__(role, name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
+        self.socket = socket
         self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.peer: bytes | None = None
         self.peer_name = ""
@@ -336,6 +343,13 @@ class PeerClient(_Endpoint):
         clock: Callable[[], float] = time.time,
         on_log: Callable[[str, str], None] | None = None,
     ) -> None:
+        probe = _socket(zmq.Context.instance(), zmq.DEALER)  # connecting is asynchronous: only the form can fail
+        try:
+            probe.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise _endpoint_error("connect to", endpoint, exc) from None
+        finally:
+            probe.close(0)
         super().__init__("controller", name, heartbeat=heartbeat, max_bytes=max_bytes, journal=journal, clock=clock)
         self.endpoint = endpoint
         self.curve = curve
@@ -466,6 +480,19 @@ class PeerClient(_Endpoint):
 
 
 HIGH_WATER_MARK = 100_000  # messages queued per peer and direction; overflow is recovered by replay
+
+
+def _endpoint_error(action: str, endpoint: str, exc: zmq.ZMQError) -> EndpointError:
+    """The error for an endpoint that ``action`` failed on, with what to do about the common causes."""
+    hint = {
+        errno.EADDRINUSE: "another process (an earlier rig or presenter?) serves there: stop it or use another port",
+        errno.EINVAL: "an endpoint looks like tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555",
+    }.get(exc.errno)
+    if exc.errno in (errno.ENODEV, errno.EADDRNOTAVAIL):
+        hint = "this machine has no such address: use one of its own, or tcp://*:PORT for all of them"
+    error = EndpointError(f"cannot {action} {endpoint!r}: {zmq.strerror(exc.errno)}" + (f"; {hint}" if hint else ""))
+    error.errno = exc.errno
+    return error
 
 
 def _socket(context: zmq.Context, kind: int) -> zmq.Socket:

@@ -14,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hardware import PeerClient, PeerServer, ProtocolError, decode, encode
+from hardware.errors import EndpointError
 from hardware.peer import CurveKeys
 from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
 from hardware.stream import Inbox, Journal, Outbox
 
+from .conftest import side_by_side
 from .netutil import ROOT, CuttableProxy, free_port, start_rig, wait_up
 
 N_VOLUMES = 60
@@ -308,12 +310,7 @@ def _png(array) -> bytes:
 
 
 def test_ephys_rig_streams_spike_counts_that_follow_the_stimulus(tmp_path):
-    import subprocess
-    import sys
-
     from acquisition import average_repeats, window_rates
-
-    from .netutil import ROOT
 
     port = free_port()
     rig = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "simulate-ephys", "--bind",
@@ -359,14 +356,41 @@ def test_ephys_rig_streams_spike_counts_that_follow_the_stimulus(tmp_path):
 
 
 def test_unloadable_subject_is_a_clear_error():
-    import subprocess
-    import sys
-
-    from .netutil import ROOT
-
     proc = subprocess.run([sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--subject", "nope:thing",
                            "--duration", "1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "cannot load 'nope:thing'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_endpoints_that_cannot_be_used_are_one_line_errors(tmp_path):
+    """A port another process serves, a malformed endpoint, an address this machine lacks, a negative speed:
+    each names the problem (exit status 2 from the command line), before any journal is opened."""
+    port = free_port()
+    first = PeerServer(f"tcp://127.0.0.1:{port}", journal=tmp_path / "first.journal")
+    try:
+        with pytest.raises(EndpointError, match=f"cannot listen on 'tcp://127.0.0.1:{port}': Address already in use"):
+            PeerServer(f"tcp://127.0.0.1:{port}", journal=tmp_path / "second.journal")
+        with pytest.raises(EndpointError, match="cannot connect to 'localhost': Invalid argument; an endpoint looks"):
+            PeerClient("localhost", journal=tmp_path / "client.journal")
+        cli = [sys.executable, "-m", "control_loop.cli"]
+        cases = [  # command line: what stderr says
+            (["rig", "simulate-fmri", "--bind", f"tcp://127.0.0.1:{port}", "--journal", tmp_path / "rig.journal"],
+             "another process (an earlier rig or presenter?) serves there: stop it or use another port"),
+            (["present", "--null", "--bind", "tcp://203.0.113.7:5555", "--journal", tmp_path / "p.journal"],
+             "this machine has no such address: use one of its own, or tcp://*:PORT"),
+            (["rig", "simulate-ephys", "--bind", "tcp://127.0.0.1", "--journal", tmp_path / "e.journal"],
+             "cannot listen on 'tcp://127.0.0.1': Invalid argument"),
+            (["rig", "simulate-fmri", "--speed", "-3", "--duration", "1"],
+             "Invalid value for '--speed': -3.0 is not in the range x>0"),
+        ]  # fmt: skip
+        procs = side_by_side([[*cli, *map(str, args)] for args, _ in cases], {**os.environ}, ROOT)
+        for proc, (args, message) in zip(procs, cases, strict=True):
+            assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (
+                args,
+                proc.stderr,
+            )
+    finally:
+        first.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.journal"]  # nothing else was opened
 
 
 def test_language_subject_prefers_sentences_to_nonword_lists():

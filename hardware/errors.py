@@ -1,0 +1,8 @@
+"""Errors of the hardware bridge that the command line turns into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class EndpointError(OSError):
+    """An endpoint (tcp://HOST:PORT) that cannot be listened on or connected to: malformed, on an interface
+    this machine does not have, or already in use."""
