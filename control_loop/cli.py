@@ -21,6 +21,8 @@ from twin.errors import TwinError
 from .commands import protocol_group, report_cmd, simulate_cmd
 from .protocol import ProtocolError
 
+log = logging.getLogger("neurotwin")
+
 
 class _Root(click.Group):
     """Turns every package's user-facing error into a one-line message and exit code 2."""
@@ -30,6 +32,12 @@ class _Root(click.Group):
             return super().invoke(ctx)
         except (TwinError, SessionError, PoolError, ConstraintError, ProtocolError, EndpointError) as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # a folder that does not exist or may not be written, a full disk
+            if exc.filename is None:
+                raise
+            log.debug("file system error", exc_info=True)  # -vv: where it happened
+            where = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 else "")
+            raise UserError(f"{where}: {exc.strerror or exc}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -293,6 +293,23 @@ def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.toml"]  # no empty report folder beside it
 
 
+def test_outputs_that_cannot_be_written_are_one_line_errors(uninterrupted, tmp_path):
+    """An output path inside a file (or any folder that cannot be made or written): the path and the reason, in
+    one line with exit status 2, and the session file read from is unchanged."""
+    _work, out, _ = uninterrupted
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    before = out.read_bytes()
+    cmds = [_cmd("simulate", TINY, "--out", blocker / "s.h5"), _cmd("session", "export", out, "--out", blocker / "x"),
+            _cmd("report", out, "--out", blocker / "report")]  # fmt: skip
+    procs = side_by_side(cmds, _env(tmp_path / "cache"), ROOT)
+    for proc in procs:
+        assert proc.returncode == 2, proc.stderr
+        assert f"'{blocker}/" in proc.stderr and "Not a directory" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == before
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
 def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
     from PIL import Image
