@@ -51,9 +51,9 @@ def _simulated_runner(protocol: Protocol, out: Path, peers: dict, progress: Call
 
     rois = subject_rois(protocol, peers)  # a subject that does not load fails before anything starts
     features = _features(protocol)
-    with simulated_peers(protocol, peers, out.with_name(out.stem + "-logs")) as (rig, presenter):
+    with simulated_peers(protocol, peers, out.with_name(out.stem + "-logs")) as (rig, presenter, exited):
         yield SessionRunner(protocol, out, rig, presenter, clock=sim_clock(peers["speed"]), features=features,
-                            rois=rois, progress=progress, peers=peers)  # fmt: skip
+                            rois=rois, progress=progress, peers=peers, watch=exited)  # fmt: skip
 
 
 def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:

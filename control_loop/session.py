@@ -18,6 +18,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -173,7 +174,8 @@ class SessionRunner:
     def __init__(self, protocol: Protocol, path: str | Path, rig: str, presenter: str, *,
                  clock: Callable[[], float] = time.time, features: Any = None, rois: list[str] | None = None,
                  progress: Callable[[str], None] | None = None, heartbeat: float = 0.3,
-                 peers: dict | None = None) -> None:  # fmt: skip
+                 peers: dict | None = None, watch: Callable[[], str | None] | None = None) -> None:  # fmt: skip
+        """``watch``: for peers this process started, a check that says (in a message) that one has exited."""
         self.protocol = protocol
         self.peers = peers or {"mode": "live", "rig": rig, "presenter": presenter}
         self.path = Path(path)
@@ -198,6 +200,16 @@ class SessionRunner:
         self._baseline_y: list[float] = []  # measured target responses to baseline trials
         self._effect: float | None = None  # last closed-loop run's drive - suppress, in baseline SDs
         self._stopped: set[str] = set()
+        self._watch = watch
+        self._watched = 0.0  # when the watch last ran
+
+    def _check_peers(self) -> None:
+        """Fail, saying why, when a peer this process started has exited (at most every 0.2 s)."""
+        if self._watch is None or time.monotonic() - self._watched < 0.2:
+            return
+        self._watched = time.monotonic()
+        if (message := self._watch()) is not None:
+            raise SessionError(message)
 
     def _set_rois(self, rois: list[str]) -> None:
         missing = [r for r in self.protocol.target.rois if r not in rois]
@@ -283,6 +295,7 @@ class SessionRunner:
             if time.monotonic() > end:
                 missing = [n for n, c in (("rig", self.rig), ("presenter", self.presenter)) if not c.up]
                 raise SessionError(f"no answer from the {' and '.join(missing)} within {timeout:.0f} s")
+            self._check_peers()
             self.rig.poll(0.02)
             self.presenter.poll(0.02)
 
@@ -451,6 +464,7 @@ class SessionRunner:
         with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
             while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
                 self._interrupts.check()
+                self._check_peers()
                 if time.monotonic() > deadline:
                     state = {c: "connected" if c.up else "not answering" for c in (self.rig, self.presenter)}
                     raise SessionError(
@@ -652,6 +666,11 @@ class SessionRunner:
                 if limit and (time.monotonic() - started) / 60 > limit:
                     self.session.log("stop", f"max_minutes {limit} reached")
                     break
+        except Exception as exc:  # Ctrl-C (a pause) is not one
+            if self.session is not None:
+                with contextlib.suppress(Exception):  # the file itself may be what failed
+                    self.session.log("error", f"the session stopped: {exc}")
+            raise
         finally:
             if self.session is not None:
                 self.session.close()

@@ -45,8 +45,9 @@ def simulation_peers(protocol: Protocol, subject: str | None = None, speed: floa
 
 
 @contextlib.contextmanager
-def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """Start the rig and the presenter; yields their endpoints; stops them on exit."""
+def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[tuple[str, str, Callable]]:
+    """Start the rig and the presenter; yields their endpoints and a check that says which of them has exited
+    (with its exit status and the last line of its log), or None; stops them on exit."""
     rig_port, presenter_port = _free_port(), _free_port()
     rig_ep, pres_ep = f"tcp://127.0.0.1:{rig_port}", f"tcp://127.0.0.1:{presenter_port}"
     exe = [sys.executable, "-m", "control_loop.cli"]
@@ -71,7 +72,17 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
             out = open(log_dir / f"{name}.log", "ab")
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
             procs.append((proc, out))
-        yield rig_ep, pres_ep
+
+        def exited() -> str | None:
+            for (proc, out), name in zip(procs, ("rig", "presenter"), strict=True):
+                if proc.poll() is not None:
+                    out.flush()
+                    lines = Path(out.name).read_text(errors="replace").strip().splitlines()
+                    return (f"the simulated {name} exited (status {proc.returncode}): "
+                            f"{lines[-1] if lines else 'no output'} (its log: {out.name})")  # fmt: skip
+            return None
+
+        yield rig_ep, pres_ep, exited
     finally:
         for proc, out in procs:
             proc.terminate()

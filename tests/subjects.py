@@ -49,3 +49,11 @@ def luminance_sites(stimuli):
 
 
 luminance_sites.rois = ("site0", "site1")
+
+
+def broken_language_subject(stimuli):
+    """A subject that loads but fails on its first stimulus (a user's subject with a bug)."""
+    raise RuntimeError("this subject's weights are missing")
+
+
+broken_language_subject.rois = ("lang", "md")

@@ -293,6 +293,21 @@ def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.toml"]  # no empty report folder beside it
 
 
+def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
+    """The simulated rig dies on its first stimulus (a subject with a bug): the session stops at once, not after
+    the run's deadline, with the rig's last words and where its log is; the session file stays readable."""
+    out = tmp_path / "crash.h5"
+    started = time.monotonic()
+    cmd = _cmd("simulate", TINY, "--out", out, "--subject", "tests.subjects:broken_language_subject")
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "the simulated rig exited (status 1): RuntimeError: this subject's weights are missing" in proc.stderr
+    assert f"(its log: {tmp_path / 'crash-logs' / 'rig.log'})" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 60, "noticed only at a deadline"
+    log = read_session(out).log  # the file says why it stopped
+    assert log.kind.tolist()[-1] == "error" and "the simulated rig exited" in log.message.iloc[-1], log
+
+
 def test_outputs_that_cannot_be_written_are_one_line_errors(uninterrupted, tmp_path):
     """An output path inside a file (or any folder that cannot be made or written): the path and the reason, in
     one line with exit status 2, and the session file read from is unchanged."""
