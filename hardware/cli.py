@@ -131,10 +131,14 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
     if not names or len(set(names)) != len(names):
         raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
                                  param_hint="--channels")  # fmt: skip
+    if source != "-" and Path(source).is_dir():
+        raise click.BadParameter(f"'{source}' is a folder: give the file the recording writes, a FIFO, or '-'",
+                                 param_hint="--input")  # fmt: skip
     server = PeerServer(bind, role="rig", name="relay", heartbeat=heartbeat, journal=journal,
                         curve=server_curve(curve_secret, curve_allow))  # fmt: skip
     rig = RelayRig(server, names, open_input(source, from_start), latency=latency, kind=kind)
-    _serve(rig, server, f"relay serving on {server.endpoint} (channels: {', '.join(names)}; input: {source})",
+    waiting = " (waiting for it to be created)" if source != "-" and not Path(source).exists() else ""
+    _serve(rig, server, f"relay serving on {server.endpoint} (channels: {', '.join(names)}; input: {source}{waiting})",
            duration)  # fmt: skip
 
 

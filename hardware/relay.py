@@ -77,12 +77,17 @@ class RelayRig:
         self.outside = 0  # lines that arrived while no run was open
         self.malformed = 0
         self._lines: queue.Queue[tuple[int, float, str] | None] = queue.Queue()
+        self.input_error: OSError | None = None  # why the input could not be read, if it could not
         self._restore()
         threading.Thread(target=self._read, args=(lines,), daemon=True, name="relay-input").start()
 
     def _read(self, lines: Iterator[str] | IO[str]) -> None:
-        for number, line in enumerate(lines, 1):
-            self._lines.put((number, self.server.clock(), line))  # stamped on arrival
+        try:
+            for number, line in enumerate(lines, 1):
+                self._lines.put((number, self.server.clock(), line))  # stamped on arrival
+        except OSError as exc:  # e.g. a folder, or a file that went away: serve() raises it when the queue ends
+            log.error("cannot read the input: %s", exc)
+            self.input_error = exc
         self._lines.put(None)
 
     def _restore(self) -> None:
@@ -177,7 +182,9 @@ class RelayRig:
             self._volume(*item)
 
     def serve(self, duration: float | None = None) -> None:
-        """Serve until interrupted (or ``duration`` seconds); after the input ends, until its run is sent."""
+        """Serve until interrupted (or ``duration`` seconds); after the input ends, until its run is sent.
+
+        Raises the input's OSError, after sending what was read, if it could not be read to its end."""
         end = None if duration is None else time.monotonic() + duration
         ended_at = None
         while end is None or time.monotonic() < end:
@@ -185,6 +192,8 @@ class RelayRig:
                 ended_at = time.monotonic()
                 log.warning("the input ended: nothing more to relay")
             if ended_at is not None and not self.server.outbox.pending and time.monotonic() - ended_at > 1.0:
+                if self.input_error is not None:
+                    raise self.input_error
                 return
 
 

@@ -522,6 +522,25 @@ def test_relay_from_a_fifo_answers_before_the_writer_and_sends_runs_of_the_lines
         server.close()
 
 
+def test_relay_input_that_cannot_be_read_is_a_one_line_error(tmp_path):
+    """A folder given as the input is refused at once; a file still to be created is waited for (and said to
+    be); if a folder appears in its place, the relay stops with exit status 2, naming it."""
+    cli = [sys.executable, "-m", "control_loop.cli", "rig", "relay", "--channels", "lang", "--duration", "60"]
+    folder = subprocess.run([*cli, "--input", str(tmp_path), "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert folder.returncode == 2 and f"'{tmp_path}' is a folder" in folder.stderr, folder.stderr
+    later = tmp_path / "later.txt"
+    proc = subprocess.Popen([*cli, "--input", str(later), "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert f"input: {later} (waiting for it to be created)" in proc.stderr.readline()
+        later.mkdir()  # not the file the recording was to write
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and f"'{later}': Is a directory" in err and "Traceback" not in err, err
+
+
 def test_the_default_language_rig_answers_its_first_event_without_falling_silent():
     """The default subject's feature model takes seconds to load; the rig loads it before serving, so its
     first event does not silence it for longer than the controller waits (which was a 'lost fmri-sim' outage
