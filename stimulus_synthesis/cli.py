@@ -58,9 +58,6 @@ def info_cmd(pool: Path, column: str) -> None:
     click.echo(f"{pool}: {load_pool(pool, column).summary()}")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 @click.command("synthesize")
 @click.option("--twin", "twin_file", required=True, type=click.Path(path_type=Path), help="Twin file (.h5).")
 @click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
@@ -206,7 +203,7 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     from PIL import Image
 
     from twin import Twin
-    from twin.cli import UserError
+    from twin.cli import IMAGE_SUFFIXES, UserError
     from twin.vision import load_image
 
     from .images import best_starts, control_images, evolve_images, synthesize_images, twin_predictor
@@ -214,6 +211,10 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
 
     if n < 1 or steps < 1 or size < 32:
         raise UserError(f"--n and --steps must be at least 1 and --size at least 32 (got {n}, {steps}, {size})")
+    if not out.suffix:  # the PNGs' folder is OUT without its suffix: it would be OUT itself
+        raise UserError(f"--out {out}: name the CSV to write, e.g. {out}.csv (the PNGs go in the folder '{out}')")
+    if start_path is not None and not start_path.exists():
+        raise UserError(f"--start {start_path}: no such image or folder")
     twin = Twin.load(twin_file, model=model)
     if twin.modality != "image":
         raise UserError(f"twin '{twin_file}' models sentences; image synthesis needs a twin fit on images")

@@ -249,6 +249,14 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
         image = np.asarray(Image.open(tmp_path / row["image"]).convert("RGB"))
         assert check_image(image).ok and float(row["predicted_site1"]) == pytest.approx(
             Twin.load(twin).predict([image])[0][0, 1], rel=0.05, abs=0.5)  # fmt: skip
+    # `twin predict` reads images too: the synthesized ones as listed in their CSV, and a folder.
+    neurotwin("twin", "predict", twin, out, "--out", tmp_path / "p.csv")
+    predicted = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["image"] for r in predicted] == [r["image"] for r in rows]
+    for p, r in zip(predicted, rows, strict=True):
+        assert float(p["site1"]) == pytest.approx(float(r["predicted_site1"]), abs=1e-4) and float(p["site1_sd"]) > 0
+    neurotwin("twin", "predict", twin, folder, "--out", tmp_path / "f.csv")
+    assert len(list(csv.DictReader(open(tmp_path / "f.csv")))) == 60
     # Starting from the training images the twin rates best for site1.
     start = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "s.csv", "--n", "2",
                       "--steps", "8", "--size", "96", "--roi", "site1", "--start", folder)  # fmt: skip
@@ -261,10 +269,16 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
     for args, message in [(["--method", "cmaes"], "--start works with --method gradient only"),
                           (["--n", "61"], "60 image(s) found, --n 61 needs at least 61"),
                           (["--goal", "drive", "--hold", "auto"], "--hold auto works with --modality image"),
-                          (["--goal", "control", "--hold", "x"], "--hold must be a number or 'auto'")]:  # fmt: skip
+                          (["--goal", "control", "--hold", "x"], "--hold must be a number or 'auto'"),
+                          (["--start", tmp_path / "none"], f"--start {tmp_path / 'none'}: no such image or folder"),
+                          (["--out", tmp_path / "b"], f"--out {tmp_path / 'b'}: name the CSV to write, e.g. "
+                                                       f"{tmp_path / 'b'}.csv")]:  # fmt: skip
         bad = neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", tmp_path / "b.csv", "--steps",
                         "8", "--start", folder, *args, check_ok=False)  # fmt: skip
-        assert bad.returncode == 2 and message in bad.stderr and not (tmp_path / "b.csv").exists()
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert not (tmp_path / "b.csv").exists() and not (tmp_path / "b").exists()
+    score = neurotwin("twin", "score", twin, tmp_path / "train.csv", check_ok=False)
+    assert score.returncode == 2 and "models images: `twin score` scores sentence twins" in score.stderr
     # Bad input: a text file posing as an image; a text twin asked for images. Nothing written.
     (folder / "0.png").write_text("not a png")
     bad = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out",

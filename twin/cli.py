@@ -40,9 +40,13 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def _features(plan, cache: str | None, device: str):
-    from .model import TextFeatures
+    from .model import ImagePlan, TextFeatures
     from .paths import default_feature_cache
 
+    if isinstance(plan, ImagePlan):
+        from .vision import ImageFeatures
+
+        return ImageFeatures(plan, device=device)
     cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
     return TextFeatures(plan, cache=cache_path, device=device, progress=True)
 
@@ -213,6 +217,9 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
     from .report import score_report
 
     twin = Twin.load(twin_file)
+    if twin.modality == "image":
+        raise UserError(f"twin '{twin_file}' models images: `twin score` scores sentence twins (an image twin's "
+                        "fit prints its leave-one-out r per target)")  # fmt: skip
     dataset = load_dataset(data, twin.targets)
     twin.attach(_features(twin.plan, cache, device))
     report = score_report(twin, dataset, folds=folds, seed=seed)
@@ -231,20 +238,55 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
 @cache_option
 @device_option
 def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
-    """Predict responses to SENTENCES (one per line): a CSV with each target and its predictive SD."""
+    """Predict responses to SENTENCES (one per line): a CSV with each target and its predictive SD.
+
+    An image twin reads a folder of images (.png, .jpg) or a CSV with an 'image' column (paths
+    relative to the CSV) instead."""
     import pandas as pd
 
     from .data import load_sentences
     from .model import Twin
 
     twin = Twin.load(twin_file, model=model)
-    texts = load_sentences(sentences)
+    if twin.modality == "image":
+        column, (names, stimuli) = "image", _image_inputs(sentences)
+    else:
+        column, stimuli = "sentence", load_sentences(sentences)
+        names = stimuli
     twin.attach(_features(twin.plan, cache, device))
-    mean, sd = twin.predict(texts, with_sd=True)
-    table = {"sentence": texts}
+    mean, sd = twin.predict(stimuli, with_sd=True)
+    table = {column: names}
     for t, name in enumerate(twin.targets):
         table[name] = np.round(mean[:, t], 6)
         table[f"{name}_sd"] = np.round(sd[:, t], 6)
     with replaced_whole(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
-    click.echo(f"predicted {len(texts)} sentences -> {out}")
+    click.echo(f"predicted {len(stimuli)} {column}s -> {out}")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
+    """Names and paths of the images to predict: a folder's image files (sorted), or a CSV's 'image' column
+    (paths relative to the CSV)."""
+    import pandas as pd
+
+    from .data import DataError
+
+    if source.is_dir():
+        files = sorted(f for f in source.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"folder '{source}' has no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [str(f) for f in files], [str(f) for f in files]
+    if not source.exists():
+        raise DataError(f"'{source}' does not exist")
+    try:
+        frame = pd.read_csv(source)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"'{source}' is not a readable CSV: {exc}") from None
+    if "image" not in frame.columns or frame.empty:
+        raise DataError(f"'{source}': an image twin predicts a folder of images or a CSV with an 'image' column "
+                        f"(columns: {', '.join(map(str, frame.columns))}; {len(frame)} rows)")  # fmt: skip
+    names = frame["image"].astype(str).tolist()
+    return names, [str(p if Path(p).is_absolute() else source.parent / p) for p in names]
