@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from acquisition.cli import session_group
+from acquisition.session import SessionError
 
 from .protocol import Protocol, ProtocolError, load_prior, load_protocol, load_reference
 
@@ -78,7 +79,7 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
     help="Simulated time speed (default: the protocol's).",
 )
 @click.option("--subject", default=None, help="Simulated subject as module:attr (default: the modality's).")
-@click.option("--seed", type=int, default=None, help="Override the protocol's seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the protocol's seed.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML report at the end.")
 def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, subject: str | None, seed: int | None,
                  report: bool) -> None:  # fmt: skip
@@ -89,7 +90,15 @@ def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, sub
     if seed is not None:
         protocol = protocol.model_copy(update={"seed": seed})
     out = out or _default_out(protocol_file)
+    _refuse_existing(out)
     _run_simulated(protocol, out, simulation_peers(protocol, subject, speed), report)
+
+
+def _refuse_existing(out: Path) -> None:
+    """A new session never writes into an existing file: continuing one is `session resume`."""
+    if out.exists():
+        raise SessionError(f"session file '{out}' already exists: continue it with `neurotwin session resume {out}`, "
+                           "or choose another --out")  # fmt: skip
 
 
 @session_group.command("run")
@@ -104,6 +113,7 @@ def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str 
     from .session import SessionRunner
 
     protocol = load_protocol(protocol_file)
+    _refuse_existing(out)
     runner = SessionRunner(protocol, out, rig, presenter, features=_features(protocol),
                            rois=rois.split(",") if rois else None, progress=click.echo)  # fmt: skip
     _run_or_pause(runner, out)

@@ -162,7 +162,7 @@ class Protocol(_Strict):
     safety: Safety = Safety()
     simulation: Simulation = Simulation()
     twin: TwinSource = TwinSource()
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="Seed of every random choice (stimuli, simulated noise).")
 
     @model_validator(mode="after")
     def _phases(self) -> Protocol:

@@ -70,6 +70,7 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         (lambda t: t.replace('modality = "text"\n', ""), ["modality", "required"]),
         (lambda t: t.replace("trials_per_run = 60", 'trials_per_run = "sixty"'), ["design.trials_per_run"]),
         (lambda t: t.replace("tr = 2.0", "tr = -2.0"), ["design.tr", "greater than 0"]),
+        (lambda t: t.replace("seed = 0", "seed = -1"), ["seed", "greater than or equal to 0"]),
         (lambda t: t.replace("iti = 4.0", "iti = 1.0"), ["design", "iti (1 s) is shorter than trial_duration (2 s)"]),
         (lambda t: t + "\n[safety]\nmax_area = 0.5\n", ["safety.max_area", "0.25"]),
         (lambda t: t.replace('rois = ["lang"]', 'rois = ["broca"]'), ["target.rois", "unknown ROI", "broca"]),

@@ -308,6 +308,20 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
     assert log.kind.tolist()[-1] == "error" and "the simulated rig exited" in log.message.iloc[-1], log
 
 
+def test_a_new_session_never_writes_into_an_existing_file(uninterrupted, tmp_path):
+    """`simulate` and `session run` with --out naming an existing session file are refused before any rig is
+    started, pointing to `session resume`; the file is unchanged."""
+    _work, out, _ = uninterrupted
+    before = out.read_bytes()
+    live = ["--rig", "tcp://127.0.0.1:1", "--presenter", "tcp://127.0.0.1:2"]
+    procs = side_by_side([_cmd("simulate", TINY, "--out", out), _cmd("session", "run", TINY, *live, "--out", out)],
+                         _env(tmp_path / "cache"), ROOT)  # fmt: skip
+    for proc in procs:
+        assert proc.returncode == 2, proc.stderr
+        assert f"session file '{out}' already exists: continue it with `neurotwin session resume {out}`" in proc.stderr
+    assert out.read_bytes() == before
+
+
 def test_outputs_that_cannot_be_written_are_one_line_errors(uninterrupted, tmp_path):
     """An output path inside a file (or any folder that cannot be made or written): the path and the reason, in
     one line with exit status 2, and the session file read from is unchanged."""
