@@ -80,7 +80,20 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         (lambda t: t.replace("[stopping]", "[stoping]"), ["stoping", "not a protocol field"]),
         (lambda t: t.replace("name = ", "name = = "), ["not valid TOML"]),
     ],
-    ids=["missing", "type", "negative-tr", "iti", "unsafe", "roi", "goal", "rounds", "no-conditions", "typo", "toml"],
+    ids=[
+        "missing",
+        "type",
+        "negative-tr",
+        "negative-seed",
+        "iti",
+        "unsafe",
+        "roi",
+        "goal",
+        "rounds",
+        "no-conditions",
+        "typo",
+        "toml",
+    ],
 )
 def test_malformed_protocol_names_the_field(tmp_path, edit, words):
     path = tmp_path / "p.toml"
