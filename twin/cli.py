@@ -170,14 +170,7 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
     from .model import Twin
     from .vision import ImageFeatures, ImagePlan
 
-    if not data.exists():
-        raise DataError(f"training file '{data}' does not exist")
-    try:
-        frame = pd.read_csv(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"'{data}' is not a readable CSV: {exc}") from None
-    if "image" not in frame.columns:
-        raise DataError(f"'{data}' has no 'image' column (columns: {', '.join(map(str, frame.columns))})")
+    frame, paths = _image_csv(data)
     names = targets.split(",") if targets else [c for c in frame.columns if c not in ("image", "group")]
     bad = [c for c in names if c not in frame.columns or not pd.api.types.is_numeric_dtype(frame[c])]
     if not names or bad:
@@ -186,7 +179,6 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
     if not np.isfinite(Y).all():
         raise DataError(f"'{data}': responses contain NaN or infinite values")
     _enough(data, len(frame), "image(s)")
-    paths = [str((data.parent / p) if not Path(p).is_absolute() else p) for p in frame["image"]]
     model = "efficientnet-lite0" if model == "smollm2-135m" else model
     plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)
     twin = Twin.fit(paths, Y, names, features=ImageFeatures(plan, device=device), prior=prior)
@@ -270,7 +262,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
     """Names and paths of the images to predict: a folder's image files (sorted), or a CSV's 'image' column
     (paths relative to the CSV)."""
-    import pandas as pd
 
     from .data import DataError
 
@@ -279,14 +270,23 @@ def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
         if not files:
             raise DataError(f"folder '{source}' has no images ({', '.join(IMAGE_SUFFIXES)})")
         return [str(f) for f in files], [str(f) for f in files]
-    if not source.exists():
-        raise DataError(f"'{source}' does not exist")
+    frame, paths = _image_csv(source, " (or give a folder of images)")
+    return frame["image"].astype(str).tolist(), paths
+
+
+def _image_csv(path: Path, hint: str = "") -> tuple[Any, list[str]]:
+    """A CSV of images (column 'image', paths relative to the CSV): the table, and each image's path."""
+    import pandas as pd
+
+    from .data import DataError
+
+    if not path.exists():
+        raise DataError(f"'{path}' does not exist")
     try:
-        frame = pd.read_csv(source)
+        frame = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"'{source}' is not a readable CSV: {exc}") from None
+        raise DataError(f"'{path}' is not a readable CSV: {exc}") from None
     if "image" not in frame.columns or frame.empty:
-        raise DataError(f"'{source}': an image twin predicts a folder of images or a CSV with an 'image' column "
-                        f"(columns: {', '.join(map(str, frame.columns))}; {len(frame)} rows)")  # fmt: skip
-    names = frame["image"].astype(str).tolist()
-    return names, [str(p if Path(p).is_absolute() else source.parent / p) for p in names]
+        raise DataError(f"'{path}' has no 'image' column or no rows (columns: "
+                        f"{', '.join(map(str, frame.columns))}; {len(frame)} rows){hint}")  # fmt: skip
+    return frame, [str(p if Path(p).is_absolute() else path.parent / p) for p in frame["image"].astype(str)]
