@@ -262,7 +262,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
     """Names and paths of the images to predict: a folder's image files (sorted), or a CSV's 'image' column
     (paths relative to the CSV)."""
-
     from .data import DataError
 
     if source.is_dir():
