@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from stimulus_synthesis.images import (
 )
 from stimulus_synthesis.safety import SafetyLimits, check_image, check_sequence, make_safe
 from twin import DataError, FeatureModelError, Twin
-from twin.vision import ImageFeatures, ImagePlan, to_tensor
+from twin.vision import ImageFeatures, ImagePlan, image_digests, to_tensor
 
 from .netutil import ROOT, free_port, wait_up
 from .test_cli_twin import neurotwin
@@ -240,6 +241,8 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
     twin = tmp_path / "v1.h5"
     fit = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out", twin)
     assert "fit 60 images on gabor-v1" in fit.stdout and twin.exists()
+    # the images it was fit on are known by their pixels (not by their paths), wherever they are scored from
+    np.testing.assert_array_equal(Twin.load(twin).training_digests, image_digests(natural[:60]))
     out = tmp_path / "drive.csv"
     neurotwin("synthesize", "--modality", "image", "--twin", twin, "--out", out, "--n", "2", "--steps", "24",
               "--size", "96", "--roi", "site1")  # fmt: skip
@@ -277,8 +280,13 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
                         "8", "--start", folder, *args, check_ok=False)  # fmt: skip
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert not (tmp_path / "b.csv").exists() and not (tmp_path / "b").exists()
-    score = neurotwin("twin", "score", twin, tmp_path / "train.csv", check_ok=False)
-    assert score.returncode == 2 and "models images: `twin score` scores sentence twins" in score.stderr
+    # `twin score`: the images it was fit on (known by their pixels) are cross-validated, beside image baselines.
+    score = neurotwin("twin", "score", twin, tmp_path / "train.csv", "--json", tmp_path / "score.json")
+    assert "10-fold cross-validated Pearson r on 60 images" in score.stdout, score.stdout
+    scores = json.loads((tmp_path / "score.json").read_text())["targets"]
+    assert set(scores["site2"]) == {"twin", "mean luminance", "RMS contrast"}
+    site2 = {name: s["r"] for name, s in scores["site2"].items()}  # the site its fit read best (LOO r 0.53)
+    assert site2["twin"] > max(0.3, site2["mean luminance"], site2["RMS contrast"]), site2
     # Bad input: a text file posing as an image; a text twin asked for images. Nothing written.
     (folder / "0.png").write_text("not a png")
     bad = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out",

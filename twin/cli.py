@@ -202,17 +202,16 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
     """Held-out r per target, with baselines and (given repeats) the noise ceiling.
 
     Sentences the twin was trained on are scored by cross-validating the twin's
-    recipe; new sentences are scored on the fitted twin's predictions.
+    recipe; new sentences are scored on the fitted twin's predictions. An image twin
+    reads DATA's 'image' column (paths relative to it) and is compared with the images'
+    mean luminance and RMS contrast.
     """
     from .data import load_dataset
     from .model import Twin
     from .report import score_report
 
     twin = Twin.load(twin_file)
-    if twin.modality == "image":
-        raise UserError(f"twin '{twin_file}' models images: `twin score` scores sentence twins (an image twin's "
-                        "fit prints its leave-one-out r per target)")  # fmt: skip
-    dataset = load_dataset(data, twin.targets)
+    dataset = load_dataset(data, twin.targets, column="image" if twin.modality == "image" else "sentence")
     twin.attach(_features(twin.plan, cache, device))
     report = score_report(twin, dataset, folds=folds, seed=seed)
     click.echo(report.text())

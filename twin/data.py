@@ -59,10 +59,9 @@ def normalize_sentence(text: str) -> str:
     return " ".join(text.split())
 
 
-def load_dataset(path: str | Path, targets: list[str] | None = None) -> Dataset:
-    """Read a CSV with a ``sentence`` column and one or more numeric response columns.
-
-    An optional ``group`` column defines grouped cross-validation folds.
+def load_dataset(path: str | Path, targets: list[str] | None = None, column: str = "sentence") -> Dataset:
+    """Read a CSV with a ``sentence`` column (or ``column="image"``: image paths, relative to the CSV) and one
+    or more numeric response columns. An optional ``group`` column defines grouped cross-validation folds.
     """
     import io
 
@@ -77,18 +76,18 @@ def load_dataset(path: str | Path, targets: list[str] | None = None) -> Dataset:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"data file '{path}' is not a readable CSV: {exc}") from None
     df.columns = [str(c).strip() for c in df.columns]
-    if "sentence" not in df.columns:
-        raise DataError(f"data file '{path}' has no 'sentence' column (columns: {', '.join(df.columns)})")
+    if column not in df.columns:
+        raise DataError(f"data file '{path}' has no '{column}' column (columns: {', '.join(df.columns)})")
     if len(df) == 0:
         raise DataError(f"data file '{path}' has a header but no rows")
-    available = [c for c in df.columns if c not in RESERVED_COLUMNS]
+    available = [c for c in df.columns if c not in (*RESERVED_COLUMNS, column)]
     if targets:
         unknown = [t for t in targets if t not in df.columns]
         if unknown:
             raise DataError(f"data file '{path}' has no column(s) {unknown} (columns: {', '.join(df.columns)})")
         available = list(targets)
     if not available:
-        raise DataError(f"data file '{path}' has no response column besides 'sentence'")
+        raise DataError(f"data file '{path}' has no response column besides '{column}'")
     for col in available:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy())
@@ -101,10 +100,13 @@ def load_dataset(path: str | Path, targets: list[str] | None = None) -> Dataset:
         if not np.isfinite(values.to_numpy(np.float64)).all():
             raise DataError(f"data file '{path}', column '{col}' has infinite values")
         df[col] = values
-    sentences = [normalize_sentence(str(s)) if isinstance(s, str) else "" for s in df["sentence"]]
+    if column == "image":  # paths relative to the CSV
+        sentences = [str(path.parent / s.strip()) if isinstance(s, str) and s.strip() else "" for s in df[column]]
+    else:
+        sentences = [normalize_sentence(str(s)) if isinstance(s, str) else "" for s in df[column]]
     empty = [i for i, s in enumerate(sentences) if not s]
     if empty:
-        raise DataError(f"data file '{path}': row {empty[0] + 2} has an empty sentence")
+        raise DataError(f"data file '{path}': row {empty[0] + 2} has an empty {column}")
     Y = df[available].to_numpy(np.float64)
     groups_col = df["group"].to_numpy() if "group" in df.columns else None
     order: dict[str, list[int]] = {}

@@ -62,9 +62,10 @@ def features_for(plan: FeaturePlan | ImagePlan, projection: Projection | None = 
     return TextFeatures(plan, projection=projection)
 
 
-def stimulus_digests(stimuli: Sequence) -> np.ndarray:
-    """Digests of sentences or images, as kept in a twin for its training stimuli."""
-    if stimuli and not isinstance(stimuli[0], str):
+def stimulus_digests(stimuli: Sequence, images: bool = False) -> np.ndarray:
+    """Digests of sentences, or (``images``, or any stimulus not a string) of images by their pixels, whether
+    given as arrays, PNG bytes or paths: as kept in a twin for its training stimuli."""
+    if images or (stimuli and not isinstance(stimuli[0], str)):
         return image_digests(stimuli)
     return text_digests(stimuli)
 
@@ -534,7 +535,7 @@ class Twin:
         twin.projection = features.projection
         twin.features = features
         twin.training_hash = training_hash
-        twin.training_digests = stimulus_digests(list(sentences))
+        twin.training_digests = stimulus_digests(list(sentences), images=isinstance(features, ImageFeatures))
         return twin
 
     @classmethod
@@ -712,7 +713,8 @@ class Twin:
         Rows are merged as measured: a twin fit within runs is fit again instead (as the session
         runner does for sentences), since an update cannot remove a run offset."""
         self.update_blocks(self._features()(sentences), Y)
-        self.training_digests = np.vstack([self.training_digests, stimulus_digests(list(sentences))])
+        digests = stimulus_digests(list(sentences), images=self.modality == "image")
+        self.training_digests = np.vstack([self.training_digests, digests])
 
     def update_blocks(self, blocks: dict[str, np.ndarray], Y: np.ndarray) -> None:
         Y = _as_2d(Y)
