@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PEREIRA = SHARED / "pereira2018_language_network.csv"
 PRIOR = ROOT / "protocols" / "priors" / "pereira2018_smollm2.json"  # the language protocols' prior
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, with its module docstring as the help (so --help runs nothing)."""
+    first, _, rest = doc.strip().partition("\n")
+    raw = argparse.RawDescriptionHelpFormatter
+    return argparse.ArgumentParser(description=first, epilog=rest.strip(), formatter_class=raw)
 
 
 def need_shared() -> None:

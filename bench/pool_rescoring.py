@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from bench._common import PEREIRA, need_shared, new_sentences
+from bench._common import PEREIRA, need_shared, new_sentences, parser
 
 
 def main() -> None:
@@ -82,4 +82,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    parser(__doc__).parse_args()
     main()

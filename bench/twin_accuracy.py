@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from bench._common import PEREIRA, need_shared
+from bench._common import PEREIRA, need_shared, parser
 
 
 def main() -> None:
@@ -90,4 +90,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    parser(__doc__).parse_args()
     main()

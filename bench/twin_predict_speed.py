@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import PEREIRA, need_shared, new_sentences
+from bench._common import PEREIRA, need_shared, new_sentences, parser
 
 
 def run(args: list[str], env: dict) -> float:
@@ -51,4 +51,6 @@ def main(n: int = 10_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)
+    cli = parser(__doc__)
+    cli.add_argument("sentences", nargs="?", type=int, default=10_000, help="new sentences to predict")
+    main(cli.parse_args().sentences)
