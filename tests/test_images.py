@@ -240,7 +240,7 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
             w.writerow([f"imgs/{i}.png", *rates[i]])
     twin = tmp_path / "v1.h5"
     fit = neurotwin("twin", "fit", tmp_path / "train.csv", "--modality", "image", "--model", "gabor-v1", "--out", twin)
-    assert "fit 60 images on gabor-v1" in fit.stdout and twin.exists()
+    assert "fit 60 unique images on gabor-v1" in fit.stdout and twin.exists()
     # the images it was fit on are known by their pixels (not by their paths), wherever they are scored from
     np.testing.assert_array_equal(Twin.load(twin).training_digests, image_digests(natural[:60]))
     out = tmp_path / "drive.csv"

@@ -164,26 +164,19 @@ def prior_cmd(twin_file: Path, out: Path) -> None:
 
 def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int, targets: str | None,
                 device: str, prior_path: Path | None = None, prior: Any = None) -> None:  # fmt: skip
-    import pandas as pd
-
-    from .data import DataError
+    from .data import load_dataset
     from .model import Twin
     from .vision import ImageFeatures, ImagePlan
 
-    frame, paths = _image_csv(data)
-    names = targets.split(",") if targets else [c for c in frame.columns if c not in ("image", "group")]
-    bad = [c for c in names if c not in frame.columns or not pd.api.types.is_numeric_dtype(frame[c])]
-    if not names or bad:
-        raise DataError(f"'{data}': response column(s) missing or not numeric: {bad or 'none given'}")
-    Y = frame[names].to_numpy(float)
-    if not np.isfinite(Y).all():
-        raise DataError(f"'{data}': responses contain NaN or infinite values")
-    _enough(data, len(frame), "image(s)")
+    dataset = load_dataset(data, targets.split(",") if targets else None, column="image")  # as `twin score` reads it
+    _enough(data, len(dataset), "unique image(s)")
     model = "efficientnet-lite0" if model == "smollm2-135m" else model
     plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)
-    twin = Twin.fit(paths, Y, names, features=ImageFeatures(plan, device=device), prior=prior)
+    twin = Twin.fit(dataset.sentences, dataset.responses, dataset.targets, features=ImageFeatures(plan, device=device),
+                    training_hash=dataset.digest(), prior=prior)  # fmt: skip
     twin.save(out)
-    click.echo(f"fit {len(paths)} images on {model} ({', '.join(twin.plan.layers or ())}), targets: {', '.join(names)}")
+    click.echo(f"fit {len(dataset)} unique images on {model} ({', '.join(twin.plan.layers or ())}), "
+               f"targets: {', '.join(dataset.targets)}")  # fmt: skip
     _echo_prior(twin, prior_path, prior)
     for target, r in twin.scores["inner_loo_r"].items():
         click.echo(f"  {target}: inner leave-one-out r = {r:.3f}")
