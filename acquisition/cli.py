@@ -23,17 +23,64 @@ def export_cmd(session_file: Path, out: Path) -> None:
         click.echo(f"wrote {path}")
 
 
+TABLES = ("stimuli", "events", "triggers", "samples", "estimates", "twin", "log")
+
+
 @session_group.command("info")
 @click.argument("session_file", type=click.Path(path_type=Path))
-def info_cmd(session_file: Path) -> None:
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep watching (from another terminal): the log so far, then new counts and log lines as they are "
+    "written, until the writer closes the file.",
+)
+@click.option("--every", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds between looks.")
+def info_cmd(session_file: Path, follow: bool, every: float) -> None:
     """Counts of everything recorded so far (works while the session runs)."""
+    import time
+
     from .reader import read_session
+    from .session import writer_pid
 
     data = read_session(session_file)
     click.echo(f"{session_file}: modality {data.attrs['modality']}, ROIs {', '.join(data.rois)}")
     click.echo(f"started {data.attrs['start_time_iso']}")
-    for name in ("stimuli", "events", "triggers", "samples", "estimates", "twin", "log"):
+    for name in TABLES:
         click.echo(f"  {name:10s} {len(getattr(data, name))}")
+    if not follow:
+        return
+    counted = TABLES[:-1]  # the log is shown line by line instead: what it holds so far, then each new line
+    counts, logged = [len(getattr(data, name)) for name in counted], 0
+    while True:
+        writer = writer_pid(session_file)  # before reading: what it wrote before closing is then in this read
+        data = read_session(session_file)
+        now = [len(getattr(data, name)) for name in counted]
+        if now != counts:
+            click.echo(
+                time.strftime("%H:%M:%S ") + ", ".join(f"{n} {name}" for name, n in zip(counted, now, strict=True))
+            )
+            counts = now
+        for row in data.log.iloc[logged:].itertuples():
+            if not row.kind:  # a row whose text is not flushed yet (SWMR shows the row first): next look
+                break
+            click.echo(f"  {_log_line(row.kind, row.message)}")
+            logged += 1
+        if writer is None:
+            click.echo("no process is writing the file: done")
+            return
+        time.sleep(every)
+
+
+def _log_line(kind: str, message: str) -> str:
+    """A session log record as a line for the terminal (a completed run's JSON record in short)."""
+    import json
+
+    if kind == "run-complete":
+        record = json.loads(message)
+        return (
+            f"run {record['index'] + 1} complete: {record['phase']} ({record['kind']}), {len(record['trials'])} trials"
+        )
+    return f"{kind}: {message}"
 
 
 @session_group.command("recover")

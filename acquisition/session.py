@@ -390,6 +390,22 @@ def recover(path: str | Path) -> bool:
         lock.release()
 
 
+def writer_pid(path: str | Path) -> int | None:
+    """The pid of the process writing this session now, or None. Reads the writer's lock file without
+    locking it (so it can never stand in a starting writer's way)."""
+    try:
+        pid = int(Path(path).with_name(Path(path).name + ".lock").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a dead writer's lock file
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
 class _WriterLock:
     """An exclusive lock on ``<session>.lock`` held while a process writes the session.
 

@@ -308,6 +308,32 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
     assert log.kind.tolist()[-1] == "error" and "the simulated rig exited" in log.message.iloc[-1], log
 
 
+def test_session_info_follows_a_running_session_until_it_closes(tmp_path):
+    """`session info --follow` from a second process: counts as they grow and each completed run as it is
+    logged, then done when the writer closes the file."""
+    out = tmp_path / "followed.h5"
+    env = _env(tmp_path / "cache")
+    run = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        end = time.monotonic() + 120
+        while not out.exists() and run.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        follow = subprocess.run(_cmd("session", "info", out, "--follow", "--every", "0.2"), cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.wait(60) == 0, run.stderr.read()[-3000:]
+    finally:
+        run.kill()
+    assert follow.returncode == 0, follow.stderr
+    lines = follow.stdout.splitlines()
+    assert lines[-1] == "no process is writing the file: done"
+    runs = read_session(out).log.query("kind == 'run-complete'").message.map(json.loads).tolist()
+    announced = [line.strip() for line in lines if " complete: " in line]
+    assert announced == [f"run {r['index'] + 1} complete: {r['phase']} ({r['kind']}), {len(r['trials'])} trials"
+                         for r in runs]  # fmt: skip
+    assert any(f"{TOTAL} events" in line for line in lines)  # the last counts, every trial
+
+
 def test_a_new_session_never_writes_into_an_existing_file(uninterrupted, tmp_path):
     """`simulate` and `session run` with --out naming an existing session file are refused before any rig is
     started, pointing to `session resume`; the file is unchanged."""
