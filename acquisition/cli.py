@@ -61,10 +61,8 @@ def info_cmd(session_file: Path, follow: bool, every: float) -> None:
             )
             counts = now
         for row in data.log.iloc[logged:].itertuples():
-            if not row.kind:  # a row whose text is not flushed yet (SWMR shows the row first): next look
-                break
             click.echo(f"  {_log_line(row.kind, row.message)}")
-            logged += 1
+        logged = len(data.log)
         if writer is None:
             click.echo("no process is writing the file: done")
             return

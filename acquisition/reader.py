@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pandas as pd
 
 from .session import TABLES, check_session_file
@@ -35,13 +34,29 @@ class SessionData:
         return self.estimates.groupby("trial", sort=True).tail(1).sort_values("trial").reset_index(drop=True)
 
 
-def _table(f: h5py.File, name: str, heap: np.ndarray, n: int | None = None) -> pd.DataFrame:
+class _Heap:
+    """The /strings byte heap, read again when a row read after it points beyond its end: a live writer
+    extends the heap before the rows that use it, so a fresh read holds every string they point to."""
+
+    def __init__(self, f: h5py.File) -> None:
+        self.f = f
+        self.data = f["strings"][:]
+
+    def text(self, offset: int, length: int) -> str:
+        if offset + length > len(self.data):
+            strings = self.f["strings"]
+            strings.refresh()  # SWMR: a dataset's new extent shows only after a refresh
+            self.data = strings[:]
+        return bytes(self.data[offset : offset + length]).decode("utf-8")
+
+
+def _table(f: h5py.File, name: str, heap: _Heap, n: int | None = None) -> pd.DataFrame:
     data = f[name][: n if n is not None else f[name].shape[0]]
     out = {}
     for col, kind in TABLES[name]:
         if kind == "str":
             offs, lens = data[f"{col}_off"], data[f"{col}_len"]
-            out[col] = [bytes(heap[o : o + n_]).decode("utf-8") for o, n_ in zip(offs, lens, strict=True)]
+            out[col] = [heap.text(int(o), int(n_)) for o, n_ in zip(offs, lens, strict=True)]
         else:
             out[col] = data[col]
     return pd.DataFrame(out)
@@ -52,7 +67,7 @@ def read_session(path: str | Path) -> SessionData:
     path = Path(path)
     check_session_file(path)
     with h5py.File(path, "r", swmr=True) as f:
-        heap = f["strings"][:]
+        heap = _Heap(f)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         for key in ("rois", "seeds", "peers", "software"):
             attrs[key] = json.loads(attrs[key])

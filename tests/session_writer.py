@@ -1,7 +1,7 @@
 """A session writer run as a separate process by the tests: one 10-ROI sample per 'TR'.
 
 Usage: python session_writer.py PATH TR_SECONDS N_VOLUMES [resume]
-Prints the number of samples flushed after each flush, then 'done'.
+Prints the number of samples flushed after each flush, then 'done'. Logs a line per volume.
 """
 
 import sys
@@ -25,6 +25,7 @@ def main() -> None:
         t = start + v * 2.0
         session.add_trigger(t, v, run=2 if resume else 1)
         session.add_samples(t, np.full(10, v, np.float32), run=2 if resume else 1)
+        session.log("volume", f"volume {v} of run {2 if resume else 1}")  # strings, in the shared heap
         session.flush()  # at least every TR
         print(v + 1, flush=True)
         time.sleep(tr)

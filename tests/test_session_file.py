@@ -172,6 +172,26 @@ def test_reader_sees_new_samples_while_the_writer_runs(tmp_path):
         proc.wait()
 
 
+def test_reader_never_sees_a_row_before_its_text(tmp_path):
+    """Strings live in one heap that the writer extends before the rows pointing into it: a reader racing a
+    writer that flushes every 2 ms sees whole log rows only (it once read the heap first, and then rows it
+    did not cover, as empty strings)."""
+    path = tmp_path / "live.h5"
+    proc = _start_writer(path, 0.002, 100000)
+    try:
+        proc.stdout.readline()
+        reads, end = 0, time.monotonic() + 3.0
+        while time.monotonic() < end:
+            log = read_session(path).log
+            expected = [f"volume {v} of run 1" for v in range(len(log))]
+            assert log.message.tolist() == expected and set(log.kind) <= {"volume"}, log.tail()
+            reads += 1
+        assert proc.poll() is None and reads > 10 and len(log) > 100
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_export_command(tmp_path):
     path = tmp_path / "s.h5"
     _filled(path).close()
