@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 
 from .session import TABLES, check_session_file
@@ -35,19 +36,20 @@ class SessionData:
 
 
 class _Heap:
-    """The /strings byte heap, read again when a row read after it points beyond its end: a live writer
+    """The /strings byte heap, read again when rows read after it point beyond its end: a live writer
     extends the heap before the rows that use it, so a fresh read holds every string they point to."""
 
     def __init__(self, f: h5py.File) -> None:
         self.f = f
         self.data = f["strings"][:]
 
-    def text(self, offset: int, length: int) -> str:
-        if offset + length > len(self.data):
+    def covering(self, end: int) -> np.ndarray:
+        """The heap's bytes, at least up to ``end``."""
+        if end > len(self.data):
             strings = self.f["strings"]
             strings.refresh()  # SWMR: a dataset's new extent shows only after a refresh
             self.data = strings[:]
-        return bytes(self.data[offset : offset + length]).decode("utf-8")
+        return self.data
 
 
 def _table(f: h5py.File, name: str, heap: _Heap, n: int | None = None) -> pd.DataFrame:
@@ -56,7 +58,8 @@ def _table(f: h5py.File, name: str, heap: _Heap, n: int | None = None) -> pd.Dat
     for col, kind in TABLES[name]:
         if kind == "str":
             offs, lens = data[f"{col}_off"], data[f"{col}_len"]
-            out[col] = [heap.text(int(o), int(n_)) for o, n_ in zip(offs, lens, strict=True)]
+            strings = heap.covering(int((offs + lens).max()) if len(offs) else 0)
+            out[col] = [bytes(strings[o : o + n_]).decode("utf-8") for o, n_ in zip(offs, lens, strict=True)]
         else:
             out[col] = data[col]
     return pd.DataFrame(out)
