@@ -23,7 +23,7 @@ def export_cmd(session_file: Path, out: Path) -> None:
         click.echo(f"wrote {path}")
 
 
-TABLES = ("stimuli", "events", "triggers", "samples", "estimates", "twin", "log")
+SESSION_TABLES = ("stimuli", "events", "triggers", "samples", "estimates", "twin", "log")
 
 
 @session_group.command("info")
@@ -45,11 +45,11 @@ def info_cmd(session_file: Path, follow: bool, every: float) -> None:
     data = read_session(session_file)
     click.echo(f"{session_file}: modality {data.attrs['modality']}, ROIs {', '.join(data.rois)}")
     click.echo(f"started {data.attrs['start_time_iso']}")
-    for name in TABLES:
+    for name in SESSION_TABLES:
         click.echo(f"  {name:10s} {len(getattr(data, name))}")
     if not follow:
         return
-    counted = TABLES[:-1]  # the log is shown line by line instead: what it holds so far, then each new line
+    counted = SESSION_TABLES[:-1]  # the log is shown line by line instead: what it holds so far, then each new line
     counts, logged = [len(getattr(data, name)) for name in counted], 0
     while True:
         writer = writer_pid(session_file)  # before reading: what it wrote before closing is then in this read

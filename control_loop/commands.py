@@ -11,6 +11,7 @@ import click
 
 from acquisition.cli import session_group
 from acquisition.session import SessionError
+from hardware.cli import POSITIVE
 
 from .protocol import Protocol, ProtocolError, load_prior, load_protocol, load_reference
 
@@ -74,7 +75,7 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     help="Simulated time speed (default: the protocol's).",
 )
@@ -171,7 +172,7 @@ def protocol_group() -> None:
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     help="Simulated speed of the dry runs (default: the protocol's).",
 )

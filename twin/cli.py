@@ -254,6 +254,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
     """Names and paths of the images to predict: a folder's image files (sorted), or a CSV's 'image' column
     (paths relative to the CSV)."""
+    import pandas as pd
+
     from .data import DataError
 
     if source.is_dir():
@@ -261,23 +263,14 @@ def _image_inputs(source: Path) -> tuple[list[str], list[str]]:
         if not files:
             raise DataError(f"folder '{source}' has no images ({', '.join(IMAGE_SUFFIXES)})")
         return [str(f) for f in files], [str(f) for f in files]
-    frame, paths = _image_csv(source, " (or give a folder of images)")
-    return frame["image"].astype(str).tolist(), paths
-
-
-def _image_csv(path: Path, hint: str = "") -> tuple[Any, list[str]]:
-    """A CSV of images (column 'image', paths relative to the CSV): the table, and each image's path."""
-    import pandas as pd
-
-    from .data import DataError
-
-    if not path.exists():
-        raise DataError(f"'{path}' does not exist")
+    if not source.exists():
+        raise DataError(f"'{source}' does not exist")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(source)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"'{path}' is not a readable CSV: {exc}") from None
+        raise DataError(f"'{source}' is not a readable CSV: {exc}") from None
     if "image" not in frame.columns or frame.empty:
-        raise DataError(f"'{path}' has no 'image' column or no rows (columns: "
-                        f"{', '.join(map(str, frame.columns))}; {len(frame)} rows){hint}")  # fmt: skip
-    return frame, [str(p if Path(p).is_absolute() else path.parent / p) for p in frame["image"].astype(str)]
+        raise DataError(f"'{source}' has no 'image' column or no rows (columns: {', '.join(map(str, frame.columns))}; "
+                        f"{len(frame)} rows) (or give a folder of images)")  # fmt: skip
+    names = frame["image"].astype(str).tolist()
+    return names, [str(source.parent / name) for name in names]  # an absolute name stays itself
