@@ -25,7 +25,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "reader": ["SessionData", "read_session"],
         "recovery": ["clear_status_flags"],
-        "session": ["SessionError", "SessionFile", "recover"],
+        "session": ["SessionError", "SessionFile", "recover", "writer_pid"],
     },
 )
 
@@ -43,4 +43,4 @@ if TYPE_CHECKING:
     )
     from .reader import SessionData, read_session
     from .recovery import clear_status_flags
-    from .session import SessionError, SessionFile, recover
+    from .session import SessionError, SessionFile, recover, writer_pid

@@ -275,8 +275,45 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
 @click.command("report")
 @click.argument("session_file", type=click.Path(path_type=Path, exists=True))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: SESSION-report/).")
-def report_cmd(session_file: Path, out: Path | None) -> None:
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep the report up to date while the session runs (from another terminal; the page reloads "
+    "itself), until no process writes the file.",
+)
+@click.option("--every", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="With --follow: seconds between looks, and between the page's reloads.")  # fmt: skip
+def report_cmd(session_file: Path, out: Path | None, follow: bool, every: float) -> None:
     """Write an HTML report (figures as PNG) and a JSON summary of a session."""
-    from .report import write_report
+    if not follow:
+        from .report import write_report
 
-    click.echo(f"report: {write_report(session_file, out)}")
+        click.echo(f"report: {write_report(session_file, out)}")
+        return
+    _follow_report(session_file, out, every)
+
+
+def _follow_report(session_file: Path, out: Path | None, every: float) -> None:
+    """Write the report again whenever the session file has grown, until its writer has closed it."""
+    from acquisition import read_session, writer_pid
+
+    from .report import session_status, status_line, write_report
+
+    seen, data = None, None
+    try:
+        while True:
+            writing = writer_pid(session_file) is not None  # before the read: a closed file's last read is whole
+            data = read_session(session_file)
+            grown = tuple(len(getattr(data, t)) for t in ("log", "events", "estimates", "samples"))
+            if grown != seen or not writing:
+                page = write_report(session_file, out, data=data, writing=writing, refresh=every)
+                said = status_line(session_status(data, writing))
+                click.echo(f"{time.strftime('%H:%M:%S')} report: {page} ({said})")
+                seen = grown
+            if not writing:
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:  # the page says when it was written, and no longer reloads itself
+        if data is not None:
+            write_report(session_file, out, data=data, writing=writing)
+        raise

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import html
+import io
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from acquisition import read_session
+from acquisition import read_session, writer_pid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +43,45 @@ def r_interval(r: float, n: int, level: float = 0.95) -> list[float]:
     half = stats.norm.ppf(0.5 + level / 2) / np.sqrt(n - 3)
     z = np.arctanh(np.clip(r, -0.999999, 0.999999))
     return [float(np.tanh(z - half)), float(np.tanh(z + half))]
+
+
+def session_status(data: SessionData, writing: bool) -> dict:
+    """Where the session stands: ``state`` (running, complete, stopped by a stopping rule, error, or
+    incomplete: paused or killed), runs complete and planned, and the log line saying why it ended early."""
+    from .protocol import Protocol
+
+    done = len(run_records(data))
+    try:
+        planned: int | None = len(Protocol.model_validate_json(data.attrs["protocol"]).runs())
+    except ValueError:  # recorded by a version whose protocols this one does not read
+        planned = None
+    log = data.log
+    resumed = np.flatnonzero((log.kind == "resume").to_numpy())
+    since = log.iloc[resumed[-1] + 1 :] if len(resumed) else log  # an error before a resume is over
+    errors, stops = since[since.kind == "error"], since[since.kind == "stop"]
+    if writing:
+        state, detail = "running", ""
+    elif len(errors):
+        state, detail = "error", str(errors.message.iloc[-1]).removeprefix("the session stopped: ")
+    elif planned is not None and done >= planned:
+        state, detail = "complete", ""
+    elif len(stops):
+        state, detail = "stopped", str(stops.message.iloc[-1])
+    else:
+        state, detail = "incomplete", ""
+    return {"state": state, "runs_complete": done, "runs_planned": planned, "detail": detail}
+
+
+def status_line(status: dict) -> str:
+    """The status in words, as the report's banner and ``report --follow`` say it."""
+    runs = f"{status['runs_complete']} of {status['runs_planned'] or '?'} runs"
+    return {
+        "running": f"running: {runs} complete",
+        "complete": f"complete: {runs}",
+        "stopped": f"stopped by a stopping rule after {runs}: {status['detail']}",
+        "error": f"stopped on an error after {runs}: {status['detail']}",
+        "incomplete": f"incomplete: {runs}, paused or interrupted",
+    }[status["state"]]
 
 
 def summarize(session_file: str | Path, data: SessionData | None = None) -> dict:
@@ -222,17 +265,23 @@ def true_twin_accuracy(session_file: Path, subject: Callable, data: SessionData 
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _subject(peers: str) -> Callable:
+    """A simulation's subject, loaded once per process (``report --follow`` writes the report many times)."""
+    from .simulate import simulated_subject
+
+    return simulated_subject(json.loads(peers))
+
+
 def simulated_truth(session_file: str | Path, data: SessionData | None = None) -> dict:
     """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
     ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load or run here."""
-    from .simulate import simulated_subject
-
     data = data if data is not None else read_session(session_file)
     peers = data.attrs.get("peers") or {}
     if peers.get("mode") != "simulation":
         return {}
     try:
-        subject = simulated_subject(peers)
+        subject = _subject(json.dumps(peers, sort_keys=True))
         true = true_contrasts(Path(session_file), subject, data)
         twin_r = true_twin_accuracy(Path(session_file), subject, data)
         return {**true, "twin_r": twin_r} if twin_r else true
@@ -294,8 +343,26 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
     return figures
 
 
-def write_report(session_file: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/)."""
+def _replace(path: Path, content: bytes) -> None:
+    """Write a file whole: a browser reloading the report never reads one half-written."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_bytes(content)
+    os.replace(part, path)
+
+
+def write_report(
+    session_file: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    data: SessionData | None = None,
+    writing: bool | None = None,
+    refresh: float | None = None,
+) -> Path:
+    """Write report.html, its PNG figures and summary.json into out_dir (default: SESSION-report/).
+
+    ``data`` is the session as read (else read here) and ``writing`` whether a process was writing it
+    just before (else looked up); while one is, a ``refresh`` (seconds) makes the page reload itself.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,9 +370,12 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
 
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
-    data = read_session(session_file)  # before the folder: a file that is not a session leaves nothing behind
+    if data is None:
+        writing = writer_pid(session_file) is not None if writing is None else writing  # before the read
+        data = read_session(session_file)  # before the folder: a file that is not a session leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(session_file, data)
+    summary["status"] = status = session_status(data, bool(writing))
     true = simulated_truth(session_file, data)
     if true:
         summary["true"] = true
@@ -369,9 +439,11 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
         (out_dir / name).unlink(missing_ok=True)
     for name, _, fig in figures:
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        _replace(out_dir / name, png.getvalue())
+    _replace(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
                    f"<td>{v['p']:.2g}</td></tr>"
                    for k, v in [*summary["evaluation"].items(), *summary.get("localizer", {}).items()])  # fmt: skip
@@ -400,10 +472,22 @@ def write_report(session_file: str | Path, out_dir: str | Path | None = None) ->
                   f"{head}</tr>{run_rows}</table>")  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>NeuroTwin session report</title>
+    live = refresh is not None and status["state"] == "running"
+    seconds = max(round(refresh or 0), 1)
+    reload = f'<meta http-equiv="refresh" content="{seconds}">' if live else ""
+    said = f"Session {html.escape(status_line(status))}."
+    if status["state"] in ("error", "incomplete"):
+        said += f" <code>neurotwin session resume {html.escape(str(session_file))}</code> continues it."
+    said += f" Report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    said += f"; this page reloads every {seconds} s while <code>neurotwin report --follow</code> runs." if live else "."
+    page = f"""<!doctype html><html><head><meta charset="utf-8">{reload}<title>NeuroTwin session report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}figure{{display:inline-block;margin:1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6em}}</style></head><body>
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6em}}
+.status{{padding:0.4em 0.8em;background:#f3f3f3;border-left:4px solid #999}}
+.running{{border-color:#3b6fb6}}.complete{{border-color:#3a9a4a}}.stopped{{border-color:#d08a2b}}.error,.incomplete{{border-color:#c8423b}}</style>
+</head><body>
 <h1>{html.escape(summary["protocol"])}</h1>
+<p class="status {status["state"]}" id="status">{said}</p>
 <p>Session <code>{html.escape(str(session_file))}</code>: {summary["trials"]} trials in {len(summary["runs"])} runs;
 target <b>{html.escape(target)}</b>.</p>
 <h2>Contrasts (evaluation and localizer; measured responses compared within runs: OLS with a fixed effect per run)</h2>
@@ -412,5 +496,5 @@ target <b>{html.escape(target)}</b>.</p>
 {runs_table}
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    _replace(out_dir / "report.html", page.encode("utf-8"))
     return out_dir / "report.html"

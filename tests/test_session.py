@@ -52,13 +52,22 @@ def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float, 
     return proc
 
 
+def summarize_status(path: Path) -> dict:
+    """The report's status of a closed session file."""
+    from control_loop.report import session_status
+
+    return session_status(read_session(path), writing=False)
+
+
 def _trial_table(path: Path):
     data = read_session(path)
     est = data.latest_estimates().merge(data.events[["trial", "condition"]], on="trial")  # estimates carry the run
     return data, est
 
 
-def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
+def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path):
+    from control_loop.report import write_report
+
     from .subjects import length_language_subject
 
     _work, out, stdout = uninterrupted
@@ -108,9 +117,18 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted):
         assert (report / png).stat().st_size > 5000
         assert png in (report / "report.html").read_text()
     assert "Time course of the target in each run" in page and "(the last" not in page  # all 6 runs, one panel each
+    assert summary["status"] == {"state": "complete", "runs_complete": 6, "runs_planned": 6, "detail": ""}
+    assert "Session complete: 6 of 6 runs." in page and 'http-equiv="refresh"' not in page
+    live = write_report(out, tmp_path / "live", writing=True, refresh=5).read_text()  # as `report --follow` writes
+    assert '<meta http-equiv="refresh" content="5">' in live and "Session running: 6 of 6 runs complete." in live
+    assert "this page reloads every 5 s" in live
 
 
 def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupted, tmp_path):
+    import html
+
+    from control_loop.report import write_report
+
     work, full, _ = uninterrupted
     out = tmp_path / "killed.h5"
     proc = _signal_during(out, work / "cache", "run 4/", signal.SIGKILL, 0.4)  # runs 1-3 complete; kill in run 4
@@ -118,10 +136,15 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     before = read_session(out)  # the killed writer's file is readable (SWMR)
     done = [json.loads(m) for m in before.log.loc[before.log.kind == "run-complete", "message"]]
     assert len(done) == 3, done
+    page = write_report(out).read_text()  # what the report says of it
+    assert (f"Session incomplete: 3 of 6 runs, paused or interrupted. <code>neurotwin session resume "
+            f"{html.escape(str(out))}</code> continues it.") in page  # fmt: skip
     resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "report: " in resumed.stdout
+    summary = json.loads(out.with_name("killed-report").joinpath("summary.json").read_text())
+    assert summary["status"] == {"state": "complete", "runs_complete": 6, "runs_planned": 6, "detail": ""}
     data, est = _trial_table(out)
     assert len(data.events) == TOTAL and data.events.trial.is_unique and sorted(data.events.trial) == list(range(TOTAL))
     assert len(data.samples) > len(before.samples)  # the interrupted run's samples are kept, then more
@@ -306,11 +329,19 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
     assert time.monotonic() - started < 60, "noticed only at a deadline"
     log = read_session(out).log  # the file says why it stopped
     assert log.kind.tolist()[-1] == "error" and "the simulated rig exited" in log.message.iloc[-1], log
+    status = summarize_status(out)
+    assert status["state"] == "error" and status["runs_complete"] == 0, status
+    assert status["detail"].startswith("the simulated rig exited (status 1): RuntimeError"), status
 
 
-def test_session_info_follows_a_running_session_until_it_closes(tmp_path):
-    """`session info --follow` from a second process: counts as they grow and each completed run as it is
-    logged, then done when the writer closes the file."""
+def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
+    """`session info --follow` and `report --follow` from other processes: counts as they grow and each
+    completed run as it is logged; the report written again as the session grows, saying how far it is, and
+    last as the finished session's report; both done when the writer closes the file."""
+    import re
+
+    from control_loop.report import write_report
+
     out = tmp_path / "followed.h5"
     env = _env(tmp_path / "cache")
     run = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=env,
@@ -319,8 +350,8 @@ def test_session_info_follows_a_running_session_until_it_closes(tmp_path):
         end = time.monotonic() + 120
         while not out.exists() and run.poll() is None and time.monotonic() < end:
             time.sleep(0.05)
-        follow = subprocess.run(_cmd("session", "info", out, "--follow", "--every", "0.2"), cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        follow, report = side_by_side([_cmd("session", "info", out, "--follow", "--every", "0.2"),
+                                       _cmd("report", out, "--follow", "--every", "1")], env, ROOT)  # fmt: skip
         assert run.wait(60) == 0, run.stderr.read()[-3000:]
     finally:
         run.kill()
@@ -332,6 +363,22 @@ def test_session_info_follows_a_running_session_until_it_closes(tmp_path):
     assert announced == [f"run {r['index'] + 1} complete: {r['phase']} ({r['kind']}), {len(r['trials'])} trials"
                          for r in runs]  # fmt: skip
     assert any(f"{TOTAL} events" in line for line in lines)  # the last counts, every trial
+
+    assert report.returncode == 0, report.stderr
+    page = out.with_name("followed-report") / "report.html"
+    said = [re.fullmatch(rf"\d\d:\d\d:\d\d report: {re.escape(str(page))} \((.*)\)", line) for line in
+            report.stdout.splitlines()]  # fmt: skip
+    assert all(said), report.stdout
+    states = [m[1] for m in said]
+    assert states[-1] == "complete: 6 of 6 runs" and len(states) > 2, states  # the writes while it ran, then the last
+    done = [int(re.fullmatch(r"running: (\d) of 6 runs complete", s)[1]) for s in states[:-1]]
+    assert done == sorted(done) and done[-1] > 0, states  # runs completed while the report followed
+    html = page.read_text()
+    assert 'http-equiv="refresh"' not in html and "Session complete: 6 of 6 runs." in html
+    again = write_report(out, tmp_path / "again")  # the last write is the finished session's whole report
+    followed, fresh = (json.loads((d / "summary.json").read_text()) for d in (page.parent, again.parent))
+    assert followed == fresh
+    assert not list(page.parent.glob(".*.part"))  # every file was written whole, then moved into place
 
 
 def test_a_new_session_never_writes_into_an_existing_file(uninterrupted, tmp_path):
@@ -499,6 +546,8 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     data = read_session(out)
     assert len(data.events) == 40
     assert list(data.log.loc[data.log.kind == "stop", "message"]) == ["max_trials 40 reached"]
+    assert summarize_status(out) == {"state": "stopped", "runs_complete": 2, "runs_planned": 6,
+                                     "detail": "max_trials 40 reached"}  # fmt: skip
     shown = data.stimuli.set_index("stimulus_id").loc[data.events.stimulus_id, "text"]
     assert not shown.str.contains(r"\bthe\b", case=False).any(), shown[shown.str.contains(r"\bthe\b", case=False)]
 
