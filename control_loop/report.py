@@ -447,6 +447,9 @@ def write_report(
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
                    f"<td>{v['p']:.2g}</td></tr>"
                    for k, v in [*summary["evaluation"].items(), *summary.get("localizer", {}).items()])  # fmt: skip
+    yet = " yet" if status["state"] == "running" else ""
+    contrasts = (f"<table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>" if rows
+                 else f"<p>None{yet}: the session has no completed evaluation or localizer run.</p>")  # fmt: skip
     truth = ""
     if true.get("contrasts"):
         cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['sds']:+.2f}</td>"
@@ -491,7 +494,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:0.3em 0.6e
 <p>Session <code>{html.escape(str(session_file))}</code>: {summary["trials"]} trials in {len(summary["runs"])} runs;
 target <b>{html.escape(target)}</b>.</p>
 <h2>Contrasts (evaluation and localizer; measured responses compared within runs: OLS with a fixed effect per run)</h2>
-<table><tr><th>contrast</th><th>difference</th><th>t</th><th>p</th></tr>{rows}</table>
+{contrasts}
 {truth}
 {runs_table}
 <h2>Figures</h2>{body}

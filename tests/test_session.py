@@ -139,6 +139,7 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     page = write_report(out).read_text()  # what the report says of it
     assert (f"Session incomplete: 3 of 6 runs, paused or interrupted. <code>neurotwin session resume "
             f"{html.escape(str(out))}</code> continues it.") in page  # fmt: skip
+    assert "<p>None: the session has no completed evaluation or localizer run.</p>" in page  # not an empty table
     resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -61,7 +61,7 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 
 @click.group(name="twin")
 def twin_group() -> None:
-    """Fit, score and use a text encoding model (the twin)."""
+    """Fit, score and use an encoding model of sentences or images (the twin)."""
 
 
 @twin_group.command("fit")
