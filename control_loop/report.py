@@ -104,7 +104,8 @@ def summarize(session_file: str | Path, data: SessionData | None = None) -> dict
     for record in runs:
         rows = est[est.trial.isin(record["trials"])]
         entry = {"index": record["index"], "run": record["run"], "phase": record["phase"], "kind": record["kind"],
-                 "trials": len(rows)}  # fmt: skip
+                 "trials": len(rows),
+                 "means": {str(c): float(v.mean()) for c, v in rows.groupby("condition")[target]}}  # fmt: skip
         pred = record.get("predicted") or {}
         if pred:
             p = np.array([pred[str(t)] for t in rows.trial])
@@ -296,6 +297,12 @@ def _r_cell(r: float | None, ci: list[float] | None = None) -> str:
     return f"{r:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
+def _means_cell(means: dict[str, float]) -> str:
+    """A run's condition means for the report's run table, in the figures' order: 'drive +1.21, ...'."""
+    known = [c for c in ORDER if c in means] + sorted(set(means) - set(ORDER))
+    return ", ".join(f"{CONDITION_NAMES.get(c, c)} {means[c]:+.2f}" for c in known)
+
+
 def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> list:
     """Predicted against measured per stimulus, and twin accuracy per run: (file, caption, figure) pairs,
     none when the twin predicted nothing before a run (a localizer)."""
@@ -465,14 +472,14 @@ def write_report(
     )
     run_rows = "".join(
         f"<tr><td>{r['index'] + 1}</td><td>{html.escape(r['phase'])}</td><td>{html.escape(r['kind'])}</td>"
-        f"<td>{r['trials']}</td>"
+        f"<td>{r['trials']}</td><td>{html.escape(_means_cell(r['means']))}</td>"
         + (f"<td>{_r_cell(r.get('twin_r'), r.get('twin_r_ci'))}</td>" if scored else "")
         + (f"<td>{_r_cell(true_r.get(str(r['index'])))}</td>" if true_r else "")
         + "</tr>"
         for r in summary["runs"]
     )
-    runs_table = ("<h2>Runs</h2><table><tr><th>run</th><th>phase</th><th>kind</th><th>trials</th>"
-                  f"{head}</tr>{run_rows}</table>")  # fmt: skip
+    runs_table = ("<h2>Runs</h2><table><tr><th>run</th><th>phase</th><th>kind</th><th>trials</th><th>measured "
+                  f"{html.escape(target)}, mean by condition</th>{head}</tr>{run_rows}</table>")  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
                    for n, c, _ in figures)  # fmt: skip
     live = refresh is not None and status["state"] == "running"

@@ -107,10 +107,15 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path)
         pred = [record["predicted"][str(t)] for t in events.trial]
         true_r = np.corrcoef(pred, length_language_subject(list(text.loc[events.stimulus_id]))[:, 0])[0, 1]
         assert np.isclose(summary["true"]["twin_r"][str(record["index"])], true_r)
+    for entry in summary["runs"]:  # each run's measured condition means
+        rows = est[est.run == entry["run"]]
+        assert entry["means"] == pytest.approx(rows.groupby("condition").lang.mean().to_dict(), rel=1e-9)
     page = (report / "report.html").read_text()
     last = scored[-1]  # the page's run table has the same numbers
+    means = ", ".join(f"{name} {last['means'][c]:+.2f}" for c, name in zip("SBD", ["suppress", "baseline", "drive"],
+                                                                           strict=True))  # fmt: skip
     assert (f"<td>{last['index'] + 1}</td><td>evaluation</td><td>evaluation</td><td>{last['trials']}</td>"
-            f"<td>{last['twin_r']:+.2f} [{last['twin_r_ci'][0]:+.2f}, {last['twin_r_ci'][1]:+.2f}]</td>"
+            f"<td>{means}</td><td>{last['twin_r']:+.2f} [{last['twin_r_ci'][0]:+.2f}, {last['twin_r_ci'][1]:+.2f}]</td>"
             f"<td>{summary['true']['twin_r'][str(last['index'])]:+.2f}</td></tr>") in page  # fmt: skip
     assert f"<td>drive - suppress</td><td>{true['difference']:+.3f}</td><td>{true['sds']:+.2f}</td>" in page
     for png in ("conditions.png", "predicted_vs_measured.png", "twin_accuracy.png", "timecourse.png"):
@@ -527,7 +532,9 @@ def test_localizer_protocol_finds_sentences_above_nonwords(tmp_path):
     # no twin predicted anything in a localizer: no twin figures (an earlier report's are removed), the rest stay
     assert "twin_accuracy.png" not in page and "predicted_vs_measured.png" not in page and not stale.exists()
     assert "conditions.png" in page and "timecourse.png" in page and "twin r" not in page
-    assert "<tr><td>1</td><td>localizer</td><td>localizer</td><td>36</td></tr>" in page  # the run table, no r cells
+    means = summarize(session)["runs"][0]["means"]  # the run table: its condition means, no r cells
+    cell = f"nonwords {means['NONW']:+.2f}, sentences {means['SENT']:+.2f}"
+    assert f"<tr><td>1</td><td>localizer</td><td>localizer</td><td>36</td><td>{cell}</td></tr>" in page
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # a localizer shows fixed materials: nothing embedded
 
