@@ -32,17 +32,17 @@ SESSION_TABLES = ("stimuli", "events", "triggers", "samples", "estimates", "twin
     "--follow",
     is_flag=True,
     help="Keep watching (from another terminal): the log so far, then new counts and log lines as they are "
-    "written, until the writer closes the file.",
+    "written, until the writer closes the file (waiting for it first if it does not exist yet).",
 )
 @click.option("--every", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds between looks.")
 def info_cmd(session_file: Path, follow: bool, every: float) -> None:
     """Counts of everything recorded so far (works while the session runs)."""
     import time
 
-    from .reader import read_session
+    from .reader import read_session, read_when_ready
     from .session import writer_pid
 
-    data = read_session(session_file)
+    data = read_when_ready(session_file, every, click.echo) if follow else read_session(session_file)
     click.echo(f"{session_file}: modality {data.attrs['modality']}, ROIs {', '.join(data.rois)}")
     click.echo(f"started {data.attrs['start_time_iso']}")
     for name in SESSION_TABLES:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,3 +103,28 @@ def read_session(path: str | Path) -> SessionData:
             log=_table(f, "log", heap),
             attachments={name: f["attachments"][name][()].tobytes() for name in f.get("attachments", {})},
         )
+
+
+STARTING_S = 30.0  # how long a live writer may take to set up a new file before a follower gives up on it
+
+
+def read_when_ready(path: str | Path, every: float, say: Callable[[str], None]) -> SessionData:
+    """:func:`read_session` for a follower started before the session: waits (saying so once) for the file
+    to be created and for its writer to set it up; an error of a file no process is setting up stands."""
+    from .session import SessionError, writer_pid
+
+    path, announced, found = Path(path), False, None
+    while True:
+        if not path.exists():
+            if not announced:
+                say(f"waiting for '{path}' to be created")
+                announced = True
+            time.sleep(every)
+            continue
+        found = found or time.monotonic()
+        try:
+            return read_session(path)
+        except SessionError:
+            if writer_pid(path) is None or time.monotonic() - found > STARTING_S:
+                raise
+            time.sleep(0.1)  # created but not yet set up: its writer holds it for a moment

@@ -273,13 +273,13 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
 
 
 @click.command("report")
-@click.argument("session_file", type=click.Path(path_type=Path, exists=True))
+@click.argument("session_file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: SESSION-report/).")
 @click.option(
     "--follow",
     is_flag=True,
     help="Keep the report up to date while the session runs (from another terminal; the page reloads "
-    "itself), until no process writes the file.",
+    "itself), until no process writes the file (waiting for it first if it does not exist yet).",
 )
 @click.option("--every", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="With --follow: seconds between looks, and between the page's reloads.")  # fmt: skip
@@ -295,12 +295,13 @@ def report_cmd(session_file: Path, out: Path | None, follow: bool, every: float)
 
 def _follow_report(session_file: Path, out: Path | None, every: float) -> None:
     """Write the report again whenever the session file has grown, until its writer has closed it."""
-    from acquisition import read_session, writer_pid
+    from acquisition import read_session, read_when_ready, writer_pid
 
     from .report import session_status, status_line, write_report
 
     seen, data = None, None
     try:
+        read_when_ready(session_file, every, click.echo)
         while True:
             writing = writer_pid(session_file) is not None  # before the read: a closed file's last read is whole
             data = read_session(session_file)

@@ -350,17 +350,21 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
 
     out = tmp_path / "followed.h5"
     env = _env(tmp_path / "cache")
-    run = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        end = time.monotonic() + 120
-        while not out.exists() and run.poll() is None and time.monotonic() < end:
-            time.sleep(0.05)
-        follow, report = side_by_side([_cmd("session", "info", out, "--follow", "--every", "0.2"),
-                                       _cmd("report", out, "--follow", "--every", "1")], env, ROOT)  # fmt: skip
-        assert run.wait(60) == 0, run.stderr.read()[-3000:]
+    followers = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in (_cmd("session", "info", out, "--follow", "--every", "0.2"),
+                           _cmd("report", out, "--follow", "--every", "1"))]  # fmt: skip
+    try:  # the followers start first: they wait for the file, then for its writer to set it up
+        for proc in followers:
+            assert proc.stdout.readline() == f"waiting for '{out}' to be created\n", proc.stderr.read()
+        run = subprocess.run(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        outputs = [p.communicate(timeout=120) for p in followers]  # a few KB each: within the pipes' buffers
+        follow, report = (subprocess.CompletedProcess(p.args, p.returncode, *o)
+                          for p, o in zip(followers, outputs, strict=True))  # fmt: skip
     finally:
-        run.kill()
+        for proc in followers:
+            proc.kill()
     assert follow.returncode == 0, follow.stderr
     lines = follow.stdout.splitlines()
     assert lines[-1] == "no process is writing the file: done"

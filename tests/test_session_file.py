@@ -192,6 +192,40 @@ def test_reader_never_sees_a_row_before_its_text(tmp_path):
         proc.wait()
 
 
+def test_a_follower_waits_for_the_file_and_for_its_writer_to_set_it_up(tmp_path):
+    """read_when_ready: for a file not there yet it says so once and waits; a file a live writer holds that is
+    not yet a session (here: a writer's lock held and the file still empty) is read again until it is one; a
+    file no process writes that is not a session fails at once."""
+    import threading
+
+    from acquisition import read_when_ready
+    from acquisition.session import _WriterLock
+
+    path, said = tmp_path / "later.h5", []
+
+    def writer() -> None:  # the lock first, then an empty file, then the session (as SessionFile.create does)
+        time.sleep(0.3)
+        lock = _WriterLock(path)
+        path.write_bytes(b"")
+        time.sleep(0.5)
+        path.unlink()
+        lock.release()
+        SessionFile.create(path, ["lang"]).close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        data = read_when_ready(path, 0.05, said.append)
+    finally:
+        thread.join()
+    assert said == [f"waiting for '{path}' to be created"] and data.rois == ["lang"]
+    (tmp_path / "empty.h5").write_bytes(b"")
+    started = time.monotonic()
+    with pytest.raises(SessionError, match="is not an HDF5 file"):
+        read_when_ready(tmp_path / "empty.h5", 0.05, said.append)
+    assert time.monotonic() - started < 1 and len(said) == 1
+
+
 def test_export_command(tmp_path):
     path = tmp_path / "s.h5"
     _filled(path).close()
