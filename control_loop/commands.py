@@ -58,14 +58,27 @@ def _simulated_runner(protocol: Protocol, out: Path, peers: dict, progress: Call
                             rois=rois, progress=progress, peers=peers, watch=exited)  # fmt: skip
 
 
-def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
-    from .report import write_report
+def _finish(session_file: Path, report: bool, peers: str = "") -> None:
+    """What a session prints last: its evaluation's effects (from the report), then where its file and report are."""
+    import json
 
+    from .report import effect_lines, measured_baseline_sd, write_report
+
+    page = write_report(session_file) if report else None
+    if page is not None:
+        summary = json.loads(page.with_name("summary.json").read_text())
+        for line in effect_lines(summary["evaluation"], summary.get("localizer", {}), summary.get("true", {}),
+                                 measured_baseline_sd(summary)):  # fmt: skip
+            click.echo(line)
+    click.echo(f"session file: {session_file}{peers}")
+    if page is not None:
+        click.echo(f"report: {page}")
+
+
+def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
     with _simulated_runner(protocol, out, peers, click.echo) as runner:
         _run_or_pause(runner, out)
-    click.echo(f"session file: {out}")
-    if report:
-        click.echo(f"report: {write_report(out)}")
+    _finish(out, report)
 
 
 @click.command("simulate")
@@ -110,7 +123,6 @@ def _refuse_existing(out: Path) -> None:
 @click.option("--rois", default=None, help="ROIs the rig reports, comma-separated (default: the protocol's).")
 def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None) -> None:
     """Run PROTOCOL with a real rig and presenter."""
-    from .report import write_report
     from .session import SessionRunner
 
     protocol = load_protocol(protocol_file)
@@ -118,7 +130,7 @@ def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str 
     runner = SessionRunner(protocol, out, rig, presenter, features=_features(protocol),
                            rois=rois.split(",") if rois else None, progress=click.echo)  # fmt: skip
     _run_or_pause(runner, out)
-    click.echo(f"session file: {out}\nreport: {write_report(out)}")
+    _finish(out, report=True)
 
 
 @session_group.command("resume")
@@ -143,11 +155,7 @@ def resume_cmd(session_file: Path, report: bool) -> None:
     runner = SessionRunner(protocol, session_file, peers["rig"], peers["presenter"], features=_features(protocol),
                            rois=recorded.rois, progress=click.echo, peers=peers)  # fmt: skip
     _run_or_pause(runner, session_file)
-    click.echo(f"session file: {session_file} ({json.dumps(peers)})")
-    if report:
-        from .report import write_report
-
-        click.echo(f"report: {write_report(session_file)}")
+    _finish(session_file, report, f" ({json.dumps(peers)})")
 
 
 @click.group("protocol")

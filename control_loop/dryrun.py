@@ -12,7 +12,15 @@ import numpy as np
 from acquisition import read_session
 
 from .protocol import Protocol
-from .report import CONDITION_NAMES, EVALUATION_PAIRS, run_records, summarize, true_contrasts
+from .report import (
+    CONDITION_NAMES,
+    EVALUATION_PAIRS,
+    effect_lines,
+    measured_baseline_sd,
+    run_records,
+    summarize,
+    true_contrasts,
+)
 
 CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
@@ -33,8 +41,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | 
         if run["kind"] == "evaluation":
             for trial, value in (run.get("predicted") or {}).items():
                 predicted.setdefault(str(condition.loc[int(trial)]), []).append(float(value))
-    baseline = summary["conditions"].get("B")
-    baseline_sd = baseline["sem"] * np.sqrt(baseline["n"]) if baseline and baseline["n"] > 1 else float("nan")
+    baseline_sd = measured_baseline_sd(summary)
     twin = {c: float(np.mean(v)) for c, v in predicted.items()}
     out = {
         "trials": len(data.events),
@@ -70,12 +77,6 @@ def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | 
     return out
 
 
-def _contrast(name: str, c: dict, baseline_sd: float) -> str:
-    se = abs(c["difference"] / c["t"]) if c["t"] else float("nan")
-    sds = f", {c['difference'] / baseline_sd:+.2f} baseline SDs" if np.isfinite(baseline_sd) and baseline_sd else ""
-    return f"{name} {c['difference']:+.3f} (SE {se:.3f}, p {c['p']:.2g}{sds})"
-
-
 def describe(summary: dict, protocol: Protocol) -> list[str]:
     """Readable lines for one dry run."""
     phases = "; ".join(
@@ -83,22 +84,7 @@ def describe(summary: dict, protocol: Protocol) -> list[str]:
         for phase, counts in summary["per_phase"].items()
     )
     lines = [f"stimuli shown: {phases}"]
-    measured = summary["measured"]
-    if measured:
-        lines.append("evaluation, measured: " + "; ".join(
-            _contrast(name, measured[name], summary["baseline_sd"]) for name in CONTRASTS if name in measured
-        ))  # fmt: skip
-    if summary["localizer"]:
-        lines.append("localizer, measured: " + "; ".join(
-            _contrast(name, c, float("nan")) for name, c in summary["localizer"].items()
-        ))  # fmt: skip
-    true = summary.get("true", {}).get("contrasts")
-    if true:
-        block = "evaluation" if summary["measured"] else "localizer"
-        lines.append(f"{block}, in the simulated subject's true response: " + "; ".join(
-            f"{name} {c['difference']:+.3f} ({c['sds']:+.2f} SDs of its baseline, p {c['p']:.2g} one-sided)"
-            for name, c in true.items()
-        ))  # fmt: skip
+    lines += effect_lines(summary["measured"], summary["localizer"], summary.get("true", {}), summary["baseline_sd"])
     if summary["twin"]:
         lines.append("evaluation, as the twin predicted it: " + "; ".join(
             f"{name} {value:+.3f}" for name, value in summary["twin"].items()

@@ -204,6 +204,35 @@ def condition_means(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATION_PAI
             for c, L in zip(conds, means, strict=True)}  # fmt: skip
 
 
+def contrast_text(name: str, c: dict, baseline_sd: float = float("nan")) -> str:
+    """One measured contrast in words: difference, SE, p and, given the baseline's SD, the difference in it."""
+    se = abs(c["difference"] / c["t"]) if c["t"] else float("nan")
+    sds = f", {c['difference'] / baseline_sd:+.2f} baseline SDs" if np.isfinite(baseline_sd) and baseline_sd else ""
+    return f"{name} {c['difference']:+.3f} (SE {se:.3f}, p {c['p']:.2g}{sds})"
+
+
+def measured_baseline_sd(summary: dict) -> float:
+    """SD of the baseline condition's trial estimates over the whole session (NaN without two of them)."""
+    baseline = summary["conditions"].get("B")
+    return float(baseline["sem"] * np.sqrt(baseline["n"])) if baseline and baseline["n"] > 1 else float("nan")
+
+
+def effect_lines(evaluation: dict, localizer: dict, true: dict, baseline_sd: float = float("nan")) -> list[str]:
+    """The evaluation's (a localizer's) measured contrasts and, in simulation, its true ones, as lines to print:
+    what ``protocol check --dry-run`` says of each dry run and a session says when it ends."""
+    lines = []
+    if evaluation:
+        lines.append("evaluation, measured: " + "; ".join(
+            contrast_text(name, c, baseline_sd) for name, c in evaluation.items()))  # fmt: skip
+    if localizer:
+        lines.append("localizer, measured: " + "; ".join(contrast_text(name, c) for name, c in localizer.items()))
+    if true.get("contrasts"):
+        lines.append(f"{'evaluation' if evaluation else 'localizer'}, in the simulated subject's true response: "
+                     + "; ".join(f"{name} {c['difference']:+.3f} ({c['sds']:+.2f} SDs of its baseline, p "
+                                 f"{c['p']:.2g} one-sided)" for name, c in true["contrasts"].items()))  # fmt: skip
+    return lines
+
+
 def true_contrasts(session_file: Path, subject: Callable, data: SessionData | None = None) -> dict:
     """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
     true, noise-free response of the protocol's target: condition means, each contrast with a one-sided

@@ -87,6 +87,14 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path)
     summary = json.loads((report / "summary.json").read_text())
     assert summary["trials"] == TOTAL and "drive - suppress" in summary["evaluation"]
     assert summary["evaluation"]["drive - suppress"]["difference"] > 0
+    # the session ends by printing the evaluation's effects, measured and true, then where its files are
+    *_, measured, true_line, file_line, report_line = stdout.splitlines()
+    assert measured.startswith("evaluation, measured: drive - baseline ")
+    assert f"drive - suppress {summary['evaluation']['drive - suppress']['difference']:+.3f} (SE " in measured
+    difference = summary["true"]["contrasts"]["drive - suppress"]["difference"]
+    assert true_line.startswith("evaluation, in the simulated subject's true response: ")
+    assert f"drive - suppress {difference:+.3f} (" in true_line
+    assert file_line == f"session file: {out}" and report_line == f"report: {report / 'report.html'}"
     means = summary["evaluation_means"]  # the condition-means figure: the evaluation block, run offsets removed
     assert [means[c]["n"] for c in "DBS"] == [10, 10, 10]
     assert np.isclose(means["D"]["mean"] - means["S"]["mean"], summary["evaluation"]["drive - suppress"]["difference"])
