@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .session import TABLES, check_session_file
+from .session import TABLES, SessionError, check_session_file
 
 
 @dataclass
@@ -71,6 +71,16 @@ def read_session(path: str | Path) -> SessionData:
     """Everything flushed so far; safe while a writer is appending."""
     path = Path(path)
     check_session_file(path)
+    try:
+        return _read(path)
+    except KeyError as exc:  # a table or attribute a session file has from its start
+        what = exc.args[0] if exc.args else exc
+        raise SessionError(f"session file '{path}' is damaged or incomplete: {what}") from None
+    except OSError as exc:
+        raise SessionError(f"session file '{path}' cannot be read: {exc}") from None
+
+
+def _read(path: Path) -> SessionData:
     with h5py.File(path, "r", swmr=True) as f:
         heap = _Heap(f)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
@@ -111,7 +121,7 @@ STARTING_S = 30.0  # how long a live writer may take to set up a new file before
 def read_when_ready(path: str | Path, every: float, say: Callable[[str], None]) -> SessionData:
     """:func:`read_session` for a follower started before the session: waits (saying so once) for the file
     to be created and for its writer to set it up; an error of a file no process is setting up stands."""
-    from .session import SessionError, writer_pid
+    from .session import writer_pid
 
     path, announced, found = Path(path), False, None
     while True:

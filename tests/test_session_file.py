@@ -86,6 +86,9 @@ def test_files_that_are_not_sessions(tmp_path):
     twin = tmp_path / "twin.h5"  # the format attribute a twin file has
     with h5py.File(twin, "w") as f:
         f.attrs["format"] = "neurotwin.twin"
+    damaged = tmp_path / "damaged.h5"  # a session file's marks, but none of its tables
+    with h5py.File(damaged, "w") as f:
+        f.attrs.update(format="neurotwin.session", format_version=1)
     for path, message in [(text, "not an HDF5 file"), (foreign, "not a NeuroTwin session"),
                           (twin, r"not a NeuroTwin session \(its format is 'neurotwin.twin'\)"),
                           (tmp_path / "none.h5", "does not exist")]:  # fmt: skip
@@ -93,6 +96,8 @@ def test_files_that_are_not_sessions(tmp_path):
             read_session(path)
         with pytest.raises(SessionError, match=message):
             SessionFile.resume(path)
+    with pytest.raises(SessionError, match=r"session file '.*damaged\.h5' is damaged or incomplete: .*'strings'"):
+        read_session(damaged)
 
 
 def _start_writer(path: Path, tr: float, n: int, *extra: str) -> subprocess.Popen:
@@ -192,33 +197,45 @@ def test_reader_never_sees_a_row_before_its_text(tmp_path):
         proc.wait()
 
 
+SETTING_UP = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from acquisition import SessionFile
+from acquisition.session import _WriterLock
+path = Path(sys.argv[1])
+lock = _WriterLock(path)  # as SessionFile.create: the writer's lock, then the file, then its tables
+path.write_bytes(b"")
+print("setting up", flush=True)
+time.sleep(1.0)
+path.unlink()
+lock.release()
+SessionFile.create(path, ["lang"]).close()
+"""
+
+
 def test_a_follower_waits_for_the_file_and_for_its_writer_to_set_it_up(tmp_path):
-    """read_when_ready: for a file not there yet it says so once and waits; a file a live writer holds that is
-    not yet a session (here: a writer's lock held and the file still empty) is read again until it is one; a
-    file no process writes that is not a session fails at once."""
+    """read_when_ready: for a file not there yet it says so once and waits; a file a live writer (another
+    process) holds that is not yet a session (here still empty) is read again until it is one; a file no
+    process writes that is not a session fails at once."""
     import threading
 
     from acquisition import read_when_ready
-    from acquisition.session import _WriterLock
 
-    path, said = tmp_path / "later.h5", []
-
-    def writer() -> None:  # the lock first, then an empty file, then the session (as SessionFile.create does)
-        time.sleep(0.3)
-        lock = _WriterLock(path)
-        path.write_bytes(b"")
-        time.sleep(0.5)
-        path.unlink()
-        lock.release()
-        SessionFile.create(path, ["lang"]).close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    path, said, got = tmp_path / "later.h5", [], {}
+    follower = threading.Thread(target=lambda: got.update(data=read_when_ready(path, 0.05, said.append)))
+    follower.start()
+    writer = subprocess.Popen([sys.executable, "-c", SETTING_UP, str(path), str(Path(__file__).parents[1])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        data = read_when_ready(path, 0.05, said.append)
+        assert writer.stdout.readline() == "setting up\n", writer.stderr.read()
+        time.sleep(0.5)
+        assert follower.is_alive() and path.read_bytes() == b""  # it saw the empty file, and waits on
+        assert writer.wait(60) == 0, writer.stderr.read()
     finally:
-        thread.join()
-    assert said == [f"waiting for '{path}' to be created"] and data.rois == ["lang"]
+        writer.kill()
+        follower.join(60)
+    assert said == [f"waiting for '{path}' to be created"] and got["data"].rois == ["lang"]
     (tmp_path / "empty.h5").write_bytes(b"")
     started = time.monotonic()
     with pytest.raises(SessionError, match="is not an HDF5 file"):
