@@ -47,10 +47,12 @@ def r_interval(r: float, n: int, level: float = 0.95) -> list[float]:
 
 def session_status(data: SessionData, writing: bool) -> dict:
     """Where the session stands: ``state`` (running, complete, stopped by a stopping rule, error, or
-    incomplete: paused or killed), runs complete and planned, and the log line saying why it ended early."""
+    incomplete: paused or killed), runs complete and planned, the log line saying why it ended early, and
+    while it runs, the volumes (samples) the ``current`` run has recorded so far (once it has one)."""
     from .protocol import Protocol
 
-    done = len(run_records(data))
+    records = run_records(data)
+    done = len(records)
     try:
         planned: int | None = len(Protocol.model_validate_json(data.attrs["protocol"]).runs())
     except ValueError:  # recorded by a version whose protocols this one does not read
@@ -59,6 +61,10 @@ def session_status(data: SessionData, writing: bool) -> dict:
     resumed = np.flatnonzero((log.kind == "resume").to_numpy())
     since = log.iloc[resumed[-1] + 1 :] if len(resumed) else log  # an error before a resume is over
     errors, stops = since[since.kind == "error"], since[since.kind == "stop"]
+    current = None  # a run's trials are recorded when it completes; its volumes, as they come
+    if writing and len(data.samples) and (run := int(data.samples.run.max())) not in {r["run"] for r in records}:
+        unit = "volumes" if data.attrs.get("modality") == "fmri" else "samples"
+        current = {"run": run, unit: int((data.samples.run == run).sum())}
     if writing:
         state, detail = "running", ""
     elif len(errors):
@@ -69,14 +75,19 @@ def session_status(data: SessionData, writing: bool) -> dict:
         state, detail = "stopped", str(stops.message.iloc[-1])
     else:
         state, detail = "incomplete", ""
-    return {"state": state, "runs_complete": done, "runs_planned": planned, "detail": detail}
+    out = {"state": state, "runs_complete": done, "runs_planned": planned, "detail": detail}
+    return {**out, "current": current} if current else out
 
 
 def status_line(status: dict) -> str:
     """The status in words, as the report's banner and ``report --follow`` say it."""
     runs = f"{status['runs_complete']} of {status['runs_planned'] or '?'} runs"
+    if status["state"] == "running":
+        current = status.get("current") or {}
+        unit = next((k for k in ("volumes", "samples") if k in current), None)
+        return f"running: {runs} complete" + (f"; the next run in progress, {current[unit]} {unit} recorded"
+                                              if unit else "")  # fmt: skip
     return {
-        "running": f"running: {runs} complete",
         "complete": f"complete: {runs}",
         "stopped": f"stopped by a stopping rule after {runs}: {status['detail']}",
         "error": f"stopped on an error after {runs}: {status['detail']}",

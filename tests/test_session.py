@@ -140,7 +140,7 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path)
 def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupted, tmp_path):
     import html
 
-    from control_loop.report import write_report
+    from control_loop.report import session_status, status_line, write_report
 
     work, full, _ = uninterrupted
     out = tmp_path / "killed.h5"
@@ -153,6 +153,16 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     assert (f"Session incomplete: 3 of 6 runs, paused or interrupted. <code>neurotwin session resume "
             f"{html.escape(str(out))}</code> continues it.") in page  # fmt: skip
     assert "<p>None: the session has no completed evaluation or localizer run.</p>" in page  # not an empty table
+    live = tmp_path / "live.h5"  # a copy, as if a next run had recorded 7 volumes when the report was written
+    shutil.copy(out, live)
+    writer = SessionFile.resume(live)
+    run = int(before.samples.run.max()) + 1
+    writer.add_samples(before.samples.time.max() + 2.0 * np.arange(1, 8), np.ones((7, 2)), run=run)
+    writer.close()
+    status = session_status(read_session(live), writing=True)
+    assert status["current"] == {"run": run, "volumes": 7}
+    assert status_line(status) == "running: 3 of 6 runs complete; the next run in progress, 7 volumes recorded"
+    assert "current" not in session_status(read_session(full), writing=True)  # every run recorded is complete
     resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -389,7 +399,8 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     assert all(said), report.stdout
     states = [m[1] for m in said]
     assert states[-1] == "complete: 6 of 6 runs" and len(states) > 2, states  # the writes while it ran, then the last
-    done = [int(re.fullmatch(r"running: (\d) of 6 runs complete", s)[1]) for s in states[:-1]]
+    running = r"running: (\d) of 6 runs complete(; the next run in progress, \d+ volumes recorded)?"
+    done = [int(re.fullmatch(running, s)[1]) for s in states[:-1]]
     assert done == sorted(done) and done[-1] > 0, states  # runs completed while the report followed
     html = page.read_text()
     assert 'http-equiv="refresh"' not in html and "Session complete: 6 of 6 runs." in html
