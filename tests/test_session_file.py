@@ -204,10 +204,10 @@ sys.path.insert(0, sys.argv[2])
 from acquisition import SessionFile
 from acquisition.session import _WriterLock
 path = Path(sys.argv[1])
-lock = _WriterLock(path)  # as SessionFile.create: the writer's lock, then the file, then its tables
+lock = _WriterLock(path)  # a writer's lock on a file not yet a session: SessionFile.create's first moments, drawn out
 path.write_bytes(b"")
 print("setting up", flush=True)
-time.sleep(1.0)
+time.sleep(2.0)
 path.unlink()
 lock.release()
 SessionFile.create(path, ["lang"]).close()
