@@ -85,8 +85,9 @@ def status_line(status: dict) -> str:
     if status["state"] == "running":
         current = status.get("current") or {}
         unit = next((k for k in ("volumes", "samples") if k in current), None)
-        return f"running: {runs} complete" + (f"; the next run in progress, {current[unit]} {unit} recorded"
-                                              if unit else "")  # fmt: skip
+        n = current.get(unit, 0)
+        return f"running: {runs} complete" + (f"; run in progress: {n} {unit if n != 1 else unit[:-1]} "
+                                              "recorded" if unit else "")  # fmt: skip
     return {
         "complete": f"complete: {runs}",
         "stopped": f"stopped by a stopping rule after {runs}: {status['detail']}",
@@ -391,8 +392,9 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
 
 
 def _replace(path: Path, content: bytes) -> None:
-    """Write a file whole: a browser reloading the report never reads one half-written."""
-    part = path.with_name(f".{path.name}.part")
+    """Write a file whole: a browser reloading the report never reads one half-written (nor does a second
+    process writing the same report, as the end of a session and ``report --follow`` can at once)."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
     part.write_bytes(content)
     os.replace(part, path)
 

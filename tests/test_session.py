@@ -161,7 +161,7 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     writer.close()
     status = session_status(read_session(live), writing=True)
     assert status["current"] == {"run": run, "volumes": 7}
-    assert status_line(status) == "running: 3 of 6 runs complete; the next run in progress, 7 volumes recorded"
+    assert status_line(status) == "running: 3 of 6 runs complete; run in progress: 7 volumes recorded"
     assert "current" not in session_status(read_session(full), writing=True)  # every run recorded is complete
     resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
                              capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -399,7 +399,7 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     assert all(said), report.stdout
     states = [m[1] for m in said]
     assert states[-1] == "complete: 6 of 6 runs" and len(states) > 2, states  # the writes while it ran, then the last
-    running = r"running: (\d) of 6 runs complete(; the next run in progress, \d+ volumes recorded)?"
+    running = r"running: (\d) of 6 runs complete(; run in progress: \d+ volumes? recorded)?"
     done = [int(re.fullmatch(running, s)[1]) for s in states[:-1]]
     assert done == sorted(done) and done[-1] > 0, states  # runs completed while the report followed
     html = page.read_text()
