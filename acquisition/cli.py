@@ -44,7 +44,9 @@ def info_cmd(session_file: Path, follow: bool, every: float) -> None:
 
     data = read_when_ready(session_file, every, click.echo) if follow else read_session(session_file)
     click.echo(f"{session_file}: modality {data.attrs['modality']}, ROIs {', '.join(data.rois)}")
-    click.echo(f"started {data.attrs['start_time_iso']}")
+    pid = writer_pid(session_file)
+    click.echo(f"started {data.attrs['start_time_iso']}; "
+               + (f"being written by process {pid}" if pid else "no process is writing it"))  # fmt: skip
     for name in SESSION_TABLES:
         click.echo(f"  {name:10s} {len(getattr(data, name))}")
     if not follow:

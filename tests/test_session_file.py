@@ -243,6 +243,29 @@ def test_a_follower_waits_for_the_file_and_for_its_writer_to_set_it_up(tmp_path)
     assert time.monotonic() - started < 1 and len(said) == 1
 
 
+def test_info_says_who_writes_the_file_and_how_much_it_holds(tmp_path):
+    """`session info` on a file a live writer (another process) appends to, then after that writer is killed."""
+    path = tmp_path / "live.h5"
+    proc = _start_writer(path, 0.05, 100000)
+    info = [sys.executable, "-m", "control_loop.cli", "session", "info", str(path)]
+    try:
+        proc.stdout.readline()
+        live = subprocess.run(info, capture_output=True, text=True, timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    after = subprocess.run(info, capture_output=True, text=True, timeout=120)
+    for out in (live, after):
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"{path}: modality fmri, ROIs {', '.join(f'roi{i}' for i in range(10))}\n")
+    assert f"; being written by process {proc.pid}\n" in live.stdout
+    assert "; no process is writing it\n" in after.stdout  # its lock file stays, but nothing holds it
+    counts = dict(line.split() for line in after.stdout.splitlines()[2:])
+    data = read_session(path)
+    assert counts == {name: str(len(getattr(data, name))) for name in counts} and int(counts["samples"]) > 0
+    assert list(counts) == ["stimuli", "events", "triggers", "samples", "estimates", "twin", "log"]
+
+
 def test_export_command(tmp_path):
     path = tmp_path / "s.h5"
     _filled(path).close()
