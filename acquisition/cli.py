@@ -80,6 +80,9 @@ def _log_line(kind: str, message: str) -> str:
         return (
             f"run {record['index'] + 1} complete: {record['phase']} ({record['kind']}), {len(record['trials'])} trials"
         )
+    if kind == "run-start":
+        record = json.loads(message)
+        return f"run {record['index'] + 1} started: {record['phase']} ({record['kind']}), {record['trials']} trials"
     return f"{kind}: {message}"
 
 

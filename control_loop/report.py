@@ -48,7 +48,7 @@ def r_interval(r: float, n: int, level: float = 0.95) -> list[float]:
 def session_status(data: SessionData, writing: bool) -> dict:
     """Where the session stands: ``state`` (running, complete, stopped by a stopping rule, error, or
     incomplete: paused or killed), runs complete and planned, the log line saying why it ended early, and
-    while it runs, the volumes (samples) the ``current`` run has recorded so far (once it has one)."""
+    while it runs, the ``current`` run (its ``run-start`` record) with the volumes it has ``recorded`` so far."""
     from .protocol import Protocol
 
     records = run_records(data)
@@ -62,9 +62,10 @@ def session_status(data: SessionData, writing: bool) -> dict:
     since = log.iloc[resumed[-1] + 1 :] if len(resumed) else log  # an error before a resume is over
     errors, stops = since[since.kind == "error"], since[since.kind == "stop"]
     current = None  # a run's trials are recorded when it completes; its volumes, as they come
-    if writing and len(data.samples) and (run := int(data.samples.run.max())) not in {r["run"] for r in records}:
-        unit = "volumes" if data.attrs.get("modality") == "fmri" else "samples"
-        current = {"run": run, unit: int((data.samples.run == run).sum())}
+    started = [json.loads(m) for m in since.loc[since.kind == "run-start", "message"]]
+    if writing and started and (last := started[-1])["run"] not in {r["run"] for r in records}:
+        current = {**last, "recorded": int((data.samples.run == last["run"]).sum()) if len(data.samples) else 0,
+                   "unit": "volumes" if data.attrs.get("modality") == "fmri" else "samples"}  # fmt: skip
     if writing:
         state, detail = "running", ""
     elif len(errors):
@@ -83,11 +84,11 @@ def status_line(status: dict) -> str:
     """The status in words, as the report's banner and ``report --follow`` say it."""
     runs = f"{status['runs_complete']} of {status['runs_planned'] or '?'} runs"
     if status["state"] == "running":
-        current = status.get("current") or {}
-        unit = next((k for k in ("volumes", "samples") if k in current), None)
-        n = current.get(unit, 0)
-        return f"running: {runs} complete" + (f"; run in progress: {n} {unit if n != 1 else unit[:-1]} "
-                                              "recorded" if unit else "")  # fmt: skip
+        c = status.get("current")
+        return f"running: {runs} complete" + (
+            f"; run {c['index'] + 1} ({c['phase']}, {c['trials']} trials) in progress: {c['recorded']} of "
+            f"{c['volumes']} {c['unit']} recorded"
+            if c else "")  # fmt: skip
     return {
         "complete": f"complete: {runs}",
         "stopped": f"stopped by a stopping rule after {runs}: {status['detail']}",

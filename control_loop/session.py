@@ -457,6 +457,8 @@ class SessionRunner:
                                    onset=e["onset"], duration=e["duration"], text=e.get("text", ""),
                                    image=e.get("image", b""))  # fmt: skip
         self.rig.send_reliable("start", run=run, tr=d.tr, n_volumes=n_volumes)  # after the events: see the rig
+        start = {"index": plan.index, "run": run, "kind": plan.kind, "phase": plan.phase, "trials": len(trials)}
+        self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
         times, rel_times, values, presented, refused, late = [], [], [], {}, {}, {}
         t0 = rig_t0 = None
         deadline = time.monotonic() + 120 + n_volumes * d.tr

@@ -1,6 +1,7 @@
 """Closed-loop sessions in simulation: real controller, rig and presenter processes over ZeroMQ, real files."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -153,16 +154,20 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     assert (f"Session incomplete: 3 of 6 runs, paused or interrupted. <code>neurotwin session resume "
             f"{html.escape(str(out))}</code> continues it.") in page  # fmt: skip
     assert "<p>None: the session has no completed evaluation or localizer run.</p>" in page  # not an empty table
-    live = tmp_path / "live.h5"  # a copy, as if a next run had recorded 7 volumes when the report was written
+    live = tmp_path / "live.h5"  # a copy resumed, as if its next run had started and recorded 7 volumes
     shutil.copy(out, live)
     writer = SessionFile.resume(live)
+    assert "current" not in session_status(read_session(live), writing=True)  # a run before the resume is over
     run = int(before.samples.run.max()) + 1
+    start = {"index": 3, "run": run, "kind": "closed_loop", "phase": "closed loop", "trials": 20, "volumes": 49}
+    writer.log("run-start", json.dumps(start))  # as the runner writes it (checked in the follow test)
     writer.add_samples(before.samples.time.max() + 2.0 * np.arange(1, 8), np.ones((7, 2)), run=run)
     writer.close()
     status = session_status(read_session(live), writing=True)
-    assert status["current"] == {"run": run, "volumes": 7}
-    assert status_line(status) == "running: 3 of 6 runs complete; run in progress: 7 volumes recorded"
-    assert "current" not in session_status(read_session(full), writing=True)  # every run recorded is complete
+    assert status["current"] == {**start, "recorded": 7, "unit": "volumes"}
+    assert status_line(status) == ("running: 3 of 6 runs complete; run 4 (closed loop, 20 trials) in progress: "
+                                   "7 of 49 volumes recorded")  # fmt: skip
+    assert "current" not in session_status(read_session(full), writing=True)  # every run it started is complete
     resumed = subprocess.run(_cmd("session", "resume", out), cwd=ROOT, env=_env(work / "cache"),
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -364,6 +369,7 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     last as the finished session's report; both done when the writer closes the file."""
     import re
 
+    from control_loop.protocol import load_protocol
     from control_loop.report import write_report
 
     out = tmp_path / "followed.h5"
@@ -387,9 +393,18 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     lines = follow.stdout.splitlines()
     assert lines[-1] == "no process is writing the file: done"
     runs = read_session(out).log.query("kind == 'run-complete'").message.map(json.loads).tolist()
-    announced = [line.strip() for line in lines if " complete: " in line]
-    assert announced == [f"run {r['index'] + 1} complete: {r['phase']} ({r['kind']}), {len(r['trials'])} trials"
-                         for r in runs]  # fmt: skip
+    announced = [line.strip() for line in lines if " complete: " in line or " started: " in line]
+    assert announced == [f"run {r['index'] + 1} {what}: {r['phase']} ({r['kind']}), {len(r['trials'])} trials"
+                         for r in runs for what in ("started", "complete")]  # fmt: skip
+    log = read_session(out).log  # the runner's run-start records: the run about to be shown, its planned volumes
+    starts = log.query("kind == 'run-start'").message.map(json.loads).tolist()
+    assert [{k: s[k] for k in ("index", "run", "kind", "phase")} for s in starts] == [
+        {k: r[k] for k in ("index", "run", "kind", "phase")} for r in runs
+    ]
+    assert [s["trials"] for s in starts] == [len(r["trials"]) for r in runs]
+    protocol = load_protocol(TINY)
+    assert [s["volumes"] for s in starts] == [math.ceil(protocol.run_seconds(s["trials"]) / protocol.design.tr) + 1
+                                              for s in starts]  # fmt: skip
     assert any(f"{TOTAL} events" in line for line in lines)  # the last counts, every trial
 
     assert report.returncode == 0, report.stderr
@@ -399,7 +414,7 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     assert all(said), report.stdout
     states = [m[1] for m in said]
     assert states[-1] == "complete: 6 of 6 runs" and len(states) > 2, states  # the writes while it ran, then the last
-    running = r"running: (\d) of 6 runs complete(; run in progress: \d+ volumes? recorded)?"
+    running = r"running: (\d) of 6 runs complete(; run \d \([^)]+\) in progress: \d+ of \d+ volumes recorded)?"
     done = [int(re.fullmatch(running, s)[1]) for s in states[:-1]]
     assert done == sorted(done) and done[-1] > 0, states  # runs completed while the report followed
     html = page.read_text()
