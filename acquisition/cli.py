@@ -37,25 +37,26 @@ SESSION_TABLES = ("stimuli", "events", "triggers", "samples", "estimates", "twin
 @click.option("--every", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds between looks.")
 def info_cmd(session_file: Path, follow: bool, every: float) -> None:
     """Counts of everything recorded so far (works while the session runs)."""
+    import itertools
     import time
 
-    from .reader import read_session, read_when_ready
+    from .reader import follow_session, read_session
     from .session import writer_pid
 
-    data = read_when_ready(session_file, every, click.echo) if follow else read_session(session_file)
+    looks = follow_session(session_file, every, click.echo) if follow else None
+    first = next(looks) if looks else (read_session(session_file), False)
+    data = first[0]
     click.echo(f"{session_file}: modality {data.attrs['modality']}, ROIs {', '.join(data.rois)}")
     pid = writer_pid(session_file)
     click.echo(f"started {data.attrs['start_time_iso']}; "
                + (f"being written by process {pid}" if pid else "no process is writing it"))  # fmt: skip
     for name in SESSION_TABLES:
         click.echo(f"  {name:10s} {len(getattr(data, name))}")
-    if not follow:
+    if not looks:
         return
     counted = SESSION_TABLES[:-1]  # the log is shown line by line instead: what it holds so far, then each new line
     counts, logged = [len(getattr(data, name)) for name in counted], 0
-    while True:
-        writer = writer_pid(session_file)  # before reading: what it wrote before closing is then in this read
-        data = read_session(session_file)
+    for data, _ in itertools.chain([first], looks):  # the header's look first: the log so far
         now = [len(getattr(data, name)) for name in counted]
         if now != counts:
             click.echo(
@@ -65,25 +66,19 @@ def info_cmd(session_file: Path, follow: bool, every: float) -> None:
         for row in data.log.iloc[logged:].itertuples():
             click.echo(f"  {_log_line(row.kind, row.message)}")
         logged = len(data.log)
-        if writer is None:
-            click.echo("no process is writing the file: done")
-            return
-        time.sleep(every)
+    click.echo("no process is writing the file: done")
 
 
 def _log_line(kind: str, message: str) -> str:
     """A session log record as a line for the terminal (a completed run's JSON record in short)."""
     import json
 
-    if kind == "run-complete":
-        record = json.loads(message)
-        return (
-            f"run {record['index'] + 1} complete: {record['phase']} ({record['kind']}), {len(record['trials'])} trials"
-        )
-    if kind == "run-start":
-        record = json.loads(message)
-        return f"run {record['index'] + 1} started: {record['phase']} ({record['kind']}), {record['trials']} trials"
-    return f"{kind}: {message}"
+    if kind not in ("run-start", "run-complete"):
+        return f"{kind}: {message}"
+    r = json.loads(message)
+    trials = r["trials"] if kind == "run-start" else len(r["trials"])  # a count, or the trials completed
+    what = "started" if kind == "run-start" else "complete"
+    return f"run {r['index'] + 1} {what}: {r['phase']} ({r['kind']}), {trials} trials"
 
 
 @session_group.command("recover")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .session import TABLES, SessionError, check_session_file
+from .session import TABLES, SessionError, check_session_file, writer_pid
 
 
 @dataclass
@@ -121,8 +121,6 @@ STARTING_S = 30.0  # how long a live writer may take to set up a new file before
 def read_when_ready(path: str | Path, every: float, say: Callable[[str], None]) -> SessionData:
     """:func:`read_session` for a follower started before the session: waits (saying so once) for the file
     to be created and for its writer to set it up; an error of a file no process is setting up stands."""
-    from .session import writer_pid
-
     path, announced, found = Path(path), False, None
     while True:
         if not path.exists():
@@ -138,3 +136,16 @@ def read_when_ready(path: str | Path, every: float, say: Callable[[str], None]) 
             if writer_pid(path) is None or time.monotonic() - found > STARTING_S:
                 raise
             time.sleep(0.1)  # created but not yet set up: its writer holds it for a moment
+
+
+def follow_session(path: str | Path, every: float, say: Callable[[str], None]) -> Iterator[tuple[SessionData, bool]]:
+    """A follower's looks at a session (after :func:`read_when_ready`), every ``every`` s: what it holds, and
+    whether a process was writing it just before that read. The last look is the first with no writer, so
+    it holds everything the writer wrote before closing."""
+    read_when_ready(path, every, say)
+    while True:
+        writing = writer_pid(path) is not None  # before the read
+        yield read_session(path), writing
+        if not writing:
+            return
+        time.sleep(every)

@@ -303,25 +303,19 @@ def report_cmd(session_file: Path, out: Path | None, follow: bool, every: float)
 
 def _follow_report(session_file: Path, out: Path | None, every: float) -> None:
     """Write the report again whenever the session file has grown, until its writer has closed it."""
-    from acquisition import read_session, read_when_ready, writer_pid
+    from acquisition import follow_session
 
     from .report import session_status, status_line, write_report
 
-    seen, data = None, None
+    seen, data, writing = None, None, False
     try:
-        read_when_ready(session_file, every, click.echo)
-        while True:
-            writing = writer_pid(session_file) is not None  # before the read: a closed file's last read is whole
-            data = read_session(session_file)
+        for data, writing in follow_session(session_file, every, click.echo):
             grown = tuple(len(getattr(data, t)) for t in ("log", "events", "estimates", "samples"))
             if grown != seen or not writing:
                 page = write_report(session_file, out, data=data, writing=writing, refresh=every)
                 said = status_line(session_status(data, writing))
                 click.echo(f"{time.strftime('%H:%M:%S')} report: {page} ({said})")
                 seen = grown
-            if not writing:
-                return
-            time.sleep(every)
     except KeyboardInterrupt:  # the page says when it was written, and no longer reloads itself
         if data is not None:
             write_report(session_file, out, data=data, writing=writing)

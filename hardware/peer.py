@@ -484,12 +484,13 @@ HIGH_WATER_MARK = 100_000  # messages queued per peer and direction; overflow is
 
 def _endpoint_error(action: str, endpoint: str, exc: zmq.ZMQError) -> EndpointError:
     """The error for an endpoint that ``action`` failed on, with what to do about the common causes."""
+    no_address = "this machine has no such address: use one of its own, or tcp://*:PORT for all of them"
     hint = {
         errno.EADDRINUSE: "another process (an earlier rig or presenter?) serves there: stop it or use another port",
         errno.EINVAL: "an endpoint looks like tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555",
+        errno.ENODEV: no_address,
+        errno.EADDRNOTAVAIL: no_address,
     }.get(exc.errno)
-    if exc.errno in (errno.ENODEV, errno.EADDRNOTAVAIL):
-        hint = "this machine has no such address: use one of its own, or tcp://*:PORT for all of them"
     error = EndpointError(f"cannot {action} {endpoint!r}: {zmq.strerror(exc.errno)}" + (f"; {hint}" if hint else ""))
     error.errno = exc.errno
     return error
