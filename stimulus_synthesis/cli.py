@@ -196,6 +196,24 @@ def _hold(text: str, goal: str, modality: str, method: str, start: Path | None) 
 
 
 def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed) -> None:
+    from twin.cli import IMAGE_SUFFIXES, UserError
+
+    # the arguments first: a slip is told at once, before torch and the twin load
+    if n < 1 or steps < 1 or size < 32:
+        raise UserError(f"--n and --steps must be at least 1 and --size at least 32 (got {n}, {steps}, {size})")
+    if not out.suffix:  # the PNGs' folder is OUT without its suffix: it would be OUT itself
+        raise UserError(f"--out {out}: name the CSV to write, e.g. {out}.csv (the PNGs go in the folder '{out}')")
+    files: list[Path] = []
+    if start_path is not None:
+        if not start_path.exists():
+            raise UserError(f"--start {start_path}: no such image or folder")
+        if method != "gradient":
+            raise UserError("--start works with --method gradient only")
+        files = sorted(f for f in start_path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
+            if start_path.is_dir() else [start_path]  # fmt: skip
+        if len(files) < n:
+            raise UserError(f"--start {start_path}: {len(files)} image(s) found, --n {n} needs at least {n}")
+
     import shutil
 
     import numpy as np
@@ -203,18 +221,11 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     from PIL import Image
 
     from twin import Twin
-    from twin.cli import IMAGE_SUFFIXES, UserError
     from twin.vision import load_image
 
     from .images import best_starts, control_images, evolve_images, synthesize_images, twin_predictor
     from .selection import Goal
 
-    if n < 1 or steps < 1 or size < 32:
-        raise UserError(f"--n and --steps must be at least 1 and --size at least 32 (got {n}, {steps}, {size})")
-    if not out.suffix:  # the PNGs' folder is OUT without its suffix: it would be OUT itself
-        raise UserError(f"--out {out}: name the CSV to write, e.g. {out}.csv (the PNGs go in the folder '{out}')")
-    if start_path is not None and not start_path.exists():
-        raise UserError(f"--start {start_path}: no such image or folder")
     twin = Twin.load(twin_file, model=model)
     if twin.modality != "image":
         raise UserError(f"twin '{twin_file}' models sentences; image synthesis needs a twin fit on images")
@@ -226,12 +237,6 @@ def _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method,
     reference = next(iter(twin.readouts.values())).mean_y  # the training images' mean response
     start, images = None, None
     if start_path is not None:
-        if method != "gradient":
-            raise UserError("--start works with --method gradient only")
-        files = sorted(f for f in start_path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
-            if start_path.is_dir() else [start_path]  # fmt: skip
-        if len(files) < n:
-            raise UserError(f"--start {start_path}: {len(files)} image(s) found, --n {n} needs at least {n}")
         natural = [load_image(f, str(f)) for f in files]
         if hold is None:
             if len(twin.targets) < 2:

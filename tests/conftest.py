@@ -27,6 +27,19 @@ NOUN = ["farmer", "river", "teacher", "machine", "garden", "doctor", "window", "
 VERB = ["watched", "crossed", "painted", "repaired", "visited", "followed", "opened", "described"]
 
 
+# Module fixtures that take tens of seconds: a whole simulated session; Pereira 2018's features (embedded into
+# the worker's feature cache) and a twin fit on them. Under `--dist loadgroup` (.ci/run) the tests that use
+# one (or, for Pereira's, either) run on one worker, so it is built once, not once per worker.
+SHARED_FIXTURES = {"uninterrupted": "session", "lang_twin": "pereira", "pereira_blocks": "pereira"}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:  # (before xdist reads the groups, as items are modified)
+    for name, group in SHARED_FIXTURES.items():
+        if name in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(group))
+            break
+
+
 @pytest.fixture(scope="session")
 def pereira():
     """The shared Pereira 2018 language-network data, or a skip saying where it was looked for."""

@@ -345,13 +345,14 @@ def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.toml"]  # no empty report folder beside it
 
 
-def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
+def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(uninterrupted, tmp_path):
     """The simulated rig dies on its first stimulus (a subject with a bug): the session stops at once, not after
     the run's deadline, with the rig's last words and where its log is; the session file stays readable."""
     out = tmp_path / "crash.h5"
     started = time.monotonic()
     cmd = _cmd("simulate", TINY, "--out", out, "--subject", "tests.subjects:broken_language_subject")
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    work, _, _ = uninterrupted  # its feature cache: the candidates are embedded once
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "the simulated rig exited (status 1): RuntimeError: this subject's weights are missing" in proc.stderr
     assert f"(its log: {tmp_path / 'crash-logs' / 'rig.log'})" in proc.stderr and "Traceback" not in proc.stderr
@@ -363,7 +364,7 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(tmp_path):
     assert status["detail"].startswith("the simulated rig exited (status 1): RuntimeError"), status
 
 
-def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
+def test_info_and_report_follow_a_running_session_until_it_closes(uninterrupted, tmp_path):
     """`session info --follow` and `report --follow` from other processes: counts as they grow and each
     completed run as it is logged; the report written again as the session grows, saying how far it is, and
     last as the finished session's report; both done when the writer closes the file."""
@@ -373,7 +374,7 @@ def test_info_and_report_follow_a_running_session_until_it_closes(tmp_path):
     from control_loop.report import write_report
 
     out = tmp_path / "followed.h5"
-    env = _env(tmp_path / "cache")
+    env = _env(uninterrupted[0] / "cache")
     followers = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for c in (_cmd("session", "info", out, "--follow", "--every", "0.2"),
                            _cmd("report", out, "--follow", "--every", "1"))]  # fmt: skip
