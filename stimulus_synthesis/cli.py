@@ -142,6 +142,9 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     twin = Twin.load(twin_file, model=model)
+    if twin.modality != "text":
+        raise UserError(f"twin '{twin_file}' models images; sentence synthesis needs a twin fit on sentences "
+                        "(images: --modality image)")  # fmt: skip
     if roi is not None and roi not in twin.targets:
         raise UserError(f"--roi {roi!r} is not a target of this twin (targets: {', '.join(twin.targets)})")
     blocked: list[str] = []

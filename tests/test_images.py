@@ -280,6 +280,12 @@ def test_cli_fits_an_image_twin_and_writes_safe_pngs(tmp_path, natural, v1_twin)
                         "8", "--start", folder, *args, check_ok=False)  # fmt: skip
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert not (tmp_path / "b.csv").exists() and not (tmp_path / "b").exists()
+    # An image twin asked to choose sentences: said so, nothing written.
+    (tmp_path / "pool.txt").write_text("A sentence of words to choose from.\n")
+    bad = neurotwin("synthesize", "--twin", twin, "--pool", tmp_path / "pool.txt", "--out", tmp_path / "t.csv",
+                    check_ok=False)  # fmt: skip
+    assert bad.returncode == 2 and "models images; sentence synthesis needs a twin fit on sentences" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "t.csv").exists()
     # `twin score`: the images it was fit on (known by their pixels) are cross-validated, beside image baselines.
     score = neurotwin("twin", "score", twin, tmp_path / "train.csv", "--json", tmp_path / "score.json")
     assert "10-fold cross-validated Pearson r on 60 images" in score.stdout, score.stdout
