@@ -256,8 +256,12 @@ def load_protocol(path: str | Path) -> Protocol:
             path = shipped
         else:
             raise ProtocolError(f"protocol file '{path}' does not exist")
+    if path.is_dir():
+        raise ProtocolError(f"protocol '{path}' is a folder, not a protocol file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProtocolError(f"protocol '{path}' cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"protocol '{path}' is not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:

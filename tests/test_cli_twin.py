@@ -101,6 +101,7 @@ def _bad(tmp_path: Path, name: str, content: str | bytes) -> Path:
     [
         ("empty.csv", "", "is empty"),
         ("nosentence.csv", "text,response\nhello there,1\n", "no 'sentence' column"),
+        ("images.csv", "image,response\na.png,1\n", "its 'image' column is for a twin of images"),
         ("noresponse.csv", "sentence\nhello there\n", "no response column"),
         ("nan.csv", "sentence,response\nhello there,1\nsecond one,\n", "row 3 has a missing or non-numeric"),
         ("text.csv", "sentence,response\nhello there,1\nsecond one,high\n", "non-numeric value 'high'"),

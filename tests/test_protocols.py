@@ -108,3 +108,5 @@ def test_malformed_protocol_names_the_field(tmp_path, edit, words):
 def test_missing_protocol_file(tmp_path):
     result = check(tmp_path / "nope.toml")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+    result = check(tmp_path)
+    assert result.exit_code == 2 and f"protocol '{tmp_path}' is a folder, not a protocol file" in result.stderr

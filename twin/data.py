@@ -77,7 +77,9 @@ def load_dataset(path: str | Path, targets: list[str] | None = None, column: str
         raise DataError(f"data file '{path}' is not a readable CSV: {exc}") from None
     df.columns = [str(c).strip() for c in df.columns]
     if column not in df.columns:
-        raise DataError(f"data file '{path}' has no '{column}' column (columns: {', '.join(df.columns)})")
+        other = {"sentence": "image", "image": "sentence"}.get(column)
+        hint = f"; its '{other}' column is for a twin of {other}s" if other in df.columns else ""
+        raise DataError(f"data file '{path}' has no '{column}' column (columns: {', '.join(df.columns)}){hint}")
     if len(df) == 0:
         raise DataError(f"data file '{path}' has a header but no rows")
     available = [c for c in df.columns if c not in (*RESERVED_COLUMNS, column)]
