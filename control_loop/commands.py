@@ -84,7 +84,10 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
 @click.command("simulate")
 @click.argument("protocol_file", type=click.Path(path_type=Path))
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Session file (default: sessions/NAME-TIME.h5)."
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Session file (default: sessions/NAME-TIME.h5).",
 )
 @click.option(
     "--speed",
@@ -119,7 +122,7 @@ def _refuse_existing(out: Path) -> None:
 @click.argument("protocol_file", type=click.Path(path_type=Path))
 @click.option("--rig", required=True, help="Rig endpoint, e.g. tcp://scanner-pc:5560.")
 @click.option("--presenter", required=True, help="Presenter endpoint, e.g. tcp://stim-pc:5570.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Session file to write.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Session file to write.")
 @click.option("--rois", default=None, help="ROIs the rig reports, comma-separated (default: the protocol's).")
 def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None) -> None:
     """Run PROTOCOL with a real rig and presenter."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from twin.cli import OutputFile
 from twin.paths import replaced_whole
 
 SOURCES = ("wordnet-examples", "wordnet-glosses", "lee")
@@ -17,7 +18,7 @@ def corpus_group() -> None:
 
 
 @corpus_group.command("build")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Pool file to write (.txt).")
+@click.option("--out", required=True, type=OutputFile(), help="Pool file to write (.txt).")
 @click.option("--sources", default=",".join(SOURCES), show_default=True, help="Comma-separated offline sources.")
 @click.option("--min-words", default=5, show_default=True)
 @click.option("--max-words", default=40, show_default=True)
@@ -64,7 +65,7 @@ def info_cmd(pool: Path, column: str) -> None:
               help="Sentences from a pool, or images synthesized by gradient or CMA-ES.")  # fmt: skip
 @click.option("--pool", "pool_path", default=None, type=click.Path(path_type=Path),
               help="Candidates (text): .txt (one per line), .csv/.tsv (--column) or a folder of .txt.")  # fmt: skip
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", required=True, type=OutputFile(),
               help="CSV to write (images: PNGs go in a folder named after it).")  # fmt: skip
 @click.option("--goal", type=click.Choice(["drive", "suppress", "target", "control"]), default="drive",
               show_default=True)  # fmt: skip
@@ -95,7 +96,7 @@ def info_cmd(pool: Path, column: str) -> None:
 @click.option("--max-nll", default=7.0, show_default=True, help="Highest mean surprisal (nats/token) generated.")
 @click.option("--max-edits", default=2, show_default=True, type=click.IntRange(min=1),
               help="Most edits a generated sentence may be from its corpus sentence.")  # fmt: skip
-@click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
+@click.option("--log", "log_path", type=OutputFile(), default=None,
               help="CSV of every generated candidate evaluated.")  # fmt: skip
 @click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
 @click.option("--method", type=click.Choice(["gradient", "cmaes"]), default="gradient", show_default=True,

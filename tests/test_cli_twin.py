@@ -72,6 +72,27 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     assert "held-out" in held_out.stdout, held_out.stderr
     assert f"hyperparameters from {tmp_path / 'prior.json'} (40 training stimuli), penalties x" in borrowed.stdout
     assert Twin.load(tmp_path / "b.h5").scores["prior_n_train"] == 40
+    # An output that is a folder, or in a folder that does not exist (or is a file): said before any work.
+    folder, blocker = tmp_path / "a-folder", tmp_path / "a-file"
+    folder.mkdir()
+    blocker.write_text("")
+    before = sorted(tmp_path.iterdir())
+    outputs = [(folder, f"File '{folder}' is a directory"),
+               (tmp_path / "none" / "x", f"its folder '{tmp_path / 'none'}' does not exist"),
+               (blocker / "x", f"its folder '{blocker}' is a file")]  # fmt: skip
+    calls = [(cmd, flag, message) for where, message in outputs for cmd, flag in [
+        (("twin", "fit", small_csv, "--out", where), "--out"),
+        (("twin", "predict", twin, sentences, "--out", where), "--out"),
+        (("twin", "score", twin, small_csv, "--json", where), "--json"),
+        (("twin", "prior", twin, "--out", where), "--out"),
+        (("synthesize", "--twin", twin, "--pool", sentences, "--out", where), "--out"),
+        (("synthesize", "--twin", twin, "--pool", sentences, "--out", tmp_path / "o.csv", "--log", where), "--log"),
+        (("corpus", "build", "--out", where), "--out"),
+    ]]  # fmt: skip
+    for proc, (_, flag, message) in zip(neurotwin_all(*[c for c, _, _ in calls]), calls, strict=True):
+        assert proc.returncode == 2 and f"Invalid value for '{flag}': " in proc.stderr, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
+    assert sorted(tmp_path.iterdir()) == before and list(folder.iterdir()) == []
 
 
 def test_duplicates_are_averaged_and_repeats_give_a_ceiling(tmp_path):

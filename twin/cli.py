@@ -18,6 +18,21 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class OutputFile(click.Path):
+    """A file to write, checked before any work: not a folder, and in a folder that exists."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(super().convert(value, param, ctx))
+        folder = path.parent
+        if not folder.is_dir():
+            self.fail(f"'{path}': its folder '{folder}' " + ("is a file" if folder.exists() else "does not exist"),
+                      param, ctx)  # fmt: skip
+        return path
+
+
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
     """'4-24:2' -> 4, 6, ..., 24; '4,8,12' -> 4, 8, 12; None or 'auto' -> model default."""
     if text is None or text.strip().lower() == "auto":
@@ -66,7 +81,7 @@ def twin_group() -> None:
 
 @twin_group.command("fit")
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Twin file to write (.h5).")
+@click.option("--out", "out", required=True, type=OutputFile(), help="Twin file to write (.h5).")
 @click.option("--model", default="smollm2-135m", show_default=True, help="Offline alias, Hugging Face name or folder.")
 @click.option("--layers", default=None, help="Layers, e.g. '4-24:2' (default: every other middle layer).")
 @click.option("--pooling", default="last", show_default=True, help="Token pooling: last, mean, or 'last,mean'.")
@@ -145,7 +160,7 @@ def _echo_prior(twin: Any, path: Path | None, prior: Any) -> None:
 
 @twin_group.command("prior")
 @click.argument("twin_file", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Prior file to write (.json).")
+@click.option("--out", "out", required=True, type=OutputFile(), help="Prior file to write (.json).")
 def prior_cmd(twin_file: Path, out: Path) -> None:
     """Write TWIN_FILE's hyperparameters (penalties, stacking weights) as a prior for other twins to borrow.
 
@@ -188,7 +203,7 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--folds", default=10, show_default=True, help="Outer cross-validation folds.")
 @click.option("--seed", default=0, show_default=True, help="Fold assignment seed.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here.")
+@click.option("--json", "json_out", type=OutputFile(), default=None, help="Also write the scores here.")
 @cache_option
 @device_option
 def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
@@ -217,7 +232,7 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
 @twin_group.command("predict")
 @click.argument("twin_file", type=click.Path(path_type=Path))
 @click.argument("sentences", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write.")
+@click.option("--out", "out", required=True, type=OutputFile(), help="CSV to write.")
 @click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
 @cache_option
 @device_option
