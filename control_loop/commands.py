@@ -285,7 +285,8 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
 
 @click.command("report")
 @click.argument("session_file", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: SESSION-report/).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder (default: SESSION-report/).")  # fmt: skip
 @click.option(
     "--follow",
     is_flag=True,

@@ -454,7 +454,14 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(uninterrupted, tmp_p
         assert proc.returncode == 2, proc.stderr
         assert f"'{blocker}/" in proc.stderr and "Not a directory" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
-    assert out.read_bytes() == before
+    # a folder output that is a file, or a session file output that is a folder: said as the line is read
+    cmds = [_cmd("session", "export", out, "--out", blocker), _cmd("report", out, "--out", blocker),
+            _cmd("simulate", TINY, "--out", tmp_path)]  # fmt: skip
+    messages = [f"Directory '{blocker}' is a file"] * 2 + [f"File '{tmp_path}' is a directory"]
+    entries = sorted(tmp_path.iterdir())
+    for proc, message in zip(side_by_side(cmds, _env(tmp_path / "cache"), ROOT), messages, strict=True):
+        assert proc.returncode == 2 and f"Invalid value for '--out': {message}" in proc.stderr, proc.stderr
+    assert out.read_bytes() == before and blocker.read_text() == "" and sorted(tmp_path.iterdir()) == entries
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (.ci/setup installs it)")
