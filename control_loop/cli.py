@@ -11,7 +11,7 @@ import click
 from acquisition.cli import session_group
 from acquisition.session import SessionError
 from hardware.cli import present_cmd, rig_group
-from hardware.errors import EndpointError
+from hardware.errors import BridgeFileError, EndpointError
 from stimulus_synthesis.cli import corpus_group, synthesize_cmd
 from stimulus_synthesis.constraints import ConstraintError
 from stimulus_synthesis.pool import PoolError
@@ -30,7 +30,15 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (TwinError, SessionError, PoolError, ConstraintError, ProtocolError, EndpointError) as exc:
+        except (
+            TwinError,
+            SessionError,
+            PoolError,
+            ConstraintError,
+            ProtocolError,
+            EndpointError,
+            BridgeFileError,
+        ) as exc:
             raise UserError(str(exc)) from None
         except OSError as exc:  # a folder that does not exist or may not be written, a full disk
             if exc.filename is None:

@@ -13,7 +13,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "errors": ["EndpointError"],
+        "errors": ["EndpointError", "BridgeFileError"],
         "peer": ["ClockSync", "CurveKeys", "Outage", "PeerClient", "PeerServer"],
         "presenter": ["NullDisplay", "Presenter", "PsychoPyDisplay"],
         "protocol": ["PROTOCOL_VERSION", "ProtocolError", "decode", "encode"],
@@ -24,7 +24,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 )
 
 if TYPE_CHECKING:
-    from .errors import EndpointError
+    from .errors import BridgeFileError, EndpointError
     from .peer import ClockSync, CurveKeys, Outage, PeerClient, PeerServer
     from .presenter import NullDisplay, Presenter, PsychoPyDisplay
     from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode

@@ -41,7 +41,8 @@ def rig_group() -> None:
 @click.option("--journal", type=click.Path(path_type=Path), default=None,
               help="Journal file: a rig restarted with the same journal resumes without loss.")  # fmt: skip
 @click.option("--subject", default=None, help="Ground-truth subject as module:attr (default: the language subject).")
-@click.option("--noise-sd", type=float, default=None, help="Per-trial noise SD (default: the subject's, 0.623).")
+@click.option("--noise-sd", type=click.FloatRange(min=0), default=None,
+              help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")

@@ -9,6 +9,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .errors import BridgeFileError
+
 _auth: ThreadAuthenticator | None = None
 _lock = threading.Lock()
 
@@ -22,17 +24,29 @@ def generate_keys(folder: str | Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
+def _certificate(path: str | Path) -> tuple[bytes, bytes | None]:
+    if not Path(path).is_file():
+        raise BridgeFileError(f"key file '{path}' " + ("is a folder" if Path(path).is_dir() else "does not exist"))
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except ValueError as exc:  # no key in it, or not text
+        raise BridgeFileError(
+            f"'{path}' is not a CURVE key file ({exc}); make keys with `neurotwin rig keygen`"
+        ) from None
+    except OSError as exc:
+        raise BridgeFileError(f"key file '{path}': {exc.strerror or exc}") from None
+
+
 def load_public(path: str | Path) -> bytes:
     """The public key from a ``.key`` or ``.key_secret`` file."""
-    public, _ = zmq.auth.load_certificate(str(path))
-    return public
+    return _certificate(path)[0]
 
 
 def load_pair(secret_path: str | Path) -> tuple[bytes, bytes]:
     """(public, secret) from a ``.key_secret`` file."""
-    public, secret = zmq.auth.load_certificate(str(secret_path))
+    public, secret = _certificate(secret_path)
     if secret is None:
-        raise ValueError(f"'{secret_path}' holds no secret key (use the .key_secret file)")
+        raise BridgeFileError(f"'{secret_path}' holds no secret key (use the .key_secret file)")
     return public, secret
 
 

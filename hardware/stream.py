@@ -19,7 +19,11 @@ from typing import Any
 
 import msgpack
 
+from .errors import BridgeFileError
+
 _LEN = struct.Struct("<I")
+_HEADER_BODY = msgpack.packb(["neurotwin-journal", 1, None], use_bin_type=True)
+HEADER = _LEN.pack(len(_HEADER_BODY)) + _HEADER_BODY  # a journal's first record; records() leaves it out
 
 
 class Journal:
@@ -27,16 +31,32 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        valid = self._valid_length()
+        if self.path.is_dir():
+            raise BridgeFileError(f"journal '{self.path}' is a folder; name a file")
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = "is a file" if folder.is_file() else f"cannot be made ({exc.strerror or exc})"
+            raise BridgeFileError(f"journal '{self.path}': its folder '{folder}' {why}") from None
+        head = self._head()
+        if not (head.startswith(HEADER) or HEADER.startswith(head)):  # (a prefix: the header cut short by a crash)
+            raise BridgeFileError(f"'{self.path}' is not a NeuroTwin journal (it does not begin with a journal's "
+                               "header), so it is left as it is: give --journal a new file, or one a rig or "
+                               "presenter wrote")  # fmt: skip
+        valid = max((end for end, _ in self._scan()), default=0)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if valid is not None and valid < os.fstat(self._fd).st_size:
+        if valid < os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, valid)  # a record cut short by a crash
+        if valid == 0:
+            os.write(self._fd, HEADER)
 
-    def _valid_length(self) -> int | None:
-        if not self.path.exists():
-            return None
-        return max((end for end, _ in self._scan()), default=0)
+    def _head(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(len(HEADER))
+        except FileNotFoundError:
+            return b""
 
     def _scan(self) -> Iterator[tuple[int, list]]:
         data = self.path.read_bytes() if self.path.exists() else b""
@@ -53,8 +73,9 @@ class Journal:
             yield pos, record
 
     def records(self) -> Iterator[list]:
-        for _, record in self._scan():
-            yield record
+        for end, record in self._scan():
+            if end > len(HEADER):
+                yield record
 
     def append(self, kind: str, seq: int, payload: Any = None) -> None:
         body = msgpack.packb([kind, seq, payload], use_bin_type=True)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hardware import PeerClient, PeerServer, ProtocolError, decode, encode
-from hardware.errors import EndpointError
+from hardware.errors import BridgeFileError, EndpointError
 from hardware.peer import CurveKeys
 from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
@@ -391,6 +391,48 @@ def test_endpoints_that_cannot_be_used_are_one_line_errors(tmp_path):
     finally:
         first.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.journal"]  # nothing else was opened
+
+
+def test_a_journal_is_never_another_programs_file(tmp_path):
+    """--journal given a file it did not write (a session file, a text file) is refused and left byte for byte;
+    a folder, or a folder that is a file, is named. A journal whose header a crash cut short starts afresh;
+    one with records, after its header, is restored (records() leaves the header out)."""
+    import h5py
+
+    session = tmp_path / "session.h5"
+    with h5py.File(session, "w") as f:
+        f["x"] = np.arange(10)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("trial notes\n")
+    before = {p: p.read_bytes() for p in (session, notes)}
+    for path in before:
+        with pytest.raises(BridgeFileError, match=f"'{path}' is not a NeuroTwin journal"):
+            Journal(path)
+    assert {p: p.read_bytes() for p in before} == before
+    with pytest.raises(BridgeFileError, match="is a folder"):
+        Journal(tmp_path)
+    with pytest.raises(BridgeFileError, match=f"its folder '{notes}' is a file"):
+        Journal(notes / "j")
+    cut = tmp_path / "cut.journal"
+    journal = Journal(cut)
+    journal.append("out", 1, b"payload")
+    journal.close()
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[:7])  # killed while writing the header
+    Journal(cut).close()
+    assert list(Journal(cut).records()) == [] and cut.read_bytes() == whole[: len(cut.read_bytes())]
+    cut.write_bytes(whole)
+    assert list(Journal(cut).records()) == [["out", 1, b"payload"]]
+    # the command line: one line, exit 2, the file as it was; a key file that holds no key, the same
+    cli = [sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--duration", "1"]
+    procs = side_by_side([[*cli, "--journal", str(session)],
+                          [*cli, "--curve-secret", str(notes), "--curve-allow", str(notes)],
+                          [*cli, "--noise-sd", "-1"]], {**os.environ}, ROOT)  # fmt: skip
+    messages = [f"'{session}' is not a NeuroTwin journal", f"'{notes}' is not a CURVE key file",
+                "Invalid value for '--noise-sd': -1.0 is not in the range x>=0"]  # fmt: skip
+    for proc, message in zip(procs, messages, strict=True):
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_language_subject_prefers_sentences_to_nonword_lists():
