@@ -22,6 +22,8 @@ from .commands import protocol_group, report_cmd, simulate_cmd
 from .protocol import ProtocolError
 
 log = logging.getLogger("neurotwin")
+# each package's errors for bad input: said in one line, exit status 2
+USER_ERRORS = (TwinError, SessionError, PoolError, ConstraintError, ProtocolError, EndpointError, BridgeFileError)
 
 
 class _Root(click.Group):
@@ -30,15 +32,7 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (
-            TwinError,
-            SessionError,
-            PoolError,
-            ConstraintError,
-            ProtocolError,
-            EndpointError,
-            BridgeFileError,
-        ) as exc:
+        except USER_ERRORS as exc:
             raise UserError(str(exc)) from None
         except OSError as exc:  # a folder that does not exist or may not be written, a full disk
             if exc.filename is None:
