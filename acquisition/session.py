@@ -362,6 +362,8 @@ def check_session_file(path: Path) -> None:
     """Raise a clear SessionError unless ``path`` is a NeuroTwin session file."""
     if not path.exists():
         raise SessionError(f"session file '{path}' does not exist")
+    if path.is_dir():
+        raise SessionError(f"session file '{path}' is a folder; name a session's .h5 file")
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89HDF\r\n\x1a\n":
             raise SessionError(f"'{path}' is not an HDF5 file, so not a NeuroTwin session")

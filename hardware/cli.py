@@ -168,7 +168,7 @@ def _serve(rig, server, banner: str, duration: float | None) -> None:
 
 
 @rig_group.command("keygen")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("name")
 def keygen(folder: Path, name: str) -> None:
     """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it) into FOLDER."""

@@ -91,7 +91,7 @@ def test_files_that_are_not_sessions(tmp_path):
         f.attrs.update(format="neurotwin.session", format_version=1)
     for path, message in [(text, "not an HDF5 file"), (foreign, "not a NeuroTwin session"),
                           (twin, r"not a NeuroTwin session \(its format is 'neurotwin.twin'\)"),
-                          (tmp_path / "none.h5", "does not exist")]:  # fmt: skip
+                          (tmp_path / "none.h5", "does not exist"), (tmp_path, "is a folder")]:  # fmt: skip
         with pytest.raises(SessionError, match=message):
             read_session(path)
         with pytest.raises(SessionError, match=message):
