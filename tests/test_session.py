@@ -348,10 +348,10 @@ def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_p
 def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(uninterrupted, tmp_path):
     """The simulated rig dies on its first stimulus (a subject with a bug): the session stops at once, not after
     the run's deadline, with the rig's last words and where its log is; the session file stays readable."""
+    work, _, _ = uninterrupted  # its feature cache: the candidates are embedded once
     out = tmp_path / "crash.h5"
     started = time.monotonic()
     cmd = _cmd("simulate", TINY, "--out", out, "--subject", "tests.subjects:broken_language_subject")
-    work, _, _ = uninterrupted  # its feature cache: the candidates are embedded once
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "the simulated rig exited (status 1): RuntimeError: this subject's weights are missing" in proc.stderr
