@@ -142,18 +142,13 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
 
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
+    blocked = _blocklist(blocklist)
     twin = Twin.load(twin_file, model=model)
     if twin.modality != "text":
         raise UserError(f"twin '{twin_file}' models images; sentence synthesis needs a twin fit on sentences "
                         "(images: --modality image)")  # fmt: skip
     if roi is not None and roi not in twin.targets:
         raise UserError(f"--roi {roi!r} is not a target of this twin (targets: {', '.join(twin.targets)})")
-    blocked: list[str] = []
-    if blocklist:
-        if blocklist.startswith("@"):
-            blocked = [w.strip() for w in Path(blocklist[1:]).read_text(encoding="utf-8").splitlines() if w.strip()]
-        else:
-            blocked = [w.strip() for w in blocklist.split(",") if w.strip()]
     constraints = Constraints(min_words, max_words, charset or None, blocked, min_readability, max_readability,
                               max_similarity)  # fmt: skip
     shown = load_pool(exclude, min_words=1, max_words=10**6).sentences if exclude else []
@@ -179,6 +174,24 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     values = [r[f"predicted_{name}"] for r in result.rows]
     click.echo(f"wrote {len(result.rows)} sentences ({generated} generated) to {out}; predicted {name} "
                f"{min(values):.3f} to {max(values):.3f}")  # fmt: skip
+
+
+def _blocklist(text: str | None) -> list[str]:
+    """--blocklist as its words or patterns: comma-separated, or one per line of the file after '@'."""
+    from twin.cli import UserError
+
+    if not text:
+        return []
+    if not text.startswith("@"):
+        return [w.strip() for w in text.split(",") if w.strip()]
+    path = Path(text[1:])
+    if not path.is_file():
+        raise UserError(f"--blocklist {text}: " + ("is a folder" if path.is_dir() else "no such file"))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--blocklist {text}: not UTF-8 text (byte {exc.start})") from None
+    return [w.strip() for w in lines if w.strip()]
 
 
 def _hold(text: str, goal: str, modality: str, method: str, start: Path | None) -> float | None:

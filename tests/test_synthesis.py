@@ -293,8 +293,21 @@ def test_synthesize_cli_drive_and_suppress(lang_twin, feature_cache, pool_senten
         ("A sentence of words.\n", ["--min-words", 10, "--max-words", 5], "max_words (5) is below min_words (10)"),
         ("A sentence of words.\nAnother one is here.\n", ["--blocklist", "/./", "--n", 1], "only 0 of 2 candidates"),
         ("A sentence of words.\n", ["--roi", "md"], "--roi 'md' is not a target of this twin"),
+        (b"The caf\xe9 is open.\n", ["--blocklist", "@POOL"], "--blocklist @POOL: not UTF-8 text (byte 7)"),
+        ("A sentence of words.\n", ["--blocklist", "@POOL.missing"], "--blocklist @POOL.missing: no such file"),
     ],
-    ids=["empty", "one-repeated", "non-utf8", "too-long", "other-model", "min-above-max", "all-blocked", "bad-roi"],
+    ids=[
+        "empty",
+        "one-repeated",
+        "non-utf8",
+        "too-long",
+        "other-model",
+        "min-above-max",
+        "all-blocked",
+        "bad-roi",
+        "blocklist-non-utf8",
+        "blocklist-missing",
+    ],
 )
 def test_synthesize_bad_input(lang_twin, feature_cache, tmp_path, pool_text, extra, message):
     pool = tmp_path / "pool.txt"
@@ -303,6 +316,7 @@ def test_synthesize_bad_input(lang_twin, feature_cache, tmp_path, pool_text, ext
     else:
         pool.write_text(pool_text)
     out = tmp_path / "out.csv"
+    extra, message = [str(x).replace("POOL", str(pool)) for x in extra], message.replace("POOL", str(pool))
     proc = neurotwin("synthesize", "--twin", lang_twin, "--pool", pool, "--out", out, "--n", 5,
                      "--cache", feature_cache, *extra, check_ok=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
