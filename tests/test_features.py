@@ -78,6 +78,39 @@ def test_corrupt_cache_is_moved_aside(tmp_path):
     assert list(tmp_path.glob("f.corrupt-*.h5"))
 
 
+def test_a_cache_never_writes_into_another_kind_of_file(tmp_path):
+    """A session file, anyone's HDF5 data or a folder given as the cache: CacheError naming it, the file (or
+    folder) left as it was; a cache written before caches carried their format attribute still serves."""
+    import h5py
+
+    from twin.errors import CacheError
+
+    session, data = tmp_path / "session.h5", tmp_path / "data.h5"
+    with h5py.File(session, "w") as f:
+        f.attrs["format"] = "neurotwin.session"
+        f["events"] = np.arange(3)
+    with h5py.File(data, "w") as f:
+        f["x"] = np.arange(3)
+    before = {p: p.read_bytes() for p in (session, data)}
+    for path, message in [(session, "its format is 'neurotwin.session'"), (data, "it holds other data")]:
+        with pytest.raises(CacheError, match=f"'{path}' is an HDF5 file but not a feature cache \\({message}\\)"):
+            TextFeatureExtractor("minilm", cache=FeatureCache(path)).extract(SENTENCES[:1], layers=[3])
+    assert {p: p.read_bytes() for p in before} == before
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(CacheError, match="is a folder"):
+        TextFeatureExtractor("minilm", cache=FeatureCache(folder)).extract(SENTENCES[:1], layers=[3])
+    assert folder.is_dir() and list(folder.iterdir()) == [] and not list(tmp_path.glob("*corrupt*"))
+    legacy = tmp_path / "legacy.h5"
+    first = TextFeatureExtractor("minilm", cache=FeatureCache(legacy)).extract(SENTENCES[:2], layers=[3])
+    with h5py.File(legacy, "a") as f:
+        assert f.attrs["format"] == "neurotwin.features"
+        del f.attrs["format"]
+    again = TextFeatureExtractor("minilm", cache=FeatureCache(legacy))
+    assert np.array_equal(again.extract(SENTENCES[:2], layers=[3])["mean/L3"], first["mean/L3"])
+    assert again._model is None  # served from the cache, not computed
+
+
 def test_sentence_encoder_and_its_limits():
     ex = TextFeatureExtractor("minilm")
     out = ex.extract(synthetic_sentences(5), layers=range(0, 7), pooling="mean")

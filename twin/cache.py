@@ -3,6 +3,7 @@
 Layout: ``/<model id>/<table>/digest`` (n, 16) uint8 BLAKE2b digests of the UTF-8
 text, and ``/<model id>/<table>/values`` (n, d) float32, both appendable and
 chunked; a table is e.g. ``mean/L12`` or ``surprisal``. A sentence is embedded once.
+The file's ``format`` attribute is ``neurotwin.features``; another kind of file is never written to.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
+from .errors import CacheError
+
 log = logging.getLogger(__name__)
+FORMAT = "neurotwin.features"  # the file's `format` attribute (caches written before it have none)
 
 
 def text_digests(sentences: Sequence[str]) -> np.ndarray:
@@ -42,14 +46,17 @@ class FeatureCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path) + ".lock")
         self._index: dict[str, tuple[int, dict[bytes, int]]] = {}
+        self._checked = False
 
     @staticmethod
     def _group(model_id: str, table: str) -> str:
         return f"{quote(model_id, safe='')}/{table}"
 
     def _open(self, mode: str) -> h5py.File:
+        if self.path.is_dir():
+            raise CacheError(f"feature cache '{self.path}' is a folder; name a file (e.g. features.h5)")
         try:
-            return h5py.File(self.path, mode)
+            f = h5py.File(self.path, mode)
         except OSError as exc:
             if mode == "r" and not self.path.exists():
                 raise FileNotFoundError(self.path) from exc
@@ -57,7 +64,27 @@ class FeatureCache:
             log.warning("feature cache %s is unreadable (%s); moved aside to %s", self.path, exc, aside)
             self.path.rename(aside)
             self._index.clear()
-            return h5py.File(self.path, mode)
+            f = h5py.File(self.path, mode)
+        if not self._checked:
+            try:
+                self._check(f)
+            except CacheError:
+                f.close()
+                raise
+        return f
+
+    def _check(self, f: h5py.File) -> None:
+        """Refuse another kind of HDF5 file (a session, a twin, anyone's data): a cache never writes into it."""
+        found = f.attrs.get("format")
+        if found is None and any(not isinstance(item, h5py.Group) for item in f.values()):
+            found = "not a feature cache"  # a legacy cache holds only groups (model / table / datasets)
+        if found is not None and found != FORMAT:
+            kind = f"its format is '{found}'" if found != "not a feature cache" else "it holds other data"
+            raise CacheError(f"'{self.path}' is an HDF5 file but not a feature cache ({kind}), so it is left as it "
+                             "is: give --cache (or $NEUROTWIN_CACHE) a cache file or a new path")  # fmt: skip
+        if found is None and f.mode != "r":
+            f.attrs["format"] = FORMAT
+        self._checked = True
 
     def _rows(self, f: h5py.File, name: str) -> dict[bytes, int]:
         """Digest -> row index for one table, reread only when the table grew."""

@@ -17,3 +17,7 @@ class FeatureModelError(TwinError):
 
 class TwinFileError(TwinError):
     """A twin file is unreadable, truncated, foreign, or from an incompatible version."""
+
+
+class CacheError(TwinError):
+    """A feature cache path that names a folder or another kind of file (which is left as it is)."""
