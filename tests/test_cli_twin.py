@@ -72,14 +72,19 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     assert "held-out" in held_out.stdout, held_out.stderr
     assert f"hyperparameters from {tmp_path / 'prior.json'} (40 training stimuli), penalties x" in borrowed.stdout
     assert Twin.load(tmp_path / "b.h5").scores["prior_n_train"] == 40
-    # An output that is a folder, or in a folder that does not exist (or is a file): said before any work.
-    folder, blocker = tmp_path / "a-folder", tmp_path / "a-file"
+    # An output that is a folder, in a folder that does not exist (or is a file), or a session file: said before
+    # any work, and the session's recorded data is never overwritten.
+    from acquisition import SessionFile
+
+    folder, blocker, session = tmp_path / "a-folder", tmp_path / "a-file", tmp_path / "session.h5"
     folder.mkdir()
     blocker.write_text("")
-    before = sorted(tmp_path.iterdir())
+    SessionFile.create(session, ["response"]).close()
+    before, recorded = sorted(tmp_path.iterdir()), session.read_bytes()
     outputs = [(folder, f"File '{folder}' is a directory"),
                (tmp_path / "none" / "x", f"its folder '{tmp_path / 'none'}' does not exist"),
-               (blocker / "x", f"its folder '{blocker}' is a file")]  # fmt: skip
+               (blocker / "x", f"its folder '{blocker}' is a file"),
+               (session, f"'{session}' is a session file (recorded data) and is never overwritten")]  # fmt: skip
     calls = [(cmd, flag, message) for where, message in outputs for cmd, flag in [
         (("twin", "fit", small_csv, "--out", where), "--out"),
         (("twin", "predict", twin, sentences, "--out", where), "--out"),
@@ -92,7 +97,7 @@ def test_fit_predict_score_round_trip(tmp_path, small_csv):
     for proc, (_, flag, message) in zip(neurotwin_all(*[c for c, _, _ in calls]), calls, strict=True):
         assert proc.returncode == 2 and f"Invalid value for '{flag}': " in proc.stderr, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
-    assert sorted(tmp_path.iterdir()) == before and list(folder.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == before and list(folder.iterdir()) == [] and session.read_bytes() == recorded
 
 
 def test_duplicates_are_averaged_and_repeats_give_a_ceiling(tmp_path):

@@ -19,7 +19,8 @@ class UserError(click.ClickException):
 
 
 class OutputFile(click.Path):
-    """A file to write, checked before any work: not a folder, and in a folder that exists."""
+    """A file to write, checked before any work: not a folder, in a folder that exists, and not a session
+    file (recorded data is never overwritten by another command's output)."""
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False, path_type=Path)
@@ -30,7 +31,24 @@ class OutputFile(click.Path):
         if not folder.is_dir():
             self.fail(f"'{path}': its folder '{folder}' " + ("is a file" if folder.exists() else "does not exist"),
                       param, ctx)  # fmt: skip
+        if _is_session_file(path):
+            self.fail(f"'{path}' is a session file (recorded data) and is never overwritten: name another file",
+                      param, ctx)  # fmt: skip
         return path
+
+
+def _is_session_file(path: Path) -> bool:
+    """Whether ``path`` is a NeuroTwin session file (its HDF5 ``format`` attribute)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return False
+        import h5py
+
+        with h5py.File(path, "r", swmr=True) as f:
+            return f.attrs.get("format") == "neurotwin.session"  # (acquisition.session.FORMAT)
+    except OSError:
+        return False
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
