@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from acquisition import read_session, writer_pid
+from twin.paths import replaced_whole
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -395,9 +396,8 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
 def _replace(path: Path, content: bytes) -> None:
     """Write a file whole: a browser reloading the report never reads one half-written (nor does a second
     process writing the same report, as the end of a session and ``report --follow`` can at once)."""
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    part.write_bytes(content)
-    os.replace(part, path)
+    with replaced_whole(path, suffix=f".{os.getpid()}.part") as part:
+        part.write_bytes(content)
 
 
 def write_report(

@@ -423,7 +423,7 @@ def test_info_and_report_follow_a_running_session_until_it_closes(uninterrupted,
     again = write_report(out, tmp_path / "again")  # the last write is the finished session's whole report
     followed, fresh = (json.loads((d / "summary.json").read_text()) for d in (page.parent, again.parent))
     assert followed == fresh
-    assert not list(page.parent.glob(".*.part"))  # every file was written whole, then moved into place
+    assert not list(page.parent.glob("*.part"))  # every file was written whole, then moved into place
 
 
 def test_a_new_session_never_writes_into_an_existing_file(uninterrupted, tmp_path):
