@@ -39,41 +39,24 @@ class Journal:
         except OSError as exc:
             why = "is a file" if folder.is_file() else f"cannot be made ({exc.strerror or exc})"
             raise BridgeFileError(f"journal '{self.path}': its folder '{folder}' {why}") from None
-        head = self._head()
-        if not (head.startswith(HEADER) or HEADER.startswith(head)):  # (a prefix: the header cut short by a crash)
+        data = self._data()
+        head = data[: len(HEADER)]
+        if not (head == HEADER or HEADER.startswith(head)):  # (a prefix: the header cut short by a crash)
             raise BridgeFileError(f"'{self.path}' is not a NeuroTwin journal (it does not begin with a journal's "
                                "header), so it is left as it is: give --journal a new file, or one a rig or "
                                "presenter wrote")  # fmt: skip
-        valid = max((end for end, _ in self._scan()), default=0)
+        valid = max((end for end, _ in _scan(data)), default=0)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if valid < os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, valid)  # a record cut short by a crash
         if valid == 0:
             os.write(self._fd, HEADER)
 
-    def _head(self) -> bytes:
-        try:
-            with open(self.path, "rb") as f:
-                return f.read(len(HEADER))
-        except FileNotFoundError:
-            return b""
-
-    def _scan(self) -> Iterator[tuple[int, list]]:
-        data = self.path.read_bytes() if self.path.exists() else b""
-        pos = 0
-        while pos + 4 <= len(data):
-            (n,) = _LEN.unpack_from(data, pos)
-            if pos + 4 + n > len(data):
-                break
-            try:
-                record = msgpack.unpackb(data[pos + 4 : pos + 4 + n], raw=False)
-            except Exception:
-                break
-            pos += 4 + n
-            yield pos, record
+    def _data(self) -> bytes:
+        return self.path.read_bytes() if self.path.exists() else b""
 
     def records(self) -> Iterator[list]:
-        for end, record in self._scan():
+        for end, record in _scan(self._data()):
             if end > len(HEADER):
                 yield record
 
@@ -83,6 +66,21 @@ class Journal:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _scan(data: bytes) -> Iterator[tuple[int, list]]:
+    """(end offset, record) of each whole record, up to the first one cut short or unreadable."""
+    pos = 0
+    while pos + 4 <= len(data):
+        (n,) = _LEN.unpack_from(data, pos)
+        if pos + 4 + n > len(data):
+            break
+        try:
+            record = msgpack.unpackb(data[pos + 4 : pos + 4 + n], raw=False)
+        except Exception:
+            break
+        pos += 4 + n
+        yield pos, record
 
 
 def sent_messages(records: list[list]) -> list[dict]:
