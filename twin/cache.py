@@ -53,13 +53,13 @@ class FeatureCache:
         return f"{quote(model_id, safe='')}/{table}"
 
     def _open(self, mode: str) -> h5py.File:
-        if self.path.is_dir():
-            raise CacheError(f"feature cache '{self.path}' is a folder; name a file (e.g. features.h5)")
         try:
             f = h5py.File(self.path, mode)
         except OSError as exc:
             if mode == "r" and not self.path.exists():
                 raise FileNotFoundError(self.path) from exc
+            if self.path.is_dir():  # not a damaged cache: never moved aside
+                raise CacheError(f"feature cache '{self.path}' is a folder; name a file (e.g. features.h5)") from None
             aside = self.path.with_suffix(f".corrupt-{int(time.time())}.h5")
             log.warning("feature cache %s is unreadable (%s); moved aside to %s", self.path, exc, aside)
             self.path.rename(aside)
