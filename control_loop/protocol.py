@@ -62,7 +62,10 @@ class Phase(_Strict):
     kind: Literal["localizer", "baseline", "closed_loop", "evaluation"]
     trials: int = Field(gt=0, description="Trials per round (closed_loop) or in all (other phases).")
     rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
-    acquisition: Literal["mean", "ucb", "thompson"] = "ucb"
+    acquisition: Literal["mean", "ucb", "thompson"] = Field(
+        "ucb", description="Closed loop: choose by the twin's predictions (mean), plus beta predictive SDs (ucb), "
+        "or by one draw from its posterior (thompson).",
+    )  # fmt: skip
     beta: float = Field(1.0, ge=0)
     conditions: list[Literal["drive", "suppress", "baseline"]] | None = Field(
         None, min_length=1,

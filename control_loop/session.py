@@ -392,17 +392,19 @@ class SessionRunner:
         if self.protocol.modality == "image":
             return self._synthesize(goal, k, rng)
         free = np.array([i for i in range(len(self.candidates.items)) if i not in taken])
-        mean, sd = self.candidates.embedded.predict(self.twin, with_sd=acquisition != "mean")
+        twin = self.twin.sample(rng) if acquisition == "thompson" else self.twin  # Thompson: one posterior draw
+        mean, sd = self.candidates.embedded.predict(twin, with_sd=acquisition == "ucb")
         shown = [self.candidates.items[i] for i in taken if isinstance(i, int | np.integer)]
         sel = select([self.candidates.items[i] for i in free], mean[free], k, goal, sd=None if sd is None else sd[free],
-                     constraints=self.protocol.stimuli.constraints(), shown=shown, rng=rng)  # fmt: skip
+                     constraints=self.protocol.stimuli.constraints(), shown=shown)  # fmt: skip
         return [int(free[i]) for i in sel.index]
 
     def _synthesize(self, goal: Any, k: int, rng: np.random.Generator) -> list[np.ndarray]:
         from stimulus_synthesis.images import synthesize_images, twin_predictor
 
         reference = next(iter(self.twin.readouts.values())).mean_y
-        out = synthesize_images(twin_predictor(self.twin), goal, n=k, steps=self.protocol.stimuli.synthesis_steps,
+        twin = self.twin.sample(rng) if goal.acquisition == "thompson" else self.twin  # Thompson: one posterior draw
+        out = synthesize_images(twin_predictor(twin), goal, n=k, steps=self.protocol.stimuli.synthesis_steps,
                                 size=self.protocol.stimuli.image_size, reference=reference,
                                 seed=int(rng.integers(2**31)))  # fmt: skip
         return [o.image for o in out]

@@ -400,7 +400,7 @@ def generate(
     ) -> list[Candidate]:  # fmt: skip
         mean, sd = predict(texts)
         mean = mean[:, None] if mean.ndim == 1 else mean
-        score = objective(goal, mean, sd, rng)
+        score = objective(goal, mean, sd)
         nll = nll_of(texts)
         sites = sites or [None] * len(texts)
         if any(sites):

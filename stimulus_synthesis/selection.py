@@ -24,7 +24,9 @@ class Goal:
       (penalty ``hold`` per unit of their absolute deviation).
 
     ``acquisition``: ``mean`` (exploit), ``ucb`` (add ``beta`` predictive SDs in the
-    goal's direction) or ``thompson`` (one draw from each candidate's predictive distribution).
+    goal's direction) or ``thompson`` (rank by the predictions of one draw from the twin's
+    posterior, ``Twin.sample``: its weights drawn jointly, so candidates alike in features move
+    together; the caller passes that draw's predictions as ``mean``).
     """
 
     kind: Literal["drive", "suppress", "target", "control"] = "drive"
@@ -35,15 +37,12 @@ class Goal:
     beta: float = 1.0
 
 
-def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None, rng: np.random.Generator | None = None
-              ) -> np.ndarray:  # fmt: skip
-    """Higher is better, per candidate. ``mean``/``sd`` are (n, rois)."""
+def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None) -> np.ndarray:
+    """Higher is better, per candidate. ``mean``/``sd`` are (n, rois); for ``thompson``, ``mean`` is
+    a posterior draw's predictions (see :class:`Goal`)."""
     mean = np.asarray(mean, np.float64)
     mean = mean[:, None] if mean.ndim == 1 else mean
     sd = np.zeros_like(mean) if sd is None else (np.asarray(sd, np.float64).reshape(mean.shape))
-    if goal.acquisition == "thompson":
-        rng = rng or np.random.default_rng()
-        mean = mean + sd * rng.standard_normal(mean.shape)
     bonus = goal.beta * sd[:, goal.roi] if goal.acquisition == "ucb" else 0.0
     m = mean[:, goal.roi]
     if goal.kind == "drive":
@@ -78,7 +77,6 @@ def select(
     constraints: Constraints | None = None,
     shown: np.ndarray | Sequence[str] | None = None,
     exclude: set[str] | None = None,
-    rng: np.random.Generator | None = None,
     groups: Sequence[object] | None = None,
 ) -> Selection:
     """Greedy: the best-scoring candidates that pass the constraints and are not near-duplicates of
@@ -91,7 +89,7 @@ def select(
     constraints = constraints or Constraints()
     if len(sentences) == 0:
         raise ConstraintError("the candidate pool is empty")
-    scores = objective(goal, mean, sd, rng)
+    scores = objective(goal, mean, sd)
     order = np.argsort(-scores, kind="stable")
     diverse = constraints.max_similarity < 1.0 or embeddings is not None
     has_shown = shown is not None and len(shown) > 0

@@ -606,14 +606,20 @@ def test_stopping_rule_ends_the_session(uninterrupted, tmp_path):
     assert not shown.str.contains(r"\bthe\b", case=False).any(), shown[shown.str.contains(r"\bthe\b", case=False)]
 
 
-@pytest.mark.parametrize("conditions", [["suppress"], ["suppress", "baseline"]], ids=["suppress", "with-baseline"])
-def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, conditions):
-    """Rounds spent on suppression (alone, or beside random sentences): each round's measured effect is
-    shown, against the round's own baseline trials (the same run's offset) if it has any, else against the
-    baseline runs'; once it reaches target_effect the rounds end."""
+@pytest.mark.parametrize(
+    "conditions, acquisition",
+    [(["suppress"], "ucb"), (["suppress", "baseline"], "ucb"), (["suppress"], "thompson")],
+    ids=["suppress", "with-baseline", "thompson"],
+)
+def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, conditions, acquisition):
+    """Rounds spent on suppression (alone, or beside random sentences; chosen by UCB or by one posterior
+    draw of the twin): each round's measured effect is shown, against the round's own baseline trials (the
+    same run's offset) if it has any, else against the baseline runs'; once it reaches target_effect the
+    rounds end."""
     work, _, _ = uninterrupted
     protocol = tmp_path / "suppress.toml"
-    text = TINY.read_text().replace("rounds = 2\n", f"rounds = 2\nconditions = {json.dumps(conditions)}\n")
+    round_lines = f"rounds = 2\nconditions = {json.dumps(conditions)}\nacquisition = {json.dumps(acquisition)}\n"
+    text = TINY.read_text().replace("rounds = 2\n", round_lines)
     protocol.write_text(text + "\n[stopping]\ntarget_effect = 0.2\n")
     out = tmp_path / "suppress.h5"
     proc = subprocess.run(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
@@ -629,8 +635,10 @@ def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, co
     assert f"baseline - suppress {effect:+.2f} baseline SDs" in proc.stdout, (effect, proc.stdout[-2000:])
     reached = "stopping rule: target_effect 0.2 reached" in proc.stdout
     assert reached == (effect >= 0.2), (effect, proc.stdout[-2000:])
-    if conditions == ["suppress"]:
+    if conditions == ["suppress"] and acquisition == "ucb":
         assert reached  # the subject's shortest sentences lie well below its baseline mean
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert runs[2]["kind"] == "closed_loop" and sorted(map(int, runs[2]["predicted"])) == sorted(round_.trial)
     assert len(data.events) == 40 + 20 * (1 if reached else 2) + 30  # the evaluation runs either way
     assert set(est[est.run == est.run.max()].condition) == {"D", "S", "B"}
 

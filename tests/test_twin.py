@@ -62,6 +62,39 @@ def test_predictive_sd_and_reselection(pereira, pereira_blocks):
     assert np.isfinite(twin.predict(pereira.sentences[:3])[0]).all()
 
 
+def test_thompson_draws_come_jointly_from_the_posterior(pereira, pereira_blocks):
+    """Twin.sample: predictions of posterior draws average to the twin's, spread by the readouts' posterior SD
+    (the weights' uncertainty, each block's drawn on its own; not trial noise), and move together for alike
+    sentences: one draw of the weights, not one per sentence."""
+    features, blocks = pereira_blocks
+    rows = lambda index: {k: v[index] for k, v in blocks.items()}  # noqa: E731
+    rng = np.random.default_rng(0)
+    y = pereira.responses[:150, 0] + rng.standard_normal(150) * pereira.responses[:, 0].std()  # SNR 1
+    twin = Twin.fit_blocks(rows(np.arange(150)), y, ["lang"], features.plan, features.model_id)
+    held = rows(np.arange(150, 376))
+    mean, _ = twin.predict_blocks(held, with_sd=True)
+    readouts = zip(twin.stack_weights, twin.readouts.items(), strict=True)
+    parts = [w[0] * r.predict_sd(held[k], noise=False)[:, 0] for w, (k, r) in readouts]
+    epistemic = np.sqrt(np.sum(np.square(parts), axis=0))
+    draws = np.stack([twin.sample(np.random.default_rng(i)).predict_blocks(held)[0][:, 0] for i in range(400)])
+    assert np.abs(draws.mean(0) - mean[:, 0]).max() < 4 * epistemic.max() / np.sqrt(400)
+    ratio = draws.std(0) / epistemic
+    assert 0.85 < np.median(ratio) < 1.15 and ratio.min() > 0.7 and ratio.max() < 1.3
+    assert epistemic.max() < 0.5 * np.sqrt(twin.noise_var[0])  # trial noise would have spread them far more
+    # The two held-out sentences closest in the twin's features: their draws differ by far less than
+    # independent draws would.
+    Z = np.hstack([held[k] for k in twin.readouts])
+    Z = (Z - Z.mean(0)) / (Z.std(0) + 1e-9)
+    d2 = ((Z[:, None] - Z[None]) ** 2).sum(-1) + np.eye(len(Z)) * 1e12
+    i, j = np.unravel_index(d2.argmin(), d2.shape)
+    assert (draws[:, i] - draws[:, j]).var() < 0.5 * (draws[:, i].var() + draws[:, j].var())
+    # A draw is an ordinary affine twin (pools re-score with it), the same for the same seed.
+    drawn = twin.sample(np.random.default_rng(7))
+    W, b = drawn.linear()
+    assert np.allclose(np.hstack([held[k] for k in twin.readouts]) @ W + b, drawn.predict_blocks(held)[0], atol=1e-6)
+    assert np.array_equal(drawn.predict_blocks(held)[0], twin.sample(np.random.default_rng(7)).predict_blocks(held)[0])
+
+
 def test_multiple_targets_and_save_load(tmp_path, small_csv, feature_cache):
     from twin import load_dataset
 

@@ -660,6 +660,13 @@ class Twin:
             features.plan, features._projection = self.plan, self.projection
         self.features = features
 
+    def sample(self, rng: np.random.Generator) -> Twin:
+        """One draw from this twin's posterior, for Thompson sampling: a twin whose readouts' weights are
+        drawn from their Bayesian ridge posteriors (:meth:`RidgeReadout.draw`; each block's on its own, all its
+        weights together). It predicts, but is not refined or saved. A reference twin's own map is kept as it
+        is; the weight this twin gives it is drawn."""
+        return replace(self, readouts={name: r.draw(rng) for name, r in self.readouts.items()})
+
     def linear(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole twin as one affine map of concatenated blocks: ``predict = Z @ W + b``.
 

@@ -222,6 +222,20 @@ class RidgeReadout:
             out[:, t] = np.sqrt(sol["sigma2"][t] * (float(noise) + 1.0 / self.n + var_w))
         return out
 
+    def draw(self, rng: np.random.Generator) -> FixedReadout:
+        """One draw of the weights and intercepts from their Bayesian ridge posterior (the predictive
+        SD's epistemic part, jointly over features: not trial noise), as a readout of its own."""
+        sol = self._solve()
+        lam, V, sd = sol["lam"], sol["V"], sol["sd"]
+        coef = np.empty((self.n_features, self.n_targets))
+        intercept = np.empty(self.n_targets)
+        for t, a in enumerate(self.alphas):
+            scale = np.sqrt(sol["sigma2"][t])
+            w = sol["W"][:, t] + V @ (scale / np.sqrt(lam + a) * rng.standard_normal(len(lam)))
+            coef[:, t] = w / sd
+            intercept[t] = self.mean_y[t] - self.mean_x @ coef[:, t] + scale / np.sqrt(self.n) * rng.standard_normal()
+        return FixedReadout(coef, intercept, self.mean_y.copy())
+
     def state(self) -> dict[str, np.ndarray]:
         """The sufficient statistics and alphas, for saving."""
         return {
@@ -257,3 +271,18 @@ class RidgeReadout:
         best = np.asarray(alphas)[scores.argmin(0)]
         self.set_alphas(best)
         return best
+
+
+class FixedReadout:
+    """A readout with given weights and no uncertainty: one posterior draw of a :class:`RidgeReadout`."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, mean_y: np.ndarray) -> None:
+        self.coef_, self.intercept_, self.mean_y = coef, intercept, mean_y
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Responses (m, t) under these weights."""
+        return np.asarray(X, np.float64) @ self.coef_ + self.intercept_
+
+    def predict_sd(self, X: np.ndarray, noise: bool = True) -> np.ndarray:
+        """Zero: the weights are given (a twin of drawn readouts keeps its trial noise, ``Twin.noise_var``)."""
+        return np.zeros((len(X), self.coef_.shape[1]))
