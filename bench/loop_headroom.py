@@ -81,7 +81,7 @@ def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, nois
         return Twin.fit_blocks(part(index), y, ["lang"], features.plan, features.model_id, runs=runs, prior=prior)
 
     def best(twin: Twin, free: np.ndarray, kind: str, k: int, acquisition: str = "mean") -> np.ndarray:
-        mean, sd = twin.predict_blocks(part(free), with_sd=acquisition != "mean")
+        mean, sd = twin.predict_blocks(part(free), with_sd=acquisition != "mean", noise=False)
         return free[np.argsort(-objective(Goal(kind, acquisition=acquisition), mean, sd))[:k]]
 
     def separation(twin: Twin, candidates: np.ndarray, shown: np.ndarray) -> float:

@@ -63,7 +63,7 @@ class Phase(_Strict):
     trials: int = Field(gt=0, description="Trials per round (closed_loop) or in all (other phases).")
     rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
     acquisition: Literal["mean", "ucb", "thompson"] = Field(
-        "ucb", description="Closed loop: choose by the twin's predictions (mean), plus beta predictive SDs (ucb), "
+        "ucb", description="Closed loop: choose by the twin's predictions (mean), plus beta SDs of them (ucb), "
         "or by one draw from its posterior (thompson).",
     )  # fmt: skip
     beta: float = Field(1.0, ge=0)

@@ -393,7 +393,7 @@ class SessionRunner:
             return self._synthesize(goal, k, rng)
         free = np.array([i for i in range(len(self.candidates.items)) if i not in taken])
         twin = self.twin.sample(rng) if acquisition == "thompson" else self.twin  # Thompson: one posterior draw
-        mean, sd = self.candidates.embedded.predict(twin, with_sd=acquisition == "ucb")
+        mean, sd = self.candidates.embedded.predict(twin, with_sd=acquisition == "ucb", noise=False)
         shown = [self.candidates.items[i] for i in taken if isinstance(i, int | np.integer)]
         sel = select([self.candidates.items[i] for i in free], mean[free], k, goal, sd=None if sd is None else sd[free],
                      constraints=self.protocol.stimuli.constraints(), shown=shown)  # fmt: skip

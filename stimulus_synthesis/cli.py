@@ -76,9 +76,9 @@ def info_cmd(pool: Path, column: str) -> None:
               help="Penalty per unit change of the other ROIs (goal control); images: 'auto' lets the twin choose "
                    "it from 1, 3 and 6 (needs --start, the images the twin was fit on).")  # fmt: skip
 @click.option("--acquisition", type=click.Choice(["mean", "ucb", "thompson"]), default="mean", show_default=True,
-              help="Sentences: rank by the twin's predictions (mean), plus --beta predictive SDs (ucb), or by the "
+              help="Sentences: rank by the twin's predictions (mean), plus --beta SDs of them (ucb), or by the "
                    "predictions of one draw from the twin's posterior (thompson; --seed).")  # fmt: skip
-@click.option("--beta", default=1.0, show_default=True, help="Predictive SDs added by --acquisition ucb.")
+@click.option("--beta", default=1.0, show_default=True, help="SDs of the predicted mean added by --acquisition ucb.")
 @click.option("--column", default="sentence", show_default=True, help="Column of a CSV/TSV pool.")
 @click.option("--min-words", default=3, show_default=True)
 @click.option("--max-words", default=40, show_default=True)

@@ -53,9 +53,10 @@ class EmbeddedPool:
             raise FeatureModelError("the twin's feature plan differs from the pool's: embed the pool with the twin")
 
     def predict(
-        self, twin: Twin, with_sd: bool = False, chunk_rows: int = 32768
+        self, twin: Twin, with_sd: bool = False, chunk_rows: int = 32768, noise: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted responses (n, t) of every pool sentence, and the predictive SD when asked."""
+        """Predicted responses (n, t) of every pool sentence, and the predictive SD when asked
+        (``noise=False``: of the predicted mean alone, as UCB wants it)."""
         self.check_twin(twin)
         f = self.features
         W, b = twin.linear()
@@ -70,7 +71,7 @@ class EmbeddedPool:
             part = Z[a - start : z - start]
             np.matmul(part, W32, out=table_mean[a - lo : z - lo])
             if with_sd:
-                table_sd[a - lo : z - lo] = twin.predict_blocks(f.split(part), with_sd=True)[1]
+                table_sd[a - lo : z - lo] = twin.predict_blocks(f.split(part), with_sd=True, noise=noise)[1]
         mean = table_mean[self.rows - lo].astype(np.float64) + b
         sd = table_sd[self.rows - lo].astype(np.float64) if with_sd else None
         return mean, sd

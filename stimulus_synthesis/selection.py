@@ -23,8 +23,9 @@ class Goal:
     * ``control``: raise ``roi`` while holding the other ROIs near their pool means
       (penalty ``hold`` per unit of their absolute deviation).
 
-    ``acquisition``: ``mean`` (exploit), ``ucb`` (add ``beta`` predictive SDs in the
-    goal's direction) or ``thompson`` (rank by the predictions of one draw from the twin's
+    ``acquisition``: ``mean`` (exploit), ``ucb`` (add ``beta`` SDs of the predicted mean in the
+    goal's direction: the twin's uncertainty about its prediction, ``predict(..., noise=False)``,
+    not the trial noise) or ``thompson`` (rank by the predictions of one draw from the twin's
     posterior, ``Twin.sample``: its weights drawn jointly, so candidates alike in features move
     together; the caller passes that draw's predictions as ``mean``).
     """
@@ -38,8 +39,8 @@ class Goal:
 
 
 def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None) -> np.ndarray:
-    """Higher is better, per candidate. ``mean``/``sd`` are (n, rois); for ``thompson``, ``mean`` is
-    a posterior draw's predictions (see :class:`Goal`)."""
+    """Higher is better, per candidate. ``mean``/``sd`` are (n, rois); for ``ucb``, ``sd`` is the SD of
+    the predicted mean and for ``thompson``, ``mean`` a posterior draw's predictions (see :class:`Goal`)."""
     mean = np.asarray(mean, np.float64)
     mean = mean[:, None] if mean.ndim == 1 else mean
     sd = np.zeros_like(mean) if sd is None else (np.asarray(sd, np.float64).reshape(mean.shape))

@@ -53,34 +53,38 @@ def synthesize_sentences(
     goal = goal or Goal()
     constraints = constraints or Constraints()
     features: TextFeatures = pool.features
-    # What the goal ranks by: the twin's predictions, or (Thompson sampling) those of one draw from its
-    # posterior; the CSV reports the twin's own predictions either way.
+    # What the goal ranks by: the twin's predictions (ucb: with the SD of its predicted mean), or (Thompson
+    # sampling) those of one draw from its posterior; the CSV reports the twin's own predictions and
+    # predictive SDs either way.
     scorer = twin.sample(np.random.default_rng(seed)) if goal.acquisition == "thompson" else twin
     mean, sd = pool.predict(twin, with_sd=True)
-    by = pool.predict(scorer)[0] if scorer is not twin else mean
-    scores = objective(goal, by, sd)
+    by, by_sd = pool.predict(scorer, with_sd=True, noise=False) if goal.acquisition != "mean" else (mean, sd)
+    scores = objective(goal, by, by_sd)
     order = np.argsort(-scores, kind="stable")
     size = min(len(order), max(20 * n, 2000))
     while True:  # a shortlist, widened until enough of it passes the constraints
         short = order[:size]
         texts = [pool.sentences[i] for i in short]
         try:
-            sel = select(texts, by[short], n, goal, sd=sd[short], constraints=constraints, shown=shown,
+            sel = select(texts, by[short], n, goal, sd=by_sd[short], constraints=constraints, shown=shown,
                          exclude=exclude)  # fmt: skip
             break
         except ConstraintError:
             if size == len(order):
                 raise
             size = min(len(order), size * 4)
-    chosen = [(pool.sentences[short[i]], mean[short[i]], sd[short[i]], by[short[i]], "corpus", None)
-              for i in sel.index]  # fmt: skip
+    chosen = [(pool.sentences[short[i]], mean[short[i]], sd[short[i]], by[short[i]], by_sd[short[i]], "corpus",
+               None) for i in sel.index]  # fmt: skip
     log: list[Candidate] = []
     if generate_budget > 0:
         seeds = [c[0] for c in chosen[: min(16, n)]]
         stats_index = features.surprisal_columns()
 
-        def predict(texts, model=twin):
-            return model.predict_blocks(features(texts), with_sd=True)
+        def predict(texts, model=twin, noise=True):
+            return model.predict_blocks(features(texts), with_sd=True, noise=noise)
+
+        def ranked(texts):
+            return predict(texts, scorer, noise=False)
 
         nll_of = None
         naturalness = naturalness or Naturalness()
@@ -89,10 +93,10 @@ def synthesize_sentences(
             def nll_of(texts):  # the twin's own surprisal block: no second pass through the LM
                 return features.matrix(texts)[:, stats_index]
 
-        # Generation searches under what the goal ranks by (its log's predictions are that draw's, for thompson).
-        gen = generate(seeds, lambda texts: predict(texts, scorer), goal, naturalness=naturalness, nll_of=nll_of,
-                       constraints=constraints, exclude=(exclude or set()) | set(pool.sentences),
-                       budget=generate_budget, seed=seed, progress=progress)  # fmt: skip
+        # Generation searches by what the goal ranks by (for thompson, its log's predictions are the draw's).
+        gen = generate(seeds, ranked, goal, naturalness=naturalness, nll_of=nll_of, constraints=constraints,
+                       exclude=(exclude or set()) | set(pool.sentences), budget=generate_budget, seed=seed,
+                       progress=progress)  # fmt: skip
         log = gen.log
         if gen.best:
             # A generated sentence competes with its corpus sentence and its siblings, not beside them:
@@ -100,14 +104,15 @@ def synthesize_sentences(
             family = {c.sentence: c.root for c in [*gen.seeds, *gen.best]}
             texts = texts + [c.sentence for c in gen.best]  # the final shortlist, then the generated
             m, s = predict([c.sentence for c in gen.best])
-            r = predict([c.sentence for c in gen.best], scorer)[0] if scorer is not twin else m
+            r, rs = ranked([c.sentence for c in gen.best])
             all_mean, all_sd = np.vstack([mean[short], m]), np.vstack([sd[short], s])
-            all_by = np.vstack([by[short], r])
-            sel2 = select(texts, all_by, n, goal, sd=all_sd, constraints=constraints, shown=shown,
+            all_by, all_by_sd = np.vstack([by[short], r]), np.vstack([by_sd[short], rs])
+            sel2 = select(texts, all_by, n, goal, sd=all_by_sd, constraints=constraints, shown=shown,
                           exclude=exclude, groups=[family.get(t) for t in texts])  # fmt: skip
             nll = {c.sentence: c.nll for c in gen.best}
-            chosen = [(texts[i], all_mean[i], all_sd[i], all_by[i], "generated" if texts[i] in nll else "corpus",
-                       nll.get(texts[i])) for i in sel2.index]  # fmt: skip
+            sources = ["generated" if t in nll else "corpus" for t in texts]
+            chosen = [(texts[i], all_mean[i], all_sd[i], all_by[i], all_by_sd[i], sources[i], nll.get(texts[i]))
+                      for i in sel2.index]  # fmt: skip
     final_texts = [c[0] for c in chosen]
     unit = sentence_vectors(final_texts)
     sim = unit @ unit.T
@@ -115,12 +120,12 @@ def synthesize_sentences(
     if shown:
         sim = np.hstack([sim, unit @ sentence_vectors(shown).T])
     rows = []
-    for place, (text, m, s, r, source, nll) in enumerate(chosen, 1):
+    for place, (text, m, s, r, rs, source, nll) in enumerate(chosen, 1):
         row = {"rank": place, "sentence": text, "source": source}
         for t, name in enumerate(twin.targets):
             row[f"predicted_{name}"] = round(float(m[t]), 6)
             row[f"uncertainty_{name}"] = round(float(s[t]), 6)
-        row["objective"] = round(float(objective(goal, r[None], s[None])[0]), 6)
+        row["objective"] = round(float(objective(goal, r[None], rs[None])[0]), 6)
         row["nll"] = "" if nll is None else round(nll, 3)
         row["constraints"] = _report(text, constraints, float(sim[place - 1].max()) if len(chosen) > 1 else 0.0)
         rows.append(row)

@@ -180,7 +180,7 @@ def test_edits_that_make_the_following_words_surprising_are_rejected():
 def test_thompson_sampling_ranks_by_one_posterior_draw(lang_twin, feature_cache, pool_sentences):
     """--acquisition thompson: each seed's set is the best under one draw of the twin's weights, so sets
     differ between seeds (and repeat for the same seed) while staying far below the pool's mean; the CSV
-    still reports the twin's own predictions."""
+    still reports the twin's own predictions. ucb adds beta SDs of the predicted mean (not trial noise)."""
     from stimulus_synthesis.synthesize import synthesize_sentences
 
     twin, features = _load(lang_twin, feature_cache)
@@ -199,6 +199,12 @@ def test_thompson_sampling_ranks_by_one_posterior_draw(lang_twin, feature_cache,
         assert np.mean([predicted[x] for x in sets[seed]]) < mean.mean() - 1.5 * mean.std()
     assert len({tuple(v) for v in sets.values()}) > 1
     assert [r["sentence"] for r in synthesize_sentences(twin, pool, 10, goal, free, seed=2).rows] == sets[2]
+    rows = synthesize_sentences(twin, pool, 10, Goal("suppress", acquisition="ucb", beta=2.0), free).rows
+    _, sd_mean = twin.predict([r["sentence"] for r in rows], with_sd=True, noise=False)
+    expected = [-r["predicted_response"] + 2.0 * s for r, s in zip(rows, sd_mean[:, 0], strict=True)]
+    assert np.allclose([r["objective"] for r in rows], expected, atol=1e-5)
+    reported = np.array([r["uncertainty_response"] for r in rows])  # the predictive SD: trial noise included
+    assert np.allclose(reported**2, sd_mean[:, 0] ** 2 + twin.noise_var[0], atol=1e-4)
 
 
 def test_generation_raises_the_prediction_and_stays_natural(lang_twin, feature_cache, pool_sentences):

@@ -58,6 +58,8 @@ def test_predictive_sd_and_reselection(pereira, pereira_blocks):
     _, sd = twin.predict(pereira.sentences[200:230], with_sd=True)
     assert sd.shape == (30, 1) and (sd > 0).all()
     assert sd.min() >= np.sqrt(twin.noise_var[0]) - 1e-12
+    _, sd_mean = twin.predict(pereira.sentences[200:230], with_sd=True, noise=False)  # what UCB adds
+    assert (sd_mean > 0).all() and np.allclose(sd_mean**2 + twin.noise_var, sd**2)
     twin.reselect_alphas()
     assert np.isfinite(twin.predict(pereira.sentences[:3])[0]).all()
 

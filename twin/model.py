@@ -690,9 +690,10 @@ class Twin:
         return (W + folded if folded is not None else W), b
 
     def predict_blocks(
-        self, blocks: dict[str, np.ndarray], with_sd: bool = False
+        self, blocks: dict[str, np.ndarray], with_sd: bool = False, noise: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions (m, t) from precomputed blocks, and the predictive SD when asked."""
+        """Predictions (m, t) from precomputed blocks, and the predictive SD when asked (``noise=False``: the
+        SD of the predicted mean alone, the weights' uncertainty without the trial noise)."""
         blocks = self._with_reference(blocks)
         names = list(self.readouts)
         mean_y = self.readouts[names[0]].mean_y
@@ -706,12 +707,15 @@ class Twin:
             pred += w * (readout.predict(blocks[name]) - mean_y)
             if with_sd:
                 epistemic += w * readout.predict_sd(blocks[name], noise=False)
-        sd = np.sqrt(self.noise_var + epistemic**2) if with_sd else None
+        sd = np.sqrt(self.noise_var * noise + epistemic**2) if with_sd else None
         return pred, sd
 
-    def predict(self, sentences: Sequence, with_sd: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted responses (m, t) for sentences (or images), and the predictive SD (m, t) when asked."""
-        return self.predict_blocks(self._features()(sentences), with_sd)
+    def predict(
+        self, sentences: Sequence, with_sd: bool = False, noise: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted responses (m, t) for sentences (or images), and the predictive SD (m, t) when asked
+        (``noise=False``: of the predicted mean alone)."""
+        return self.predict_blocks(self._features()(sentences), with_sd, noise)
 
     # ----- online refinement -----
     def update(self, sentences: Sequence, Y: np.ndarray) -> None:
