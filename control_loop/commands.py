@@ -216,8 +216,9 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
     for phase in protocol.phases:
         rounds = f" x {phase.rounds} rounds" if phase.kind == "closed_loop" else ""
         shown = ", ".join(phase.conditions_for(protocol.target.goal))
+        chosen = f"{shown} ({protocol.acquisition(phase)})"
         conds = {"localizer": "sentences / nonword lists", "baseline": "baseline (random from the source)",
-                 "closed_loop": f"{shown} ({phase.acquisition})", "evaluation": shown}[phase.kind]  # fmt: skip
+                 "closed_loop": chosen, "evaluation": shown}[phase.kind]  # fmt: skip
         click.echo(f"  phase {phase.name!r}: {phase.kind}, {phase.trials} trials{rounds}: {conds}")
     totals = ", ".join(f"{c} {n}" for c, n in protocol.condition_totals().items())
     click.echo(f"  stimuli per condition: {totals}")

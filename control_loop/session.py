@@ -359,7 +359,7 @@ class SessionRunner:
                     taken = {i for _, i in chosen if isinstance(i, int | np.integer)}  # (images may be arrays)
                     chosen += [("B", i) for i in self._random_unshown(k, rng, exclude=taken)]
                 else:
-                    acq = phase.acquisition if phase.kind == "closed_loop" else "mean"
+                    acq = self.protocol.acquisition(phase) if phase.kind == "closed_loop" else "mean"
                     chosen += [(cond[0].upper(), i) for i in self._best(cond, k, acq, phase.beta, chosen, rng)]
         order = rng.permutation(len(chosen)) if self.protocol.design.kind == "event" else np.arange(len(chosen))
         if self.protocol.design.kind == "blocked" and phase.kind != "localizer":
