@@ -154,6 +154,23 @@ def test_gradient_and_cmaes_synthesis_drive_a_site_inside_the_limits(v1_twin, na
     assert sup[0].predicted[0] < grad[0].predicted[0]
 
 
+def test_thompson_rounds_synthesize_under_a_posterior_draw_of_the_image_twin(v1_twin, natural):
+    """An image twin's posterior draw is a differentiable twin of its own: the same for the same seed,
+    different between seeds, and its predictions spread about the twin's by the SD of the twin's mean."""
+    twin, _, _ = v1_twin
+    x = torch.from_numpy(np.stack(natural[160:200])).permute(0, 3, 1, 2).float() / 255.0
+    mean = twin_predictor(twin)(x).numpy()
+    draws = np.stack([twin_predictor(twin.sample(np.random.default_rng(i)))(x).numpy() for i in range(64)])
+    assert np.array_equal(draws[3], twin_predictor(twin.sample(np.random.default_rng(3)))(x).numpy())
+    assert draws.std(0).min() > 0
+    _, sd_mean = twin.predict(natural[160:200], with_sd=True, noise=False)
+    assert np.median(draws.std(0) / sd_mean) < 1.2  # blocks drawn on their own: at most the stated SD
+    assert np.abs(draws.mean(0) - mean).max() < 4 * sd_mean.max()
+    image = synthesize_images(twin_predictor(twin.sample(np.random.default_rng(0))), Goal("drive", roi=0), n=1,
+                              steps=16, size=96, seed=0)[0]  # fmt: skip
+    assert image.safety.ok
+
+
 def test_synthesis_can_start_from_the_natural_images_the_twin_rates_best(v1_twin, natural):
     twin, truth, _ = v1_twin
     predict = twin_predictor(twin)
