@@ -64,7 +64,7 @@ class Phase(_Strict):
     rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
     acquisition: Literal["mean", "ucb", "thompson"] = Field(
         "ucb", description="Closed loop: choose by the twin's predictions (mean), plus beta SDs of them (ucb; "
-        "sentences only, and their default), or by one draw from its posterior (thompson).",
+        "sentences only: image rounds take it as mean), or by one draw from its posterior (thompson).",
     )  # fmt: skip
     beta: float = Field(1.0, ge=0)
     conditions: list[Literal["drive", "suppress", "baseline"]] | None = Field(
@@ -180,11 +180,6 @@ class Protocol(_Strict):
             if p.kind == "closed_loop" and bad:
                 raise ValueError(f"phases.{i}.conditions: {bad} cannot be chosen in closed-loop rounds for "
                                  f"target.goal '{self.target.goal}' (allowed: {allowed})")  # fmt: skip
-            if self.modality == "image" and p.kind == "closed_loop" and "acquisition" in p.model_fields_set:
-                if p.acquisition == "ucb":
-                    raise ValueError(f"phases.{i}.acquisition: 'ucb' is for sentences; image rounds are synthesized "
-                                     "under the twin's predictions ('mean') or one draw from its posterior "
-                                     "('thompson')")  # fmt: skip
         fits = any(p.kind in ("baseline", "localizer") for p in self.phases) or self.twin.reference
         if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
             raise ValueError(
@@ -194,7 +189,8 @@ class Protocol(_Strict):
         return self
 
     def acquisition(self, phase: Phase) -> str:
-        """How a closed-loop phase chooses: its acquisition (an image phase's default is the twin's mean)."""
+        """How a closed-loop phase chooses: its acquisition, but the twin's mean for an image phase's 'ucb'
+        (images are synthesized by gradient under the twin; session files keep the default 'ucb')."""
         return "mean" if self.modality == "image" and phase.acquisition == "ucb" else phase.acquisition
 
     @property
