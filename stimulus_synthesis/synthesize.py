@@ -58,7 +58,11 @@ def synthesize_sentences(
     # predictive SDs either way.
     scorer = twin.sample(np.random.default_rng(seed)) if goal.acquisition == "thompson" else twin
     mean, sd = pool.predict(twin, with_sd=True)
-    by, by_sd = pool.predict(scorer, with_sd=True, noise=False) if goal.acquisition != "mean" else (mean, sd)
+    by, by_sd = mean, sd  # by_sd counts only for ucb
+    if goal.acquisition == "thompson":
+        by = pool.predict(scorer)[0]
+    elif goal.acquisition == "ucb":
+        by_sd = pool.predict(twin, with_sd=True, noise=False)[1]
     scores = objective(goal, by, by_sd)
     order = np.argsort(-scores, kind="stable")
     size = min(len(order), max(20 * n, 2000))
