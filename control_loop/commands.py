@@ -118,19 +118,29 @@ def _refuse_existing(out: Path) -> None:
                            "or choose another --out")  # fmt: skip
 
 
+PEER_TIMEOUT = click.option(
+    "--peer-timeout",
+    type=POSITIVE,
+    default=3.0,
+    show_default=True,
+    help="Seconds of silence from the rig or presenter before it is taken for lost (an outage; it is reconnected).",
+)
+
+
 @session_group.command("run")
 @click.argument("protocol_file", type=click.Path(path_type=Path))
 @click.option("--rig", required=True, help="Rig endpoint, e.g. tcp://scanner-pc:5560.")
 @click.option("--presenter", required=True, help="Presenter endpoint, e.g. tcp://stim-pc:5570.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Session file to write.")
 @click.option("--rois", default=None, help="ROIs the rig reports, comma-separated (default: the protocol's).")
-def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None) -> None:
+@PEER_TIMEOUT
+def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None, peer_timeout: float) -> None:
     """Run PROTOCOL with a real rig and presenter."""
     from .session import SessionRunner
 
     protocol = load_protocol(protocol_file)
     _refuse_existing(out)
-    runner = SessionRunner(protocol, out, rig, presenter, features=_features(protocol),
+    runner = SessionRunner(protocol, out, rig, presenter, features=_features(protocol), peer_timeout=peer_timeout,
                            rois=rois.split(",") if rois else None, progress=click.echo)  # fmt: skip
     _run_or_pause(runner, out)
     _finish(out, report=True)
@@ -139,7 +149,8 @@ def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str 
 @session_group.command("resume")
 @click.argument("session_file", type=click.Path(path_type=Path, exists=True))
 @click.option("--report/--no-report", default=True, show_default=True)
-def resume_cmd(session_file: Path, report: bool) -> None:
+@PEER_TIMEOUT
+def resume_cmd(session_file: Path, report: bool, peer_timeout: float) -> None:
     """Continue a stopped or killed session from its file, without repeating or losing a trial."""
     import json
 
@@ -156,7 +167,7 @@ def resume_cmd(session_file: Path, report: bool) -> None:
         _run_simulated(protocol, session_file, peers, report)
         return
     runner = SessionRunner(protocol, session_file, peers["rig"], peers["presenter"], features=_features(protocol),
-                           rois=recorded.rois, progress=click.echo, peers=peers)  # fmt: skip
+                           rois=recorded.rois, progress=click.echo, peers=peers, peer_timeout=peer_timeout)  # fmt: skip
     _run_or_pause(runner, session_file)
     _finish(session_file, report, f" ({json.dumps(peers)})")
 

@@ -27,6 +27,9 @@ MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one pa
 COLORS = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}  # by condition
 ORDER = ("S", "B", "D", "NONW", "SENT")  # conditions in the figures, left to right
 CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
+# What went wrong in the recording (log kinds, in the words of their lines): listed in the report
+PROBLEMS = ("outage", "outage-end", "bad-sample", "missing", "rig-restart", "presenter-restart", "timing", "duplicate",
+            "refused")  # fmt: skip
 
 
 def run_records(data: SessionData) -> list[dict]:
@@ -136,6 +139,8 @@ def summarize(session_file: str | Path, data: SessionData | None = None) -> dict
         ev = est[est.trial.isin([t for trials in evaluation for t in trials])]
         out["evaluation"] = evaluation_contrasts(ev, target)
         out["evaluation_means"] = condition_means(ev, target)
+    problems = data.log[data.log.kind.isin(PROBLEMS)]
+    out["problems"] = [{"kind": k, "message": m} for k, m in zip(problems.kind, problems.message, strict=True)]
     localizer = [t for r in runs if r["kind"] == "localizer" for t in r["trials"]]
     if localizer:
         block, pairs = est[est.trial.isin(localizer)], (("SENT", "NONW"),)
@@ -467,6 +472,8 @@ def write_report(
         s = data.samples[data.samples.run == run]
         t0 = s.time.min()
         ax.plot(s.time - t0, s[target], lw=0.8, color="k")
+        for t in s.time[s[data.rois].isna().any(axis=1)]:  # volumes with values that were not numbers
+            shown["missing volume"] = ax.axvline(t - t0, color="#d08a2b", lw=1.2, ls=":")
         for e in data.events[data.events.run == run].itertuples():
             span = ax.axvspan(e.measured_onset - t0, e.measured_onset - t0 + e.duration, lw=0, alpha=0.3,
                               color=COLORS.get(e.condition, "#999999"))  # fmt: skip
@@ -474,13 +481,15 @@ def write_report(
         ax.set_ylabel(f"run {int(run)}\n{kinds.get(run, '')}", fontsize=8)
     axes[-1, 0].set_xlabel("time from the run's first sample (s)")
     fig.suptitle(f"{target}: time course of each run, trials shaded by condition", x=0.02, ha="left")
-    order = [CONDITION_NAMES[c] for c in ORDER]
+    order = [*(CONDITION_NAMES[c] for c in ORDER), "missing volume"]
     labels = sorted(shown, key=lambda n: order.index(n) if n in order else len(order))
     if labels:
         fig.legend([shown[n] for n in labels], labels, loc="upper right", ncols=len(labels), fontsize=7,
                    frameon=False)  # fmt: skip
     total = data.samples.run.nunique() if len(data.samples) else 0
     caption = "Time course of the target in each run, with each trial shaded from onset to offset by condition"
+    if "missing volume" in shown:
+        caption += "; dotted lines: volumes recorded as missing (values that were not numbers)"
     if total > len(runs):
         caption += f" (the last {len(runs)} of {total} runs)"
     figures.append(("timecourse.png", caption, fig))
@@ -521,6 +530,9 @@ def write_report(
         + "</tr>"
         for r in summary["runs"]
     )
+    problems = "".join(f"<li><b>{html.escape(p['kind'])}</b>: {html.escape(p['message'])}</li>"
+                       for p in summary["problems"])  # fmt: skip
+    problems = f"<h2>Recording problems</h2><ul>{problems}</ul>" if problems else ""
     runs_table = ("<h2>Runs</h2><table><tr><th>run</th><th>phase</th><th>kind</th><th>trials</th><th>measured "
                   f"{html.escape(target)}, mean by condition</th>{head}</tr>{run_rows}</table>")  # fmt: skip
     body = "".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
@@ -547,6 +559,7 @@ target <b>{html.escape(target)}</b>.</p>
 {contrasts}
 {truth}
 {runs_table}
+{problems}
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
     _replace(out_dir / "report.html", page.encode("utf-8"))

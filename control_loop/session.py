@@ -36,6 +36,7 @@ import numpy as np
 from acquisition import SessionFile, TrialEstimator, read_session, window_rates
 from acquisition.session import SessionError
 from hardware import PeerClient
+from hardware.peer import PEER_RESTARTED
 
 from .protocol import Protocol, load_prior, load_reference, reference_for_rois
 
@@ -53,6 +54,42 @@ class Trial:
     condition: str  # B baseline, D drive, S suppress, SENT / NONW (localizer)
     stimulus: Any  # sentence or uint8 image
     onset: float = 0.0  # from the run's first volume, s
+
+
+@dataclass
+class _RunState:
+    """What a run in progress has received: volumes (times on the rig's clock from its volume 0), onsets."""
+
+    run: int
+    n_volumes: int
+    trials: list[dict]  # the schedule sent to the presenter
+    received: set[int] = field(default_factory=set)  # volume numbers recorded
+    triggers: set[int] = field(default_factory=set)  # ... and their triggers
+    last_volume: int = -1
+    rel_times: list[float] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    last_values: np.ndarray | None = None
+    rig_t0: float | None = None  # volume 0's time, rig clock
+    t0: float = 0.0  # ... and on the controller's clock
+    presented: dict[int, float] = field(default_factory=dict)  # trial -> measured onset (controller clock)
+    refused: dict[int, str] = field(default_factory=dict)
+    late: dict[int, float] = field(default_factory=dict)  # trial -> lateness the presenter measured
+
+    @property
+    def volumes_done(self) -> bool:
+        """Every volume came, or the last one did (volumes come in order: any missing ones will not)."""
+        return len(self.received) >= self.n_volumes or self.n_volumes - 1 in self.received
+
+
+def _ranges(numbers: list[int]) -> str:
+    """'3-5, 9' for [3, 4, 5, 9]."""
+    out: list[str] = []
+    for k in numbers:
+        if out and int(out[-1].split("-")[-1]) == k - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{k}"
+        else:
+            out.append(str(k))
+    return ", ".join(out)
 
 
 @dataclass
@@ -174,8 +211,11 @@ class SessionRunner:
     def __init__(self, protocol: Protocol, path: str | Path, rig: str, presenter: str, *,
                  clock: Callable[[], float] = time.time, features: Any = None, rois: list[str] | None = None,
                  progress: Callable[[str], None] | None = None, heartbeat: float = 0.3,
-                 peers: dict | None = None, watch: Callable[[], str | None] | None = None) -> None:  # fmt: skip
-        """``watch``: for peers this process started, a check that says (in a message) that one has exited."""
+                 peer_timeout: float | None = None, peers: dict | None = None,
+                 watch: Callable[[], str | None] | None = None) -> None:  # fmt: skip
+        """``heartbeat``: seconds between pings to each peer; ``peer_timeout``: seconds of silence before a peer
+        is taken for lost (default: hardware.peer.DEFAULT_PEER_TIMEOUT); ``watch``: for peers this process
+        started, a check that says (in a message) that one has exited."""
         self.protocol = protocol
         self.peers = peers or {"mode": "live", "rig": rig, "presenter": presenter}
         self.path = Path(path)
@@ -183,8 +223,9 @@ class SessionRunner:
         self.clock = clock
         self.session: SessionFile | None = None
         self.progress = progress or (lambda msg: log.info(msg))
-        self.rig = PeerClient(rig, heartbeat=heartbeat, clock=clock, on_log=self._peer_log)
-        self.presenter = PeerClient(presenter, heartbeat=heartbeat, clock=clock, on_log=self._peer_log)
+        links = {"heartbeat": heartbeat, "timeout": peer_timeout, "clock": clock, "on_log": self._peer_log}
+        self.rig = PeerClient(rig, **links)
+        self.presenter = PeerClient(presenter, **links)
         self.features = features
         self._rois_given = rois is not None  # else the rig's own names for its channels, if it says them
         self._set_rois(rois or list(protocol.target.rois))
@@ -204,7 +245,11 @@ class SessionRunner:
         self._watched = 0.0  # when the watch last ran
 
     def _check_peers(self) -> None:
-        """Fail, saying why, when a peer this process started has exited (at most every 0.2 s)."""
+        """Fail, saying why, when a peer cannot work with this controller (another protocol version), or one
+        this process started has exited (looked at every 0.2 s at most)."""
+        for client in (self.rig, self.presenter):
+            if client.fatal is not None:
+                raise SessionError(client.fatal)
         if self._watch is None or time.monotonic() - self._watched < 0.2:
             return
         self._watched = time.monotonic()
@@ -453,63 +498,131 @@ class SessionRunner:
             else:
                 entry |= {"kind": "image", "image": _png(t.stimulus)}
             trials.append(entry)
+        r = _RunState(run, n_volumes, trials)
         self.presenter.send_reliable("schedule", run=run, trials=trials)
-        for e in trials:
-            self.rig.send_reliable("event", run=run, trial=e["trial"], stimulus_id=e["stimulus_id"],
-                                   onset=e["onset"], duration=e["duration"], text=e.get("text", ""),
-                                   image=e.get("image", b""))  # fmt: skip
-        self.rig.send_reliable("start", run=run, tr=d.tr, n_volumes=n_volumes)  # after the events: see the rig
+        self._start_rig(r)
         start = {"index": plan.index, "run": run, "kind": plan.kind, "phase": plan.phase, "trials": len(trials)}
         self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
-        times, rel_times, values, presented, refused, late = [], [], [], {}, {}, {}
-        t0 = rig_t0 = None
         deadline = time.monotonic() + 120 + n_volumes * d.tr
         counted = 0
         with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
-            while len(times) < n_volumes or len(presented) + len(refused) < len(trials):
+            while not r.volumes_done or len(r.presented) + len(r.refused) < len(trials):
                 self._interrupts.check()
                 self._check_peers()
                 if time.monotonic() > deadline:
                     state = {c: "connected" if c.up else "not answering" for c in (self.rig, self.presenter)}
                     raise SessionError(
-                        f"run {run} did not finish: {len(times)} of {n_volumes} volumes came from the rig "
-                        f"({state[self.rig]}) and {len(presented) + len(refused)} of {len(trials)} trials from "
-                        f"the presenter ({state[self.presenter]})"
+                        f"run {run} did not finish: {len(r.received)} of {n_volumes} volumes came from the rig "
+                        f"({state[self.rig]}) and {len(r.presented) + len(r.refused)} of {len(trials)} trials "
+                        f"from the presenter ({state[self.presenter]})"
                     )
-                if len(times) > counted:
-                    live.update(len(times) - counted)
-                    counted = len(times)
-                    live.set_postfix_str(f"{len(presented)}/{len(trials)} shown, {len(refused)} refused, "
-                                         f"{self.protocol.target.rois[0]} {values[-1][self.target]:+.2f}, "
-                                         f"{(n_volumes - len(times)) * d.tr:.0f} s left", refresh=False)  # fmt: skip
+                if len(r.received) > counted:
+                    live.update(len(r.received) - counted)
+                    counted = len(r.received)
+                    live.set_postfix_str(f"{len(r.presented)}/{len(trials)} shown, {len(r.refused)} refused, "
+                                         f"{self.protocol.target.rois[0]} {r.last_values[self.target]:+.2f}, "
+                                         f"{(n_volumes - 1 - r.last_volume) * d.tr:.0f} s left",
+                                         refresh=False)  # fmt: skip
                 for msg in self.rig.poll(0.01):
-                    if msg.get("run") != run or msg["type"] not in ("trigger", "sample"):
-                        continue
-                    if rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
-                        rig_t0 = msg["time"]
-                        # One clock mapping per run keeps session time monotonic when the offset estimate moves.
-                        t0 = max(self.rig.to_local(rig_t0), self.session.last_sample_time + d.tr)
-                        self._relay_trigger(run, rig_t0, t0)
-                    local = t0 + (msg["time"] - rig_t0)
-                    if msg["type"] == "trigger":
-                        self.session.add_trigger(local, msg["volume"], run)
-                    elif len(msg["values"]) != len(self.rois):
-                        raise SessionError(f"run {run}: the rig sends {len(msg['values'])} values per sample, but "
-                                           f"this session records {len(self.rois)} ({self.rois}): name the rig's "
-                                           "channels, in order (session run --rois)")  # fmt: skip
-                    else:
-                        rel_times.append(msg["time"] - rig_t0)  # on the rig's own clock: no sync error
-                        times.append(local)
-                        values.append(msg["values"])
-                        self.session.add_samples(local, np.asarray(msg["values"]), run)
+                    self._from_rig(r, msg)
                 for msg in self.presenter.poll(0.0):
-                    if msg["type"] == "presented" and msg["run"] == run:
-                        presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
-                        late[msg["trial"]] = msg["onset"] - msg["scheduled"] if msg.get("scheduled") else 0.0
-                    elif msg["type"] == "refused" and msg["run"] == run:
-                        refused[msg["trial"]] = msg["reason"]
-                        self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
-        self._estimate(plan, run, np.array(rel_times), np.array(values), t0, presented, late)
+                    self._from_presenter(r, msg)
+        if missed := sorted(set(range(n_volumes)) - r.received):
+            self._peer_log("missing", f"run {run}: {len(missed)} volume(s) never came from the rig: "
+                                      f"{_ranges(missed)}")  # fmt: skip
+        usable = ~np.isnan(r.values).any(axis=1) if r.values else np.zeros(0, bool)
+        self._estimate(plan, run, np.array(r.rel_times)[usable], np.array(r.values)[usable], r.t0, r.presented,
+                       r.late)  # fmt: skip
+
+    def _start_rig(self, r: _RunState, first_volume: int = 0) -> None:
+        """Tell the rig the run's events (a simulated subject needs them), then start it: from its beginning, or
+        taken up again from ``first_volume`` (keeping its volume 0's time) by a rig that restarted."""
+        for e in r.trials:
+            self.rig.send_reliable("event", run=r.run, trial=e["trial"], stimulus_id=e["stimulus_id"],
+                                   onset=e["onset"], duration=e["duration"], text=e.get("text", ""),
+                                   image=e.get("image", b""))  # fmt: skip
+        again = {"first_volume": first_volume, "origin": r.rig_t0} if first_volume else {}
+        self.rig.send_reliable("start", run=r.run, tr=self.protocol.design.tr, n_volumes=r.n_volumes,
+                               **again)  # after the events: see the rig  # fmt: skip
+
+    def _from_rig(self, r: _RunState, msg: dict) -> None:
+        """One message from the rig during run ``r``: its volumes are recorded; a rig that restarted without its
+        journal is told to take the run up again."""
+        if msg["type"] == PEER_RESTARTED:
+            self._rig_restarted(r)
+            return
+        if msg.get("run") != r.run or msg["type"] not in ("trigger", "sample"):
+            return
+        if r.rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
+            r.rig_t0 = msg["time"] - msg.get("volume", 0) * self.protocol.design.tr  # (volume 0: its own time)
+            # The run's clock origin: where its first volume lies on the controller's clock. One mapping per run
+            # keeps the run's samples evenly spaced when the offset estimate moves.
+            r.t0 = self.rig.to_local(r.rig_t0)
+            if r.t0 <= self.session.last_sample_time:  # only when the clock estimate jumped between runs
+                self._peer_log("timing", f"run {r.run}: its first volume maps to {r.t0:.3f}, not after the "
+                                         f"previous run's last sample ({self.session.last_sample_time:.3f}): "
+                                         "moved just after it")  # fmt: skip
+                r.t0 = self.session.last_sample_time + 1e-3
+            self._relay_trigger(r.run, r.rig_t0, r.t0)
+        local = r.t0 + (msg["time"] - r.rig_t0)
+        if msg["type"] == "trigger":
+            if msg["volume"] not in r.triggers:  # (a rig taking a run up again may repeat one)
+                r.triggers.add(msg["volume"])
+                self.session.add_trigger(local, msg["volume"], r.run)
+            return
+        if len(msg["values"]) != len(self.rois):
+            raise SessionError(f"run {r.run}: the rig sends {len(msg['values'])} values per sample, but this session "
+                               f"records {len(self.rois)} ({self.rois}): name the rig's channels, in order "
+                               "(session run --rois)")  # fmt: skip
+        if msg["volume"] in r.received:
+            self._peer_log("duplicate", f"run {r.run}: volume {msg['volume']} came again: not recorded twice")
+            return
+        if local <= self.session.last_sample_time:
+            self._peer_log("timing", f"run {r.run}: volume {msg['volume']} is timed {local - r.t0:.3f} s into the "
+                                     "run, not after the volume before it: not recorded")  # fmt: skip
+            return
+        values = np.asarray(msg["values"], np.float64)
+        if msg.get("missing"):  # values that are not numbers (the client logged them): the volume is missing
+            values = np.where(np.isfinite(values), values, np.nan)
+            self.session.log("missing-volume", json.dumps({"run": r.run, "volume": msg["volume"],
+                                                           "channels": msg["missing"]}))  # fmt: skip
+        r.received.add(msg["volume"])
+        r.last_volume = max(r.last_volume, msg["volume"])
+        r.rel_times.append(msg["time"] - r.rig_t0)  # on the rig's own clock: no sync error
+        r.values.append(values)
+        r.last_values = values
+        self.session.add_samples(local, values, r.run)
+
+    def _rig_restarted(self, r: _RunState) -> None:
+        """The rig came back as a new process that knows nothing of the run: start it again from the next
+        volume (with its volume 0's time), or from its beginning if none had come."""
+        nxt = r.last_volume + 1
+        if r.volumes_done:
+            return
+        if r.rig_t0 is None:
+            self._peer_log("rig-restart", f"run {r.run}: the rig restarted without its journal before the run's "
+                                          "first volume: the run is started again")  # fmt: skip
+            self._start_rig(r)
+            return
+        self._peer_log("rig-restart", f"run {r.run}: the rig restarted without its journal after volume "
+                       f"{r.last_volume} ({len(r.received)} of {r.n_volumes} recorded): it takes the run up again "
+                       f"from volume {nxt}; volumes it cannot send are missing")  # fmt: skip
+        self._start_rig(r, first_volume=nxt)
+
+    def _from_presenter(self, r: _RunState, msg: dict) -> None:
+        if msg["type"] == PEER_RESTARTED:  # a new presenter process: the run's schedule (what is left of it) again
+            left = [t for t in r.trials if t["trial"] not in r.presented and t["trial"] not in r.refused]
+            self._peer_log("presenter-restart", f"run {r.run}: the presenter restarted without its journal: "
+                                                f"{len(left)} trial(s) of the run scheduled again")  # fmt: skip
+            self.presenter.send_reliable("schedule", run=r.run, trials=left)
+            if r.rig_t0 is not None:
+                self._relay_trigger(r.run, r.rig_t0, r.t0)
+        elif msg["type"] == "presented" and msg["run"] == r.run:
+            r.presented[msg["trial"]] = self.presenter.to_local(msg["onset"])
+            r.late[msg["trial"]] = msg["onset"] - msg["scheduled"] if msg.get("scheduled") else 0.0
+        elif msg["type"] == "refused" and msg["run"] == r.run:
+            r.refused[msg["trial"]] = msg["reason"]
+            self.session.log("refused", f"trial {msg['trial']}: {msg['reason']}")
 
     def _live_view(self, run: int, n_volumes: int) -> Any:
         """A live bar over the run's volumes (on a terminal only): trials shown, the target's signal, time left."""

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from .errors import EndpointError
-from .protocol import DEFAULT_MAX_BYTES, RELIABLE_TYPES, ProtocolError, decode, encode
+from .protocol import DEFAULT_MAX_BYTES, PROTOCOL_VERSION, RELIABLE_TYPES, ProtocolError, VersionError, decode, encode
 from .stream import Inbox, Journal, Outbox
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,32 @@ log = logging.getLogger(__name__)
 #: What a server's poll() delivers, before any message of it, when a new controller stream begins: the
 #: rig or presenter then drops what it held for the earlier one (its runs, schedules). Never on the wire.
 NEW_STREAM = "new-stream"
+#: What a client's poll() delivers, before any message of the new process, when its peer comes back as another
+#: process (a new ``epoch`` in its hello: restarted without its journal), having forgotten its streams and runs.
+#: Both streams start afresh from seq 1; the application re-sends what the peer must know. Never on the wire.
+PEER_RESTARTED = "peer-restarted"
+#: How long the controller hears nothing from a peer before it declares an outage (s): several heartbeats, so a
+#: peer on a loaded machine or one that stalls for a moment is not taken for lost.
+DEFAULT_PEER_TIMEOUT = 3.0
 IDLE_POLL = 0.05  # s: how long a rig or presenter with nothing due waits for a message (heartbeats are >= 0.2 s)
 
 
-def _current_stream(journal: Journal | None) -> tuple[str, list[list]]:
-    """The last controller stream a journal began (its ``stream`` record; "" if none) and its records since."""
-    records = list(journal.records()) if journal is not None else []
+def _current_stream(records: list[list]) -> tuple[str, list[list]]:
+    """The last controller stream a journal's records began (its ``stream`` record; "" if none) and the records
+    since."""
     start = max((i for i, r in enumerate(records) if r[0] == "stream"), default=-1)
     return (records[start][2] if start >= 0 else ""), records[start + 1 :]
+
+
+def _epoch(journal: Journal | None, records: list[list]) -> str:
+    """This process's epoch: the one its journal keeps (written there on first use), or a new one."""
+    kept = next((r[2] for r in records if r[0] == "epoch"), None)
+    if kept:
+        return kept
+    epoch = secrets.token_hex(8)
+    if journal is not None:
+        journal.append("epoch", 0, epoch)
+    return epoch
 
 
 @dataclass
@@ -96,11 +114,15 @@ class _Endpoint:
         self.context = zmq.Context.instance()
         self.journal = Journal(journal) if journal else None
         self.errors: list[str] = []
+        self._said: set[str] = set()  # problems logged once (a peer of another version repeats itself)
+        self.last_problem: ProtocolError | None = None  # what the last frame that failed its checks had wrong
         self._last_resend = 0.0
         self._reset_streams()
+        everything = list(self.journal.records()) if self.journal is not None else []
+        self.epoch = _epoch(self.journal, everything)
         # the controller stream (hello's 'session') that the streams belong to; what the journal holds of
         # earlier streams belongs to earlier controllers' sessions and is not restored
-        self.stream, records = _current_stream(self.journal)
+        self.stream, records = _current_stream(everything)
         for kind, seq, payload in records:
             self.outbox.restore(kind, seq, payload)
             msg = self.inbox.restore(kind, seq, payload)
@@ -109,7 +131,7 @@ class _Endpoint:
 
     def stream_records(self) -> list[list]:
         """The journal's records since the current controller stream began (what a restart restores)."""
-        return _current_stream(self.journal)[1]
+        return _current_stream(list(self.journal.records()) if self.journal is not None else [])[1]
 
     def _reset_streams(self) -> None:
         self.outbox = Outbox(self.journal)
@@ -139,8 +161,13 @@ class _Endpoint:
             return decode(frame, self.max_bytes)
         except ProtocolError as exc:
             text = f"rejected message from {peer}: {exc}"
-            log.error(text)
+            # A peer of another version says so with every frame (hellos every 100 ms): a server logs it once; for a
+            # controller it is fatal (PeerClient.fatal), said once by whoever stops.
+            again = text in self._said or self.role == "controller"
+            (log.debug if isinstance(exc, VersionError) and again else log.error)(text)
+            self._said.add(text)
             self.errors.append(text)
+            self.last_problem = exc
             return None
 
     def _handle_reliable(self, message: dict) -> list[dict]:
@@ -212,6 +239,7 @@ class PeerServer(_Endpoint):
         self._peer_seen = 0.0
         self._hello_heard: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
         self._last_beat = 0.0
+        self._asked_hello: dict[bytes, float] = {}  # unknown identities told to say hello first, and when
 
     @property
     def connected(self) -> bool:
@@ -265,11 +293,8 @@ class PeerServer(_Endpoint):
         who = self.peer_name if ident == self.peer else f"peer {ident.hex()}"
         msg = self._decode(frame, who)
         if msg is None:
-            reply = encode(self._message("error", code="bad-message", message=self.errors[-1]))
-            try:
-                self.socket.send_multipart([ident, reply], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            code = "version" if isinstance(self.last_problem, VersionError) else "bad-message"
+            self._reply(ident, encode(self._message("error", code=code, message=self.errors[-1])))
             return []
         kind = msg["type"]
         if kind == "hello":
@@ -283,7 +308,7 @@ class PeerServer(_Endpoint):
                                 "are dropped", self.name, msg["session"] or "''", self.stream or "''")  # fmt: skip
                 self._begin_stream(msg["session"])
             self._last_ack_sent = 0
-            reply = self._message("hello", role=self.role, name=self.name, session=self.stream,
+            reply = self._message("hello", role=self.role, name=self.name, session=self.stream, epoch=self.epoch,
                                   resume_from=self.inbox.expected, channels=self.channels)  # fmt: skip
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
@@ -292,8 +317,12 @@ class PeerServer(_Endpoint):
             (log.debug if again else log.info)("%s: controller %s connected (resume from %d)", self.name, msg["name"],
                                                msg["resume_from"])  # fmt: skip
             return [{"type": NEW_STREAM, "session": self.stream}] if new else []
-        if ident != self.peer:
-            return []  # only the controller that said hello last is served
+        if ident != self.peer:  # only the controller that said hello last is served
+            if self._asked_hello.get(ident, -1.0) < seen - self.heartbeat / 2:  # (a controller that reconnected
+                self._asked_hello[ident] = seen  # to a restarted peer: its hello now, not after its timeout)
+                text = "say hello first: this peer does not know you"
+                self._reply(ident, encode(self._message("error", code="hello-first", message=text)))
+            return []
         self._peer_seen = seen
         if kind == "ping":
             self._peer_last = msg["last"]
@@ -305,9 +334,20 @@ class PeerServer(_Endpoint):
                 self._send_to_peer(frame_)
         elif kind == "bye":
             self.peer = None
+        elif kind == "error":
+            text = f"{self.name}: controller {self.peer_name} reported {msg['code']}: {msg['message']}"
+            log.error(text)
+            self.errors.append(text)
         elif kind in RELIABLE_TYPES:
             return self._handle_reliable(msg)
         return []
+
+    def _reply(self, ident: bytes, frame: bytes) -> None:
+        """Send to whoever sent a frame (not necessarily the controller served)."""
+        try:
+            self.socket.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def close(self) -> None:
         self.socket.close(0)
@@ -317,15 +357,24 @@ class PeerServer(_Endpoint):
 
 @dataclass
 class Outage:
-    """A period in which the controller heard nothing from a peer."""
+    """A period in which the controller heard nothing from a peer: ``start``/``end`` on the session's clock
+    (simulated, in a simulation), ``wall_start``/``wall_end`` on the monotonic wall clock."""
 
     peer: str
     start: float
     end: float | None = None
+    wall_start: float = 0.0
+    wall_end: float | None = None
 
     @property
     def duration(self) -> float | None:
+        """Seconds on the session's clock."""
         return None if self.end is None else self.end - self.start
+
+    @property
+    def wall_duration(self) -> float | None:
+        """Seconds of real time."""
+        return None if self.wall_end is None else self.wall_end - self.wall_start
 
 
 class PeerClient(_Endpoint):
@@ -337,12 +386,15 @@ class PeerClient(_Endpoint):
         name: str = "controller",
         *,
         heartbeat: float = 0.5,
+        timeout: float | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         journal: str | Path | None = None,
         curve: CurveKeys | None = None,
         clock: Callable[[], float] = time.time,
         on_log: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``heartbeat``: how often to ping the peer (s); ``timeout``: how long the peer may be silent before
+        an outage is declared (s; default :data:`DEFAULT_PEER_TIMEOUT`, at least three heartbeats)."""
         probe = _socket(zmq.Context.instance(), zmq.DEALER)  # connecting is asynchronous: only the form can fail
         try:
             probe.connect(endpoint)
@@ -358,12 +410,15 @@ class PeerClient(_Endpoint):
         self.peer_name = endpoint
         self.peer_role = ""
         self.peer_channels: list[str] = []  # what a rig calls its sample values (its hello; [] if it does not say)
+        self.peer_epoch = ""  # the peer process's epoch (its hello): another one means it forgot everything
+        self.timeout = timeout if timeout is not None else max(DEFAULT_PEER_TIMEOUT, 3 * heartbeat)
+        self.fatal: str | None = None  # why the two sides cannot talk at all (another protocol version)
         if not self.stream:  # one stream per client (kept in its journal, if it has one, across restarts)
             self._begin_stream(secrets.token_hex(8))
         self.up = False
         self.outages: list[Outage] = []
         self.socket: zmq.Socket | None = None
-        self._seen = time.monotonic()
+        self._seen, self._seen_clock = time.monotonic(), self.clock()  # when the peer was last heard
         self._last_beat = 0.0
         self._last_hello = 0.0
         self._connect()
@@ -383,7 +438,7 @@ class PeerClient(_Endpoint):
     def _send_hello(self) -> None:
         self._last_hello = time.monotonic()
         self._raw(encode(self._message("hello", role="controller", name=self.name, session=self.stream,
-                                       resume_from=self.inbox.expected)))  # fmt: skip
+                                       resume_from=self.inbox.expected, epoch=self.epoch)))  # fmt: skip
 
     def _raw(self, frame: bytes) -> None:
         try:
@@ -414,6 +469,25 @@ class PeerClient(_Endpoint):
     def ping(self) -> None:
         self._raw(encode(self._message("ping", t0=self.clock(), last=self.outbox.next_seq - 1)))
 
+    def _handle_reliable(self, message: dict) -> list[dict]:
+        """Deliver in order; a sample with values that are not finite is delivered with ``missing`` (the names
+        of those channels), answered with an ``error`` and logged: acknowledged all the same, so never resent."""
+        delivered = self.inbox.accept(message)
+        for m in delivered:
+            if m["type"] != "sample":
+                continue
+            bad = [i for i, v in enumerate(m["values"]) if not math.isfinite(v)]
+            if not bad:
+                continue
+            names = [self.peer_channels[i] if i < len(self.peer_channels) else f"#{i}" for i in bad]
+            m["missing"] = names
+            what = ", ".join(f"{n} = {m['values'][i]}" for n, i in zip(names, bad, strict=True))
+            text = (f"{self.peer_name} run {m['run']} volume {m['volume']}: {what} is not a finite number; the "
+                    "volume is recorded as missing")  # fmt: skip
+            self._raw(encode(self._message("error", code="non-finite", message=text)))
+            self.on_log("bad-sample", text)
+        return delivered
+
     def _receive(self) -> list[dict] | None:
         try:
             frame = self.socket.recv(zmq.NOBLOCK)
@@ -423,9 +497,9 @@ class PeerClient(_Endpoint):
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self.up and now - self._seen > 2 * self.heartbeat:
+        if self.up and now - self._seen > self.timeout:
             self.up = False
-            self.outages.append(Outage(self.peer_name, self.clock() - (now - self._seen)))
+            self.outages.append(Outage(self.peer_name, self._seen_clock, wall_start=self._seen))
             self.on_log("outage", f"lost {self.peer_name}: nothing heard for {now - self._seen:.2f} s; reconnecting")
             self._connect()
         elif not self.up and now - self._last_hello >= min(0.1, self.heartbeat / 2):
@@ -440,17 +514,30 @@ class PeerClient(_Endpoint):
         recv_t = self.clock()
         msg = self._decode(frame, self.peer_name)
         if msg is None:
+            if isinstance(self.last_problem, VersionError) and self.fatal is None:
+                self.fatal = (f"the peer at {self.endpoint} speaks protocol version {self.last_problem.version!r}, "
+                              f"this controller version {PROTOCOL_VERSION}: they cannot work together; update "
+                              "the peer to the protocol in docs/PROTOCOL.md")  # fmt: skip
+                self._raw(encode(self._message("error", code="version", message=self.fatal)))
             return []
-        self._seen = time.monotonic()
+        heard = self._seen, self._seen_clock  # before this frame
+        self._seen, self._seen_clock = time.monotonic(), recv_t  # (the session's clock may be simulated)
         kind = msg["type"]
         if kind == "hello":
             self.peer_name, self.peer_role, self.peer_channels = msg["name"], msg["role"], msg["channels"]
             if not self.up and self.outages and self.outages[-1].end is None:
                 outage = self.outages[-1]
-                outage.end = recv_t
-                self.on_log("outage-end", f"{self.peer_name} back after {outage.duration:.2f} s")
+                outage.end, outage.wall_end = recv_t, self._seen
+                simulated = f" ({outage.duration:.1f} s of simulated time)" if self.clock is not time.time else ""
+                self.on_log("outage-end", f"{self.peer_name} back after {outage.wall_duration:.2f} s{simulated}")
             self.up = True
             self._last_ack_sent = 0
+            restarted = bool(self.peer_epoch and msg["epoch"] and msg["epoch"] != self.peer_epoch)
+            previous, self.peer_epoch = self.peer_epoch, msg["epoch"] or self.peer_epoch
+            if restarted:  # a new process: it numbers from 1 again and knows nothing of what it was sent
+                self._begin_stream(self.stream)
+                self.ping()
+                return [{"type": PEER_RESTARTED, "epoch": msg["epoch"], "previous": previous}]
             for frame_ in self.outbox.since(msg["resume_from"]):
                 self._raw(frame_)
             self.ping()
@@ -463,8 +550,19 @@ class PeerClient(_Endpoint):
         elif kind == "resend":
             for frame_ in self.outbox.since(msg["start"]):
                 self._raw(frame_)
+        elif kind == "error" and msg["code"] == "hello-first":  # the peer restarted: introduce ourselves now
+            if self.up:  # an outage, though shorter than the timeout: from the last word of the process before
+                self.up = False
+                self.outages.append(Outage(self.peer_name, heard[1], wall_start=heard[0]))
+                silence = self._seen - heard[0]
+                self.on_log("outage", f"lost {self.peer_name}: it restarted (it no longer knows this controller) "
+                                      f"after {silence:.2f} s of silence; reconnecting")  # fmt: skip
+            if time.monotonic() - self._last_hello > self.heartbeat / 2:
+                self._send_hello()
         elif kind == "error":
             text = f"{self.peer_name} reported {msg['code']}: {msg['message']}"
+            if msg["code"] == "version" and self.fatal is None:
+                self.fatal = f"{self.peer_name} at {self.endpoint}: {msg['message']}"
             log.error(text)
             self.errors.append(text)
         elif kind in RELIABLE_TYPES:

@@ -24,6 +24,14 @@ class ProtocolError(Exception):
     """A message that cannot be accepted: malformed, oversized, wrong version or wrong schema."""
 
 
+class VersionError(ProtocolError):
+    """A message of another protocol version: the two peers cannot talk at all."""
+
+    def __init__(self, version: object) -> None:
+        self.version = version
+        super().__init__(f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})")
+
+
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: int
@@ -37,6 +45,9 @@ class Hello(_Msg):
     session: str = ""  # the controller's stream: a peer that hears a new one starts its streams afresh
     resume_from: int = 0  # the first reliable seq the sender of this hello still needs from the other side
     channels: list[str] = Field(default_factory=list)  # a rig's names for the values of its samples, in order
+    # The sender process's memory: kept across restarts by its journal, new otherwise. A peer back with another
+    # epoch has forgotten its streams (and a rig its runs).
+    epoch: str = ""
 
 
 class Ping(_Msg):
@@ -94,6 +105,8 @@ class Start(_Msg):
     run: int
     tr: float = Field(gt=0)
     n_volumes: int = Field(gt=0)
+    first_volume: int = Field(default=0, ge=0)  # a run taken up again after a rig restart: its next volume
+    origin: float | None = None  # ... and when its volume 0 was acquired (the rig's clock)
 
 
 class Stop(_Msg):
@@ -209,7 +222,7 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
         raise ProtocolError(f"a message must be a map, got {type(obj).__name__}")
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})")
+        raise VersionError(version)
     try:
         return _ADAPTER.validate_python(obj).model_dump()
     except ValidationError as exc:

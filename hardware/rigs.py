@@ -8,13 +8,20 @@ event convolved with the canonical HRF, plus slow drift and AR(1) noise. Values
 are a deterministic function of (seed, run, volume, events), so a rig restarted
 from its journal after a crash re-creates and sends exactly the volumes it had not
 sent, with nothing lost or repeated.
+
+The subject's responses are computed on a worker thread, so however long a subject takes
+(a language model on a loaded machine), the rig keeps answering the controller's pings;
+commands still take effect in the order they came (a run starts once its events'
+responses are known).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +72,9 @@ class _SimulatedRig:
         self.runs: dict[int, _Run] = {}
         self._responses: dict[bytes, np.ndarray] = {}
         self._early: dict[int, list] = {}  # run -> events received before its 'start'
+        # commands in arrival order, each event with its response being computed off the socket's thread
+        self._queue: deque[tuple[dict, Future | None]] = deque()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="subject")
 
     def _restore(self) -> None:
         """Rebuild runs, events and sent volumes from the journal after a restart."""
@@ -85,24 +95,26 @@ class _SimulatedRig:
     def _prepare(self, run: _Run, rng: np.random.Generator) -> None:
         """Precompute a run's deterministic randomness."""
 
-    def _command(self, msg: dict, t0: float | None = None) -> None:
+    def _command(self, msg: dict, t0: float | None = None, response: np.ndarray | None = None) -> None:
         kind = msg["type"]
         if kind == NEW_STREAM:  # a new controller: the earlier one's runs end here
             self.runs.clear()
             self._early.clear()
         elif kind == "start":
             if t0 is None:  # live: the run starts now (rig clock); journaled so a restart keeps the timing
-                t0 = self.server.clock()
+                # (a run taken up again after this rig restarted without its journal keeps its volume 0's time)
+                t0 = msg["origin"] if msg.get("origin") is not None else self.server.clock()
                 if self.server.journal is not None:
                     self.server.journal.append("run-start", msg["run"], {"run": msg["run"], "t0": t0})
-                log.info("run %d started: %d volumes of %.3f s", msg["run"], msg["n_volumes"], msg["tr"])
-            run = _Run(msg["run"], msg["tr"], msg["n_volumes"], t0)
+                again = f", taken up again from volume {msg['first_volume']}" if msg.get("first_volume") else ""
+                log.info("run %d started: %d volumes of %.3f s%s", msg["run"], msg["n_volumes"], msg["tr"], again)
+            run = _Run(msg["run"], msg["tr"], msg["n_volumes"], t0, next_volume=msg.get("first_volume", 0))
             run.events.extend(self._early.pop(msg["run"], []))
             self._prepare(run, np.random.default_rng([self.seed, msg["run"]]))
             self.runs[msg["run"]] = run
         elif kind == "event":
             run = self.runs.get(msg["run"])
-            response = self._response(msg)
+            response = self._response(msg) if response is None else response
             if run is None:  # sent before 'start' (so the subject's responses are ready when the clock starts)
                 self._early.setdefault(msg["run"], []).append((msg["onset"], msg["duration"], response))
                 return
@@ -125,10 +137,14 @@ class _SimulatedRig:
         raise NotImplementedError
 
     def step(self, timeout: float = 0.005) -> None:
-        """Handle commands, then emit every volume or window that is due."""
+        """Handle commands (in order, each event once its response is known), then emit every volume or window
+        that is due."""
         for msg in self.server.poll(timeout):
-            self._command(msg)
-            self.server.keepalive()  # a batch of events (a subject's response each) can take seconds
+            future = self._worker.submit(self._response, msg) if msg["type"] == "event" else None
+            self._queue.append((msg, future))
+        while self._queue and (self._queue[0][1] is None or self._queue[0][1].done()):
+            msg, future = self._queue.popleft()
+            self._command(msg, response=None if future is None else future.result())  # (a subject's error: here)
         now = self.server.clock()
         for run in self.runs.values():
             due = min(run.n_volumes, int((now - run.t0) / run.tr) + 1)
@@ -146,7 +162,7 @@ class _SimulatedRig:
         """Serve until interrupted (or for ``duration`` seconds)."""
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
-            active = any(run.next_volume < run.n_volumes for run in self.runs.values())
+            active = self._queue or any(run.next_volume < run.n_volumes for run in self.runs.values())
             self.step(0.005 if active else IDLE_POLL)  # a message wakes it at once either way
 
 

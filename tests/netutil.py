@@ -102,3 +102,26 @@ class CuttableProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def neurotwin(*args: object) -> list[str]:
+    """The command line of ``neurotwin ARGS...`` in this interpreter."""
+    return [sys.executable, "-m", "control_loop.cli", *(str(a) for a in args)]
+
+
+def start_null_presenter(port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A null presenter at real time on 127.0.0.1:port, waiting for relayed triggers; its log appended to ``log``."""
+    with open(log, "a") as err:
+        return subprocess.Popen(neurotwin("present", "--null", "--trigger-key", "", "--bind", f"tcp://127.0.0.1:{port}",
+                                          "--heartbeat", "0.3"),
+                                cwd=ROOT, env=env or os.environ, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+
+
+def start_doc_rig(port: int, log: Path, *faults: str) -> subprocess.Popen:
+    """docs/examples/minimal_rig.py (one channel, 'lang') on 127.0.0.1:port, with ``faults`` (tests/doc_rig.py);
+    what it prints (every volume it sends, its errors) appended to ``log``."""
+    with open(log, "a") as out:
+        return subprocess.Popen([sys.executable, "-m", "tests.doc_rig", *faults, "--bind", f"tcp://127.0.0.1:{port}",
+                                 "--channels", "lang"],
+                                cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip

@@ -57,3 +57,15 @@ def broken_language_subject(stimuli):
 
 
 broken_language_subject.rois = ("lang", "md")
+
+
+def slow_subject(stimuli):
+    """A subject that takes 3 s a stimulus (a large model on a busy machine): words / 10, and a constant."""
+    import time
+
+    time.sleep(3.0 * len(stimuli))
+    return length_subject(stimuli)
+
+
+slow_subject.rois = ("lang", "md")
+slow_subject.noise_sd = 0.2

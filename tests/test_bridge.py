@@ -263,7 +263,7 @@ def test_a_new_controller_starts_fresh_streams_and_a_restart_keeps_only_its_own(
 
 def test_a_busy_peer_that_calls_keepalive_is_not_taken_for_lost():
     server = PeerServer("tcp://127.0.0.1:*", heartbeat=0.1)
-    client = PeerClient(server.endpoint, heartbeat=0.1)
+    client = PeerClient(server.endpoint, heartbeat=0.1, timeout=0.3)  # (a timeout this short is for the test)
     try:
         _pump(server, client, lambda s, c: client.up and server.peer is not None)
         end = time.monotonic() + 1.0
