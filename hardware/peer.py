@@ -221,6 +221,7 @@ class PeerServer(_Endpoint):
         curve: CurveKeys | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        check_endpoint(endpoint, "listen on")
         socket = _socket(zmq.Context.instance(), zmq.ROUTER)  # bound first: a bad endpoint opens no journal
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if curve is not None:
@@ -395,6 +396,7 @@ class PeerClient(_Endpoint):
     ) -> None:
         """``heartbeat``: how often to ping the peer (s); ``timeout``: how long the peer may be silent before
         an outage is declared (s; default :data:`DEFAULT_PEER_TIMEOUT`, at least three heartbeats)."""
+        check_endpoint(endpoint, "connect to")
         probe = _socket(zmq.Context.instance(), zmq.DEALER)  # connecting is asynchronous: only the form can fail
         try:
             probe.connect(endpoint)
@@ -578,6 +580,21 @@ class PeerClient(_Endpoint):
 
 
 HIGH_WATER_MARK = 100_000  # messages queued per peer and direction; overflow is recovered by replay
+
+
+def check_endpoint(endpoint: str, action: str = "use") -> None:
+    """Refuse a TCP endpoint whose port is not 1-65535 (ZeroMQ would take 99999 modulo 65536), naming it."""
+    rest = endpoint[len("tcp://") :] if endpoint.startswith("tcp://") else ""
+    if ":" not in rest.rsplit("]", 1)[-1]:  # not TCP, or no port at all: ZeroMQ says what is wrong
+        return
+    port = rest.rsplit(":", 1)[1]
+    if port == "*" or (port.isdigit() and 1 <= int(port) <= 65535):
+        return
+    error = EndpointError(f"cannot {action} {endpoint!r}: the port must be a number from 1 to 65535"
+                          + (" (or * for any free one, when listening)" if action == "listen on" else "")
+                          + "; an endpoint looks like tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")  # fmt: skip
+    error.errno = errno.EINVAL
+    raise error
 
 
 def _endpoint_error(action: str, endpoint: str, exc: zmq.ZMQError) -> EndpointError:

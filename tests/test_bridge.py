@@ -379,6 +379,11 @@ def test_endpoints_that_cannot_be_used_are_one_line_errors(tmp_path):
              "this machine has no such address: use one of its own, or tcp://*:PORT"),
             (["rig", "simulate-ephys", "--bind", "tcp://127.0.0.1", "--journal", tmp_path / "e.journal"],
              "cannot listen on 'tcp://127.0.0.1': Invalid argument"),
+            (["rig", "simulate-fmri", "--bind", "tcp://127.0.0.1:99999", "--journal", tmp_path / "w.journal"],
+             "cannot listen on 'tcp://127.0.0.1:99999': the port must be a number from 1 to 65535"),
+            (["session", "run", ROOT / "tests" / "protocols" / "live_localizer.toml", "--rig", "tcp://127.0.0.1:99999",
+              "--presenter", f"tcp://127.0.0.1:{port}", "--out", tmp_path / "s.h5"],
+             "cannot connect to 'tcp://127.0.0.1:99999': the port must be a number from 1 to 65535"),
             (["rig", "simulate-fmri", "--speed", "-3", "--duration", "1"],
              "Invalid value for '--speed': -3.0 is not in the range x>0"),
         ]  # fmt: skip
