@@ -23,7 +23,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "hrf_integral",
             "lss_betas",
         ],
-        "reader": ["SessionData", "follow_session", "read_session", "read_when_ready"],
+        "reader": ["SessionData", "follow_session", "integrity_problems", "read_session", "read_when_ready"],
         "recovery": ["clear_status_flags"],
         "session": ["SessionError", "SessionFile", "recover", "writer_pid"],
     },
@@ -41,6 +41,6 @@ if TYPE_CHECKING:
         hrf_integral,
         lss_betas,
     )
-    from .reader import SessionData, follow_session, read_session, read_when_ready
+    from .reader import SessionData, follow_session, integrity_problems, read_session, read_when_ready
     from .recovery import clear_status_flags
     from .session import SessionError, SessionFile, recover, writer_pid

@@ -53,6 +53,10 @@ def info_cmd(session_file: Path, follow: bool, every: float) -> None:
                + (f"being written by process {pid}" if pid else "no process is writing it"))  # fmt: skip
     for name in SESSION_TABLES:
         click.echo(f"  {name:10s} {len(getattr(data, name))}")
+    from .reader import integrity_problems
+
+    for problem in integrity_problems(data):
+        click.echo(f"  damaged: {problem}")
     if not looks:
         return
     counted = SESSION_TABLES[:-1]  # the log is shown line by line instead: what it holds so far, then each new line

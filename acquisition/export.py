@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .reader import read_session
+from .reader import integrity_problems, read_session
+from .session import SessionError
 
 EVENTS_SIDECAR = {
     "onset": {"Description": "Measured onset, seconds from the run's first scanner trigger", "Units": "s"},
@@ -32,6 +33,8 @@ def _write(df: pd.DataFrame, path: Path, sep: str) -> None:
 def export_session(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write ``run-<r>_events.tsv`` (+ ``.json``) per run and ``estimates.csv``; returns the paths."""
     data = read_session(path)
+    if problems := integrity_problems(data):
+        raise SessionError(f"session file '{path}' is damaged, so it is not exported: {'; '.join(problems)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

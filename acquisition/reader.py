@@ -115,6 +115,37 @@ def _read(path: Path) -> SessionData:
         )
 
 
+def integrity_problems(data: SessionData) -> list[str]:
+    """What breaks a session file's invariants: every run logged complete has an event for each of its trials, and
+    an estimate for each (or a ``no-estimate`` line), of the same stimulus; no estimate without its event. []
+    for a sound file."""
+    problems: list[str] = []
+    events = data.events.drop_duplicates("trial", keep="last").set_index("trial")
+    est = data.latest_estimates().set_index("trial") if len(data.estimates) else None
+    unmeasured = set()
+    for message in data.log.message[data.log.kind == "no-estimate"]:
+        found = message.split(" trial ", 1)[-1].split(":", 1)[0]
+        unmeasured |= {int(found)} if found.isdigit() else set()
+    for message in data.log.message[data.log.kind == "run-complete"]:
+        record = json.loads(message)
+        trials = [int(t) for t in record["trials"]]
+        if missing := [t for t in trials if t not in events.index]:
+            problems.append(f"run {record['run']} is logged complete but trials {missing[:5]} have no events")
+            continue
+        lacking = [t for t in trials if (est is None or t not in est.index) and t not in unmeasured]
+        if lacking:
+            problems.append(f"run {record['run']} is logged complete but trials {lacking[:5]} have no estimates")
+        if est is not None:
+            measured = [t for t in trials if t in est.index]
+            wrong = [t for t in measured if est.stimulus_id[t] != events.stimulus_id[t]]
+            if wrong:
+                problems.append(f"run {record['run']}: the estimates of trials {wrong[:5]} are of other stimuli than "
+                                "their events")  # fmt: skip
+    if est is not None and (orphans := sorted(set(est.index) - set(events.index))):
+        problems.append(f"estimates of trials {orphans[:5]} have no events")
+    return problems
+
+
 STARTING_S = 30.0  # how long a live writer may take to set up a new file before a follower gives up on it
 
 

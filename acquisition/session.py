@@ -10,11 +10,12 @@ docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,18 @@ FORMAT_VERSION = 1
 LIBVER = ("v110", "v110")
 
 
+# Free space a flush leaves untouched on top of twice what it writes: HDF5 allocates whole chunks (up to 64 KiB a
+# dataset) and metadata, so a flush that fits needs more than its rows.
+FLUSH_RESERVE = 1 << 20
+
+
 class SessionError(Exception):
     """Bad input to, or a bad, session file; nothing already written is changed."""
+
+
+class SessionWriteError(SessionError):
+    """The session file could not be written (a full disk, an I/O error): the writer stopped before writing
+    anything of the flush that failed, so the file holds what earlier flushes wrote, whole."""
 
 
 # Table schemas: 'str' columns are stored as offsets into the /strings byte heap.
@@ -76,6 +87,8 @@ class SessionFile:
         self._heap_pending_size = 0
         self._pending: dict[str, _Pending] = {name: _Pending([], {}) for name in [*TABLES, "samples"]}
         self._last_flush = time.monotonic()
+        self._held = 0  # > 0: inside together(): no flush by time
+        self.failed: SessionWriteError | None = None  # once a write failed, nothing more is written
         names = ["strings", *TABLES, "samples/time", "samples/run", "samples/values",
                  "estimates_values/beta", "estimates_values/se"]  # fmt: skip
         self._out = {name: _Appender(f[name]) for name in names}
@@ -107,33 +120,45 @@ class SessionFile:
         if not rois:
             raise SessionError("a session needs at least one ROI or recording site")
         path.parent.mkdir(parents=True, exist_ok=True)
+        require_room(path, FLUSH_RESERVE + sum(len(c) for c in (attachments or {}).values()))
         lock = _WriterLock(path)
-        f = h5py.File(path, "w", libver=LIBVER)
-        R = len(rois)
-        f.attrs.update(
-            format=FORMAT,
-            format_version=FORMAT_VERSION,
-            modality=modality,
-            rois=json.dumps(list(rois)),
-            protocol=protocol,
-            seeds=json.dumps(seeds or {}),
-            peers=json.dumps(peers or {}),
-            software=json.dumps(software or _software_versions()),
-            start_time=time.time(),
-            start_time_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        f.create_dataset("strings", (0,), np.uint8, maxshape=(None,), chunks=(65536,))
-        for name, schema in TABLES.items():
-            f.create_dataset(name, (0,), _dtype(schema), maxshape=(None,), chunks=(1024,))
-        f.create_dataset("samples/time", (0,), "f8", maxshape=(None,), chunks=(4096,))
-        f.create_dataset("samples/run", (0,), "i4", maxshape=(None,), chunks=(4096,))
-        f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
-        for key in ("beta", "se"):
-            f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
-        for name, content in (attachments or {}).items():
-            f.create_dataset(f"attachments/{name}", data=np.frombuffer(content, np.uint8))
-        f.swmr_mode = True
-        f.flush()
+        f = None
+        try:
+            f = h5py.File(path, "w", libver=LIBVER)
+            R = len(rois)
+            f.attrs.update(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                modality=modality,
+                rois=json.dumps(list(rois)),
+                protocol=protocol,
+                seeds=json.dumps(seeds or {}),
+                peers=json.dumps(peers or {}),
+                software=json.dumps(software or _software_versions()),
+                start_time=time.time(),
+                start_time_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            f.create_dataset("strings", (0,), np.uint8, maxshape=(None,), chunks=(65536,))
+            for name, schema in TABLES.items():
+                f.create_dataset(name, (0,), _dtype(schema), maxshape=(None,), chunks=(1024,))
+            f.create_dataset("samples/time", (0,), "f8", maxshape=(None,), chunks=(4096,))
+            f.create_dataset("samples/run", (0,), "i4", maxshape=(None,), chunks=(4096,))
+            f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
+            for key in ("beta", "se"):
+                f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
+            for name, content in (attachments or {}).items():
+                f.create_dataset(f"attachments/{name}", data=np.frombuffer(content, np.uint8))
+            f.swmr_mode = True
+            f.flush()
+        except (OSError, RuntimeError) as exc:  # a full disk, an I/O error: no half-made file is left
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+            path.unlink(missing_ok=True)
+            lock.release()
+            raise SessionWriteError(
+                f"session file '{path}' could not be created: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         return cls(f, path, flush_interval, lock)
 
     @classmethod
@@ -282,11 +307,62 @@ class SessionFile:
 
     # ----- writing -----
     def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= self.flush_interval:
+        if not self._held and time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Rows appended inside the block are written by one flush at its end (a run's events, estimates and
+        completion): all of them, or none if the block raises or that flush fails."""
+        if self._held:
+            yield
+            return
+        self.flush()  # what came before is not the block's to lose
+        stimuli, last_sample = set(self._stimuli), self._last_sample_time
+        self._held = 1
+        try:
+            yield
+        except BaseException:
+            for pending in self._pending.values():
+                pending.rows.clear()
+                pending.arrays.clear()
+            self._heap_pending.clear()
+            self._heap_pending_size = 0
+            self._stimuli, self._last_sample_time = stimuli, last_sample
+            raise
+        finally:
+            self._held = 0
+        self.flush()
+
+    def _pending_bytes(self) -> int:
+        size = self._heap_pending_size
+        for name, pending in self._pending.items():
+            size += sum(a.nbytes for arrays in pending.arrays.values() for a in arrays)
+            if pending.rows:
+                size += len(pending.rows) * self._out[name].dtype.itemsize
+        return size
+
+    def _room(self) -> None:
+        """Refuse to start a flush that the disk has no room for (a write that fails half-way is worse)."""
+        require_room(self.path, 2 * self._pending_bytes() + FLUSH_RESERVE)
+
     def flush(self) -> None:
-        """Write everything buffered and make it durable and visible to SWMR readers."""
+        """Write everything buffered and make it durable and visible to SWMR readers. A flush that fails
+        (a full disk, an I/O error) raises :class:`SessionWriteError`, having written none of its rows; after
+        that the writer writes nothing more (close it; ``session resume`` continues)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._room()
+            self._write()
+        except (OSError, RuntimeError, SessionWriteError) as exc:
+            if not isinstance(exc, SessionWriteError):
+                why = getattr(exc, "strerror", None) or str(exc)
+                exc = SessionWriteError(f"session file '{self.path}' could not be written: {why}")
+            self.failed = exc
+            raise exc from None
+
+    def _write(self) -> None:
         f = self._f
         out = self._out
         if self._heap_pending:
@@ -312,10 +388,23 @@ class SessionFile:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
+        """Flush and close; after a failed write, close without writing (the file keeps what was flushed)."""
+        try:
+            if self._f.id.valid:
+                if self.failed is None:
+                    self.flush()
+                with contextlib.suppress(Exception) if self.failed is not None else contextlib.nullcontext():
+                    self._f.close()
+        finally:
+            self._lock.release()
+
+    def discard(self) -> None:
+        """Remove a closed session file that holds nothing worth keeping (a session that failed before its first
+        trial), and its lock file."""
         if self._f.id.valid:
-            self.flush()
-            self._f.close()
-        self._lock.release()
+            raise SessionError(f"session file '{self.path}' is open: close it first")
+        self.path.unlink(missing_ok=True)
+        self._lock.path.unlink(missing_ok=True)
 
     def __enter__(self) -> SessionFile:
         return self
@@ -339,10 +428,35 @@ class _Appender:
         if m == 0:
             return
         self.id.set_extent((self.n + m, *self.tail))
-        fspace = self.id.get_space()
-        fspace.select_hyperslab((self.n, *(0 for _ in self.tail)), data.shape)
-        self.id.write(h5py.h5s.create_simple(data.shape), fspace, data)
+        try:
+            fspace = self.id.get_space()
+            fspace.select_hyperslab((self.n, *(0 for _ in self.tail)), data.shape)
+            self.id.write(h5py.h5s.create_simple(data.shape), fspace, data)
+        except BaseException:
+            with contextlib.suppress(Exception):  # rows that were not written are not rows (never zeros in the file)
+                self.id.set_extent((self.n, *self.tail))
+            raise
         self.n += m
+
+
+def require_room(path: Path, need: int) -> None:
+    """Raise SessionWriteError unless the file system of ``path`` has ``need`` bytes free (for its user)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return  # a file system that cannot say: the write itself will tell
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise SessionWriteError(f"session file '{path}': the disk is full ({_size(free)} free, a write of this "
+                                f"session needs {_size(need)})")  # fmt: skip
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _software_versions() -> dict:
@@ -436,10 +550,16 @@ class _WriterLock:
             if same:
                 break
             self._fh.close()  # locked a file that its releasing writer had just removed: lock the new one
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
+        try:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(str(os.getpid()))
+            self._fh.flush()
+        except OSError as exc:  # a full disk
+            self.release()
+            raise SessionWriteError(
+                f"'{self.path}' (the session's lock file) could not be written: {exc.strerror or exc}"
+            ) from None
 
     def release(self) -> None:
         if not self._fh.closed:

@@ -33,14 +33,25 @@ def _default_out(protocol_path: Path) -> Path:
 
 
 def _run_or_pause(runner, out: Path) -> None:
-    """Run; Ctrl-C pauses (the file is closed cleanly; the unfinished run is repeated on resume)."""
+    """Run; Ctrl-C or SIGTERM pauses (the file is closed cleanly; the unfinished run is repeated on resume). A
+    session that stops on an error after its file was made says how to continue it."""
     import sys
+
+    from acquisition.session import SessionWriteError
 
     try:
         runner.run()
     except KeyboardInterrupt:
         click.echo(f"paused: {out} is closed and intact; continue with: neurotwin session resume {out}", err=True)
         sys.exit(130)
+    except SessionError as exc:
+        if runner.session is None or not out.is_file():  # stopped before its file was made (or kept)
+            raise
+        first = "free space on its disk, then continue" if isinstance(exc, SessionWriteError) else "continue"
+        raise SessionError(
+            f"{exc}. The session stopped; '{out}' keeps everything recorded before: {first} with: "
+            f"neurotwin session resume {out}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -76,8 +87,16 @@ def _finish(session_file: Path, report: bool, peers: str = "") -> None:
 
 
 def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> None:
-    with _simulated_runner(protocol, out, peers, click.echo) as runner:
-        _run_or_pause(runner, out)
+    logs = out.with_name(out.stem + "-logs")
+    try:
+        with _simulated_runner(protocol, out, peers, click.echo) as runner:
+            _run_or_pause(runner, out)
+    except Exception as exc:
+        if not out.exists() and str(logs) not in str(exc):  # nothing recorded, and no peer's log to read
+            import shutil
+
+            shutil.rmtree(logs, ignore_errors=True)
+        raise
     _finish(out, report)
 
 
@@ -255,6 +274,15 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
     st = protocol.stopping
     click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
                f"target effect {st.target_effect or '-'}")  # fmt: skip
+    if protocol.candidates_needed:  # the source read and counted: a protocol that cannot run is not valid
+        from .session import _enough_candidates, candidate_sentences
+
+        if protocol.modality == "text":
+            found = len(candidate_sentences(protocol))
+        else:
+            _enough_candidates(protocol, s.candidates, "natural images")
+            found = s.candidates
+        click.echo(f"  candidates: {found} for {protocol.candidates_needed} trials that each show a new one")
     click.echo("  valid")
     if dry_run:
         _dry_runs(protocol, protocol_file, seeds, speed, keep)

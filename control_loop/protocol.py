@@ -24,7 +24,14 @@ class ProtocolError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
+
+
+# Upper bounds: a protocol is one session of one person; anything beyond these is a typo (10**9 trials would
+# take years of scanner time, and checking it would take the machine's memory).
+MAX_TRIALS = 100_000  # trials in all
+MAX_SCANNER_HOURS = 24.0
+MAX_SECONDS = 600.0  # any one duration of the design (a trial, the interval between trials, the rest)
 
 
 #: The conditions a goal's closed-loop rounds choose stimuli for.
@@ -34,17 +41,18 @@ GOAL_SIDES = {"both": ("drive", "suppress"), "drive": ("drive",), "suppress": ("
 class Target(_Strict):
     rois: list[str] = Field(min_length=1, description="Target ROIs (fMRI) or sites (ephys); the first is controlled.")
     goal: Literal["drive", "suppress", "both", "control"] = "both"
-    hold: float = Field(1.0, ge=0, description="Control goal: penalty per unit change of the other ROIs.")
+    hold: float = Field(1.0, ge=0, le=1e6, description="Control goal: penalty per unit change of the other ROIs.")
 
 
 class Design(_Strict):
     kind: Literal["event", "blocked"] = "event"
     tr: float = Field(2.0, gt=0, le=10, description="Volume (fMRI) or count window (ephys) length, s.")
-    trial_duration: float = Field(gt=0, description="How long each stimulus is shown, s.")
-    iti: float = Field(gt=0, description="Onset-to-onset interval between trials, s (at least trial_duration).")
+    trial_duration: float = Field(gt=0, le=MAX_SECONDS, description="How long each stimulus is shown, s.")
+    iti: float = Field(gt=0, le=MAX_SECONDS,
+                       description="Onset-to-onset interval between trials, s (at least trial_duration).")  # fmt: skip
     trials_per_run: int = Field(gt=0, le=500)
-    block_size: int = Field(1, ge=1, description="Trials of one condition in a row (blocked designs).")
-    rest: float = Field(12.0, ge=0, description="Fixation at the start and the end of each run, s.")
+    block_size: int = Field(1, ge=1, le=500, description="Trials of one condition in a row (blocked designs).")
+    rest: float = Field(12.0, ge=0, le=MAX_SECONDS, description="Fixation at the start and the end of each run, s.")
 
     @model_validator(mode="after")
     def _timing(self) -> Design:
@@ -60,13 +68,13 @@ class Design(_Strict):
 class Phase(_Strict):
     name: str
     kind: Literal["localizer", "baseline", "closed_loop", "evaluation"]
-    trials: int = Field(gt=0, description="Trials per round (closed_loop) or in all (other phases).")
-    rounds: int = Field(1, ge=1, description="Closed loop: propose -> measure -> refine rounds.")
+    trials: int = Field(gt=0, le=MAX_TRIALS, description="Trials per round (closed_loop) or in all (other phases).")
+    rounds: int = Field(1, ge=1, le=1000, description="Closed loop: propose -> measure -> refine rounds.")
     acquisition: Literal["mean", "ucb", "thompson"] = Field(
         "ucb", description="Closed loop: choose by the twin's predictions (mean), plus beta SDs of them (ucb; "
         "sentences only: image rounds take it as mean), or by one draw from its posterior (thompson).",
     )  # fmt: skip
-    beta: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0, le=100)
     conditions: list[Literal["drive", "suppress", "baseline"]] | None = Field(
         None, min_length=1,
         description="Evaluation: the conditions shown (default drive, suppress, baseline). Closed loop: what "
@@ -84,15 +92,15 @@ class Phase(_Strict):
 
 class Stimuli(_Strict):
     source: str = Field("default", description="'default' (the offline corpus or natural images) or a pool file.")
-    candidates: int = Field(4000, gt=0, description="Candidates drawn from the source.")
-    min_words: int = Field(3, ge=1)
-    max_words: int = Field(40, ge=1)
+    candidates: int = Field(4000, gt=0, le=10_000_000, description="Candidates drawn from the source.")
+    min_words: int = Field(3, ge=1, le=500)
+    max_words: int = Field(40, ge=1, le=500)
     blocklist: list[str] = []
     max_similarity: float = Field(
         0.9, gt=0, le=1, description="Text: highest word/word-pair cosine between chosen or shown sentences."
     )
     image_size: int = Field(128, ge=32, le=1024)
-    synthesis_steps: int = Field(128, ge=1, description="Images: twin evaluations per synthesized image.")
+    synthesis_steps: int = Field(128, ge=1, le=100_000, description="Images: twin evaluations per synthesized image.")
 
     @model_validator(mode="after")
     def _words(self) -> Stimuli:
@@ -106,8 +114,8 @@ class Stimuli(_Strict):
 
 
 class Stopping(_Strict):
-    max_trials: int | None = Field(None, gt=0)
-    max_minutes: float | None = Field(None, gt=0)
+    max_trials: int | None = Field(None, gt=0, le=MAX_TRIALS)
+    max_minutes: float | None = Field(None, gt=0, le=MAX_SCANNER_HOURS * 60)
     target_effect: float | None = Field(
         None,
         gt=0,
@@ -127,8 +135,9 @@ class Safety(_Strict):
 
 class Simulation(_Strict):
     subject: str | None = Field(None, description="module:attr of a simulated subject (default: the modality's).")
-    speed: float = Field(100.0, gt=0, description="Simulated time runs this many times faster than real time.")
-    noise_sd: float | None = Field(None, gt=0)
+    speed: float = Field(100.0, gt=0, le=10_000,
+                         description="Simulated time runs this many times faster than real time.")  # fmt: skip
+    noise_sd: float | None = Field(None, gt=0, le=100)
 
 
 class TwinSource(_Strict):
@@ -165,7 +174,7 @@ class Protocol(_Strict):
     safety: Safety = Safety()
     simulation: Simulation = Simulation()
     twin: TwinSource = TwinSource()
-    seed: int = Field(0, ge=0, description="Seed of every random choice (stimuli, simulated noise).")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of every random choice (stimuli, simulated noise).")
 
     @model_validator(mode="after")
     def _phases(self) -> Protocol:
@@ -180,6 +189,13 @@ class Protocol(_Strict):
             if p.kind == "closed_loop" and bad:
                 raise ValueError(f"phases.{i}.conditions: {bad} cannot be chosen in closed-loop rounds for "
                                  f"target.goal '{self.target.goal}' (allowed: {allowed})")  # fmt: skip
+        if self.total_trials > MAX_TRIALS:  # (before anything counts runs: there may be billions)
+            raise ValueError(f"the phases hold {self.total_trials:,} trials in all; a protocol holds at most "
+                             f"{MAX_TRIALS:,}")  # fmt: skip
+        hours = self.scanner_minutes / 60
+        if hours > MAX_SCANNER_HOURS:
+            raise ValueError(f"the runs take {hours:,.1f} h of scanner time; a protocol takes at most "
+                             f"{MAX_SCANNER_HOURS:g} h")  # fmt: skip
         fits = any(p.kind in ("baseline", "localizer") for p in self.phases) or self.twin.reference
         if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
             raise ValueError(
@@ -196,6 +212,15 @@ class Protocol(_Strict):
     @property
     def total_trials(self) -> int:
         return sum(p.trials * (p.rounds if p.kind == "closed_loop" else 1) for p in self.phases)
+
+    @property
+    def candidates_needed(self) -> int:
+        """Trials that each show a distinct candidate of ``stimuli``: every sentence but the localizer's; random
+        baseline images (drive and suppress images are synthesized)."""
+        totals = self.condition_totals()
+        if self.modality == "image":
+            return totals.get("baseline", 0)
+        return sum(n for c, n in totals.items() if c not in ("sentences", "nonwords"))
 
     def runs(self) -> list[tuple[str, int, int]]:
         """(phase, round, trials) of every run in order (a phase's trials split into runs)."""

@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from acquisition import SessionFile, TrialEstimator, read_session, window_rates
+from acquisition import SessionFile, TrialEstimator, integrity_problems, read_session, window_rates
 from acquisition.session import SessionError
 from hardware import PeerClient
 from hardware.peer import PEER_RESTARTED
 
-from .protocol import Protocol, load_prior, load_reference, reference_for_rois
+from .protocol import Protocol, ProtocolError, load_prior, load_reference, reference_for_rois
 
 REFERENCE_FILE = "reference_twin.h5"  # the attachment holding the protocol's reference twin
 PRIOR_FILE = "prior.json"  # the attachment holding the protocol's prior (its hyperparameters)
@@ -120,27 +120,50 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def candidate_sentences(protocol: Protocol) -> list[str]:
+    """A text session's candidates: ``stimuli.candidates`` sentences of its source that pass its constraints, in
+    the session's order. Raises ProtocolError for a source that cannot be read or is too small for the protocol
+    (each candidate is shown once)."""
+    from stimulus_synthesis import lee_sentences, load_pool, wordnet_sentences
+    from stimulus_synthesis.pool import PoolError
+
+    s = protocol.stimuli
+    try:
+        pool = (list(dict.fromkeys([*wordnet_sentences("examples"), *lee_sentences()])) if s.source == "default"
+                else load_pool(s.source).sentences)  # fmt: skip
+    except (PoolError, OSError) as exc:
+        raise ProtocolError(f"stimuli.source: {getattr(exc, 'strerror', None) or exc}") from None
+    constraints = s.constraints()
+    passing = sorted(p for p in pool if constraints.ok(p))
+    np.random.default_rng([protocol.seed, 17]).shuffle(passing)
+    items = passing[: s.candidates]
+    _enough_candidates(protocol, len(items), f"{len(passing)} of the {len(pool)} sentences of stimuli.source "
+                                             f"('{s.source}') pass its constraints")  # fmt: skip
+    return items
+
+
+def _enough_candidates(protocol: Protocol, available: int, why: str) -> None:
+    """Raise ProtocolError unless the session has a distinct candidate for every trial that draws one."""
+    needed = protocol.candidates_needed
+    if available < needed:
+        raise ProtocolError(f"stimuli: the protocol shows {needed} candidates, each once, but it has {available} "
+                            f"({why}; stimuli.candidates is {protocol.stimuli.candidates}): give a larger source, "
+                            "raise stimuli.candidates, or ease the constraints")  # fmt: skip
+
+
 class Candidates:
     """The stimulus source of a session: candidate sentences (or images) and their twin features."""
 
     def __init__(self, protocol: Protocol, features: Any) -> None:
         self.protocol = protocol
         s = protocol.stimuli
-        rng = np.random.default_rng([protocol.seed, 17])
         if protocol.modality == "text":
-            from stimulus_synthesis import EmbeddedPool, lee_sentences, load_pool, wordnet_sentences
+            from stimulus_synthesis import EmbeddedPool
 
-            if s.source == "default":
-                pool = list(dict.fromkeys([*wordnet_sentences("examples"), *lee_sentences()]))
-            else:
-                pool = load_pool(s.source).sentences
-            constraints = s.constraints()
-            pool = [p for p in pool if constraints.ok(p)]
-            pool = sorted(pool)
-            rng.shuffle(pool)
-            self.items: list[Any] = pool[: s.candidates]
+            self.items: list[Any] = candidate_sentences(protocol)
             self.embedded = EmbeddedPool.build(self.items, features)
         else:
+            _enough_candidates(protocol, s.candidates, "natural images")
             from stimulus_synthesis.images import natural_images
 
             self.items = natural_images(s.candidates, s.image_size, seed=protocol.seed)
@@ -177,11 +200,13 @@ def _kept_prior(data: Any, path: Path) -> Any:
 class _Interrupts:
     """While entered (in the main thread, where Ctrl-C has Python's default handler), Ctrl-C raises
     KeyboardInterrupt as usual and is also remembered: one raised while Python runs a finalizer, which
-    ignores exceptions, is raised again at the runner's next :meth:`check` instead of being lost."""
+    ignores exceptions, is raised again at the runner's next :meth:`check` instead of being lost. SIGTERM (what
+    `systemctl stop` and container runtimes send) does the same: it pauses the session, as Ctrl-C does."""
 
     def __init__(self) -> None:
         self.pending = False
         self._installed = False
+        self._term: Any = None  # SIGTERM's handler before, when this replaced it
 
     def __enter__(self) -> _Interrupts:
         self.pending = False
@@ -189,6 +214,8 @@ class _Interrupts:
             self._installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
             if self._installed:
                 signal.signal(signal.SIGINT, self._handle)
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._term = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -203,6 +230,9 @@ class _Interrupts:
     def __exit__(self, *exc: object) -> None:
         if self._installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._term is not None:
+            signal.signal(signal.SIGTERM, self._term)
+            self._term = None
 
 
 class SessionRunner:
@@ -243,6 +273,7 @@ class SessionRunner:
         self._stopped: set[str] = set()
         self._watch = watch
         self._watched = 0.0  # when the watch last ran
+        self.runs_started = 0  # by this process
 
     def _check_peers(self) -> None:
         """Fail, saying why, when a peer cannot work with this controller (another protocol version), or one
@@ -310,6 +341,8 @@ class SessionRunner:
         data = read_session(self.path)
         if data.attrs.get("protocol") != p.model_dump_json():
             raise SessionError(f"session file '{self.path}' was started with another protocol")
+        if problems := integrity_problems(data):
+            raise SessionError(f"session file '{self.path}' is damaged, so it cannot be resumed: {'; '.join(problems)}")
         # the copies kept in the file, whatever became of the originals
         if p.twin.reference:
             self.reference = _kept_reference(data, self.path)
@@ -503,6 +536,7 @@ class SessionRunner:
         self._start_rig(r)
         start = {"index": plan.index, "run": run, "kind": plan.kind, "phase": plan.phase, "trials": len(trials)}
         self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
+        self.runs_started += 1
         deadline = time.monotonic() + 120 + n_volumes * d.tr
         counted = 0
         with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
@@ -664,30 +698,31 @@ class SessionRunner:
                 "first volume puts them (median); the estimates assume they coincide: check the relay's "
                 "--latency, and that the presenter's trigger and the rig's first volume are one scan's",
             )
-        self._record_stimuli(plan)
-        for t, b, s in zip(shown, beta, se, strict=True):
-            self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,
-                                   measured_onset=presented[t.trial], duration=d.trial_duration,
-                                   condition=t.condition)  # fmt: skip
-            if np.isnan(b).any():  # shown, but the recording has a gap where its response was
-                self.session.log("no-estimate", f"run {run} trial {t.trial}: no samples in its response window")
-                continue
-            self.session.add_estimate(t.trial, t.stimulus_id, b, s, run=run, provisional=False)
-        record = {
-            "index": plan.index,
-            "run": run,
-            "kind": plan.kind,
-            "phase": plan.phase,
-            "trials": [t.trial for t in shown],
-            "predicted": plan.predicted,
-        }
-        has = ~np.isnan(beta).any(axis=1)
-        shown, beta = [t for t, h in zip(shown, has, strict=True) if h], beta[has]  # from here: the measured
-        self._learn(plan.kind, [t.stimulus for t in shown], beta)
-        if self.twin is not None and plan.kind != "localizer":
-            self.session.add_twin_snapshot(plan.index, self.twin.n_train, self._twin_score(shown, beta))
-        self.session.log("run-complete", json.dumps(record))
-        self.session.flush()
+        # The run is complete in the file, or (if this one write fails) not at all: repeated on resume.
+        with self.session.together():
+            self._record_stimuli(plan)
+            for t, b, s in zip(shown, beta, se, strict=True):
+                self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,
+                                       measured_onset=presented[t.trial], duration=d.trial_duration,
+                                       condition=t.condition)  # fmt: skip
+                if np.isnan(b).any():  # shown, but the recording has a gap where its response was
+                    self.session.log("no-estimate", f"run {run} trial {t.trial}: no samples in its response window")
+                    continue
+                self.session.add_estimate(t.trial, t.stimulus_id, b, s, run=run, provisional=False)
+            record = {
+                "index": plan.index,
+                "run": run,
+                "kind": plan.kind,
+                "phase": plan.phase,
+                "trials": [t.trial for t in shown],
+                "predicted": plan.predicted,
+            }
+            has = ~np.isnan(beta).any(axis=1)
+            shown, beta = [t for t, h in zip(shown, has, strict=True) if h], beta[has]  # from here: the measured
+            self._learn(plan.kind, [t.stimulus for t in shown], beta)
+            if self.twin is not None and plan.kind != "localizer":
+                self.session.add_twin_snapshot(plan.index, self.twin.n_train, self._twin_score(shown, beta))
+            self.session.log("run-complete", json.dumps(record))
         effect = self._track(plan.kind, [t.condition for t in shown], beta)
         self._status(plan, shown, beta, effect)
         self.shown |= {t.stimulus_id for t in plan.trials}
@@ -756,14 +791,15 @@ class SessionRunner:
             return self._run_protocol(stop_after)
 
     def _run_protocol(self, stop_after: int | None) -> Path:
+        created = not self.path.exists()
         try:
             self._connect()  # first: a rig that measures other channels is refused before anything is written
             self._match_channels()
-            done = self._open()
             if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
-                self.candidates = Candidates(self.protocol, self.features)
+                self.candidates = Candidates(self.protocol, self.features)  # (a pool too small: before the file)
                 if self.features is None:
                     self.features = self.candidates.features
+            done = self._open()
             self._connect()
             complete = {r["index"] for r in done}
             runs = self.protocol.runs()
@@ -787,6 +823,10 @@ class SessionRunner:
             if self.session is not None:
                 with contextlib.suppress(Exception):  # the file itself may be what failed
                     self.session.log("error", f"the session stopped: {exc}")
+            if created and self.session is not None and not self.runs_started:  # nothing recorded: no file
+                with contextlib.suppress(Exception):
+                    self.session.close()
+                self.session.discard()
             raise
         finally:
             if self.session is not None:

@@ -70,7 +70,9 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
     try:
         for name, cmd in (("rig", rig), ("presenter", presenter)):
             out = open(log_dir / f"{name}.log", "ab")
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            # a session of their own: Ctrl-C in the terminal reaches the controller only, which stops them
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
+                                    start_new_session=True)  # fmt: skip
             procs.append((proc, out))
 
         def exited() -> str | None:

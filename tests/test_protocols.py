@@ -79,6 +79,14 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         (lambda t: t.replace('["suppress", "baseline"]', "[]"), ["phases.1.conditions", "at least 1"]),
         (lambda t: t.replace("[stopping]", "[stoping]"), ["stoping", "not a protocol field"]),
         (lambda t: t.replace("name = ", "name = = "), ["not valid TOML"]),
+        (lambda t: t.replace("trials = 180", "trials = 100000000000000000000000"), ["phases.0.trials", "100000"]),
+        (lambda t: t.replace("trials = 60\n", "trials = 60000\n"), ["the phases hold", "at most 100,000"]),
+        (lambda t: t.replace("iti = 4.0", "iti = inf"), ["design.iti", "finite number"]),
+        (lambda t: t.replace("tr = 2.0", "tr = nan"), ["design.tr", "finite number"]),
+        (
+            lambda t: t.replace("iti = 4.0", "iti = 600.0").replace("trials = 180", "trials = 1000"),
+            ["scanner time", "at most 24 h"],
+        ),
     ],
     ids=[
         "missing",
@@ -93,6 +101,11 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         "no-conditions",
         "typo",
         "toml",
+        "trials-1e23",
+        "trials-in-all",
+        "iti-inf",
+        "tr-nan",
+        "scanner-hours",
     ],
 )
 def test_malformed_protocol_names_the_field(tmp_path, edit, words):
@@ -123,3 +136,35 @@ def test_missing_protocol_file(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
     result = check(tmp_path)
     assert result.exit_code == 2 and f"protocol '{tmp_path}' is a folder, not a protocol file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "candidates", "words"),
+    [
+        ("missing.txt", None, ["stimuli.source: pool", "missing.txt' does not exist"]),
+        ("binary.txt", None, ["stimuli.source", "binary.txt' is not UTF-8 text"]),
+        ("one.txt", None, ["stimuli: the protocol shows 390 candidates, each once, but it has 1"]),
+        ("default", 1, ["but it has 1", "stimuli.candidates is 1"]),
+    ],
+    ids=["missing", "binary", "one-sentence", "one-candidate"],
+)
+def test_a_protocol_whose_stimuli_cannot_run_is_not_valid(tmp_path, source, candidates, words):
+    """`protocol check` reads the stimulus source and counts what passes the constraints: a source that is
+    missing, not text or too small for the trials that each show a new sentence fails, naming the field; and
+    `simulate` fails the same way before it writes any session file."""
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "one.txt").write_text("The only sentence in this pool is this one.\n")
+    text = BASE.replace('prior = "priors/', f'prior = "{ROOT / "protocols" / "priors"}/')
+    text = text.replace('source = "default"', f"source = '{tmp_path / source}'") if source != "default" else text
+    if candidates is not None:
+        text = text.replace("candidates = 3000", f"candidates = {candidates}")
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    result = check(path)
+    assert result.exit_code == 2, result.output
+    for w in words:
+        assert w in result.stderr, (w, result.stderr)
+    out = tmp_path / "s.h5"
+    run = neurotwin("simulate", path, "--out", out, check_ok=False)
+    assert run.returncode == 2 and words[-1] in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.txt", "one.txt", "p.toml"]  # nothing left behind

@@ -484,15 +484,92 @@ def test_report_opens_in_a_real_browser(uninterrupted, tmp_path):
     assert red > 500 and blue > 500, (red, blue)
 
 
-def test_ctrl_c_pauses_cleanly(uninterrupted, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_pause_cleanly(uninterrupted, tmp_path, sig):
+    """Ctrl-C, and SIGTERM (what `systemctl stop` and container runtimes send), pause: the file closed cleanly,
+    no lock left, and how to continue said."""
     work, _, _ = uninterrupted
     out = tmp_path / "paused.h5"
-    proc = _signal_during(out, work / "cache", "run 2/", signal.SIGINT, 0.3)
+    proc = _signal_during(out, work / "cache", "run 2/", sig, 0.3)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and f"continue with: neurotwin session resume {out}" in err, err[-2000:]
+    assert "Traceback" not in err and not out.with_name(out.name + ".lock").exists()
     data = read_session(out)  # closed cleanly: opens without recovery, the finished run is in it
     assert len(data.events) == 20 and data.events.trial.is_unique
+    assert not (tmp_path / "paused-logs" / "rig.log").read_text().count("KeyboardInterrupt")
     SessionFile.resume(out).close()  # the paused writer let go of the file
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A file system of 8 MiB of its own (a tmpfs; mounting needs root), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip() or mounted.returncode}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill the file system to its last byte with one file; returns it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+        try:
+            while True:
+                fh.write(b"\0")
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_disk_that_fills_mid_session_stops_it_cleanly_and_resume_finishes_it(uninterrupted, small_disk):
+    """The session file's disk fills during run 3: the controller stops with one line (exit 2) naming the file,
+    the cause and how to continue; every run logged complete has its estimates, the same as an uninterrupted
+    session's; once there is space again, `session resume` finishes with every trial once."""
+    work, full, _ = uninterrupted
+    out = small_disk / "s.h5"
+    proc = subprocess.Popen(_cmd("simulate", TINY, "--out", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("run 3/"):
+            filler = _fill(small_disk)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"session file '{out}': the disk is full" in lines[0]
+    assert f"free space on its disk, then continue with: neurotwin session resume {out}" in lines[0]
+    data = read_session(out)
+    from acquisition import integrity_problems
+
+    assert integrity_problems(data) == []
+    done = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert len(done) >= 2, done
+    _, ref = _trial_table(full)
+    _, est = _trial_table(out)
+    first = sorted(t for r in done for t in r["trials"])
+    assert sorted(est.trial) == first  # no estimate of an unfinished run, no row of zeros
+    a, b = est.sort_values("trial"), ref[ref.trial.isin(first)].sort_values("trial")
+    assert list(a.stimulus_id) == list(b.stimulus_id)
+    np.testing.assert_allclose(a.lang.to_numpy(), b.lang.to_numpy(), rtol=1e-9)
+
+    filler.unlink()  # space again
+    resumed = subprocess.run(_cmd("session", "resume", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    data = read_session(out)
+    assert sorted(data.events.trial) == list(range(TOTAL)) and integrity_problems(data) == []
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored one, on purpose
