@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from kit.cli import OutputFolder
+
 
 @click.group(name="session")
 def session_group() -> None:
@@ -14,7 +16,7 @@ def session_group() -> None:
 
 @session_group.command("export")
 @click.argument("session_file", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=OutputFolder(),
               help="Folder to write into.")  # fmt: skip
 def export_cmd(session_file: Path, out: Path) -> None:
     """BIDS-style events.tsv (+ JSON sidecar) per run and a CSV of the latest estimates."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from kit.files import output_folder, replaced_whole
 
 from .reader import integrity_problems, read_session
 from .session import SessionError
@@ -25,9 +26,8 @@ EVENTS_SIDECAR = {
 
 
 def _write(df: pd.DataFrame, path: Path, sep: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, sep=sep, index=False, na_rep="n/a" if sep == "\t" else "")
-    os.replace(tmp, path)
+    with replaced_whole(path) as tmp:
+        df.to_csv(tmp, sep=sep, index=False, na_rep="n/a" if sep == "\t" else "")
 
 
 def export_session(path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -36,36 +36,37 @@ def export_session(path: str | Path, out_dir: str | Path) -> list[Path]:
     if problems := integrity_problems(data):
         raise SessionError(f"session file '{path}' is damaged, so it is not exported: {'; '.join(problems)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    stimuli = data.stimuli.set_index("stimulus_id")
-    events = data.events.copy()
-    for run, ev in events.groupby("run", sort=True):
-        trig = data.triggers[data.triggers["run"] == run]["time"]
-        t0 = float(trig.min()) if len(trig) else float(data.attrs.get("start_time", 0.0))
-        measured = ev["measured_onset"].where(np.isfinite(ev["measured_onset"]), ev["scheduled_onset"])
-        stim = stimuli.loc[ev["stimulus_id"]]
-        table = pd.DataFrame({
-            "onset": np.round(measured - t0, 6),
-            "duration": ev["duration"],
-            "trial_type": ev["condition"].where(ev["condition"] != "", stim["condition"].values),
-            "stimulus_id": ev["stimulus_id"],
-            "trial": ev["trial"],
-            "scheduled_onset": np.round(ev["scheduled_onset"] - t0, 6),
-            "stim_text": stim["text"].replace("", np.nan).values,
-            "stim_file": stim["image"].replace("", np.nan).values,
-        }).sort_values("onset")  # fmt: skip
-        tsv = out / f"run-{int(run)}_events.tsv"
-        _write(table, tsv, "\t")
-        sidecar = tsv.with_suffix(".json")
-        sidecar.write_text(json.dumps(EVENTS_SIDECAR, indent=2))
-        written += [tsv, sidecar]
-    est = data.latest_estimates()
-    if not est.empty:
-        est = est.merge(data.stimuli[["stimulus_id", "text", "image", "condition"]], on="stimulus_id", how="left")
-        cols = ["trial", "stimulus_id", "run", "condition", "text", "image", "provisional"]
-        cols += [c for r in data.rois for c in (r, f"{r}_se")]
-        path_csv = out / "estimates.csv"
-        _write(est[cols], path_csv, ",")
-        written.append(path_csv)
-    return written
+    with output_folder(out) as written:  # a failed export (a full disk) leaves none of its files
+        stimuli = data.stimuli.set_index("stimulus_id")
+        events = data.events.copy()
+        for run, ev in events.groupby("run", sort=True):
+            trig = data.triggers[data.triggers["run"] == run]["time"]
+            t0 = float(trig.min()) if len(trig) else float(data.attrs.get("start_time", 0.0))
+            measured = ev["measured_onset"].where(np.isfinite(ev["measured_onset"]), ev["scheduled_onset"])
+            stim = stimuli.loc[ev["stimulus_id"]]
+            table = pd.DataFrame({
+                "onset": np.round(measured - t0, 6),
+                "duration": ev["duration"],
+                "trial_type": ev["condition"].where(ev["condition"] != "", stim["condition"].values),
+                "stimulus_id": ev["stimulus_id"],
+                "trial": ev["trial"],
+                "scheduled_onset": np.round(ev["scheduled_onset"] - t0, 6),
+                "stim_text": stim["text"].replace("", np.nan).values,
+                "stim_file": stim["image"].replace("", np.nan).values,
+            }).sort_values("onset")  # fmt: skip
+            tsv = out / f"run-{int(run)}_events.tsv"
+            _write(table, tsv, "\t")
+            written.append(tsv)
+            sidecar = tsv.with_suffix(".json")
+            with replaced_whole(sidecar) as tmp:
+                tmp.write_text(json.dumps(EVENTS_SIDECAR, indent=2))
+            written.append(sidecar)
+        est = data.latest_estimates()
+        if not est.empty:
+            est = est.merge(data.stimuli[["stimulus_id", "text", "image", "condition"]], on="stimulus_id", how="left")
+            cols = ["trial", "stimulus_id", "run", "condition", "text", "image", "provisional"]
+            cols += [c for r in data.rois for c in (r, f"{r}_se")]
+            path_csv = out / "estimates.csv"
+            _write(est[cols], path_csv, ",")
+            written.append(path_csv)
+    return list(written)

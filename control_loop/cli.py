@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -12,10 +13,11 @@ from acquisition.cli import session_group
 from acquisition.session import SessionError
 from hardware.cli import present_cmd, rig_group
 from hardware.errors import BridgeFileError, EndpointError
+from kit.cli import UserError
 from stimulus_synthesis.cli import corpus_group, synthesize_cmd
 from stimulus_synthesis.constraints import ConstraintError
 from stimulus_synthesis.pool import PoolError
-from twin.cli import UserError, twin_group
+from twin.cli import twin_group
 from twin.errors import TwinError
 
 from .commands import protocol_group, report_cmd, simulate_cmd
@@ -24,6 +26,10 @@ from .protocol import ProtocolError
 log = logging.getLogger("neurotwin")
 # each package's errors for bad input: said in one line, exit status 2
 USER_ERRORS = (TwinError, SessionError, PoolError, ConstraintError, ProtocolError, EndpointError, BridgeFileError)
+
+
+# errors of the storage itself, said in one line even where the error names no file
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
 
 class _Root(click.Group):
@@ -35,11 +41,11 @@ class _Root(click.Group):
         except USER_ERRORS as exc:
             raise UserError(str(exc)) from None
         except OSError as exc:  # a folder that does not exist or may not be written, a full disk
-            if exc.filename is None:
+            if exc.filename is None and exc.errno not in STORAGE_ERRNOS:
                 raise
             log.debug("file system error", exc_info=True)  # -vv: where it happened
             where = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 else "")
-            raise UserError(f"{where}: {exc.strerror or exc}") from None
+            raise UserError(f"{where if exc.filename else 'a write failed'}: {exc.strerror or exc}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

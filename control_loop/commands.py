@@ -10,10 +10,14 @@ from pathlib import Path
 import click
 
 from acquisition.cli import session_group
-from acquisition.session import SessionError
+from acquisition.session import FLUSH_RESERVE, SessionError
 from hardware.cli import POSITIVE
+from kit.cli import OutputFile, OutputFolder
 
 from .protocol import Protocol, ProtocolError, load_prior, load_protocol, load_reference
+
+# A new session file: made with its folders, on a file system with room for it (a flush keeps 1 MiB in reserve)
+SESSION_FILE = OutputFile(make_parents=True, session=True, min_free=FLUSH_RESERVE)
 
 
 def _features(protocol: Protocol):
@@ -104,7 +108,7 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
 @click.argument("protocol_file", type=click.Path(path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SESSION_FILE,
     default=None,
     help="Session file (default: sessions/NAME-TIME.h5).",
 )
@@ -150,7 +154,7 @@ PEER_TIMEOUT = click.option(
 @click.argument("protocol_file", type=click.Path(path_type=Path))
 @click.option("--rig", required=True, help="Rig endpoint, e.g. tcp://scanner-pc:5560.")
 @click.option("--presenter", required=True, help="Presenter endpoint, e.g. tcp://stim-pc:5570.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Session file to write.")
+@click.option("--out", type=SESSION_FILE, required=True, help="Session file to write.")
 @click.option("--rois", default=None, help="ROIs the rig reports, comma-separated (default: the protocol's).")
 @PEER_TIMEOUT
 def run_cmd(protocol_file: Path, rig: str, presenter: str, out: Path, rois: str | None, peer_timeout: float) -> None:
@@ -219,7 +223,7 @@ def protocol_group() -> None:
 )
 @click.option(
     "--keep",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutputFolder(),
     default=None,
     help="Folder to keep the dry runs' session files in (default: a temporary folder, removed).",
 )
@@ -325,8 +329,7 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
 
 @click.command("report")
 @click.argument("session_file", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder (default: SESSION-report/).")  # fmt: skip
+@click.option("--out", type=OutputFolder(), default=None, help="Folder (default: SESSION-report/).")
 @click.option(
     "--follow",
     is_flag=True,

@@ -216,11 +216,13 @@ class Protocol(_Strict):
     @property
     def candidates_needed(self) -> int:
         """Trials that each show a distinct candidate of ``stimuli``: every sentence but the localizer's; random
-        baseline images (drive and suppress images are synthesized)."""
+        baseline images (drive and suppress images are synthesized); at most ``stopping.max_trials``."""
         totals = self.condition_totals()
         if self.modality == "image":
-            return totals.get("baseline", 0)
-        return sum(n for c, n in totals.items() if c not in ("sentences", "nonwords"))
+            needed = totals.get("baseline", 0)
+        else:
+            needed = sum(n for c, n in totals.items() if c not in ("sentences", "nonwords"))
+        return min(needed, self.stopping.max_trials or needed)  # (a session that stops early shows fewer)
 
     def runs(self) -> list[tuple[str, int, int]]:
         """(phase, round, trials) of every run in order (a phase's trials split into runs)."""

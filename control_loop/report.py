@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from acquisition import read_session, writer_pid
-from twin.paths import replaced_whole
+from kit.files import output_folder, replaced_whole
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -398,11 +398,12 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
     return figures
 
 
-def _replace(path: Path, content: bytes) -> None:
+def _replace(path: Path, content: bytes, written: list[Path]) -> None:
     """Write a file whole: a browser reloading the report never reads one half-written (nor does a second
     process writing the same report, as the end of a session and ``report --follow`` can at once)."""
     with replaced_whole(path, suffix=f".{os.getpid()}.part") as part:
         part.write_bytes(content)
+    written.append(path)
 
 
 def write_report(
@@ -421,14 +422,20 @@ def write_report(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     session_file = Path(session_file)
     out_dir = Path(out_dir) if out_dir else session_file.with_name(session_file.stem + "-report")
     if data is None:
         writing = writer_pid(session_file) is not None if writing is None else writing  # before the read
         data = read_session(session_file)  # before the folder: a file that is not a session leaves nothing behind
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_folder(out_dir) as written:  # a report that fails (a full disk) leaves none of its files
+        return _write_report(session_file, out_dir, data, bool(writing), refresh, written)
+
+
+def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing: bool, refresh: float | None,
+                  written: list[Path]) -> Path:  # fmt: skip
+    import matplotlib.pyplot as plt
+
     summary = summarize(session_file, data)
     summary["status"] = status = session_status(data, bool(writing))
     true = simulated_truth(session_file, data)
@@ -501,8 +508,8 @@ def write_report(
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
-        _replace(out_dir / name, png.getvalue())
-    _replace(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        _replace(out_dir / name, png.getvalue(), written)
+    _replace(out_dir / "summary.json", json.dumps(summary, indent=2).encode(), written)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['difference']:+.3f}</td><td>{v['t']:.2f}</td>"
                    f"<td>{v['p']:.2g}</td></tr>"
                    for k, v in [*summary["evaluation"].items(), *summary.get("localizer", {}).items()])  # fmt: skip
@@ -562,5 +569,5 @@ target <b>{html.escape(target)}</b>.</p>
 {problems}
 <h2>Figures</h2>{body}
 <p>Numbers: <a href="summary.json">summary.json</a></p></body></html>"""
-    _replace(out_dir / "report.html", page.encode("utf-8"))
+    _replace(out_dir / "report.html", page.encode("utf-8"), written)
     return out_dir / "report.html"

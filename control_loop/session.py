@@ -677,12 +677,15 @@ class SessionRunner:
         shown = [t for t in plan.trials if t.trial in presented]
         onsets = {t.trial: t.onset + late[t.trial] for t in shown}
         if self.protocol.modality == "text":
-            est = TrialEstimator.offline(times, values, {t.trial: (onsets[t.trial], d.trial_duration)
-                                                        for t in shown})  # fmt: skip
-            beta, se = est.beta, est.se
-            order = {int(k): i for i, k in enumerate(est.labels)}
-            beta = beta[[order[t.trial] for t in shown]]
-            se = se[[order[t.trial] for t in shown]]
+            est = TrialEstimator.offline(times, values.reshape(len(times), len(self.rois)),
+                                         {t.trial: (onsets[t.trial], d.trial_duration) for t in shown})  # fmt: skip
+            # a trial the run's (usable) volumes do not reach has no estimate: NaN, logged as no-estimate below
+            beta = np.full((len(shown), len(self.rois)), np.nan)
+            se = beta.copy()
+            order = {int(k): i for i, k in enumerate(est.labels)} if est is not None else {}
+            for j, t in enumerate(shown):
+                if t.trial in order:
+                    beta[j], se[j] = est.beta[order[t.trial]], est.se[order[t.trial]]
         else:
             beta = window_rates(times, values, d.tr, [onsets[t.trial] for t in shown],
                                 window=(0.0, d.tr), baseline=None, missing="nan")  # fmt: skip

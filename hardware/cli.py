@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
-POSITIVE = click.FloatRange(min=0, min_open=True)  # speeds, intervals, durations
+from kit.cli import FiniteFloat, OutputFile, OutputFolder
+
+POSITIVE = FiniteFloat(min=0, min_open=True)  # speeds, intervals, durations
+# A journal: a regular file, made with its folders (a device or FIFO is never opened; the journal's own header
+# check refuses any other program's file)
+JOURNAL = OutputFile(make_parents=True)
 
 
 def curve_options(f):
@@ -38,10 +43,10 @@ def rig_group() -> None:
 
 @rig_group.command("simulate-fmri")
 @click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option("--journal", type=click.Path(path_type=Path), default=None,
+@click.option("--journal", type=JOURNAL, default=None,
               help="Journal file: a rig restarted with the same journal resumes without loss.")  # fmt: skip
 @click.option("--subject", default=None, help="Ground-truth subject as module:attr (default: the language subject).")
-@click.option("--noise-sd", type=click.FloatRange(min=0), default=None,
+@click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
               help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
@@ -65,10 +70,11 @@ def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, dura
 
 @rig_group.command("simulate-ephys")
 @click.option("--bind", default="tcp://127.0.0.1:5561", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option("--journal", type=click.Path(path_type=Path), default=None, help="Journal file (restart without loss).")
+@click.option("--journal", type=JOURNAL, default=None, help="Journal file (restart without loss).")
 @click.option("--tuning", default=None, help="Tuning function as module:attr (default: V1-like Gabor sites).")
 @click.option("--sites", default=16, show_default=True, help="Number of sites of the default tuning.")
-@click.option("--baseline", default=5.0, show_default=True, help="Spontaneous rate (spikes/s).")
+@click.option("--baseline", type=FiniteFloat(min=0), default=5.0, show_default=True,
+              help="Spontaneous rate (spikes/s).")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Spike-count seed.")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
@@ -97,6 +103,7 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
 )
 @click.option(
     "--latency",
+    type=FiniteFloat(min=0),
     default=0.0,
     show_default=True,
     help="Seconds from a volume's acquisition to its line, for lines that carry no time.",
@@ -112,7 +119,7 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
 @click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
 @click.option(
     "--journal",
-    type=click.Path(path_type=Path),
+    type=JOURNAL,
     default=None,
     help="Journal file: restarted with it, the relay resends what was not acknowledged and keeps its run.",
 )
@@ -168,12 +175,20 @@ def _serve(rig, server, banner: str, duration: float | None) -> None:
 
 
 @rig_group.command("keygen")
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("folder", type=OutputFolder())
 @click.argument("name")
 def keygen(folder: Path, name: str) -> None:
-    """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it) into FOLDER."""
+    """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it) into FOLDER; existing keys
+    are never replaced."""
     from .security import generate_keys
 
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise click.BadParameter(f"{name!r}: a key's name is a plain file name (e.g. rig), no folders",
+                                 param_hint="NAME")  # fmt: skip
+    existing = [p for p in (folder / f"{name}.key", folder / f"{name}.key_secret") if p.exists() or p.is_symlink()]
+    if existing:
+        raise click.UsageError(f"'{existing[0]}' exists: keys are never replaced (a controller or rig may rely on "
+                               "them); remove them first, or choose another NAME")  # fmt: skip
     public, secret = generate_keys(folder, name)
     click.echo(f"public key: {public}\nsecret key: {secret}")
 
@@ -189,7 +204,7 @@ def keygen(folder: Path, name: str) -> None:
 @click.option("--size", default="1024x768", show_default=True, help="Window size WxH.")
 @click.option("--screen", default=0, show_default=True, help="Screen number.")
 @click.option("--screenshots", type=click.Path(path_type=Path), default=None, help="Save every frame shown here.")
-@click.option("--journal", type=click.Path(path_type=Path), default=None, help="Journal file (restart without loss).")
+@click.option("--journal", type=JOURNAL, default=None, help="Journal file (restart without loss).")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (with --null).")
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")

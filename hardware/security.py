@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -18,9 +19,19 @@ _lock = threading.Lock()
 def generate_keys(folder: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``name.key`` (public, share it) and ``name.key_secret`` (keep it) into folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(folder), name)
-    Path(secret).chmod(0o600)
+    made = not folder.exists()
+    paths = (folder / f"{name}.key", folder / f"{name}.key_secret")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(str(folder), name)
+        Path(secret).chmod(0o600)
+    except OSError as exc:  # a full disk: no empty or half-written key is left
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise BridgeFileError(f"keys '{paths[0]}' could not be written: {exc.strerror or exc}") from None
     return Path(public), Path(secret)
 
 

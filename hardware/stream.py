@@ -33,6 +33,9 @@ class Journal:
         self.path = Path(path)
         if self.path.is_dir():
             raise BridgeFileError(f"journal '{self.path}' is a folder; name a file")
+        if self.path.exists() and not self.path.is_file():  # a device or FIFO: never read (it may never end)
+            raise BridgeFileError(f"journal '{self.path}' is not a regular file (a device, FIFO or socket); name a "
+                                  "file")  # fmt: skip
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -46,11 +49,21 @@ class Journal:
                                "header), so it is left as it is: give --journal a new file, or one a rig or "
                                "presenter wrote")  # fmt: skip
         valid = max((end for end, _ in _scan(data)), default=0)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if valid < os.fstat(self._fd).st_size:
-            os.ftruncate(self._fd, valid)  # a record cut short by a crash
-        if valid == 0:
-            os.write(self._fd, HEADER)
+        made = not self.path.exists()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise BridgeFileError(f"journal '{self.path}' cannot be opened: {exc.strerror or exc}") from None
+        try:
+            if valid < os.fstat(self._fd).st_size:
+                os.ftruncate(self._fd, valid)  # a record cut short by a crash
+            if valid == 0:
+                os.write(self._fd, HEADER)
+        except OSError as exc:  # a full disk: a new journal is not left behind empty
+            os.close(self._fd)
+            if made:
+                self.path.unlink(missing_ok=True)
+            raise BridgeFileError(f"journal '{self.path}' cannot be written: {exc.strerror or exc}") from None
 
     def _data(self) -> bytes:
         return self.path.read_bytes() if self.path.exists() else b""

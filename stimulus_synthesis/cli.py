@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from twin.cli import OutputFile
+from kit.cli import FiniteFloat, OutputFile
 from twin.paths import replaced_whole
 
 SOURCES = ("wordnet-examples", "wordnet-glosses", "lee")
@@ -71,14 +71,15 @@ def info_cmd(pool: Path, column: str) -> None:
               show_default=True)  # fmt: skip
 @click.option("--n", "n", default=250, show_default=True, help="How many sentences to choose.")
 @click.option("--roi", default=None, help="Target ROI (a twin target; default: the first).")
-@click.option("--value", default=0.0, help="Response to aim at (goal target).")
+@click.option("--value", type=FiniteFloat(), default=None, help="Response to aim at (goal target; required there).")
 @click.option("--hold", default="1", show_default=True,
               help="Penalty per unit change of the other ROIs (goal control); images: 'auto' lets the twin choose "
                    "it from 1, 3 and 6 (needs --start, the images the twin was fit on).")  # fmt: skip
 @click.option("--acquisition", type=click.Choice(["mean", "ucb", "thompson"]), default="mean", show_default=True,
               help="Sentences: rank by the twin's predictions (mean), plus --beta SDs of them (ucb), or by the "
                    "predictions of one draw from the twin's posterior (thompson; --seed).")  # fmt: skip
-@click.option("--beta", default=1.0, show_default=True, help="SDs of the predicted mean added by --acquisition ucb.")
+@click.option("--beta", type=FiniteFloat(min=0), default=1.0, show_default=True,
+              help="SDs of the predicted mean added by --acquisition ucb.")  # fmt: skip
 @click.option("--column", default="sentence", show_default=True, help="Column of a CSV/TSV pool.")
 @click.option("--min-words", default=3, show_default=True)
 @click.option("--max-words", default=40, show_default=True)
@@ -86,16 +87,17 @@ def info_cmd(pool: Path, column: str) -> None:
               help="Regular-expression class every character must match ('' for any).")  # fmt: skip
 @click.option("--blocklist", default=None,
               help="Blocked words or /regex/ patterns: comma-separated, or @FILE with one per line.")  # fmt: skip
-@click.option("--min-readability", type=float, default=None, help="Lowest Flesch reading ease.")
-@click.option("--max-readability", type=float, default=None, help="Highest Flesch reading ease.")
-@click.option("--max-similarity", default=0.9, show_default=True,
+@click.option("--min-readability", type=FiniteFloat(), default=None, help="Lowest Flesch reading ease.")
+@click.option("--max-readability", type=FiniteFloat(), default=None, help="Highest Flesch reading ease.")
+@click.option("--max-similarity", type=FiniteFloat(min=0, max=1), default=0.9, show_default=True,
               help="Highest similarity to each other or to --exclude (word and word-pair cosine).")  # fmt: skip
 @click.option("--exclude", type=click.Path(path_type=Path), default=None,
               help="Sentences already shown (one per line): never chosen, and nothing too similar.")  # fmt: skip
 @click.option("--generate", "budget", default=0, show_default=True,
               help="Candidates to evaluate in local search beyond the pool (0: corpus only).")  # fmt: skip
 @click.option("--naturalness-model", default="smollm2-135m", show_default=True, help="Causal LM judging naturalness.")
-@click.option("--max-nll", default=7.0, show_default=True, help="Highest mean surprisal (nats/token) generated.")
+@click.option("--max-nll", type=FiniteFloat(min=0), default=7.0, show_default=True,
+              help="Highest mean surprisal (nats/token) generated.")  # fmt: skip
 @click.option("--max-edits", default=2, show_default=True, type=click.IntRange(min=1),
               help="Most edits a generated sentence may be from its corpus sentence.")  # fmt: skip
 @click.option("--log", "log_path", type=OutputFile(), default=None,
@@ -124,6 +126,9 @@ def synthesize_cmd(twin_file, modality, pool_path, out, goal, n, roi, value, hol
     Images (--modality image): writes PNGs within the safety limits to a folder named
     after OUT, and OUT, a CSV with each image's predicted responses and safety report.
     """
+    if goal == "target" and value is None:
+        raise click.UsageError("--goal target needs --value, the response to aim at")
+    value = 0.0 if value is None else value
     hold = _hold(hold, goal, modality, method, start_path)
     if modality == "image":
         _synthesize_images(twin_file, out, goal, n, roi, value, hold, model, method, steps, start_path, size, seed)

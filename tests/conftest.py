@@ -30,7 +30,7 @@ VERB = ["watched", "crossed", "painted", "repaired", "visited", "followed", "ope
 # Module fixtures that take tens of seconds: a whole simulated session; Pereira 2018's features (embedded into
 # the worker's feature cache) and a twin fit on them. Under `--dist loadgroup` (.ci/run) the tests that use
 # one (or, for Pereira's, either) run on one worker, so it is built once, not once per worker.
-SHARED_FIXTURES = {"uninterrupted": "session", "lang_twin": "pereira", "pereira_blocks": "pereira"}
+SHARED_FIXTURES = {"uninterrupted": "session", "lang_twin": "pereira", "pereira_blocks": "pereira", "fitted": "outputs"}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:  # (before xdist reads the groups, as items are modified)

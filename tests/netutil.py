@@ -125,3 +125,18 @@ def start_doc_rig(port: int, log: Path, *faults: str) -> subprocess.Popen:
                                  "--channels", "lang"],
                                 cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def fill(path: Path) -> Path:
+    """Fill the file system of ``path`` to its last byte with that one file; returns it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for size in (1 << 16, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return path

@@ -43,32 +43,53 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 @needs_localizer
-def test_a_rig_written_from_the_doc_drives_a_real_time_session_and_a_nan_volume_is_missing(tmp_path):
-    """The example rig starts each run's volumes the moment `start` arrives. Every run keeps the rig's own times
-    (within 10 ms), no timing warning is given, and the exported onsets are the scheduled ones. A volume whose value
-    is NaN is named in the log and the report and left out of the estimates; its run keeps every trial's estimate."""
+def test_a_rig_written_from_the_doc_drives_a_real_time_session_through_a_nan_and_a_restart(tmp_path):
+    """The example rig starts each run's volumes the moment `start` arrives. Killed mid-run 1 and started again (a
+    new process: it keeps no journal), it is told where the run goes on, and the session finishes at once (no
+    waiting out the run's deadline). Every run keeps the rig's own times (within 10 ms), every volume once, no
+    timing warning is given, and the exported onsets are the scheduled ones. A volume whose value is NaN (run 2)
+    is named in the log and the report and left out of the estimates; its run keeps every trial's estimate."""
     rig_port, pres_port = free_port(), free_port()
     rig_log = tmp_path / "rig.log"
     rig = start_doc_rig(rig_port, rig_log, "--nan", "2:5")
     presenter = start_null_presenter(pres_port, tmp_path / "presenter.log")
     out = tmp_path / "live.h5"
+    started = time.monotonic()
+    proc = subprocess.Popen(_session(out, rig_port, pres_port), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        done = subprocess.run(_session(out, rig_port, pres_port), cwd=ROOT, capture_output=True, text=True,
-                              timeout=180)  # fmt: skip
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("run 1/2"):
+                time.sleep(6.0)  # some volumes of run 1 sent
+                rig.kill()
+                rig.wait()
+                time.sleep(1.0)
+                rig = start_doc_rig(rig_port, rig_log, "--nan", "2:5")  # a new process, knowing nothing
+                break
+        stdout, stderr = proc.communicate(timeout=150)
+        stdout = "".join(seen) + stdout
     finally:
+        proc.kill()
         _stop(rig, presenter)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert elapsed < 90, elapsed  # two 16-s runs and start-up; the run's deadline alone would be 136 s
     data = read_session(out)
     sent = _sent(rig_log)
     for run in (1, 2):
         trig = data.triggers[data.triggers.run == run]
-        assert trig.volume.tolist() == list(range(VOLUMES))
-        rig_times = np.array([sent[(run, int(v))] for v in trig.volume])
-        assert np.abs(trig.time.to_numpy() - rig_times).max() < 0.010, (run, trig.time.to_numpy() - rig_times)
         samples = data.samples[data.samples.run == run]
-        assert np.abs(samples.time.to_numpy() - rig_times).max() < 0.010
+        assert trig.volume.tolist() == list(range(VOLUMES)) and len(samples) == VOLUMES, (run, trig.volume.tolist())
+        rig_times = np.array([sent[(run, v)] for v in range(VOLUMES)])
+        assert np.abs(trig.time.to_numpy() - rig_times).max() < 0.010, (run, trig.time.to_numpy() - rig_times)
+        assert np.abs(samples.time.to_numpy() - rig_times).max() < 0.010  # the taken-up run keeps its clock
     kinds = data.log.kind.tolist()
-    assert "timing" not in kinds and "timing" not in done.stdout, data.log
+    assert "timing" not in kinds and "timing" not in stdout, data.log
+    restarts = data.log[data.log.kind == "rig-restart"].message.tolist()
+    assert len(restarts) == 1 and restarts[0].startswith("run 1: the rig restarted without its journal after volume")
+    assert "it takes the run up again from volume" in restarts[0]
 
     exported = tmp_path / "exported"
     subprocess.run(neurotwin("session", "export", out, "--out", exported), cwd=ROOT, check=True, capture_output=True)
@@ -79,7 +100,7 @@ def test_a_rig_written_from_the_doc_drives_a_real_time_session_and_a_nan_volume_
         assert events.scheduled_onset.min() == pytest.approx(3.0)  # the protocol's rest before the first trial
 
     # The NaN: named (run, volume, channel) on the terminal, in the log, in the report; the sample kept as missing
-    assert "run 2 volume 5: lang = nan is not a finite number" in done.stdout, done.stdout
+    assert "run 2 volume 5: lang = nan is not a finite number" in stdout, stdout
     missing = data.log[data.log.kind == "missing-volume"].message.tolist()
     assert missing == ['{"run": 2, "volume": 5, "channels": ["lang"]}']
     run2 = data.samples[data.samples.run == 2]
@@ -90,49 +111,6 @@ def test_a_rig_written_from_the_doc_drives_a_real_time_session_and_a_nan_volume_
     page = (tmp_path / "live-report" / "report.html").read_text()
     assert "Recording problems" in page and "run 2 volume 5: lang = nan" in page
     assert "error from the controller: non-finite" in rig_log.read_text()  # the rig was told
-
-
-@needs_localizer
-def test_a_rig_restarted_without_its_journal_takes_its_run_up_again(tmp_path):
-    """The example rig (it keeps no journal) killed mid-run and started again: the controller sees a new process,
-    tells it where the run goes on, and the session finishes at once (no waiting out the run's deadline), every
-    volume of every run in the file once and at the rig's times, the restart logged."""
-    rig_port, pres_port = free_port(), free_port()
-    rig_log = tmp_path / "rig.log"
-    rig = start_doc_rig(rig_port, rig_log)
-    presenter = start_null_presenter(pres_port, tmp_path / "presenter.log")
-    out = tmp_path / "restarted.h5"
-    started = time.monotonic()
-    proc = subprocess.Popen(_session(out, rig_port, pres_port), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        for line in proc.stdout:
-            if line.startswith("run 1/2"):
-                time.sleep(6.0)  # some volumes of run 1 sent
-                rig.kill()
-                rig.wait()
-                time.sleep(1.0)
-                rig = start_doc_rig(rig_port, rig_log)  # a new process, knowing nothing
-                break
-        _, stderr = proc.communicate(timeout=150)
-    finally:
-        proc.kill()
-        _stop(rig, presenter)
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 0, stderr[-3000:]
-    assert elapsed < 90, elapsed  # two 16-s runs and start-up; the run's deadline alone would be 136 s
-    data = read_session(out)
-    sent = _sent(rig_log)
-    for run in (1, 2):
-        trig = data.triggers[data.triggers.run == run]
-        samples = data.samples[data.samples.run == run]
-        assert trig.volume.tolist() == list(range(VOLUMES)) and len(samples) == VOLUMES, (run, trig.volume.tolist())
-        rig_times = np.array([sent[(run, v)] for v in range(VOLUMES)])
-        assert np.abs(samples.time.to_numpy() - rig_times).max() < 0.010  # the taken-up run keeps its clock
-    restarts = data.log[data.log.kind == "rig-restart"].message.tolist()
-    assert len(restarts) == 1 and restarts[0].startswith("run 1: the rig restarted without its journal after volume")
-    assert "it takes the run up again from volume" in restarts[0]
-    assert len(data.latest_estimates()) == 12
 
 
 def test_a_rig_of_another_protocol_version_is_one_clear_error_on_both_sides(tmp_path):

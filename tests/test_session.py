@@ -16,7 +16,7 @@ import pytest
 from acquisition import SessionFile, read_session
 
 from .conftest import side_by_side
-from .netutil import ROOT
+from .netutil import ROOT, fill
 
 TINY = ROOT / "tests" / "protocols" / "tiny_language.toml"
 TOTAL = 40 + 2 * 20 + 30
@@ -356,6 +356,7 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(uninterrupted,
     assert proc.returncode == 2, proc.stderr
     assert "the simulated rig exited (status 1): RuntimeError: this subject's weights are missing" in proc.stderr
     assert f"(its log: {tmp_path / 'crash-logs' / 'rig.log'})" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"continue with: neurotwin session resume {out}" in proc.stderr
     assert time.monotonic() - started < 60, "noticed only at a deadline"
     log = read_session(out).log  # the file says why it stopped
     assert log.kind.tolist()[-1] == "error" and "the simulated rig exited" in log.message.iloc[-1], log
@@ -498,6 +499,11 @@ def test_ctrl_c_and_sigterm_pause_cleanly(uninterrupted, tmp_path, sig):
     assert len(data.events) == 20 and data.events.trial.is_unique
     assert not (tmp_path / "paused-logs" / "rig.log").read_text().count("KeyboardInterrupt")
     SessionFile.resume(out).close()  # the paused writer let go of the file
+    if sig == signal.SIGTERM:  # and it goes on from there
+        resumed = subprocess.run(_cmd("session", "resume", out, "--no-report"), cwd=ROOT, env=_env(work / "cache"),
+                                 capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert sorted(read_session(out).events.trial) == list(range(TOTAL))
 
 
 @pytest.fixture()
@@ -513,25 +519,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
-def _fill(disk: Path) -> Path:
-    """Fill the file system to its last byte with one file; returns it."""
-    filler = disk / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                fh.write(b"\0")
-                fh.flush()
-        except OSError:
-            pass
-    return filler
-
-
 def test_a_disk_that_fills_mid_session_stops_it_cleanly_and_resume_finishes_it(uninterrupted, small_disk):
     """The session file's disk fills during run 3: the controller stops with one line (exit 2) naming the file,
     the cause and how to continue; every run logged complete has its estimates, the same as an uninterrupted
@@ -542,7 +529,7 @@ def test_a_disk_that_fills_mid_session_stops_it_cleanly_and_resume_finishes_it(u
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for line in proc.stdout:
         if line.startswith("run 3/"):
-            filler = _fill(small_disk)
+            filler = fill(small_disk / "filler")
             break
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-3000:]

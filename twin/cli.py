@@ -9,46 +9,9 @@ from typing import Any
 import click
 import numpy as np
 
+from kit.cli import OutputFile, UserError
+
 from .paths import replaced_whole
-
-
-class UserError(click.ClickException):
-    """A clear message for bad input; exit code 2, no traceback."""
-
-    exit_code = 2
-
-
-class OutputFile(click.Path):
-    """A file to write, checked before any work: not a folder, in a folder that exists, and not a session
-    file (recorded data is never overwritten by another command's output)."""
-
-    def __init__(self) -> None:
-        super().__init__(dir_okay=False, path_type=Path)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
-        path = Path(super().convert(value, param, ctx))
-        folder = path.parent
-        if not folder.is_dir():
-            self.fail(f"'{path}': its folder '{folder}' " + ("is a file" if folder.exists() else "does not exist"),
-                      param, ctx)  # fmt: skip
-        if _is_session_file(path):
-            self.fail(f"'{path}' is a session file (recorded data) and is never overwritten: name another file",
-                      param, ctx)  # fmt: skip
-        return path
-
-
-def _is_session_file(path: Path) -> bool:
-    """Whether ``path`` is a NeuroTwin session file (its HDF5 ``format`` attribute)."""
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-                return False
-        import h5py
-
-        with h5py.File(path, "r", swmr=True) as f:
-            return f.attrs.get("format") == "neurotwin.session"  # (acquisition.session.FORMAT)
-    except OSError:
-        return False
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:

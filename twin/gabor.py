@@ -46,9 +46,32 @@ class GaborV1(nn.Module):
         lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None] - 0.5
         simple, energy = [], []
         for conv in self.banks:
-            r = conv(lum)
+            r = _same_correlation(lum, conv.weight)
             even, odd = r[:, 0::2], r[:, 1::2]
             simple.append(torch.cat([F.relu(r), F.relu(-r)], 1))
             energy.append(torch.sqrt(even**2 + odd**2 + 1e-8))
         self.simple(torch.cat(simple, 1))  # hooked by name, like any network layer
         return self.complex(torch.cat(energy, 1))
+
+
+def _same_correlation(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(x, weight, padding=k // 2)`` for one input channel and odd k, by FFT: the same numbers (to float32
+    rounding), and on CPUs without AVX-512 about 100 times faster than oneDNN's direct convolution of these large
+    kernels (20 s for 8 images of 96 px here)."""
+    k = weight.shape[-1]
+    p, (h, w) = k // 2, x.shape[-2:]
+    size = (_fast_size(h + k - 1), _fast_size(w + k - 1))  # (zero padding beyond the full output changes nothing)
+    spectrum = torch.fft.rfft2(x, s=size) * torch.fft.rfft2(torch.flip(weight[:, 0], (-2, -1)), s=size)
+    return torch.fft.irfft2(spectrum, s=size)[..., p : p + h, p : p + w]
+
+
+def _fast_size(n: int) -> int:
+    """The smallest m >= n whose only prime factors are 2, 3 and 5 (sizes the FFT is fast at)."""
+    while True:
+        m = n
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return n
+        n += 1

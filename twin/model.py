@@ -786,6 +786,10 @@ class Twin:
         path = Path(path)
         if not path.exists():
             raise TwinFileError(f"twin file '{path}' does not exist")
+        if path.is_dir():
+            raise TwinFileError(f"twin file '{path}' is a folder; name a twin's .h5 file")
+        if not path.is_file():
+            raise TwinFileError(f"twin file '{path}' is not a regular file (a device or FIFO); name a twin's .h5 file")
         return cls._open(path, str(path), model)
 
     @classmethod
@@ -799,7 +803,7 @@ class Twin:
             f = h5py.File(source, "r")
         except OSError as exc:
             raise TwinFileError(
-                f"twin file '{name}' is not a readable HDF5 file (truncated or corrupt?): {exc}"
+                f"twin file '{name}' is not a readable HDF5 file (truncated or corrupt?): {str(exc).splitlines()[0]}"
             ) from None
         with f:
             if (found := f.attrs.get("format")) != FORMAT:

@@ -1,11 +1,13 @@
-"""Where NeuroTwin keeps its caches (converted models, feature tables), and writing files whole."""
+"""Where NeuroTwin keeps its caches (converted models, feature tables)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from kit.files import replaced_whole  # (where the packages that write files whole have always found it)
+
+__all__ = ["cache_root", "default_feature_cache", "models_root", "replaced_whole"]
 
 
 def cache_root() -> Path:
@@ -27,17 +29,3 @@ def models_root() -> Path:
 def default_feature_cache() -> Path:
     """The default HDF5 feature cache file."""
     return cache_root() / "features.h5"
-
-
-@contextmanager
-def replaced_whole(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to: it replaces ``path`` when the block ends
-    and is removed when the block fails, so ``path`` is never half-written."""
-    path = Path(path)
-    tmp = path.with_name(path.name + suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
