@@ -175,6 +175,7 @@ def test_bad_twin_files_exit_2(tmp_path, small_csv):
         (("predict", truncated, sentences, *out), "truncated or corrupt"),
         (("predict", small_csv, sentences, *out), "not a readable HDF5"),
         (("predict", tmp_path / "none.h5", sentences, *out), "does not exist"),
+        (("predict", tmp_path, sentences, *out), f"twin file '{tmp_path}' is a folder; name a twin's .h5 file"),
         (("predict", twin, sentences, *out, "--model", "smollm2-135m"), "uses feature model 'minilm'"),
         (("predict", twin, empty, *out), "has no sentences"),
         (("score", twin, two), "scoring needs at least 5 unique sentences, got 2"),

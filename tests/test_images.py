@@ -160,7 +160,7 @@ def test_thompson_rounds_synthesize_under_a_posterior_draw_of_the_image_twin(v1_
     twin, _, _ = v1_twin
     x = torch.from_numpy(np.stack(natural[160:200])).permute(0, 3, 1, 2).float() / 255.0
     mean = twin_predictor(twin)(x).numpy()
-    draws = np.stack([twin_predictor(twin.sample(np.random.default_rng(i)))(x).numpy() for i in range(64)])
+    draws = np.stack([twin_predictor(twin.sample(np.random.default_rng(i)))(x).numpy() for i in range(32)])
     assert np.array_equal(draws[3], twin_predictor(twin.sample(np.random.default_rng(3)))(x).numpy())
     assert draws.std(0).min() > 0
     _, sd_mean = twin.predict(natural[160:200], with_sd=True, noise=False)

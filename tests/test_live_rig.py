@@ -122,11 +122,16 @@ def test_a_rig_of_another_protocol_version_is_one_clear_error_on_both_sides(tmp_
     rig_log = tmp_path / "rig.log"
     rig = start_doc_rig(rig_port, rig_log, "--version", "1")
     try:
+        deadline = time.monotonic() + 20.0
+        while "serving on" not in rig_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the rig process starting up
         client = PeerClient(f"tcp://127.0.0.1:{rig_port}", heartbeat=0.3)
-        deadline = time.monotonic() + 10.0  # (the rig process starting up)
-        while client.fatal is None and time.monotonic() < deadline:
+        asked = time.monotonic()
+        while client.fatal is None and time.monotonic() < asked + 5.0:
             client.poll(0.02)
+        answered = time.monotonic() - asked
         client.close()
+        assert answered < 1.0, answered  # at its first answer, not after a timeout
         assert client.fatal and "speaks protocol version 1" in client.fatal and "version 2" in client.fatal
         assert sum("version" in e for e in client.errors) == 1  # said once, not once per frame
 

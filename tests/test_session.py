@@ -453,7 +453,7 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(uninterrupted, tmp_p
     procs = side_by_side(cmds, _env(tmp_path / "cache"), ROOT)
     for proc in procs:
         assert proc.returncode == 2, proc.stderr
-        assert f"'{blocker}/" in proc.stderr and "Not a directory" in proc.stderr, proc.stderr
+        assert f"'{blocker}' is a file, not a folder" in proc.stderr, proc.stderr  # said as the line is read
         assert "Traceback" not in proc.stderr
     # a folder output that is a file, or a session file output that is a folder: said as the line is read
     cmds = [_cmd("session", "export", out, "--out", blocker), _cmd("report", out, "--out", blocker),
