@@ -313,7 +313,8 @@ class SessionFile:
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """Rows appended inside the block are written by one flush at its end (a run's events, estimates and
-        completion): all of them, or none if the block raises or that flush fails."""
+        completion): all of them, or none if the block raises or the disk has no room for them. (An I/O error
+        in the middle of that write, after the room check, can leave its first tables written.)"""
         if self._held:
             yield
             return
@@ -347,9 +348,10 @@ class SessionFile:
         require_room(self.path, 2 * self._pending_bytes() + FLUSH_RESERVE)
 
     def flush(self) -> None:
-        """Write everything buffered and make it durable and visible to SWMR readers. A flush that fails
-        (a full disk, an I/O error) raises :class:`SessionWriteError`, having written none of its rows; after
-        that the writer writes nothing more (close it; ``session resume`` continues)."""
+        """Write everything buffered and make it durable and visible to SWMR readers. A flush the disk has no
+        room for raises :class:`SessionWriteError` having written none of its rows; one that fails part-way (an
+        I/O error) raises it having written whole rows of some tables at most (a dataset's rows are written whole
+        or not at all). After either, the writer writes nothing more (close it; ``session resume`` continues)."""
         if self.failed is not None:
             raise self.failed
         try:
