@@ -23,9 +23,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from kit.cli import SESSION_FORMAT, free_bytes
+
 from .recovery import clear_status_flags
 
-FORMAT = "neurotwin.session"
+FORMAT = SESSION_FORMAT
 FORMAT_VERSION = 1
 # The HDF5 1.10 file format: enough for SWMR, and readable by 1.10-era tools (h5dump, h5ls).
 LIBVER = ("v110", "v110")
@@ -443,12 +445,7 @@ class _Appender:
 
 def require_room(path: Path, need: int) -> None:
     """Raise SessionWriteError unless the file system of ``path`` has ``need`` bytes free (for its user)."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return  # a file system that cannot say: the write itself will tell
-    free = st.f_bavail * st.f_frsize
-    if free < need:
+    if (free := free_bytes(path)) is not None and free < need:
         raise SessionWriteError(f"session file '{path}': the disk is full ({_size(free)} free, a write of this "
                                 f"session needs {_size(need)})")  # fmt: skip
 

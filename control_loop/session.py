@@ -65,15 +65,18 @@ class _RunState:
     trials: list[dict]  # the schedule sent to the presenter
     received: set[int] = field(default_factory=set)  # volume numbers recorded
     triggers: set[int] = field(default_factory=set)  # ... and their triggers
-    last_volume: int = -1
     rel_times: list[float] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
-    last_values: np.ndarray | None = None
     rig_t0: float | None = None  # volume 0's time, rig clock
     t0: float = 0.0  # ... and on the controller's clock
     presented: dict[int, float] = field(default_factory=dict)  # trial -> measured onset (controller clock)
     refused: dict[int, str] = field(default_factory=dict)
     late: dict[int, float] = field(default_factory=dict)  # trial -> lateness the presenter measured
+
+    @property
+    def last_volume(self) -> int:
+        """The highest volume number recorded (-1 before the first)."""
+        return max(self.received, default=-1)
 
     @property
     def volumes_done(self) -> bool:
@@ -554,7 +557,7 @@ class SessionRunner:
                     live.update(len(r.received) - counted)
                     counted = len(r.received)
                     live.set_postfix_str(f"{len(r.presented)}/{len(trials)} shown, {len(r.refused)} refused, "
-                                         f"{self.protocol.target.rois[0]} {r.last_values[self.target]:+.2f}, "
+                                         f"{self.protocol.target.rois[0]} {r.values[-1][self.target]:+.2f}, "
                                          f"{(n_volumes - 1 - r.last_volume) * d.tr:.0f} s left",
                                          refresh=False)  # fmt: skip
                 for msg in self.rig.poll(0.01):
@@ -621,10 +624,8 @@ class SessionRunner:
             self.session.log("missing-volume", json.dumps({"run": r.run, "volume": msg["volume"],
                                                            "channels": msg["missing"]}))  # fmt: skip
         r.received.add(msg["volume"])
-        r.last_volume = max(r.last_volume, msg["volume"])
         r.rel_times.append(msg["time"] - r.rig_t0)  # on the rig's own clock: no sync error
         r.values.append(values)
-        r.last_values = values
         self.session.add_samples(local, values, r.run)
 
     def _rig_restarted(self, r: _RunState) -> None:
