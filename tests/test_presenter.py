@@ -110,8 +110,10 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
                                  f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3", "--journal",
                                  str(journal)], cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
 
+    # Trials 2-3 fall due while it is down; 4-11 come late enough (10 s on) for a restart on a loaded machine.
+    onsets = [0.5, 1.0, 1.5, 2.0] + [10.0 + 0.5 * k for k in range(8)]
     trials = [{"trial": k, "stimulus_id": 100 + k, "kind": "text", "text": f"sentence number {k}",
-               "onset": 0.5 + 0.5 * k, "duration": 0.2} for k in range(12)]  # fmt: skip
+               "onset": onset, "duration": 0.2} for k, onset in enumerate(onsets)]  # fmt: skip
     proc = start()
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
     try:
