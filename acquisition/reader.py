@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .session import TABLES, SessionError, check_session_file, writer_pid
+from .session import ROW_ARRAYS, SCHEMAS, TRUTH, SessionError, check_session_file, writer_pid
 
 
 @dataclass
@@ -29,6 +29,9 @@ class SessionData:
     twin: pd.DataFrame
     log: pd.DataFrame
     attachments: dict[str, bytes] = field(default_factory=dict)  # files stored at the start (a reference twin)
+    # A simulated session's true, noise-free responses: trial, stimulus_id, run and a column per ROI; None for a
+    # session with a real subject (or one recorded before sessions kept them).
+    truth: pd.DataFrame | None = None
 
     def latest_estimates(self) -> pd.DataFrame:
         """The last revision of each trial's estimate."""
@@ -57,7 +60,7 @@ class _Heap:
 def _table(f: h5py.File, name: str, heap: _Heap, n: int | None = None) -> pd.DataFrame:
     data = f[name][: n if n is not None else f[name].shape[0]]
     out = {}
-    for col, kind in TABLES[name]:
+    for col, kind in SCHEMAS[name]:
         if kind == "str":
             offs, lens = data[f"{col}_off"], data[f"{col}_len"]
             strings = heap.covering(int((offs + lens).max()) if len(offs) else 0)
@@ -99,6 +102,13 @@ def _read(path: Path) -> SessionData:
         for j, roi in enumerate(rois):
             est[roi] = beta[:, j]
             est[f"{roi}_se"] = se[:, j]
+        truth = None
+        if TRUTH in f:
+            values = f[ROW_ARRAYS[TRUTH]["values"]]
+            n_truth = min(f[TRUTH].shape[0], values.shape[0])
+            truth = _table(f, TRUTH, heap, n_truth)
+            for j, roi in enumerate(rois):
+                truth[roi] = values[:n_truth, j]
         twin = _table(f, "twin", heap)
         twin["scores"] = [json.loads(s) if s else {} for s in twin["scores"]]
         return SessionData(
@@ -112,6 +122,7 @@ def _read(path: Path) -> SessionData:
             twin=twin,
             log=_table(f, "log", heap),
             attachments={name: f["attachments"][name][()].tobytes() for name in f.get("attachments", {})},
+            truth=truth,
         )
 
 

@@ -23,12 +23,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kit.cli import SESSION_FORMAT, free_bytes
+from kit.cli import free_bytes
+from kit.formats import SESSION_FORMAT, SESSION_FORMAT_VERSION
 
 from .recovery import clear_status_flags
 
 FORMAT = SESSION_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = SESSION_FORMAT_VERSION
 # The HDF5 1.10 file format: enough for SWMR, and readable by 1.10-era tools (h5dump, h5ls).
 LIBVER = ("v110", "v110")
 
@@ -58,6 +59,14 @@ TABLES: dict[str, list[tuple[str, str]]] = {
     "twin": [("time", "f8"), ("version", "i8"), ("n_train", "i8"), ("scores", "str")],
     "log": [("time", "f8"), ("kind", "str"), ("message", "str")],
 }  # fmt: skip
+# A simulated session's group: each trial's true, noise-free response (what the simulated subject computed).
+SIMULATED = "simulated"
+TRUTH = f"{SIMULATED}/truth"
+TRUTH_SCHEMA: list[tuple[str, str]] = [("trial", "i8"), ("stimulus_id", "i8"), ("run", "i4")]
+SCHEMAS = {**TABLES, TRUTH: TRUTH_SCHEMA}
+# The arrays each table's rows carry, by key: written before the rows that index them.
+ROW_ARRAYS = {"estimates": {"beta": "estimates_values/beta", "se": "estimates_values/se"},
+              TRUTH: {"values": f"{SIMULATED}/truth_values"}}  # fmt: skip
 
 
 def _dtype(schema: list[tuple[str, str]]) -> np.dtype:
@@ -87,12 +96,16 @@ class SessionFile:
         self.rois: list[str] = json.loads(f.attrs["rois"])
         self._heap_pending: list[bytes] = []
         self._heap_pending_size = 0
-        self._pending: dict[str, _Pending] = {name: _Pending([], {}) for name in [*TABLES, "samples"]}
+        self.simulated = SIMULATED in f  # a simulated session: it also keeps each trial's true response
+        tables = [*TABLES, "samples", *([TRUTH] if self.simulated else [])]
+        self._pending: dict[str, _Pending] = {name: _Pending([], {}) for name in tables}
         self._last_flush = time.monotonic()
         self._held = 0  # > 0: inside together(): no flush by time
         self.failed: SessionWriteError | None = None  # once a write failed, nothing more is written
         names = ["strings", *TABLES, "samples/time", "samples/run", "samples/values",
-                 "estimates_values/beta", "estimates_values/se"]  # fmt: skip
+                 *ROW_ARRAYS["estimates"].values()]  # fmt: skip
+        if self.simulated:
+            names += [TRUTH, *ROW_ARRAYS[TRUTH].values()]
         self._out = {name: _Appender(f[name]) for name in names}
         # Validation state, read back so a resumed session checks against what is on disk.
         self._stimuli = set(f["stimuli"]["stimulus_id"][:].tolist()) if f["stimuli"].shape[0] else set()
@@ -113,9 +126,11 @@ class SessionFile:
         software: dict | None = None,
         flush_interval: float = 1.0,
         attachments: dict[str, bytes] | None = None,
+        simulated: bool = False,
     ) -> SessionFile:
         """Start a new session file (refuses to overwrite one); ``attachments``: files to keep in it
-        (e.g. the reference twin a session starts from), written once, here."""
+        (e.g. the reference twin a session starts from), written once, here; ``simulated``: a session with a
+        simulated subject, whose true responses the file keeps too (:meth:`add_truth`)."""
         path = Path(path)
         if path.exists():
             raise SessionError(f"session file '{path}' already exists; resume it or choose another name")
@@ -148,6 +163,11 @@ class SessionFile:
             f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
             for key in ("beta", "se"):
                 f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
+            if simulated:
+                group = f.create_group(SIMULATED)
+                group.attrs["description"] = "a simulated subject's true, noise-free response to each trial"
+                f.create_dataset(TRUTH, (0,), _dtype(TRUTH_SCHEMA), maxshape=(None,), chunks=(1024,))
+                f.create_dataset(ROW_ARRAYS[TRUTH]["values"], (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
             for name, content in (attachments or {}).items():
                 f.create_dataset(f"attachments/{name}", data=np.frombuffer(content, np.uint8))
             f.swmr_mode = True
@@ -190,7 +210,7 @@ class SessionFile:
 
     def _row(self, table: str, **values: Any) -> None:
         row: list = []
-        for name, kind in TABLES[table]:
+        for name, kind in SCHEMAS[table]:
             if kind == "str":
                 row.extend(self._string(values.get(name)))
             else:
@@ -299,6 +319,17 @@ class SessionFile:
         self._row("estimates", trial=trial, stimulus_id=stimulus_id, run=run, time=time.time(),
                   provisional=int(provisional))  # fmt: skip
 
+    def add_truth(self, trial: int, stimulus_id: int, values: np.ndarray, *, run: int) -> None:
+        """Record a simulated subject's true, noise-free response to a trial, per ROI (simulated sessions only)."""
+        if not self.simulated:
+            raise SessionError("true responses belong to simulated sessions: this file was not created as one")
+        self._known(stimulus_id, "true response")
+        values = np.asarray(values, np.float64).reshape(-1)
+        if values.shape != (len(self.rois),):
+            raise SessionError(f"true response: expected {len(self.rois)} value(s), got {values.shape}")
+        self._pending[TRUTH].arrays.setdefault("values", []).append(values[None])
+        self._row(TRUTH, trial=trial, stimulus_id=stimulus_id, run=run)
+
     def add_twin_snapshot(self, version: int, n_train: int, scores: dict) -> None:
         """Record a twin update: its version, training-set size and scores."""
         self._row("twin", time=time.time(), version=version, n_train=n_train, scores=json.dumps(scores))
@@ -382,8 +413,8 @@ class SessionFile:
                         out[f"samples/{key}"].append(np.concatenate(pending.arrays[key]))
             else:
                 if pending.arrays:
-                    for key in ("beta", "se"):
-                        out[f"estimates_values/{key}"].append(np.concatenate(pending.arrays[key]))
+                    for key, dataset in ROW_ARRAYS[name].items():
+                        out[dataset].append(np.concatenate(pending.arrays[key]))
                 if pending.rows:
                     out[name].append(np.array(pending.rows, dtype=out[name].dtype))
             pending.rows.clear()

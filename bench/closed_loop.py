@@ -11,7 +11,7 @@ a 90 % bootstrap interval of that ratio over seeds, and the closed - open differ
 paired by seed (a seed's two sessions measure the same baseline runs), with its SE.
 With ``image``, protocols/closed_loop_image.toml against open_loop_image.toml (same
 recording time) on the simulated electrophysiology rig, scored by the target site's
-true rate (``hardware.rigs.v4_tuning``) in units of the evaluation natural images' SD.
+true rate (``simulation.tuning.v4_tuning``) in units of the evaluation natural images' SD.
 Target: closed-loop separation at least the open loop's.
 With ``--reference TWIN`` (a twin file, e.g. fit on ../shared/data's Pereira responses with
 ``neurotwin twin fit``) both protocols start from that twin (``[twin] reference``), and a third
@@ -43,11 +43,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def evaluate(session: Path, subject) -> dict:
-    """True responses of the evaluation block's conditions, their separation and one-sided Welch tests."""
+def evaluate(session: Path) -> dict:
+    """True responses of the evaluation block's conditions (as the session file keeps them), their separation
+    and one-sided Welch tests."""
+    from acquisition import read_session
     from control_loop.report import true_contrasts
 
-    t = true_contrasts(session, subject)
+    t = true_contrasts(read_session(session))
     c = t["contrasts"]
     return {**t["means"], "sep": c["drive - suppress"]["sds"], "p_db": c["drive - baseline"]["p"],
             "p_bs": c["baseline - suppress"]["p"]}  # fmt: skip
@@ -101,14 +103,7 @@ def protocols(kind: str, twin: dict[str, Path], work: Path) -> dict[str, tuple[s
 
 def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, twin: dict[str, Path] | None = None
          ) -> None:  # fmt: skip
-    if modality == "image":
-        from hardware.rigs import v4_tuning
-
-        subject, kind, target = v4_tuning(), "image", 1.0
-    else:
-        from hardware.subject import LanguageSubject
-
-        subject, kind, target = LanguageSubject(), "language", 1.25
+    kind, target = ("image", 1.0) if modality == "image" else ("language", 1.25)
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"session files in {work}")
@@ -123,7 +118,7 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, twi
             proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc is not None and proc.returncode:
                 sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
-            r = evaluate(out, subject)
+            r = evaluate(out)
             results[name].append(r)
             print(f"seed {seed} {name:24s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",

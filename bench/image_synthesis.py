@@ -1,6 +1,6 @@
 """Image synthesis against a simulated electrophysiology array whose sites are not the twin.
 
-Ground truth: V4-like sites of ``hardware.rigs.v4_tuning`` (a sparse random readout
+Ground truth: V4-like sites of ``simulation.tuning.v4_tuning`` (a sparse random readout
 of EfficientNet-Lite0 block 5 at one place, softplus output). "Measurements": Poisson
 spike counts in a 0.5 s window, as the simulated ephys rig draws them. The twin
 (EfficientNet-Lite0 blocks 2/4/7/10 on a 3 x 3 grid, ridge) is fit on 500 of 1,000
@@ -37,7 +37,7 @@ PARTS = ("drive", "control", "cmaes")
 def main(evaluations: int = 384, parts: tuple[str, ...] = PARTS, seed: int = 0) -> None:
     import torch
 
-    from hardware.rigs import v4_tuning
+    from simulation.tuning import v4_tuning
     from stimulus_synthesis import Goal
     from stimulus_synthesis.images import (
         best_starts,

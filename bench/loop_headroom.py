@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import PRIOR, new_sentences
-from hardware.subject import NOISE_SD, SIGNAL_SD, LanguageSubject
+from simulation.language import NOISE_SD, SIGNAL_SD, LanguageSubject
 
 RUN_SD = 0.26
 RUN = 60  # trials per run

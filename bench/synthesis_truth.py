@@ -1,6 +1,6 @@
 """Synthetic-truth check of sentence selection and generation.
 
-Ground truth is the simulated language subject of the bridge (``hardware.subject``:
+Ground truth is the simulated language subject of the bridge (``simulation.language``:
 MiniLM features, word frequency and length through a saturating nonlinearity,
 not the twin). A pool of new sentences is embedded; 300 of them are "measured"
 (true response plus the subject's per-trial noise, SD 0.623, SNR 0.3; and, for
@@ -43,7 +43,7 @@ def percentile(truth: np.ndarray, value: float) -> float:
 
 
 def main(n_pool: int = 4000, cache: Path | None = None, splits: int = 12) -> None:
-    from hardware.subject import NOISE_SD, LanguageSubject, subject_features
+    from simulation.language import NOISE_SD, LanguageSubject, subject_features
     from stimulus_synthesis import Constraints, Goal, select
     from stimulus_synthesis.embedded import EmbeddedPool
     from stimulus_synthesis.generate import Naturalness, generate

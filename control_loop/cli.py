@@ -14,6 +14,7 @@ from acquisition.session import SessionError
 from hardware.cli import present_cmd, rig_group
 from hardware.errors import BridgeFileError, EndpointError
 from kit.cli import UserError
+from simulation.cli import SIMULATED_RIGS
 from stimulus_synthesis.cli import corpus_group, synthesize_cmd
 from stimulus_synthesis.constraints import ConstraintError
 from stimulus_synthesis.pool import PoolError
@@ -64,6 +65,8 @@ def cli(verbose: int) -> None:
 
 cli.add_command(twin_group)
 cli.add_command(session_group)
+for command in SIMULATED_RIGS:
+    rig_group.add_command(command)
 cli.add_command(rig_group)
 cli.add_command(present_cmd)
 cli.add_command(corpus_group)

@@ -61,7 +61,7 @@ def _run_or_pause(runner, out: Path) -> None:
 @contextlib.contextmanager
 def _simulated_runner(protocol: Protocol, out: Path, peers: dict, progress: Callable[[str], None]) -> Iterator:
     """A session runner for PROTOCOL against a simulated rig and presenter (stopped on exit)."""
-    from hardware.rigs import sim_clock
+    from kit.clock import sim_clock
 
     from .session import SessionRunner
     from .simulate import simulated_peers, subject_rois
@@ -118,7 +118,9 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
     default=None,
     help="Simulated time speed (default: the protocol's).",
 )
-@click.option("--subject", default=None, help="Simulated subject as module:attr (default: the modality's).")
+@click.option("--subject", default=None,
+              help="Simulated subject: a registered name (language; images: v4, gabor; or one another installed "
+                   "package adds) or module:attr (default: the protocol's, else language; v4 for images).")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the protocol's seed.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML report at the end.")
 def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, subject: str | None, seed: int | None,
@@ -297,13 +299,12 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
     import tempfile
 
     from .dryrun import describe, describe_spread, dry_run_summary
-    from .simulate import simulated_subject, simulation_peers
+    from .simulate import simulation_peers
 
     with tempfile.TemporaryDirectory(prefix="neurotwin-dry-run-") as tmp:
         folder = keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         summaries = []
-        subject = simulated_subject(simulation_peers(protocol, speed=speed))  # for the true responses
         for k in range(seeds):
             p = protocol.model_copy(update={"seed": protocol.seed + k})
             out = folder / f"{protocol_file.stem}-dry-run-seed{p.seed}.h5"
@@ -314,7 +315,7 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
             start = time.perf_counter()
             with _simulated_runner(p, out, peers, lambda _msg: None) as runner:
                 runner.run()
-            summary = dry_run_summary(out, p, subject)
+            summary = dry_run_summary(out, p)
             summaries.append(summary)
             click.echo(f"    {summary['trials']} trials in {time.perf_counter() - start:.0f} s"
                        + (f", session file {out}" if keep else ""))  # fmt: skip

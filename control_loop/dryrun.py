@@ -4,7 +4,6 @@ whether every shown stimulus kept the protocol's constraints and safety limits."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ from .report import (
 CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
 
-def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | None = None) -> dict:
-    """The numbers of one finished dry-run session, as ``describe`` prints them; with the simulated
-    ``subject``, also its true contrasts (:func:`true_contrasts`)."""
+def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
+    """The numbers of one finished dry-run session, as ``describe`` prints them, with the simulated subject's
+    true contrasts (:func:`true_contrasts`, from the true responses the file keeps)."""
     data = read_session(session_file)
     summary = summarize(session_file, data)
     runs = run_records(data)
@@ -55,7 +54,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol, subject: Callable | 
             if a in twin and b in twin
         },
         "refused": int((data.log.kind == "refused").sum()),
-        "true": true_contrasts(session_file, subject, data) if subject is not None else {},
+        "true": true_contrasts(data),
     }
     shown = data.stimuli.set_index("stimulus_id").loc[data.events.stimulus_id]
     shown = shown[shown.condition.isin(["D", "S", "B"])]  # localizer materials are fixed, not drawn

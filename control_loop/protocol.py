@@ -134,7 +134,9 @@ class Safety(_Strict):
 
 
 class Simulation(_Strict):
-    subject: str | None = Field(None, description="module:attr of a simulated subject (default: the modality's).")
+    subject: str | None = Field(None, description="The simulated subject: a registered name (language; images: v4, "
+                                "gabor; or one another installed package adds) or module:attr (default: language, or "
+                                "v4 for images).")  # fmt: skip
     speed: float = Field(100.0, gt=0, le=10_000,
                          description="Simulated time runs this many times faster than real time.")  # fmt: skip
     noise_sd: float | None = Field(None, gt=0, le=100)

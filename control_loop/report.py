@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import html
 import io
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -252,16 +250,16 @@ def effect_lines(evaluation: dict, localizer: dict, true: dict, baseline_sd: flo
     return lines
 
 
-def true_contrasts(session_file: Path, subject: Callable, data: SessionData | None = None) -> dict:
+def true_contrasts(data: SessionData) -> dict:
     """The evaluation block's conditions (a localizer's sentences and nonwords) in a simulated subject's
-    true, noise-free response of the protocol's target: condition means, each contrast with a one-sided
-    Welch test and in SDs of the true response to the block's baseline stimuli, and that SD."""
-    data = data if data is not None else read_session(session_file)
+    true, noise-free response of the protocol's target, as the session file keeps it: condition means, each
+    contrast with a one-sided Welch test and in SDs of the true response to the block's baseline stimuli, and
+    that SD. ``{}`` for a session without true responses (a real subject)."""
     runs = run_records(data)
     kinds = {r["kind"] for r in runs}
     kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
     trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
-    ev, truth = _true_responses(session_file, data, subject, trials)
+    ev, truth = _true_responses(data, trials)
     if not len(ev):
         return {}
     group = {c: truth[ev.condition.to_numpy() == c] for pair in pairs for c in pair}
@@ -281,29 +279,23 @@ def true_contrasts(session_file: Path, subject: Callable, data: SessionData | No
     return out
 
 
-def _true_responses(
-    session_file: Path, data: SessionData, subject: Callable, trials: list[int]
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """The events of ``trials`` with their stimuli, and the subject's true response of the protocol's target."""
-    from twin.vision import load_image
-
-    ev = data.events[data.events.trial.isin(trials)].merge(data.stimuli, on="stimulus_id", suffixes=("", "_stimulus"))
-    if not len(ev):
-        return ev, np.zeros(0)
-    if "image" in ev and ev.image.astype(bool).any():
-        stimuli = [load_image(Path(session_file).parent / name) for name in ev.image]
-    else:
-        stimuli = list(ev.text)
-    rois = list(getattr(subject, "rois", ()))
+def _true_responses(data: SessionData, trials: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events of ``trials`` that have a true response in the file, and that response of the protocol's
+    target."""
+    if data.truth is None:
+        return data.events.iloc[:0], np.zeros(0)
+    truth = data.truth.drop_duplicates("trial", keep="last")
+    ev = data.events[data.events.trial.isin(trials)].merge(truth.drop(columns=["stimulus_id", "run"]), on="trial",
+                                                           suffixes=("", "_true"))  # fmt: skip
     target = json.loads(data.attrs["protocol"])["target"]["rois"][0]
-    return ev, np.asarray(subject(stimuli), dtype=np.float64)[:, rois.index(target) if target in rois else 0]
+    column = f"{target}_true" if f"{target}_true" in ev else target
+    return ev, ev[column].to_numpy(np.float64)
 
 
-def true_twin_accuracy(session_file: Path, subject: Callable, data: SessionData | None = None) -> dict[str, float]:
+def true_twin_accuracy(data: SessionData) -> dict[str, float]:
     """Per run the twin predicted (by run index): r of its predictions with the subject's true response."""
-    data = data if data is not None else read_session(session_file)
     runs = [r for r in run_records(data) if r.get("predicted")]
-    ev, truth = _true_responses(session_file, data, subject, [t for r in runs for t in r["trials"]])
+    ev, truth = _true_responses(data, [t for r in runs for t in r["trials"]])
     truth_of = dict(zip(ev.trial, truth, strict=True))
     out = {}
     for record in runs:
@@ -314,28 +306,14 @@ def true_twin_accuracy(session_file: Path, subject: Callable, data: SessionData 
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _subject(peers: str) -> Callable:
-    """A simulation's subject, loaded once per process (``report --follow`` writes the report many times)."""
-    from .simulate import simulated_subject
-
-    return simulated_subject(json.loads(peers))
-
-
-def simulated_truth(session_file: str | Path, data: SessionData | None = None) -> dict:
-    """:func:`true_contrasts` of a session recorded in simulation, from the subject its rig read;
-    ``{}`` for a real rig, ``{"error": ...}`` when that subject does not load or run here."""
-    data = data if data is not None else read_session(session_file)
-    peers = data.attrs.get("peers") or {}
-    if peers.get("mode") != "simulation":
+def simulated_truth(data: SessionData) -> dict:
+    """:func:`true_contrasts` and :func:`true_twin_accuracy` of a session with a simulated subject, from the true
+    responses its file keeps; ``{}`` for a real subject."""
+    if data.truth is None:
         return {}
-    try:
-        subject = _subject(json.dumps(peers, sort_keys=True))
-        true = true_contrasts(Path(session_file), subject, data)
-        twin_r = true_twin_accuracy(Path(session_file), subject, data)
-        return {**true, "twin_r": twin_r} if twin_r else true
-    except Exception as exc:  # e.g. its model's weights are not on this machine: the rest of the report stands
-        return {"error": str(exc) or type(exc).__name__}
+    true = true_contrasts(data)
+    twin_r = true_twin_accuracy(data)
+    return {**true, "twin_r": twin_r} if twin_r else true
 
 
 def _r_cell(r: float | None, ci: list[float] | None = None) -> str:
@@ -438,7 +416,7 @@ def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing:
 
     summary = summarize(session_file, data)
     summary["status"] = status = session_status(data, bool(writing))
-    true = simulated_truth(session_file, data)
+    true = simulated_truth(data)
     if true:
         summary["true"] = true
     target = summary["target"]
@@ -523,8 +501,6 @@ def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing:
         truth = ("<h2>In the simulated subject's true (noise-free) response</h2><table><tr><th>contrast</th>"
                  f"<th>difference</th><th>SDs of the baseline condition</th><th>p (one-sided Welch)</th></tr>{cells}"
                  "</table>")  # fmt: skip
-    elif true.get("error"):
-        truth = f"<p>The simulated subject's true response is not available here: {html.escape(true['error'])}</p>"
     scored = any(r.get("twin_r") is not None for r in summary["runs"])  # else (a localizer) no twin r columns
     head = ("<th>twin r with the measurements (95% CI)</th>" if scored else "") + (
         "<th>twin r with the simulated subject's true response</th>" if true_r else ""

@@ -72,6 +72,7 @@ class _RunState:
     presented: dict[int, float] = field(default_factory=dict)  # trial -> measured onset (controller clock)
     refused: dict[int, str] = field(default_factory=dict)
     late: dict[int, float] = field(default_factory=dict)  # trial -> lateness the presenter measured
+    truth: dict[int, tuple[int, list[float]]] = field(default_factory=dict)  # a simulated rig's: trial -> (id, values)
 
     @property
     def last_volume(self) -> int:
@@ -330,7 +331,8 @@ class SessionRunner:
                 attachments[PRIOR_FILE] = self.prior.to_json().encode()
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(), modality=modality,
                                               seeds={"protocol": p.seed}, peers=self.peers,
-                                              attachments=attachments or None)  # fmt: skip
+                                              attachments=attachments or None,
+                                              simulated=self.rig.peer_simulated)  # fmt: skip
             if self.reference is not None:
                 self.session.log(
                     "reference",
@@ -569,15 +571,15 @@ class SessionRunner:
                                       f"{_ranges(missed)}")  # fmt: skip
         usable = ~np.isnan(r.values).any(axis=1) if r.values else np.zeros(0, bool)
         self._estimate(plan, run, np.array(r.rel_times)[usable], np.array(r.values)[usable], r.t0, r.presented,
-                       r.late)  # fmt: skip
+                       r.late, r.truth)  # fmt: skip
 
     def _start_rig(self, r: _RunState, first_volume: int = 0) -> None:
         """Tell the rig the run's events (a simulated subject needs them), then start it: from its beginning, or
         taken up again from ``first_volume`` (keeping its volume 0's time) by a rig that restarted."""
-        for e in r.trials:
+        for e in r.trials:  # the stimulus itself only to a rig that asks for it (a simulated subject)
+            content = {"text": e.get("text", ""), "image": e.get("image", b"")} if self.rig.peer_content else {}
             self.rig.send_reliable("event", run=r.run, trial=e["trial"], stimulus_id=e["stimulus_id"],
-                                   onset=e["onset"], duration=e["duration"], text=e.get("text", ""),
-                                   image=e.get("image", b""))  # fmt: skip
+                                   onset=e["onset"], duration=e["duration"], **content)  # fmt: skip
         again = {"first_volume": first_volume, "origin": r.rig_t0} if first_volume else {}
         self.rig.send_reliable("start", run=r.run, tr=self.protocol.design.tr, n_volumes=r.n_volumes,
                                **again)  # after the events: see the rig  # fmt: skip
@@ -587,6 +589,9 @@ class SessionRunner:
         journal is told to take the run up again."""
         if msg["type"] == PEER_RESTARTED:
             self._rig_restarted(r)
+            return
+        if msg["type"] == "truth" and msg["run"] == r.run:  # a simulated subject's noise-free response
+            r.truth[msg["trial"]] = (msg["stimulus_id"], msg["values"])
             return
         if msg.get("run") != r.run or msg["type"] not in ("trigger", "sample"):
             return
@@ -671,7 +676,7 @@ class SessionRunner:
                                      receiver_time=self.presenter.to_remote(local))  # fmt: skip
 
     def _estimate(self, plan: RunPlan, run: int, times: np.ndarray, values: np.ndarray, t0: float,
-                  presented: dict[int, float], late: dict[int, float]) -> None:  # fmt: skip
+                  presented: dict[int, float], late: dict[int, float], truth: dict) -> None:  # fmt: skip
         """Per-trial responses from the run's samples (times from its first volume, rig clock) and onsets
         (scheduled onset plus the lateness the presenter measured on its own clock)."""
         d = self.protocol.design
@@ -705,6 +710,10 @@ class SessionRunner:
         # The run is complete in the file, or (if this one write fails) not at all: repeated on resume.
         with self.session.together():
             self._record_stimuli(plan)
+            if self.session.simulated:
+                for t in shown:
+                    if t.trial in truth:
+                        self.session.add_truth(t.trial, t.stimulus_id, truth[t.trial][1], run=run)
             for t, b, s in zip(shown, beta, se, strict=True):
                 self.session.add_event(t.stimulus_id, run=run, trial=t.trial, scheduled_onset=t0 + t.onset,
                                        measured_onset=presented[t.trial], duration=d.trial_duration,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .protocol import Protocol, ProtocolError
 
-DEFAULT_SUBJECTS = {"text": None, "image": "hardware.rigs:v4_tuning"}
+DEFAULT_SUBJECTS = {"text": "language", "image": "v4"}  # registered names (simulation.SUBJECTS)
 
 
 def _die_with_parent() -> None:
@@ -97,22 +97,12 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
 
 
 def subject_rois(protocol: Protocol, peers: dict) -> list[str]:
-    """The ROIs (sites) the simulated subject reports, without loading any model."""
-    if protocol.modality == "text" and not peers["subject"]:
-        from hardware.subject import LanguageSubject
-
-        return list(LanguageSubject.rois)
-    if peers["subject"] == "hardware.rigs:v4_tuning":
-        return [f"site{i}" for i in range(8)]
-    return list(getattr(simulated_subject(peers), "rois", ["roi0"]))
-
-
-def simulated_subject(peers: dict) -> Callable:
-    """The simulated subject (or tuning function) the rig reads, loaded here: its true responses."""
-    from hardware.subject import load_subject
+    """The ROIs (sites) the simulated subject reports (the shipped subjects' without loading any model); raises
+    ProtocolError naming simulation.subject for one that does not load."""
+    from simulation.subjects import subject_rois as rois
 
     try:
-        return load_subject(peers["subject"])
+        return rois(peers["subject"])
     except ValueError as exc:
         raise ProtocolError(f"simulation.subject: {exc}") from None
 

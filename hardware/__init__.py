@@ -1,5 +1,5 @@
-"""Hardware bridge: the ZeroMQ wire protocol, rig and presenter peers, simulated rigs, a relay rig for real
-recordings, the presenter.
+"""Hardware bridge, what a real lab runs: the ZeroMQ wire protocol, rig and presenter peers, a relay rig for real
+recordings, the presenter. (Simulated rigs and subjects: ``simulation``.)
 
 Names load on first use (lazy_loader), so the command line starts without zmq, torch or PsychoPy.
 """
@@ -18,8 +18,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "presenter": ["NullDisplay", "Presenter", "PsychoPyDisplay"],
         "protocol": ["PROTOCOL_VERSION", "ProtocolError", "decode", "encode"],
         "relay": ["RelayRig"],
-        "rigs": ["SimulatedEphysRig", "SimulatedFMRIRig", "gabor_tuning", "sim_clock"],
-        "subject": ["LanguageSubject", "load_subject"],
     },
 )
 
@@ -29,5 +27,3 @@ if TYPE_CHECKING:
     from .presenter import NullDisplay, Presenter, PsychoPyDisplay
     from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
     from .relay import RelayRig
-    from .rigs import SimulatedEphysRig, SimulatedFMRIRig, gabor_tuning, sim_clock
-    from .subject import LanguageSubject, load_subject

@@ -1,4 +1,5 @@
-"""``neurotwin rig ...``: serve simulated rigs and manage CURVE keys."""
+"""``neurotwin rig ...`` and ``neurotwin present``: the relay rig, CURVE keys, the presenter (what a lab runs;
+``simulation.cli`` adds the simulated rigs to the ``rig`` group)."""
 
 from __future__ import annotations
 
@@ -38,58 +39,7 @@ def server_curve(secret: Path | None, allow: tuple[Path, ...]):
 
 @click.group(name="rig")
 def rig_group() -> None:
-    """Rigs (simulated, or a relay of a real recording's values) and rig keys."""
-
-
-@rig_group.command("simulate-fmri")
-@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option("--journal", type=JOURNAL, default=None,
-              help="Journal file: a rig restarted with the same journal resumes without loss.")  # fmt: skip
-@click.option("--subject", default=None, help="Ground-truth subject as module:attr (default: the language subject).")
-@click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
-              help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
-@click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
-@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
-@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
-@curve_options
-def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, duration, curve_secret, curve_allow):
-    """A scanner with a simulated subject: a trigger and one sample per ROI every TR."""
-    from .peer import PeerServer
-    from .rigs import SimulatedFMRIRig, sim_clock
-
-    logging.getLogger().setLevel(logging.INFO)
-    truth = _load_subject(subject)
-    if callable(getattr(truth, "warm_up", None)):  # a subject with a model to load: before serving, not mid-run
-        truth.warm_up()
-    server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
-                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
-    rig = SimulatedFMRIRig(server, truth, noise_sd=noise_sd, seed=seed)
-    _serve(rig, server, f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", duration)
-
-
-@rig_group.command("simulate-ephys")
-@click.option("--bind", default="tcp://127.0.0.1:5561", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option("--journal", type=JOURNAL, default=None, help="Journal file (restart without loss).")
-@click.option("--tuning", default=None, help="Tuning function as module:attr (default: V1-like Gabor sites).")
-@click.option("--sites", default=16, show_default=True, help="Number of sites of the default tuning.")
-@click.option("--baseline", type=FiniteFloat(min=0), default=5.0, show_default=True,
-              help="Spontaneous rate (spikes/s).")  # fmt: skip
-@click.option("--seed", default=0, show_default=True, help="Spike-count seed.")
-@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
-@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
-@curve_options
-def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbeat, curve_secret, curve_allow):
-    """An electrophysiology array: Poisson spike counts per window from a tuning function."""
-    from .peer import PeerServer
-    from .rigs import SimulatedEphysRig, gabor_tuning, sim_clock
-
-    logging.getLogger().setLevel(logging.INFO)
-    subject = _load_subject(tuning) if tuning else gabor_tuning(sites)
-    server = PeerServer(bind, role="rig", name="ephys-sim", heartbeat=heartbeat, journal=journal,
-                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
-    rig = SimulatedEphysRig(server, subject, baseline=baseline, seed=seed)
-    _serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
+    """Rigs (a relay of a real recording's values, or simulated) and rig keys."""
 
 
 @rig_group.command("relay")
@@ -146,7 +96,7 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
                         curve=server_curve(curve_secret, curve_allow))  # fmt: skip
     rig = RelayRig(server, names, open_input(source, from_start), latency=latency, kind=kind)
     waiting = " (waiting for it to be created)" if source != "-" and not Path(source).exists() else ""
-    _serve(rig, server, f"relay serving on {server.endpoint} (channels: {', '.join(names)}; input: {source}{waiting})",
+    serve(rig, server, f"relay serving on {server.endpoint} (channels: {', '.join(names)}; input: {source}{waiting})",
            duration)  # fmt: skip
 
 
@@ -154,16 +104,8 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _load_subject(spec: str | None):
-    from .subject import load_subject
-
-    try:
-        return load_subject(spec)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _serve(rig, server, banner: str, duration: float | None) -> None:
+def serve(rig, server, banner: str, duration: float | None) -> None:
+    """Serve a rig or presenter until SIGTERM, Ctrl-C or ``duration``; the server is closed either way."""
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(banner, err=True)
     try:
@@ -212,9 +154,10 @@ def keygen(folder: Path, name: str) -> None:
 def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat,
                 duration, curve_secret, curve_allow):  # fmt: skip
     """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
+    from kit.clock import sim_clock
+
     from .peer import PeerServer
     from .presenter import NullDisplay, Presenter, PsychoPyDisplay, trigger_names
-    from .rigs import sim_clock
 
     try:
         trigger_names(trigger_key or None, quit_key or None)  # before a window opens
@@ -237,6 +180,6 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
             raise click.ClickException(str(exc)) from None
     presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None)
     try:
-        _serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
+        serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:
         display.close()

@@ -237,6 +237,8 @@ class PeerServer(_Endpoint):
         self.peer: bytes | None = None
         self.peer_name = ""
         self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
+        self.content = False  # hello asks for each event's stimulus (a simulated subject needs it; a scanner not)
+        self.simulated = False  # hello says the subject is simulated: the rig sends each trial's true response
         self._peer_seen = 0.0
         self._hello_heard: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
         self._last_beat = 0.0
@@ -310,7 +312,8 @@ class PeerServer(_Endpoint):
                 self._begin_stream(msg["session"])
             self._last_ack_sent = 0
             reply = self._message("hello", role=self.role, name=self.name, session=self.stream, epoch=self.epoch,
-                                  resume_from=self.inbox.expected, channels=self.channels)  # fmt: skip
+                                  resume_from=self.inbox.expected, channels=self.channels, content=self.content,
+                                  simulated=self.simulated)  # fmt: skip
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
                 self._send_to_peer(frame_)
@@ -412,6 +415,8 @@ class PeerClient(_Endpoint):
         self.peer_name = endpoint
         self.peer_role = ""
         self.peer_channels: list[str] = []  # what a rig calls its sample values (its hello; [] if it does not say)
+        self.peer_content = False  # the rig asked for each event's stimulus (its hello)
+        self.peer_simulated = False  # the rig's subject is simulated: it sends true responses (its hello)
         self.peer_epoch = ""  # the peer process's epoch (its hello): another one means it forgot everything
         self.timeout = timeout if timeout is not None else max(DEFAULT_PEER_TIMEOUT, 3 * heartbeat)
         self.fatal: str | None = None  # why the two sides cannot talk at all (another protocol version)
@@ -527,6 +532,7 @@ class PeerClient(_Endpoint):
         kind = msg["type"]
         if kind == "hello":
             self.peer_name, self.peer_role, self.peer_channels = msg["name"], msg["role"], msg["channels"]
+            self.peer_content, self.peer_simulated = msg["content"], msg["simulated"]
             if not self.up and self.outages and self.outages[-1].end is None:
                 outage = self.outages[-1]
                 outage.end, outage.wall_end = recv_t, self._seen

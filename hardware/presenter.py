@@ -275,9 +275,8 @@ class Presenter:
 
     def _safe(self, run: int, trials: list[dict]) -> list[dict]:
         """The trials that pass the photosensitivity limits; each refused one is reported with its reason."""
+        from kit.images import decode_png
         from stimulus_synthesis.safety import check_image, check_sequence
-
-        from .rigs import decode_png
 
         grey = np.full((8, 8, 3), self.safety.background, np.uint8)
         frames: list[tuple[float, np.ndarray]] = [(0.0, grey)]

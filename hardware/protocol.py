@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PROTOCOL_VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 # Reliable messages carry a per-stream ``seq``; they are acknowledged and replayed after reconnects.
-RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "refused", "schedule", "start", "stop", "event"})
+RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "refused", "truth", "schedule", "start", "stop",
+                            "event"})  # fmt: skip
 
 
 class ProtocolError(Exception):
@@ -48,6 +49,8 @@ class Hello(_Msg):
     # The sender process's memory: kept across restarts by its journal, new otherwise. A peer back with another
     # epoch has forgotten its streams (and a rig its runs).
     epoch: str = ""
+    content: bool = False  # a rig that needs each event's stimulus (a simulated subject); others get ids and timing
+    simulated: bool = False  # a rig whose subject is simulated: it sends each trial's true response (``truth``)
 
 
 class Ping(_Msg):
@@ -159,7 +162,8 @@ class Sample(_Msg):
 
 
 class Event(_Msg):
-    """A stimulus event a rig must know about (a simulated subject's input)."""
+    """A stimulus event: what was shown when. Its ``text`` or ``image`` only for a rig whose hello asked for
+    content (a simulated subject's input); others get ids and timing."""
 
     type: Literal["event"]
     seq: int
@@ -170,6 +174,18 @@ class Event(_Msg):
     duration: float
     text: str = ""
     image: bytes = b""
+
+
+class Truth(_Msg):
+    """A simulated rig's true, noise-free response to an event's stimulus, per channel (what its subject
+    computed; the samples carry it convolved and with noise)."""
+
+    type: Literal["truth"]
+    seq: int
+    run: int
+    trial: int
+    stimulus_id: int
+    values: list[float]
 
 
 class ErrorMsg(_Msg):
@@ -197,11 +213,21 @@ Message = Annotated[
     | Trigger
     | Sample
     | Event
+    | Truth
     | ErrorMsg
     | Bye,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Message)
+# Each message type's model, by its ``type`` tag.
+MODELS: dict[str, type[_Msg]] = {model.model_fields["type"].annotation.__args__[0]: model
+                                 for model in Message.__origin__.__args__}  # fmt: skip
+
+
+def typed(message: dict[str, Any]) -> _Msg:
+    """A message :func:`decode` returned, as its model (``Sample``, ``Presented``...): fields by name, checked
+    once already, not again."""
+    return MODELS[message["type"]].model_construct(**message)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-SESSION_FORMAT = "neurotwin.session"  # a session file's HDF5 ``format`` attribute
+from .formats import HDF5_SIGNATURE, SESSION_FORMAT
 
 
 class UserError(click.ClickException):

@@ -45,8 +45,9 @@ def _assert_exactly_once(got):
     for kind in ("sample", "trigger"):
         volumes = [m["volume"] for m in got[kind]]
         assert volumes == list(range(N_VOLUMES)), f"{kind}: {volumes}"
-    seqs = sorted(m["seq"] for kind in ("sample", "trigger") for m in got[kind])
-    assert seqs == list(range(1, 2 * N_VOLUMES + 1))
+    assert sorted(m["trial"] for m in got["truth"]) == list(range(8))  # each event's true response, once
+    seqs = sorted(m["seq"] for kind in ("sample", "trigger", "truth") for m in got[kind])
+    assert seqs == list(range(1, 2 * N_VOLUMES + 8 + 1))
 
 
 def test_rig_killed_and_restarted_loses_and_repeats_nothing(tmp_path):
@@ -342,7 +343,7 @@ def test_ephys_rig_streams_spike_counts_that_follow_the_stimulus(tmp_path):
         avg = average_repeats(stim, rates)
         # The stimulus is on (after the 50 ms latency) for the whole analysis window, so the
         # recovered evoked rates are the tuning function's, within sampling error.
-        from hardware.rigs import gabor_tuning
+        from simulation.tuning import gabor_tuning
 
         expected = np.clip(gabor_tuning(8)(images), 0, None)
         assert expected[1:].max() > 10 and np.allclose(expected[0], 0, atol=1e-6)
@@ -446,7 +447,7 @@ def test_language_subject_prefers_sentences_to_nonword_lists():
     a sentence of ordinary words gets its response unchanged, whatever its names."""
     import pandas as pd
 
-    from hardware.subject import BASELINE, NONWORD_LEVEL, LanguageSubject, lexicality
+    from simulation.language import BASELINE, NONWORD_LEVEL, LanguageSubject, lexicality
 
     from .conftest import SHARED
 
@@ -470,7 +471,7 @@ def test_language_subject_has_more_room_below_than_above_like_tuckute_2024():
     Pereira 2018 sentences, does the same, and no sentence of words falls below the nonword level."""
     import pandas as pd
 
-    from hardware.subject import NONWORD_LEVEL, LanguageSubject, saturate
+    from simulation.language import NONWORD_LEVEL, LanguageSubject, saturate
 
     from .conftest import SHARED
 

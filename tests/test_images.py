@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from hardware import PeerClient
-from hardware.rigs import gabor_tuning
+from simulation.tuning import gabor_tuning
 from stimulus_synthesis import Goal
 from stimulus_synthesis.images import (
     FourierImage,

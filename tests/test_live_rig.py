@@ -182,7 +182,8 @@ def test_a_slow_subject_on_a_loaded_machine_is_not_taken_for_lost(tmp_path):
 
 def test_an_outage_on_a_sped_up_clock_is_said_in_wall_clock_seconds():
     """Outage lines give real seconds, and the simulated ones labelled as such."""
-    from hardware import PeerClient, PeerServer, sim_clock
+    from hardware import PeerClient, PeerServer
+    from kit.clock import sim_clock
 
     port = free_port()
     lines: list[tuple[str, str]] = []

@@ -19,10 +19,12 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
+from kit.formats import FEATURES_FORMAT
+
 from .errors import CacheError
 
 log = logging.getLogger(__name__)
-FORMAT = "neurotwin.features"  # the file's `format` attribute (caches written before it have none)
+FORMAT = FEATURES_FORMAT  # the file's `format` attribute (caches written before it have none)
 
 
 def text_digests(sentences: Sequence[str]) -> np.ndarray:

@@ -32,6 +32,8 @@ import h5py
 import numpy as np
 from scipy.optimize import nnls
 
+from kit.formats import PRIOR_FORMAT, PRIOR_FORMAT_VERSION, TWIN_FORMAT, TWIN_FORMAT_VERSION
+
 from .cache import FeatureCache, text_digests
 from .errors import DataError, FeatureModelError, TwinFileError
 from .features import SURPRISAL_KEY, SURPRISAL_STATS, TextFeatureExtractor, layer_key, length_features
@@ -42,8 +44,8 @@ from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
 from .scoring import kfold
 from .vision import ImageFeatures, ImagePlan, image_digests
 
-FORMAT = "neurotwin.twin"
-FORMAT_VERSION = 2
+FORMAT = TWIN_FORMAT
+FORMAT_VERSION = TWIN_FORMAT_VERSION
 STATS_BLOCK = "stats"
 REFERENCE_BLOCK = "reference"
 DEFAULT_COMPONENTS = 32
@@ -405,9 +407,6 @@ def check_features(
         raise FeatureModelError(f"the {what} reads other features of '{wanted_model}' ({plan}, not {wanted_plan})")
 
 
-PRIOR_FORMAT = "neurotwin.prior"
-
-
 @dataclass
 class Prior:
     """A twin's hyperparameters for other twins on the same features to borrow (``Twin.fit(prior=)``).
@@ -436,7 +435,7 @@ class Prior:
     def to_json(self) -> str:
         hp = self.hyperparameters
         return json.dumps({
-            "format": PRIOR_FORMAT, "format_version": 1, "model_id": self.model_id,
+            "format": PRIOR_FORMAT, "format_version": PRIOR_FORMAT_VERSION, "model_id": self.model_id,
             "plan": json.loads(self.plan.to_json()), "targets": self.targets, "n_train": self.n_train,
             "alphas": {k: np.atleast_1d(v).tolist() for k, v in hp.alphas.items()},
             "stack_weights": hp.stack_weights.tolist(),

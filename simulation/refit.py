@@ -1,6 +1,6 @@
-"""Refit the default language subject's weights from ../shared/data (run: python -m hardware.subjects.refit).
+"""Refit the default language subject's weights from ../shared/data (run: python -m simulation.refit).
 
-Writes hardware/subjects/language.npz: ridge weights from the subject's features
+Writes simulation/language.npz: ridge weights from the subject's features
 (MiniLM layer 3, word frequency, length) to the Pereira 2018 language-network
 responses, and the shape and normalization of its saturating output. Weights only, no data.
 
@@ -13,15 +13,15 @@ the baseline sentences' by 13 % and lowered it by 57 % (mean of 4 participants, 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
 
-from hardware.subject import BASELINE, NONWORD_LEVEL, PARAMS, SIGNAL_SD, saturate, subject_features
+from kit.paths import shared_data
+from simulation.language import BASELINE, NONWORD_LEVEL, PARAMS, SIGNAL_SD, saturate, subject_features
 from twin import RidgeReadout, load_dataset, loo_ridge
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pereira2018_language_network.csv"
+DATA = shared_data() / "pereira2018_language_network.csv"
 GAIN_UP = 1.2  # towards the ceiling
 
 

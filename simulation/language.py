@@ -1,11 +1,10 @@
-"""Simulated subjects: ground-truth response functions that simulated rigs turn into signals.
+"""The simulated language subject: a ground-truth response function for sentences.
 
-A subject is any callable ``subject(stimuli) -> (n, n_rois)`` expected responses
-with an attribute ``rois``; load one with ``module:attr``. The default language
-subject is not the twin: it reads all-MiniLM-L6-v2 features (layer 3, mean
+The default language subject (a :class:`~simulation.subjects.Subject`, registered as
+``language``) is not the twin: it reads all-MiniLM-L6-v2 features (layer 3, mean
 pooled), word frequency and length through a saturating nonlinearity, fit to the
 Pereira 2018 language-network responses (weights in ``subjects/language.npz``;
-refit with ``python -m hardware.subjects.refit``) and calibrated to the
+refit with ``python -m simulation.refit``) and calibrated to the
 single-participant figures of Tuckute et al. 2024: signal SD 0.188 and noise SD
 0.623 per trial (SNR 0.30). Like that study's drive/suppress sessions, it has
 more room below than above: the response saturates fast towards a ceiling about
@@ -17,18 +16,13 @@ defining contrast (Fedorenko et al. 2010).
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-PARAMS = Path(__file__).with_name("subjects") / "language.npz"
+PARAMS = Path(__file__).with_name("language.npz")
 SIGNAL_SD = 0.188
 NOISE_SD = 0.623
 BASELINE = 1.0  # response to a sentence relative to fixation
@@ -91,30 +85,3 @@ class LanguageSubject:
         lang = NONWORD_LEVEL + understood * (BASELINE + SIGNAL_SD * g - NONWORD_LEVEL)
         md = 0.6 + SIGNAL_SD * ((X[:, -3:] @ self.md_coef - self.md_mean) / self.md_sd)
         return np.column_stack([lang, md])
-
-
-def load_subject(spec: str | None) -> Any:
-    """A subject from ``module:attr``: a callable, or a class or factory (no required arguments) making one.
-
-    The module may also be a file in the working folder. Default: LanguageSubject.
-    Raises ValueError, naming the spec, for anything that does not load."""
-    if not spec:
-        return LanguageSubject()
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"subject must be given as module:attr, got {spec!r}")
-    if os.getcwd() not in sys.path:  # as `python -m` would: a console script does not search the working folder
-        sys.path.append(os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        where = "an installed module, or a file in the working folder"
-        raise ValueError(f"cannot load {spec!r}: {exc} ({where})") from None
-    factory = isinstance(obj, type) or (
-        callable(obj) and not hasattr(obj, "rois")
-        and all(p.default is not p.empty for p in inspect.signature(obj).parameters.values())
-    )  # fmt: skip
-    subject = obj() if factory else obj
-    if not callable(subject):
-        raise ValueError(f"subject {spec!r} is not callable")
-    return subject

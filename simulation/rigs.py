@@ -2,7 +2,9 @@
 
 A rig serves one controller through a :class:`~hardware.peer.PeerServer`. The
 controller sends ``start`` (run, TR, volumes) and ``event`` (what was shown when,
-in seconds after the run's first trigger); the fMRI rig emits a ``trigger`` and a
+in seconds after the run's first trigger, and the stimulus itself: the rig's hello
+asks for it); the rig answers each event with a ``truth`` message (the subject's
+noise-free response, which a simulated session keeps); the fMRI rig emits a ``trigger`` and a
 ``sample`` (one value per ROI) every TR: the subject's expected response to each
 event convolved with the canonical HRF, plus slow drift and AR(1) noise. Values
 are a deterministic function of (seed, run, volume, events), so a rig restarted
@@ -20,31 +22,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from acquisition.glm import event_regressors
+from hardware.peer import IDLE_POLL, NEW_STREAM, PeerServer
+from hardware.stream import sent_messages
+from kit.images import decode_png
 
-from .peer import IDLE_POLL, NEW_STREAM, PeerServer
-from .stream import sent_messages
+from .subjects import Subject
 
 log = logging.getLogger(__name__)
 
-SIM_EPOCH = 1.7e9  # simulated clocks of all processes agree: epoch + (wall - epoch) * speed
 # Beta noise SD per unit time-series noise SD for LSS on 2-s events every 6-8 s, TR 2 s, AR(1) 0.4.
 BETA_NOISE_PER_TS_NOISE = 2.43
-
-
-def sim_clock(speed: float = 1.0) -> Callable[[], float]:
-    """A clock running ``speed`` times faster than real time, identical across processes."""
-    if speed == 1.0:
-        return time.time
-    return lambda: SIM_EPOCH + (time.time() - SIM_EPOCH) * speed
 
 
 @dataclass
@@ -63,11 +57,13 @@ class _SimulatedRig:
 
     kind = "fmri"
 
-    def __init__(self, server: PeerServer, subject: Callable, seed: int) -> None:
+    def __init__(self, server: PeerServer, subject: Subject, seed: int) -> None:
         self.server = server
         self.subject = subject
-        self.rois = list(getattr(subject, "rois", ["roi0"]))
+        self.rois = list(subject.rois)
         server.channels = [str(r) for r in self.rois]  # announced in hello: what each sample's values are
+        server.content = True  # the subject needs each event's stimulus
+        server.simulated = True  # ... and the controller gets its true response to it (a `truth` message)
         self.seed = seed
         self.runs: dict[int, _Run] = {}
         self._responses: dict[bytes, np.ndarray] = {}
@@ -86,7 +82,7 @@ class _SimulatedRig:
             if kind == "run-start":
                 started[payload["run"]] = payload["t0"]
         for msg in self.server.restored:
-            self._command(msg, t0=started.get(msg.get("run")))
+            self._command(msg, t0=started.get(msg.get("run")), restoring=True)
         for msg in sent_messages(records):
             run = self.runs.get(msg.get("run"))
             if run is not None and msg["type"] == "sample":
@@ -95,7 +91,8 @@ class _SimulatedRig:
     def _prepare(self, run: _Run, rng: np.random.Generator) -> None:
         """Precompute a run's deterministic randomness."""
 
-    def _command(self, msg: dict, t0: float | None = None, response: np.ndarray | None = None) -> None:
+    def _command(self, msg: dict, t0: float | None = None, response: np.ndarray | None = None,
+                 restoring: bool = False) -> None:  # fmt: skip
         kind = msg["type"]
         if kind == NEW_STREAM:  # a new controller: the earlier one's runs end here
             self.runs.clear()
@@ -115,6 +112,9 @@ class _SimulatedRig:
         elif kind == "event":
             run = self.runs.get(msg["run"])
             response = self._response(msg) if response is None else response
+            if not restoring:  # (a restored event's truth was journaled and is replayed with the stream)
+                self.server.send_reliable("truth", run=msg["run"], trial=msg["trial"], stimulus_id=msg["stimulus_id"],
+                                          values=[float(v) for v in response])  # fmt: skip
             if run is None:  # sent before 'start' (so the subject's responses are ready when the clock starts)
                 self._early.setdefault(msg["run"], []).append((msg["onset"], msg["duration"], response))
                 return
@@ -172,7 +172,7 @@ class SimulatedFMRIRig(_SimulatedRig):
     def __init__(
         self,
         server: PeerServer,
-        subject: Callable,
+        subject: Subject,
         *,
         noise_sd: float | None = None,
         ar1: float = 0.4,
@@ -180,7 +180,7 @@ class SimulatedFMRIRig(_SimulatedRig):
         seed: int = 0,
     ) -> None:
         super().__init__(server, subject, seed)
-        beta_noise = noise_sd if noise_sd is not None else getattr(subject, "noise_sd", 0.623)
+        beta_noise = noise_sd if noise_sd is not None else subject.noise_sd
         self.ts_noise = beta_noise / BETA_NOISE_PER_TS_NOISE
         self.ar1, self.drift_sd = ar1, drift_sd
         self._restore()
@@ -218,7 +218,7 @@ class SimulatedEphysRig(_SimulatedRig):
 
     kind = "spikes"
 
-    def __init__(self, server: PeerServer, subject: Callable, *, baseline: float = 5.0, latency: float = 0.05,
+    def __init__(self, server: PeerServer, subject: Subject, *, baseline: float = 5.0, latency: float = 0.05,
                  seed: int = 0) -> None:  # fmt: skip
         super().__init__(server, subject, seed)
         self.baseline, self.latency = baseline, latency
@@ -236,96 +236,3 @@ class SimulatedEphysRig(_SimulatedRig):
             rate = rate + np.clip(evoked, 0, None) * overlap / run.tr
         counts = stats.poisson.ppf(run.state["uniform"][k], rate * run.tr)
         return [float(c) for c in counts], run.tr
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """RGB uint8 array (H, W, 3) from PNG bytes."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
-    """A default ephys subject: V1-like sites, each the rectified response of one random Gabor filter."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    filters = []
-    for _ in range(n_sites):
-        theta, freq = rng.uniform(0, np.pi), rng.uniform(2, 8)
-        cx, cy, sigma = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0.2, 0.5)
-        xr = (x - cx) * np.cos(theta) + (y - cy) * np.sin(theta)
-        env = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
-        filters.append(env * np.cos(2 * np.pi * freq * xr / 2))
-    bank = np.stack(filters).reshape(n_sites, -1)
-    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
-
-    def tuning(stimuli: Sequence[Any]) -> np.ndarray:
-        from PIL import Image
-
-        rows = []
-        for s in stimuli:
-            if isinstance(s, str):
-                rows.append(np.full(n_sites, 10.0))
-                continue
-            gray = np.asarray(Image.fromarray(np.asarray(s, np.uint8)).convert("L").resize((size, size)), float)
-            gray = (gray - gray.mean()) / 255.0
-            rows.append(60.0 * np.maximum(bank @ gray.ravel(), 0) / np.sqrt(size))
-        return np.array(rows)
-
-    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
-    return tuning
-
-
-def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Callable:
-    """V4-like sites: a sparse random readout of one EfficientNet-Lite0 layer at one place, softplus output.
-
-    Each site pools 4 random channels of ``layer`` (14 x 14 map) under a Gaussian
-    window at a random place near the centre; the drive is standardized on a fixed
-    set of natural crops and turned into a rate of 20 softplus(1.5 z - 1) spikes/s.
-    Not the twin: other layer, no spatial grid, a nonlinearity, Poisson noise in the rig.
-    """
-    from twin.vision import ImageFeatures, ImagePlan
-
-    features = ImageFeatures(ImagePlan(model="efficientnet-lite0", layers=(layer,), grid=14))  # the whole 14x14 map
-    rng = np.random.default_rng(seed)
-    grid = np.arange(14)
-    weights = np.zeros((n_sites, 80, 14, 14))
-    for i in range(n_sites):
-        cy, cx = rng.uniform(4, 10, 2)
-        window = np.exp(-((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2) / (2 * 1.5**2))
-        for c in rng.choice(80, 4, replace=False):
-            weights[i, c] = rng.choice([1.0, 1.0, -0.5]) * window / window.sum()
-    w = weights.reshape(n_sites, -1)
-
-    def drive(images: Sequence[np.ndarray]) -> np.ndarray:
-        return features(images)[layer] @ w.T
-
-    # Standardize on a fixed natural set (crops of a few sample photos), so rates are comparable across sites.
-    import skimage.data
-
-    ref_imgs = []
-    for name in ("astronaut", "chelsea", "coffee", "camera", "coins", "grass"):
-        a = np.asarray(getattr(skimage.data, name)())
-        a = np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a[..., :3]
-        h, wd = a.shape[:2]
-        for _ in range(8):
-            s = int(rng.uniform(0.3, 1.0) * min(h, wd))
-            y, x = rng.integers(0, h - s + 1), rng.integers(0, wd - s + 1)
-            ref_imgs.append(np.ascontiguousarray(a[y : y + s, x : x + s]))
-    ref = drive(ref_imgs)
-    mu, sd = ref.mean(0), ref.std(0) + 1e-9
-
-    def tuning(stimuli: Sequence[Any]) -> np.ndarray:
-        images = [s for s in stimuli if not isinstance(s, str)]
-        rates = np.full((len(stimuli), n_sites), 5.0)
-        if images:
-            z = (drive(images) - mu) / sd
-            idx = [i for i, s in enumerate(stimuli) if not isinstance(s, str)]
-            rates[idx] = 20.0 * np.logaddexp(0, 1.5 * z - 1.0)
-        return rates
-
-    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
-    return tuning

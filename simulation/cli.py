@@ -1,0 +1,83 @@
+"""``neurotwin rig simulate-fmri`` and ``neurotwin rig simulate-ephys``: simulated rigs serving a simulated subject
+(the command line mounts them in the ``rig`` group beside the relay)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from hardware.cli import JOURNAL, POSITIVE, curve_options, serve, server_curve
+from kit.cli import FiniteFloat
+
+
+@click.command("simulate-fmri")
+@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option("--journal", type=JOURNAL, default=None,
+              help="Journal file: a rig restarted with the same journal resumes without loss.")  # fmt: skip
+@click.option("--subject", default=None,
+              help="Ground-truth subject: a registered name (language, or one another package adds) or module:attr "
+                   "(default: language).")  # fmt: skip
+@click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
+              help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
+@curve_options
+def simulate_fmri(bind, journal, subject, noise_sd, seed, speed, heartbeat, duration, curve_secret, curve_allow):
+    """A scanner with a simulated subject: a trigger and one sample per ROI every TR."""
+    from hardware.peer import PeerServer
+    from kit.clock import sim_clock
+
+    from .rigs import SimulatedFMRIRig
+
+    logging.getLogger().setLevel(logging.INFO)
+    truth = _load_subject(subject)
+    truth.warm_up()  # a subject with a model to load: before serving, not mid-run
+    server = PeerServer(bind, role="rig", name="fmri-sim", heartbeat=heartbeat, journal=journal,
+                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
+    rig = SimulatedFMRIRig(server, truth, noise_sd=noise_sd, seed=seed)
+    serve(rig, server, f"fmri-sim serving on {server.endpoint} (ROIs: {', '.join(rig.rois)})", duration)
+
+
+@click.command("simulate-ephys")
+@click.option("--bind", default="tcp://127.0.0.1:5561", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option("--journal", type=JOURNAL, default=None, help="Journal file (restart without loss).")
+@click.option("--tuning", default=None,
+              help="Tuning function: a registered subject name (gabor, v4, or one another package adds) or "
+                   "module:attr (default: V1-like Gabor sites, --sites of them).")  # fmt: skip
+@click.option("--sites", default=16, show_default=True, help="Number of sites of the default tuning.")
+@click.option("--baseline", type=FiniteFloat(min=0), default=5.0, show_default=True,
+              help="Spontaneous rate (spikes/s).")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help="Spike-count seed.")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@curve_options
+def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbeat, curve_secret, curve_allow):
+    """An electrophysiology array: Poisson spike counts per window from a tuning function."""
+    from hardware.peer import PeerServer
+    from kit.clock import sim_clock
+
+    from .rigs import SimulatedEphysRig
+    from .subjects import as_subject
+    from .tuning import gabor_tuning
+
+    logging.getLogger().setLevel(logging.INFO)
+    subject = _load_subject(tuning) if tuning else as_subject(gabor_tuning(sites))
+    server = PeerServer(bind, role="rig", name="ephys-sim", heartbeat=heartbeat, journal=journal,
+                        curve=server_curve(curve_secret, curve_allow), clock=sim_clock(speed))  # fmt: skip
+    rig = SimulatedEphysRig(server, subject, baseline=baseline, seed=seed)
+    serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
+
+
+def _load_subject(spec: str | None):
+    from .subjects import load_subject
+
+    try:
+        return load_subject(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+SIMULATED_RIGS = (simulate_fmri, simulate_ephys)
