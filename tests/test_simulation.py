@@ -92,8 +92,9 @@ def _env(site, cache):
 
 def test_a_subject_from_another_installed_package_runs_with_simulate(plugin_site, tmp_path):
     env = _env(plugin_site, tmp_path / "cache")
-    listed = subprocess.run([sys.executable, "-c", "from simulation import SUBJECTS; print(' '.join(SUBJECTS.names()))"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    code = "from simulation import SUBJECTS; print(' '.join(SUBJECTS.names()))"
+    listed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=True)  # fmt: skip
     assert listed.stdout.split() == ["language", "gabor", "v4", "lab-length"]
     protocol = tmp_path / "lab.toml"
     protocol.write_text(PROTOCOL)
