@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "ephys": ["RepeatAverage", "average_repeats", "window_rates"],
+        "estimators": ["ESTIMATORS", "Estimator", "GLMEstimator", "WindowEstimator"],
         "glm": [
             "Estimates",
             "TrialEstimator",
@@ -31,6 +32,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 
 if TYPE_CHECKING:
     from .ephys import RepeatAverage, average_repeats, window_rates
+    from .estimators import ESTIMATORS, Estimator, GLMEstimator, WindowEstimator
     from .glm import (
         Estimates,
         TrialEstimator,

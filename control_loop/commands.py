@@ -21,14 +21,9 @@ SESSION_FILE = OutputFile(make_parents=True, session=True, min_free=FLUSH_RESERV
 
 
 def _features(protocol: Protocol):
-    if protocol.modality == "text":
-        from twin import FeaturePlan, TextFeatures
-        from twin.paths import default_feature_cache
+    from .modality import modality_for
 
-        return TextFeatures(FeaturePlan(), cache=default_feature_cache(), progress=True)
-    from twin.vision import ImageFeatures, ImagePlan
-
-    return ImageFeatures(ImagePlan())
+    return modality_for(protocol).features()
 
 
 def _default_out(protocol_path: Path) -> Path:
@@ -281,12 +276,12 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
     click.echo(f"  stopping: max trials {st.max_trials or '-'}, max minutes {st.max_minutes or '-'}, "
                f"target effect {st.target_effect or '-'}")  # fmt: skip
     if protocol.candidates_needed:  # the source read and counted: a protocol that cannot run is not valid
-        from .session import _enough_candidates, candidate_sentences
+        from .modality import candidate_sentences, enough_candidates
 
         if protocol.modality == "text":
             found = len(candidate_sentences(protocol))
         else:
-            _enough_candidates(protocol, s.candidates, "natural images")
+            enough_candidates(protocol, s.candidates, "natural images")
             found = s.candidates
         click.echo(f"  candidates: {found} for {protocol.candidates_needed} trials that each show a new one")
     click.echo("  valid")

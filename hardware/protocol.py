@@ -159,6 +159,8 @@ class Sample(_Msg):
     time: float  # acquisition time of the volume, or start of the count window (sender's clock)
     width: float = 0.0  # window length for spike counts
     values: list[float]
+    # Filled in on receipt, not sent: the channels whose values are not numbers (the volume is then missing).
+    missing: list[str] = Field(default_factory=list)
 
 
 class Event(_Msg):
@@ -219,12 +221,23 @@ Message = Annotated[
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Message)
+
+
+class PeerRestarted(BaseModel):
+    """Not on the wire: what a :class:`~hardware.peer.PeerClient` delivers when its peer came back as a new process
+    (another ``epoch`` in its hello) that has forgotten the stream (and a rig, its runs)."""
+
+    type: Literal["peer-restarted"]
+    epoch: str
+    previous: str
+
+
 # Each message type's model, by its ``type`` tag.
-MODELS: dict[str, type[_Msg]] = {model.model_fields["type"].annotation.__args__[0]: model
-                                 for model in Message.__origin__.__args__}  # fmt: skip
+MODELS: dict[str, type[BaseModel]] = {model.model_fields["type"].annotation.__args__[0]: model
+                                      for model in (*Message.__origin__.__args__, PeerRestarted)}  # fmt: skip
 
 
-def typed(message: dict[str, Any]) -> _Msg:
+def typed(message: dict[str, Any]) -> BaseModel:
     """A message :func:`decode` returned, as its model (``Sample``, ``Presented``...): fields by name, checked
     once already, not again."""
     return MODELS[message["type"]].model_construct(**message)

@@ -13,6 +13,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
+        "acquisition": ["RULES", "AcquisitionRule", "acquisition_rule"],
         "constraints": ["ConstraintError", "Constraints", "flesch_reading_ease"],
         "corpus": ["lee_sentences", "wordnet_sentences"],
         "embedded": ["EmbeddedPool"],
@@ -35,6 +36,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 )
 
 if TYPE_CHECKING:
+    from .acquisition import RULES, AcquisitionRule, acquisition_rule
     from .constraints import ConstraintError, Constraints, flesch_reading_ease
     from .corpus import lee_sentences, wordnet_sentences
     from .embedded import EmbeddedPool

@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 
+from .acquisition import AcquisitionRule, acquisition_rule
 from .constraints import ConstraintError, Constraints
 from .similarity import DIM, sentence_vectors
 
@@ -37,6 +38,11 @@ class Goal:
     acquisition: Literal["mean", "ucb", "thompson"] = "mean"
     beta: float = 1.0
 
+    @property
+    def rule(self) -> AcquisitionRule:
+        """The acquisition rule object (:mod:`stimulus_synthesis.acquisition`)."""
+        return acquisition_rule(self.acquisition)
+
 
 def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None) -> np.ndarray:
     """Higher is better, per candidate. ``mean``/``sd`` are (n, rois); for ``ucb``, ``sd`` is the SD of
@@ -44,7 +50,7 @@ def objective(goal: Goal, mean: np.ndarray, sd: np.ndarray | None = None) -> np.
     mean = np.asarray(mean, np.float64)
     mean = mean[:, None] if mean.ndim == 1 else mean
     sd = np.zeros_like(mean) if sd is None else (np.asarray(sd, np.float64).reshape(mean.shape))
-    bonus = goal.beta * sd[:, goal.roi] if goal.acquisition == "ucb" else 0.0
+    bonus = goal.rule.bonus(sd[:, goal.roi], goal.beta)
     m = mean[:, goal.roi]
     if goal.kind == "drive":
         return m + bonus

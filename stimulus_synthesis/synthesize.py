@@ -56,12 +56,12 @@ def synthesize_sentences(
     # What the goal ranks by: the twin's predictions (ucb: with the SD of its predicted mean), or (Thompson
     # sampling) those of one draw from its posterior; the CSV reports the twin's own predictions and
     # predictive SDs either way.
-    scorer = twin.sample(np.random.default_rng(seed)) if goal.acquisition == "thompson" else twin
+    scorer = goal.rule.ranking_twin(twin, np.random.default_rng(seed))
     mean, sd = pool.predict(twin, with_sd=True)
-    by, by_sd = mean, sd  # by_sd counts only for ucb
-    if goal.acquisition == "thompson":
+    by, by_sd = mean, sd  # by_sd counts only for a rule that needs it (ucb)
+    if scorer is not twin:
         by = pool.predict(scorer)[0]
-    elif goal.acquisition == "ucb":
+    if goal.rule.needs_sd:
         by_sd = pool.predict(twin, with_sd=True, noise=False)[1]
     scores = objective(goal, by, by_sd)
     order = np.argsort(-scores, kind="stable")

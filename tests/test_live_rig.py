@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from acquisition import read_session
-from control_loop.session import LOCALIZER
+from control_loop.planner import localizer_folder
 
 from .netutil import ROOT, free_port, neurotwin, start_doc_rig, start_null_presenter
 
@@ -23,7 +23,9 @@ LIVE = ROOT / "tests" / "protocols" / "live_localizer.toml"  # 2 runs of 6 trial
 VOLUMES = 16
 SENT = re.compile(r"run (\d+) volume (\d+) time ([\d.]+)")
 
-needs_localizer = pytest.mark.skipif(not LOCALIZER.exists(), reason=f"localizer stimuli not found at {LOCALIZER}")
+needs_localizer = pytest.mark.skipif(
+    not localizer_folder().exists(), reason=f"localizer stimuli not found at {localizer_folder()}"
+)
 
 
 def _sent(log: Path) -> dict[tuple[int, int], float]:

@@ -28,6 +28,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "Twin",
             "baseline_predictions",
             "cross_validated_predictions",
+            "features_for",
         ],
         "models": ["OFFLINE_MODELS", "load_text_model"],
         "projection": ["Projection", "reference_projection"],
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         Twin,
         baseline_predictions,
         cross_validated_predictions,
+        features_for,
     )
     from .models import OFFLINE_MODELS, load_text_model
     from .projection import Projection, reference_projection

@@ -36,15 +36,11 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def _features(plan, cache: str | None, device: str):
-    from .model import ImagePlan, TextFeatures
+    from .model import features_for
     from .paths import default_feature_cache
 
-    if isinstance(plan, ImagePlan):
-        from .vision import ImageFeatures
-
-        return ImageFeatures(plan, device=device)
     cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
-    return TextFeatures(plan, cache=cache_path, device=device, progress=True)
+    return features_for(plan, cache=cache_path, device=device, progress=True)
 
 
 cache_option = click.option(
@@ -162,13 +158,13 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
                 device: str, prior_path: Path | None = None, prior: Any = None) -> None:  # fmt: skip
     from .data import load_dataset
     from .model import Twin
-    from .vision import ImageFeatures, ImagePlan
+    from .vision import ImagePlan
 
     dataset = load_dataset(data, targets.split(",") if targets else None, column="image")  # as `twin score` reads it
     _enough(data, len(dataset), "unique image(s)")
     model = "efficientnet-lite0" if model == "smollm2-135m" else model
     plan = ImagePlan(model=model, layers=tuple(x.strip() for x in layers.split(",")) if layers else None, grid=grid)
-    twin = Twin.fit(dataset.sentences, dataset.responses, dataset.targets, features=ImageFeatures(plan, device=device),
+    twin = Twin.fit(dataset.sentences, dataset.responses, dataset.targets, features=_features(plan, None, device),
                     training_hash=dataset.digest(), prior=prior)  # fmt: skip
     twin.save(out)
     click.echo(f"fit {len(dataset)} unique images on {model} ({', '.join(twin.plan.layers or ())}), "

@@ -57,11 +57,14 @@ def plan_from_json(text: str) -> FeaturePlan | ImagePlan:
     return ImagePlan.from_json(text) if json.loads(text).get("modality") == "image" else FeaturePlan.from_json(text)
 
 
-def features_for(plan: FeaturePlan | ImagePlan, projection: Projection | None = None) -> TextFeatures | ImageFeatures:
-    """The feature computer for a plan."""
+def features_for(plan: FeaturePlan | ImagePlan, projection: Projection | None = None, *,
+                 cache: FeatureCache | str | Path | None = None, device: str = "cpu", progress: bool = False
+                 ) -> TextFeatures | ImageFeatures:  # fmt: skip
+    """The feature computer for a plan: the one place text and image features are made. ``cache`` (a feature
+    cache or its file) and ``progress`` count for text only; image features are cheap and never cached."""
     if isinstance(plan, ImagePlan):
-        return ImageFeatures(plan)
-    return TextFeatures(plan, projection=projection)
+        return ImageFeatures(plan, device=device)
+    return TextFeatures(plan, cache=cache, device=device, progress=progress, projection=projection)
 
 
 def stimulus_digests(stimuli: Sequence, images: bool = False) -> np.ndarray:
