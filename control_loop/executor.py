@@ -100,7 +100,7 @@ class RunExecutor:
                    **self.modality.wire(t.stimulus_id, t.stimulus)} for t in plan.trials]  # fmt: skip
         r = RunState(run, n_volumes, trials)
         self.presenter.send_reliable("schedule", run=run, trials=trials)
-        self._start_rig(r)
+        self.start_rig(r)
         start = {"index": plan.index, "run": run, "kind": plan.kind, "phase": plan.phase, "trials": len(trials)}
         self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
         deadline = time.monotonic() + 120 + n_volumes * d.tr
@@ -130,7 +130,7 @@ class RunExecutor:
             self.log("missing", f"run {run}: {len(missed)} volume(s) never came from the rig: {ranges(missed)}")
         return r
 
-    def _start_rig(self, r: RunState, first_volume: int = 0) -> None:
+    def start_rig(self, r: RunState, first_volume: int = 0) -> None:
         """Tell the rig the run's events, then start it: from its beginning, or taken up again from
         ``first_volume`` (keeping its volume 0's time) by a rig that restarted."""
         for e in r.trials:  # the stimulus itself only to a rig that asks for it (a simulated subject)
@@ -200,12 +200,12 @@ class RunExecutor:
         if r.rig_t0 is None:
             self.log("rig-restart", f"run {r.run}: the rig restarted without its journal before the run's first "
                                     "volume: the run is started again")  # fmt: skip
-            self._start_rig(r)
+            self.start_rig(r)
             return
         self.log("rig-restart", f"run {r.run}: the rig restarted without its journal after volume {r.last_volume} "
                                 f"({len(r.received)} of {r.n_volumes} recorded): it takes the run up again from "
                                 f"volume {nxt}; volumes it cannot send are missing")  # fmt: skip
-        self._start_rig(r, first_volume=nxt)
+        self.start_rig(r, first_volume=nxt)
 
     def _from_presenter(self, r: RunState, msg: Any) -> None:
         match msg:

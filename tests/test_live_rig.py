@@ -213,3 +213,36 @@ def test_an_outage_on_a_sped_up_clock_is_said_in_wall_clock_seconds():
     assert kind == "outage-end" and found, text
     wall, simulated = float(found[1]), float(found[2])
     assert 1.0 < wall < 5.0 and simulated == pytest.approx(100 * wall, rel=0.1)
+
+
+@pytest.mark.parametrize("asks", [False, True], ids=["a-scanner", "a-simulated-subject"])
+def test_a_rig_gets_the_stimuli_themselves_only_if_its_hello_asks(asks):
+    """Events carry ids and timing; the sentence (or image) only to a rig whose hello asks for content."""
+    from control_loop.executor import RunExecutor, RunState
+    from control_loop.modality import modality_for
+    from control_loop.protocol import load_protocol
+    from hardware import PeerClient, PeerServer
+
+    protocol = load_protocol(ROOT / "tests" / "protocols" / "tiny_language.toml")
+    server = PeerServer(f"tcp://127.0.0.1:{free_port()}", role="rig", heartbeat=0.1)
+    server.content = asks
+    client = PeerClient(server.endpoint, heartbeat=0.1)
+    try:
+        while not client.up:
+            server.poll(0.01)
+            client.poll(0.01)
+        executor = RunExecutor(protocol, client, None, None, modality_for(protocol), ["lang", "md"], 0,
+                               check=lambda: None, log=lambda kind, text: None)  # fmt: skip
+        trial = {"trial": 0, "stimulus_id": 7, "onset": 8.0, "duration": 2.0, "kind": "text", "text": "A dog ran."}
+        executor.start_rig(RunState(1, 10, [trial]))
+        got: list[dict] = []
+        end = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < end:
+            got += server.poll(0.02)
+            client.poll(0.0)
+    finally:
+        client.close()
+        server.close()
+    event, start = got
+    assert (event["type"], event["stimulus_id"], event["onset"], start["type"]) == ("event", 7, 8.0, "start")
+    assert event["text"] == ("A dog ran." if asks else "") and event["image"] == b""

@@ -317,23 +317,34 @@ def _plan_record(data, index: int) -> dict:
     return record
 
 
-def test_report_says_when_the_simulated_subject_does_not_load_here(uninterrupted, tmp_path):
-    """A simulated session reported where its subject's module is missing: the report is written, and says why
-    the true responses are not in it."""
+def test_report_reads_the_true_responses_from_the_file_alone(uninterrupted, tmp_path):
+    """A simulated session's file keeps each trial's true response (sent by the rig): reported where its subject's
+    module is missing, the report's truth section is the same; the file without them (as a real rig's session
+    has none) gives a report without one, its measured contrasts whole."""
     import html
+    import json
 
     import h5py
 
     from control_loop.report import write_report
 
     _work, out, _ = uninterrupted
+    expected = json.loads(out.with_name(out.stem + "-report").joinpath("summary.json").read_text())["true"]
     moved = tmp_path / "elsewhere.h5"
     shutil.copy(out, moved)
     with h5py.File(moved, "r+") as f:
         f.attrs["peers"] = f.attrs["peers"].replace("tests.subjects:length_language_subject", "lab_only:subject7")
     page = html.unescape(write_report(moved).read_text())
-    assert "true response is not available here: simulation.subject: cannot load 'lab_only:subject7'" in page
-    assert "<td>drive - suppress</td>" in page  # the measured contrasts are there
+    assert json.loads(moved.with_name("elsewhere-report").joinpath("summary.json").read_text())["true"] == expected
+    assert "In the simulated subject's true (noise-free) response" in page
+    real = tmp_path / "real.h5"
+    shutil.copy(out, real)
+    with h5py.File(real, "r+") as f:
+        del f["simulated"]
+    page = html.unescape(write_report(real).read_text())
+    assert "<td>drive - suppress</td>" in page and "true" not in json.loads(
+        real.with_name("real-report").joinpath("summary.json").read_text())  # fmt: skip
+    assert "simulated subject" not in page
 
 
 def test_report_of_a_file_that_is_not_a_session_says_so_and_writes_nothing(tmp_path):
@@ -734,7 +745,7 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     from .subjects import luminance_sites as sites  # the protocol's simulated sites
 
     protocol = load_protocol(ROOT / "tests" / "protocols" / "tiny_image.toml")
-    summary = dry_run_summary(out, protocol, sites)
+    summary = dry_run_summary(out, protocol)  # the true responses: the ones the file keeps
     assert summary["stimuli"] == {"shown": 60, "failing": {}} and summary["refused"] == 0
     last = data.events.sort_values("trial").tail(12).merge(stimuli.image.reset_index(), on="stimulus_id")
     rate = sites([load_image(out.parent / name) for name in last.image])[:, 0]
@@ -964,6 +975,13 @@ def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path)
     gaps = data.samples.groupby("run").time.apply(lambda t: np.diff(t.to_numpy()).max())
     assert (gaps > 1.0).sum() == 1  # one run went on after the relay's restart, with the lines lost meanwhile
     assert "outage" in data.log.kind.tolist()
+    # a real recording: no true responses in the file, and none in its report
+    from control_loop.report import write_report
+
+    assert data.truth is None
+    page = write_report(out).read_text()
+    assert "simulated subject" not in page and "Time course of the target" in page
+    assert "true" not in json.loads(out.with_name(out.stem + "-report").joinpath("summary.json").read_text())
 
 
 def test_start_disagreement_flags_a_presenter_and_rig_that_do_not_start_together():
