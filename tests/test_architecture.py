@@ -128,3 +128,16 @@ def test_a_twin_predicts_from_cached_features_without_torch(tmp_path, small_csv,
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     shape, loaded = [*out.stdout.splitlines(), ""][:2]
     assert shape == "(5, 2)" and loaded == "", f"predicting from the cache loads {loaded}"
+
+
+def test_no_module_imports_a_module_that_imports_it():
+    """No import cycles between the twin's modules (the model imports the projection, never the reverse)."""
+    graph = {}
+    for path in (ROOT / "twin").glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+        graph[path.stem] = found
+    cycles = sorted((a, b) for a, deps in graph.items() for b in deps if a < b and a in graph.get(b, set()))
+    assert not cycles, f"modules importing each other: {cycles}"

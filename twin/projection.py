@@ -10,7 +10,7 @@ components per layer predict as well as the full 576-dimensional layers.
 
 Projections of the default model ship in ``projections/``; others are computed
 from the reference sentences at first use and kept in the cache folder.
-Regenerate the shipped ones with ``python -m twin.projection``.
+Regenerate the shipped ones with ``python -m twin.reproject``.
 """
 
 from __future__ import annotations
@@ -138,27 +138,3 @@ def reference_projection(extractor: TextFeatureExtractor, blocks: Sequence[str],
         {b: stored[f"{b}/mean"] for b in blocks},
         {b: np.ascontiguousarray(stored[f"{b}/basis"][:, :k]) for b in blocks},
     )
-
-
-def main() -> None:
-    """Recompute the shipped projections of the default model's default layers."""
-    from .features import TextFeatureExtractor
-    from .model import FeaturePlan
-
-    plan = FeaturePlan().resolve()
-    layer_blocks = [b for b in plan.blocks if "/L" in b]
-    ex = TextFeatureExtractor(plan.model, progress=True)
-    layers = sorted({int(b.split("/L")[1]) for b in layer_blocks})
-    poolings = sorted({b.split("/")[0] for b in layer_blocks})
-    feats = ex.extract(reference_sentences(), layers=layers, pooling=poolings)
-    arrays = {}
-    for b in layer_blocks:
-        arrays[f"{b}/mean"], arrays[f"{b}/basis"] = principal_basis(feats[b], STORED_COMPONENTS)
-    SHIPPED.mkdir(exist_ok=True)
-    out = _stored_file(ex.model_id)[0]
-    np.savez_compressed(out, **arrays)
-    print(f"wrote {out} ({len(layer_blocks)} blocks, {STORED_COMPONENTS} components)")
-
-
-if __name__ == "__main__":
-    main()
