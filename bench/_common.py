@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))  # (a benchmark runs as a script from bench/)
+from kit.paths import shared_data  # noqa: E402
+
+SHARED = shared_data()
 PEREIRA = SHARED / "pereira2018_language_network.csv"
 PRIOR = ROOT / "protocols" / "priors" / "pereira2018_smollm2.json"  # the language protocols' prior
 

@@ -12,22 +12,22 @@ from acquisition import read_session
 
 from .protocol import Protocol
 from .report import (
-    CONDITION_NAMES,
     EVALUATION_PAIRS,
     effect_lines,
     measured_baseline_sd,
+    named,
     run_records,
     summarize,
     true_contrasts,
 )
 
-CONTRASTS = tuple(f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}" for a, b in EVALUATION_PAIRS)  # summarize's names
+CONTRASTS = tuple(f"{a} - {b}" for a, b in EVALUATION_PAIRS)  # summarize's names
 
 
 def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
     """The numbers of one finished dry-run session, as ``describe`` prints them, with the simulated subject's
     true contrasts (:func:`true_contrasts`, from the true responses the file keeps)."""
-    data = read_session(session_file)
+    data = named(read_session(session_file))
     summary = summarize(session_file, data)
     runs = run_records(data)
     condition = data.events.set_index("trial").condition
@@ -57,7 +57,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
         "true": true_contrasts(data),
     }
     shown = data.stimuli.set_index("stimulus_id").loc[data.events.stimulus_id]
-    shown = shown[shown.condition.isin(["D", "S", "B"])]  # localizer materials are fixed, not drawn
+    shown = shown[shown.condition.isin(["drive", "suppress", "control", "baseline"])]  # (localizer materials: fixed)
     if protocol.modality == "text":
         constraints = protocol.stimuli.constraints()
         words = shown.text.str.split().str.len()
@@ -79,7 +79,7 @@ def dry_run_summary(session_file: Path, protocol: Protocol) -> dict:
 def describe(summary: dict, protocol: Protocol) -> list[str]:
     """Readable lines for one dry run."""
     phases = "; ".join(
-        f"{phase}: " + ", ".join(f"{CONDITION_NAMES.get(c, c)} {n}" for c, n in counts.items())
+        f"{phase}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
         for phase, counts in summary["per_phase"].items()
     )
     lines = [f"stimuli shown: {phases}"]

@@ -32,7 +32,7 @@ def localizer_folder() -> Path:
 class Trial:
     trial: int  # global trial number in the session
     stimulus_id: int
-    condition: str  # B baseline, D drive, S suppress, SENT / NONW (localizer)
+    condition: str  # baseline, drive, suppress (or control), sentences / nonwords (localizer)
     stimulus: Any  # sentence or uint8 image
     onset: float = 0.0  # from the run's first volume, s
 
@@ -81,19 +81,19 @@ class Planner:
         if phase.kind == "localizer":
             chosen += self._localizer(n, rng)
         elif phase.kind == "baseline":
-            chosen += [("B", i) for i in self._random_unshown(n, rng)]
+            chosen += [("baseline", i) for i in self._random_unshown(n, rng)]
         else:
             model = learner.ensure()
             if model is None:
                 raise SessionError(f"phase '{phase_name}' needs a twin, but no baseline was measured before it")
             for cond, k in self.protocol.condition_counts(index).items():
                 if cond == "baseline":
-                    chosen += [("B", i) for i in self._random_unshown(k, rng)]
+                    chosen += [("baseline", i) for i in self._random_unshown(k, rng)]
                 else:
                     acquisition = self.protocol.acquisition(phase) if phase.kind == "closed_loop" else "mean"
                     goal = Goal(cond, self.target, acquisition=acquisition, beta=phase.beta,
                                 hold=self.protocol.target.hold)  # fmt: skip
-                    chosen += [(cond[0].upper(), i) for i in self.modality.find(model, goal, k, rng, self)]
+                    chosen += [(cond, i) for i in self.modality.find(model, goal, k, rng, self)]
         order = rng.permutation(len(chosen)) if self.protocol.design.kind == "event" else np.arange(len(chosen))
         if self.protocol.design.kind == "blocked" and phase.kind != "localizer":
             b = self.protocol.design.block_size
@@ -138,6 +138,6 @@ class Planner:
         nonw = [w for w, c in zip(words, kinds, strict=True) if c == "N"]
         out: list[tuple[str, Any]] = []
         for cond in self.protocol.localizer_order(n):
-            code, source = {"sentences": ("SENT", sent), "nonwords": ("NONW", nonw)}[cond]
-            out.append((code, source[int(rng.integers(len(source)))]))
+            source = {"sentences": sent, "nonwords": nonw}[cond]
+            out.append((cond, source[int(rng.integers(len(source)))]))
         return out

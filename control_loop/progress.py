@@ -20,7 +20,8 @@ def run_line(protocol: Protocol, plan: Any, shown: list[Any], y: np.ndarray, eff
         line += f"; twin r on this run {np.corrcoef(p, y)[0, 1]:+.2f}"
     if effect is not None:  # what the round compared: a one-sided round stands against baseline
         conds = {t.condition for t in shown}
-        compared = f"{'drive' if 'D' in conds else 'baseline'} - {'suppress' if 'S' in conds else 'baseline'}"
+        high, low = ("drive" if "drive" in conds else "baseline"), ("suppress" if "suppress" in conds else "baseline")
+        compared = f"{high} - {low}"
         line += f"; {compared} {effect:+.2f} baseline SDs"
     left = sum(protocol.run_seconds(n) for _, _, n in protocol.runs()[plan.index + 1 :]) / 60
     return line + f"; {left:.1f} scanner min left"

@@ -34,6 +34,17 @@ MAX_SCANNER_HOURS = 24.0
 MAX_SECONDS = 600.0  # any one duration of the design (a trial, the interval between trials, the rest)
 
 
+#: Trial conditions, as sessions record them: random candidates, the twin's choices for a goal, the localizer's.
+CONDITIONS = ("baseline", "drive", "suppress", "control", "sentences", "nonwords")
+#: The one-letter codes sessions recorded before condition names were kept whole, and their names.
+LEGACY_CONDITIONS = {"B": "baseline", "D": "drive", "S": "suppress", "SENT": "sentences", "NONW": "nonwords"}
+
+
+def condition_name(condition: str) -> str:
+    """A recorded condition by its name (a legacy one-letter code read as the name it stood for)."""
+    return LEGACY_CONDITIONS.get(condition, condition)
+
+
 #: The conditions a goal's closed-loop rounds choose stimuli for.
 GOAL_SIDES = {"both": ("drive", "suppress"), "drive": ("drive",), "suppress": ("suppress",), "control": ("control",)}
 
@@ -346,7 +357,7 @@ def load_prior(protocol: Protocol, features: Any, rois: list[str]) -> Any:
 
 def prior_for_rois(prior: Any, rois: list[str], where: str = "twin.prior") -> Any:
     """The prior with a target per ROI: its only target for each, or each ROI's target of the same name."""
-    from twin.model import REFERENCE_BLOCK
+    from twin.hyperparameters import REFERENCE_BLOCK
 
     if REFERENCE_BLOCK in prior.hyperparameters.alphas:
         raise ProtocolError(f"{where} comes from a twin fit with a reference twin: its hyperparameters cover a "

@@ -16,15 +16,26 @@ from scipy import stats
 from acquisition import read_session, writer_pid
 from kit.files import output_folder, replaced_whole
 
+from .protocol import condition_name
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from acquisition import SessionData
 
+
+def named(data: SessionData) -> SessionData:
+    """The session's conditions by name (a file recorded before names were kept has one-letter codes); in place,
+    and again harmlessly."""
+    for table in (data.events, data.stimuli):
+        table["condition"] = table["condition"].map(condition_name)
+    return data
+
+
 MAX_TIMECOURSE_RUNS = 16  # the time-course figure shows the latest runs, one panel each
-COLORS = {"S": "#3b6fb6", "B": "#999999", "D": "#c8423b", "NONW": "#999999", "SENT": "#c8423b"}  # by condition
-ORDER = ("S", "B", "D", "NONW", "SENT")  # conditions in the figures, left to right
-CONDITION_NAMES = {"D": "drive", "S": "suppress", "B": "baseline", "SENT": "sentences", "NONW": "nonwords"}
+COLORS = {"suppress": "#3b6fb6", "baseline": "#999999", "drive": "#c8423b", "control": "#7a4fa3",
+          "nonwords": "#999999", "sentences": "#c8423b"}  # by condition  # fmt: skip
+ORDER = ("suppress", "baseline", "drive", "control", "nonwords", "sentences")  # in the figures, left to right
 # What went wrong in the recording (log kinds, in the words of their lines): listed in the report
 PROBLEMS = ("outage", "outage-end", "bad-sample", "missing", "rig-restart", "presenter-restart", "timing", "duplicate",
             "refused")  # fmt: skip
@@ -101,7 +112,7 @@ def status_line(status: dict) -> str:
 
 def summarize(session_file: str | Path, data: SessionData | None = None) -> dict:
     """The report's numbers: per-condition means, twin accuracy per run, evaluation contrasts."""
-    data = data if data is not None else read_session(session_file)
+    data = named(data if data is not None else read_session(session_file))
     protocol = json.loads(data.attrs["protocol"])
     target = protocol["target"]["rois"][0]
     est = _estimates(data)
@@ -141,13 +152,14 @@ def summarize(session_file: str | Path, data: SessionData | None = None) -> dict
     out["problems"] = [{"kind": k, "message": m} for k, m in zip(problems.kind, problems.message, strict=True)]
     localizer = [t for r in runs if r["kind"] == "localizer" for t in r["trials"]]
     if localizer:
-        block, pairs = est[est.trial.isin(localizer)], (("SENT", "NONW"),)
+        block, pairs = est[est.trial.isin(localizer)], LOCALIZER_PAIRS
         out["localizer"] = evaluation_contrasts(block, target, pairs)
         out["localizer_means"] = condition_means(block, target, pairs)
     return out
 
 
-EVALUATION_PAIRS = (("D", "B"), ("B", "S"), ("D", "S"))
+EVALUATION_PAIRS = (("drive", "baseline"), ("baseline", "suppress"), ("drive", "suppress"))
+LOCALIZER_PAIRS = (("sentences", "nonwords"),)
 
 
 def _within_runs(
@@ -201,7 +213,7 @@ def evaluation_contrasts(ev: pd.DataFrame, target: str, pairs: tuple = EVALUATIO
             c[conds.index(a)], c[conds.index(b)] = 1.0, -1.0
             diff = float(c @ beta)
             t = diff / float(np.sqrt(c @ cov @ c))
-            out[f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {
+            out[f"{a} - {b}"] = {
                 "difference": diff, "t": t, "p": float(2 * stats.t.sf(abs(t), dof))}  # fmt: skip
     return out
 
@@ -230,7 +242,7 @@ def contrast_text(name: str, c: dict, baseline_sd: float = float("nan")) -> str:
 
 def measured_baseline_sd(summary: dict) -> float:
     """SD of the baseline condition's trial estimates over the whole session (NaN without two of them)."""
-    baseline = summary["conditions"].get("B")
+    baseline = summary["conditions"].get("baseline")
     return float(baseline["sem"] * np.sqrt(baseline["n"])) if baseline and baseline["n"] > 1 else float("nan")
 
 
@@ -255,9 +267,10 @@ def true_contrasts(data: SessionData) -> dict:
     true, noise-free response of the protocol's target, as the session file keeps it: condition means, each
     contrast with a one-sided Welch test and in SDs of the true response to the block's baseline stimuli, and
     that SD. ``{}`` for a session without true responses (a real subject)."""
+    data = named(data)
     runs = run_records(data)
     kinds = {r["kind"] for r in runs}
-    kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", (("SENT", "NONW"),))
+    kind, pairs = ("evaluation", EVALUATION_PAIRS) if "evaluation" in kinds else ("localizer", LOCALIZER_PAIRS)
     trials = [t for r in runs if r["kind"] == kind for t in r["trials"]]
     ev, truth = _true_responses(data, trials)
     if not len(ev):
@@ -274,7 +287,7 @@ def true_contrasts(data: SessionData) -> dict:
         if len(group[a]) > 1 and len(group[b]) > 1:
             diff = float(group[a].mean() - group[b].mean())
             p = float(stats.ttest_ind(group[a], group[b], equal_var=False, alternative="greater").pvalue)
-            out["contrasts"][f"{CONDITION_NAMES[a]} - {CONDITION_NAMES[b]}"] = {"difference": diff, "p": p,
+            out["contrasts"][f"{a} - {b}"] = {"difference": diff, "p": p,
                                                                                "sds": diff / sd}  # fmt: skip
     return out
 
@@ -294,6 +307,7 @@ def _true_responses(data: SessionData, trials: list[int]) -> tuple[pd.DataFrame,
 
 def true_twin_accuracy(data: SessionData) -> dict[str, float]:
     """Per run the twin predicted (by run index): r of its predictions with the subject's true response."""
+    data = named(data)
     runs = [r for r in run_records(data) if r.get("predicted")]
     ev, truth = _true_responses(data, [t for r in runs for t in r["trials"]])
     truth_of = dict(zip(ev.trial, truth, strict=True))
@@ -326,7 +340,7 @@ def _r_cell(r: float | None, ci: list[float] | None = None) -> str:
 def _means_cell(means: dict[str, float]) -> str:
     """A run's condition means for the report's run table, in the figures' order: 'drive +1.21, ...'."""
     known = [c for c in ORDER if c in means] + sorted(set(means) - set(ORDER))
-    return ", ".join(f"{CONDITION_NAMES.get(c, c)} {means[c]:+.2f}" for c in known)
+    return ", ".join(f"{c} {means[c]:+.2f}" for c in known)
 
 
 def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> list:
@@ -347,7 +361,7 @@ def _twin_figures(plt, data, est, summary: dict, true: dict, target: str) -> lis
     for c in ORDER:
         mine = [(x, y) for x, y, cond in points if cond == c]
         if mine:
-            ax.scatter(*zip(*mine, strict=True), s=10, color=COLORS[c], label=CONDITION_NAMES[c])
+            ax.scatter(*zip(*mine, strict=True), s=10, color=COLORS[c], label=c)
     ax.set_xlabel("twin prediction (before measuring)")
     ax.set_ylabel(f"measured {target}")
     ax.set_title("Predicted vs measured, per stimulus")
@@ -407,7 +421,7 @@ def write_report(
         writing = writer_pid(session_file) is not None if writing is None else writing  # before the read
         data = read_session(session_file)  # before the folder: a file that is not a session leaves nothing behind
     with output_folder(out_dir) as written:  # a report that fails (a full disk) leaves none of its files
-        return _write_report(session_file, out_dir, data, bool(writing), refresh, written)
+        return _write_report(session_file, out_dir, named(data), bool(writing), refresh, written)
 
 
 def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing: bool, refresh: float | None,
@@ -431,7 +445,7 @@ def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, (means, err, label) in zip(axes[0], panels, strict=True):
         conds = [c for c in ORDER if c in means]
-        ax.bar([CONDITION_NAMES[c] for c in conds], [means[c]["mean"] for c in conds],
+        ax.bar([c for c in conds], [means[c]["mean"] for c in conds],
                yerr=[means[c][err] for c in conds], capsize=4, color=[COLORS[c] for c in conds])  # fmt: skip
         ax.set_ylabel(f"{target} (mean ± SE)")
         ax.set_title(label, fontsize=9)
@@ -462,11 +476,11 @@ def _write_report(session_file: Path, out_dir: Path, data: SessionData, writing:
         for e in data.events[data.events.run == run].itertuples():
             span = ax.axvspan(e.measured_onset - t0, e.measured_onset - t0 + e.duration, lw=0, alpha=0.3,
                               color=COLORS.get(e.condition, "#999999"))  # fmt: skip
-            shown.setdefault(CONDITION_NAMES.get(e.condition, e.condition), span)
+            shown.setdefault(e.condition, span)
         ax.set_ylabel(f"run {int(run)}\n{kinds.get(run, '')}", fontsize=8)
     axes[-1, 0].set_xlabel("time from the run's first sample (s)")
     fig.suptitle(f"{target}: time course of each run, trials shaded by condition", x=0.02, ha="left")
-    order = [*(CONDITION_NAMES[c] for c in ORDER), "missing volume"]
+    order = [*(c for c in ORDER), "missing volume"]
     labels = sorted(shown, key=lambda n: order.index(n) if n in order else len(order))
     if labels:
         fig.legend([shown[n] for n in labels], labels, loc="upper right", ncols=len(labels), fontsize=7,

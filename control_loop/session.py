@@ -240,7 +240,7 @@ class SessionRunner:
             stims = [self.modality.stimulus_from_row(self.path, stimuli.loc[i]) for i in ids]
             Y = est.loc[trials, self.rois].to_numpy()
             self.learner.learn(record["kind"], stims, Y)
-            conditions = [data.events.loc[data.events.trial == t, "condition"].iloc[0] for t in trials]
+            conditions = [data.events.loc[data.events.trial == t, "condition"].iloc[0] for t in trials]  # (by name)
             self.rules.track(record["kind"], conditions, Y)
         self.session.log("resume", f"resumed after {len(done)} complete run(s)")
         self.progress(f"resuming {self.path}: {len(done)} run(s) complete, {len(data.events)} trials recorded")

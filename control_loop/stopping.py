@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .protocol import Protocol
+from .protocol import Protocol, condition_name
 
 
 class StoppingRules:
@@ -19,15 +19,15 @@ class StoppingRules:
 
     def track(self, kind: str, conditions: list[str], beta: np.ndarray) -> float | None:
         """Keep a run's measured responses; returns the effect of a closed-loop run that has one."""
-        y, cond = np.asarray(beta)[:, self.target], np.array(conditions)
+        y, cond = np.asarray(beta)[:, self.target], np.array([condition_name(c) for c in conditions])
         if kind == "baseline":
             self.baseline_y.extend(y.tolist())
-        elif kind == "closed_loop" and len(self.baseline_y) > 2 and ((cond == "D").any() or (cond == "S").any()):
+        elif kind == "closed_loop" and len(self.baseline_y) > 2 and np.isin(["drive", "suppress"], cond).any():
             # drive - suppress; a one-sided round is measured against its own baseline trials (the same
             # run's offset), or without any, against the baseline runs' mean
-            base = float(y[cond == "B"].mean() if (cond == "B").sum() >= 2 else np.mean(self.baseline_y))
-            high = y[cond == "D"].mean() if (cond == "D").any() else base
-            low = y[cond == "S"].mean() if (cond == "S").any() else base
+            base = float(y[cond == "baseline"].mean() if (cond == "baseline").sum() >= 2 else np.mean(self.baseline_y))
+            high = y[cond == "drive"].mean() if (cond == "drive").any() else base
+            low = y[cond == "suppress"].mean() if (cond == "suppress").any() else base
             self.effect = float((high - low) / np.std(self.baseline_y, ddof=1))
             return self.effect
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.paths import shared_data
 from twin.paths import models_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,8 +20,9 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one thread per worker (and it
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data()
 PEREIRA = SHARED / "pereira2018_language_network.csv"
+TINY_LANGUAGE = ROOT / "tests" / "protocols" / "tiny_language.toml"
 
 ADJ = ["old", "quiet", "bright", "heavy", "small", "clever", "angry", "gentle"]
 NOUN = ["farmer", "river", "teacher", "machine", "garden", "doctor", "window", "village"]
@@ -38,6 +40,20 @@ def pytest_itemcollected(item: pytest.Item) -> None:  # (before xdist reads the 
         if name in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(group))
             break
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """The tests' tiny closed-loop language protocol simulated whole, once: (folder, session file, stdout)."""
+    import sys
+
+    work = tmp_path_factory.mktemp("session")
+    out = work / "full.h5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(TINY_LANGUAGE), "--out",
+                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, out, proc.stdout
 
 
 @pytest.fixture(scope="session")

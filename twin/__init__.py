@@ -20,16 +20,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "data": ["Dataset", "load_dataset", "load_sentences"],
         "errors": ["DataError", "FeatureModelError", "TwinError", "TwinFileError"],
         "features": ["TextFeatureExtractor", "length_features", "word_frequency_features"],
-        "model": [
-            "FeaturePlan",
-            "Hyperparameters",
-            "Prior",
-            "TextFeatures",
-            "Twin",
-            "baseline_predictions",
-            "cross_validated_predictions",
-            "features_for",
-        ],
+        "hyperparameters": ["Hyperparameters"],
+        "model": ["Prior", "Twin", "baseline_predictions", "cross_validated_predictions"],
+        "plan": ["FeaturePlan", "TextFeatures", "features_for"],
         "models": ["OFFLINE_MODELS", "load_text_model"],
         "projection": ["Projection", "reference_projection"],
         "ridge": ["RidgeReadout", "loo_ridge"],
@@ -42,17 +35,10 @@ if TYPE_CHECKING:
     from .data import Dataset, load_dataset, load_sentences
     from .errors import DataError, FeatureModelError, TwinError, TwinFileError
     from .features import TextFeatureExtractor, length_features, word_frequency_features
-    from .model import (
-        FeaturePlan,
-        Hyperparameters,
-        Prior,
-        TextFeatures,
-        Twin,
-        baseline_predictions,
-        cross_validated_predictions,
-        features_for,
-    )
+    from .hyperparameters import Hyperparameters
+    from .model import Prior, Twin, baseline_predictions, cross_validated_predictions
     from .models import OFFLINE_MODELS, load_text_model
+    from .plan import FeaturePlan, TextFeatures, features_for
     from .projection import Projection, reference_projection
     from .ridge import RidgeReadout, loo_ridge
     from .scoring import Score, kfold, ncsnr, nsd_ceiling, score, split_half_ceiling

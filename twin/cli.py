@@ -36,8 +36,8 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def _features(plan, cache: str | None, device: str):
-    from .model import features_for
     from .paths import default_feature_cache
+    from .plan import features_for
 
     cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
     return features_for(plan, cache=cache_path, device=device, progress=True)
@@ -84,7 +84,8 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     --layers as its module names, comma-separated.
     """
     from .data import load_dataset
-    from .model import FeaturePlan, Prior, Twin
+    from .model import Prior, Twin
+    from .plan import FeaturePlan
 
     borrowed = Prior.load(prior) if prior is not None else None
     if modality == "image":

@@ -19,395 +19,46 @@ The whole twin stays one affine map of the features.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import h5py
 import numpy as np
-from scipy.optimize import nnls
 
 from kit.formats import PRIOR_FORMAT, PRIOR_FORMAT_VERSION, TWIN_FORMAT, TWIN_FORMAT_VERSION
 
-from .cache import FeatureCache, text_digests
 from .errors import DataError, FeatureModelError, TwinFileError
-from .features import SURPRISAL_KEY, SURPRISAL_STATS, TextFeatureExtractor, layer_key, length_features
-from .models import model_info
+from .hyperparameters import (
+    REFERENCE_BLOCK,
+    Hyperparameters,
+    _as_2d,
+    check_features,
+    select_hyperparameters,
+    transfer_hyperparameters,
+    within_runs,
+)
 from .paths import replaced_whole
-from .projection import Projection, reference_projection
+from .plan import (
+    FeaturePlan,
+    TextFeatures,
+    features_for,
+    package_version,
+    plan_from_json,
+    stimulus_digests,
+)
+from .projection import Projection
 from .ridge import DEFAULT_ALPHAS, RidgeReadout, loo_ridge, pearson_columns
 from .scoring import kfold
-from .vision import ImageFeatures, ImagePlan, image_digests
+from .vision import ImageFeatures, ImagePlan
 
 FORMAT = TWIN_FORMAT
 FORMAT_VERSION = TWIN_FORMAT_VERSION
-STATS_BLOCK = "stats"
-REFERENCE_BLOCK = "reference"
-DEFAULT_COMPONENTS = 32
 MIN_TRAIN = 3  # training stimuli a twin needs (its readouts choose penalties by leave-one-out)
-
-
-def plan_from_json(text: str) -> FeaturePlan | ImagePlan:
-    """A text or image feature plan from its JSON."""
-    return ImagePlan.from_json(text) if json.loads(text).get("modality") == "image" else FeaturePlan.from_json(text)
-
-
-def features_for(plan: FeaturePlan | ImagePlan, projection: Projection | None = None, *,
-                 cache: FeatureCache | str | Path | None = None, device: str = "cpu", progress: bool = False
-                 ) -> TextFeatures | ImageFeatures:  # fmt: skip
-    """The feature computer for a plan: the one place text and image features are made. ``cache`` (a feature
-    cache or its file) and ``progress`` count for text only; image features are cheap and never cached."""
-    if isinstance(plan, ImagePlan):
-        return ImageFeatures(plan, device=device)
-    return TextFeatures(plan, cache=cache, device=device, progress=progress, projection=projection)
-
-
-def stimulus_digests(stimuli: Sequence, images: bool = False) -> np.ndarray:
-    """Digests of sentences, or (``images``, or any stimulus not a string) of images by their pixels, whether
-    given as arrays, PNG bytes or paths: as kept in a twin for its training stimuli."""
-    if images or (stimuli and not isinstance(stimuli[0], str)):
-        return image_digests(stimuli)
-    return text_digests(stimuli)
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("neurotwin")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def default_layers(n_layers: int) -> tuple[int, ...]:
-    """Every other middle layer: for a 30-layer model 4, 6, ..., 24."""
-    lo = max(1, round(0.13 * n_layers))
-    hi = max(lo, round(0.8 * n_layers))
-    return tuple(range(lo, hi + 1, max(1, n_layers // 15)))
-
-
-@dataclass(frozen=True)
-class FeaturePlan:
-    """Which features a twin uses. ``None`` fields are filled from the model by :meth:`resolve`.
-
-    ``components``: read each pooled layer through its top principal components of
-    the shipped reference sentences (:mod:`twin.projection`); ``None`` reads whole layers.
-    """
-
-    model: str = "smollm2-135m"
-    layers: tuple[int, ...] | None = None
-    poolings: tuple[str, ...] = ("last",)
-    surprisal: bool | None = None
-    length: bool = True
-    components: int | None = DEFAULT_COMPONENTS
-
-    def resolve(self) -> FeaturePlan:
-        """Fill layers and surprisal from the model's config (no weights are loaded)."""
-        if self.layers is not None and self.surprisal is not None:
-            return self
-        info = model_info(self.model)
-        return replace(
-            self,
-            layers=self.layers if self.layers is not None else default_layers(info.n_layers),
-            surprisal=self.surprisal if self.surprisal is not None else info.is_causal,
-        )
-
-    @property
-    def layer_blocks(self) -> list[str]:
-        return [layer_key(p, layer) for p in self.poolings for layer in self.layers or ()]
-
-    @property
-    def blocks(self) -> list[str]:
-        names = [layer_key(p, layer) for p in self.poolings for layer in self.layers or ()]
-        if self.surprisal or self.length:
-            names.append(STATS_BLOCK)
-        return names
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> FeaturePlan:
-        d = json.loads(text)
-        d["layers"] = tuple(d["layers"]) if d["layers"] is not None else None
-        d["poolings"] = tuple(d["poolings"])
-        d.setdefault("components", None)
-        return cls(**d)
-
-
-class TextFeatures:
-    """Computes a plan's feature blocks for sentences, cached as one table per plan.
-
-    Sentences missing from the cache are computed in chunks, each stored as soon as
-    it is done, so an interrupted run over a large pool resumes where it stopped.
-    """
-
-    def __init__(
-        self,
-        plan: FeaturePlan,
-        cache: FeatureCache | str | Path | None = None,
-        device: str = "cpu",
-        progress: bool = False,
-        projection: Projection | None = None,
-        chunk: int = 1024,
-    ) -> None:
-        self.plan = plan.resolve()
-        self.extractor = TextFeatureExtractor(plan.model, device=device)
-        self.cache = FeatureCache(cache) if isinstance(cache, (str, Path)) else cache
-        self.progress = progress
-        self.chunk = chunk
-        self._projection = projection
-
-    @property
-    def model_id(self) -> str:
-        return self.extractor.model_id
-
-    @property
-    def projection(self) -> Projection | None:
-        """The plan's per-layer projection (loaded or fit on first use), or None for whole layers."""
-        if self.plan.components is None or not self.plan.layer_blocks:
-            return None
-        if self._projection is None:
-            self._projection = reference_projection(self.extractor, self.plan.layer_blocks, self.plan.components)
-        return self._projection
-
-    @property
-    def table(self) -> str:
-        """Feature-cache table of this plan (its hash covers the plan and the projection)."""
-        h = hashlib.blake2b(self.plan.to_json().encode(), digest_size=6)
-        if self.projection is not None:
-            h.update(self.projection.digest.encode())
-        return f"twin/{h.hexdigest()}"
-
-    def block_dims(self) -> dict[str, int]:
-        """Width of each block, in plan order."""
-        plan, proj = self.plan, self.projection
-        dims = {}
-        for name in plan.layer_blocks:
-            dims[name] = proj.dims(name) if proj is not None else model_info(plan.model).hidden_size
-        if plan.surprisal or plan.length:
-            dims[STATS_BLOCK] = len(SURPRISAL_STATS) * bool(plan.surprisal) + 2 * bool(plan.length)
-        return dims
-
-    def block_slices(self) -> dict[str, slice]:
-        """Columns of each block in the concatenated rows."""
-        out, at = {}, 0
-        for name, d in self.block_dims().items():
-            out[name] = slice(at, at + d)
-            at += d
-        return out
-
-    def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
-        """Blocks from concatenated rows (views, no copy)."""
-        return {name: Z[:, cols] for name, cols in self.block_slices().items()}
-
-    def layer_matrix(self, Z: np.ndarray) -> np.ndarray:
-        """The layer blocks of concatenated rows (all of Z when the plan has no layers)."""
-        names = self.plan.layer_blocks
-        return Z[:, : self.block_slices()[names[-1]].stop] if names else Z
-
-    def surprisal_columns(self) -> slice | None:
-        """Columns of (mean, total, max) surprisal in the concatenated rows, if the plan has them."""
-        if not self.plan.surprisal:
-            return None
-        start = self.block_slices()[STATS_BLOCK].start  # surprisal comes first in the stats block
-        return slice(start, start + len(SURPRISAL_STATS))
-
-    def _compute(self, sentences: list[str]) -> np.ndarray:
-        plan = self.plan
-        raw: dict[str, np.ndarray] = {}
-        if plan.layers or plan.surprisal:
-            raw = self.extractor.extract(
-                sentences, layers=plan.layers or (), pooling=plan.poolings, surprisal=bool(plan.surprisal)
-            )
-        proj = self.projection
-        parts = [proj.apply(name, raw[name]) if proj is not None else raw[name] for name in plan.layer_blocks]
-        if plan.surprisal:
-            parts.append(raw[SURPRISAL_KEY])
-        if plan.length:
-            parts.append(length_features(sentences))
-        return np.hstack(parts).astype(np.float32)
-
-    def matrix(self, sentences: Sequence[str]) -> np.ndarray:
-        """Concatenated features (n, d), through the cache."""
-        sentences = list(sentences)
-        out, hit = None, np.zeros(len(sentences), bool)
-        if self.cache is not None:
-            out, hit = self.cache.lookup(self.model_id, self.table, sentences)
-        if out is None:
-            out = np.empty((len(sentences), sum(self.block_dims().values())), np.float32)
-        self._fill(sentences, np.flatnonzero(~hit), out)
-        return out
-
-    def ensure(self, sentences: Sequence[str]) -> int:
-        """Compute and cache the features of every sentence not yet cached; returns how many were new."""
-        if self.cache is None:
-            raise ValueError("ensure() needs a feature cache")
-        sentences = list(sentences)
-        rows = self.cache.rows(self.model_id, self.table, text_digests(sentences))
-        todo = np.flatnonzero(rows < 0)
-        if len(todo) and (self.plan.layers or self.plan.surprisal):
-            self.extractor.check_lengths([sentences[i] for i in todo])  # fail before any work
-        self._fill(sentences, todo, None)
-        return len(todo)
-
-    def _fill(self, sentences: list[str], todo: np.ndarray, out: np.ndarray | None) -> None:
-        if not len(todo):
-            return
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"features {self.model_id}", unit="sent", mininterval=1.0)
-        try:
-            for a in range(0, len(todo), self.chunk):
-                rows = todo[a : a + self.chunk]
-                batch = [sentences[i] for i in rows]
-                values = self._compute(batch)
-                if out is not None:
-                    out[rows] = values
-                if self.cache is not None:
-                    self.cache.store(self.model_id, self.table, batch, values)
-                if bar is not None:
-                    bar.update(len(rows))
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def __call__(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
-        return self.split(self.matrix(sentences))
-
-
-@dataclass
-class Hyperparameters:
-    """What inner CV chose: an alpha per block and target, and the stacking weights."""
-
-    alphas: dict[str, np.ndarray]
-    stack_weights: np.ndarray  # (n_blocks, t)
-
-
-def _as_2d(Y: np.ndarray) -> np.ndarray:
-    Y = np.asarray(Y, np.float64)
-    return Y[:, None] if Y.ndim == 1 else Y
-
-
-def within_runs(
-    blocks: dict[str, np.ndarray], Y: np.ndarray, runs: Sequence
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Blocks and responses with each run's mean replaced by the overall mean (a fixed effect per run)."""
-    Y = _as_2d(Y)
-    runs = np.asarray(runs)
-    if runs.shape != (len(Y),):
-        raise ValueError(f"runs needs one label per response row ({len(Y)}), got shape {runs.shape}")
-    _, label = np.unique(runs, return_inverse=True)
-    counts = np.bincount(label)[:, None]
-
-    def adjust(A: np.ndarray) -> np.ndarray:
-        A = np.asarray(A, np.float64)
-        sums = np.zeros((len(counts), A.shape[1]))
-        np.add.at(sums, label, A)
-        return A - (sums / counts)[label] + A.mean(0)
-
-    return {name: adjust(X) for name, X in blocks.items()}, adjust(Y)
-
-
-def select_hyperparameters(
-    blocks: dict[str, np.ndarray], Y: np.ndarray, alphas: np.ndarray = DEFAULT_ALPHAS
-) -> tuple[Hyperparameters, np.ndarray]:
-    """Alphas by exact LOO per block and target, then NNLS stacking weights on the LOO predictions.
-
-    A reference twin's block is weighted first (least squares, at least 0), and the other blocks
-    are stacked on what it leaves: noisy data then refine the reference rather than trade it for
-    blocks that fit their noise.
-
-    Returns the hyperparameters and the stacked LOO predictions (n, t).
-    """
-    Y = _as_2d(Y)
-    names = list(blocks)
-    loos = {name: loo_ridge(blocks[name], Y, alphas) for name in names}
-    P = np.stack([loos[name].best_predictions for name in names])  # (b, n, t)
-    weights = np.zeros((len(names), Y.shape[1]))
-    stacked = np.empty_like(Y)
-    ref = names.index(REFERENCE_BLOCK) if REFERENCE_BLOCK in names else None
-    others = [i for i in range(len(names)) if i != ref]
-    for t in range(Y.shape[1]):
-        Pt = P[:, :, t].T
-        center = Pt.mean(0)
-        Pc, yc = Pt - center, Y[:, t] - Y[:, t].mean()
-        w = np.zeros(len(names))
-        if ref is not None:  # the reference first; the other blocks explain what it leaves
-            norm = Pc[:, ref] @ Pc[:, ref]
-            w[ref] = max(0.0, Pc[:, ref] @ yc / norm) if norm > 0 else 0.0
-            yc = yc - w[ref] * Pc[:, ref]
-        w[others], _ = nnls(Pc[:, others], yc)
-        if not w.any():
-            w = np.full(len(names), 1.0 / len(names))
-        weights[:, t] = w
-        stacked[:, t] = Y[:, t].mean() + (Pt - center) @ w
-    hp = Hyperparameters({name: loos[name].best_alpha for name in names}, weights)
-    return hp, stacked
-
-
-#: Multipliers of a prior twin's ridge penalties tried by :func:`transfer_hyperparameters`.
-PRIOR_MULTIPLIERS = np.logspace(-2, 3, 21)
-
-
-def transfer_hyperparameters(
-    blocks: dict[str, np.ndarray], Y: np.ndarray, prior: Hyperparameters, multipliers: np.ndarray = PRIOR_MULTIPLIERS
-) -> tuple[Hyperparameters, np.ndarray, np.ndarray]:
-    """A prior twin's ridge penalties (their ratios across blocks) and stacking weights, scaled per
-    target by the one multiplier with the least exact-LOO error on these data.
-
-    One number per target is chosen instead of a penalty per block and the weights: from few,
-    noisy responses (single fMRI trials) that choice is far less noisy. The multiplier tracks
-    the data's noise relative to the prior's. A prior with one target serves every target.
-
-    Returns the hyperparameters, the stacked LOO predictions (n, t) and the multiplier chosen per target (t,).
-    """
-    Y = _as_2d(Y)
-    names = list(blocks)
-    if set(names) != set(prior.alphas):
-        raise FeatureModelError(f"the prior has feature blocks {sorted(prior.alphas)}, not {sorted(names)}")
-    n_prior = prior.stack_weights.shape[1]
-    if n_prior not in (1, Y.shape[1]):
-        raise DataError(f"the prior has {n_prior} targets: give one, or one per response column ({Y.shape[1]})")
-    row = {name: i for i, name in enumerate(prior.alphas)}  # prior.stack_weights rows follow its alphas
-    multipliers = np.asarray(multipliers, np.float64)
-    alphas = {name: np.empty(Y.shape[1]) for name in names}
-    weights = np.empty((len(names), Y.shape[1]))
-    stacked = np.empty_like(Y)
-    chosen = np.empty(Y.shape[1])
-    for t in range(Y.shape[1]):
-        col = t if n_prior > 1 else 0
-        base = {name: float(np.atleast_1d(prior.alphas[name])[col]) for name in names}
-        w = np.array([prior.stack_weights[row[name], col] for name in names])
-        P = np.full((len(multipliers), len(Y)), Y[:, t].mean())
-        for b, name in enumerate(names):
-            if w[b] > 0:
-                loo = loo_ridge(blocks[name], Y[:, t], base[name] * multipliers).predictions[:, :, 0]
-                P += w[b] * (loo - loo.mean(1, keepdims=True))
-        best = int(((P - Y[:, t]) ** 2).mean(1).argmin())
-        for name in names:
-            alphas[name][t] = base[name] * multipliers[best]
-        weights[:, t] = w
-        stacked[:, t] = P[best]
-        chosen[t] = multipliers[best]
-    return Hyperparameters(alphas, weights), stacked, chosen
-
-
-def check_features(
-    plan: FeaturePlan | ImagePlan, model_id: str, wanted_plan: FeaturePlan | ImagePlan, wanted_model: str, what: str
-) -> None:
-    """Raise FeatureModelError naming ``what`` unless ``plan`` of ``model_id`` is the wanted plan and model."""
-    if wanted_model != model_id:
-        raise FeatureModelError(f"the {what} uses feature model '{model_id}', not '{wanted_model}'")
-    if wanted_plan != plan:
-        raise FeatureModelError(f"the {what} reads other features of '{wanted_model}' ({plan}, not {wanted_plan})")
 
 
 @dataclass

@@ -10,7 +10,8 @@ from .cache import digest_keys
 from .data import Dataset
 from .errors import DataError
 from .features import length_features, word_frequency_features
-from .model import MIN_TRAIN, Twin, baseline_predictions, cross_validated_predictions, stimulus_digests
+from .model import MIN_TRAIN, Twin, baseline_predictions, cross_validated_predictions
+from .plan import stimulus_digests
 from .scoring import Score, kfold, score, split_half_ceiling
 
 BASELINES = {

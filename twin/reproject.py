@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .features import TextFeatureExtractor
-from .model import FeaturePlan
+from .plan import FeaturePlan
 from .projection import SHIPPED, STORED_COMPONENTS, _stored_file, principal_basis, reference_sentences
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from twin import Twin
 
-from .conftest import side_by_side, synthetic_sentences
+from ..conftest import side_by_side, synthetic_sentences
 
 
 def neurotwin(*args, cache: Path | None = None, check_ok: bool = True) -> subprocess.CompletedProcess:

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from control_loop.cli import cli
 from control_loop.protocol import Protocol, load_protocol
 
-from .test_cli_twin import neurotwin
+from ..twin.test_cli_twin import neurotwin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "protocols").glob("*.toml"))
 
 

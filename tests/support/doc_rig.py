@@ -1,5 +1,5 @@
 """The example rig of docs/examples/minimal_rig.py (written from docs/PROTOCOL.md alone), with the faults the tests
-give it: ``python -m tests.doc_rig [--nan RUN:VOLUME] [--version N] RIG-ARGUMENTS...``."""
+give it: ``python -m tests.support.doc_rig [--nan RUN:VOLUME] [--version N] RIG-ARGUMENTS...``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "minimal_rig.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "minimal_rig.py"
 
 
 def load_example():

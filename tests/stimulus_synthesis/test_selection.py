@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from stimulus_synthesis import ConstraintError, Constraints, Goal, flesch_reading_ease, select
 
-from .conftest import synthetic_sentences
+from ..conftest import synthetic_sentences
 
 WORDS = "the old farmer river bright angry teacher crossed garden near window".split()
 

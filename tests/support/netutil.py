@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ def wait_up(client, timeout: float, what: str = "the rig", synced: bool = False)
 
 def start_rig(port: int, journal: Path, *extra: str, speed: float = 10.0) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "control_loop.cli", "rig", "simulate-fmri", "--bind", f"tcp://127.0.0.1:{port}",
-           "--journal", str(journal), "--subject", "tests.subjects:length_subject", "--speed", str(speed),
+           "--journal", str(journal), "--subject", "tests.support.subjects:length_subject", "--speed", str(speed),
            "--heartbeat", "0.2", *extra]  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
@@ -121,7 +121,7 @@ def start_doc_rig(port: int, log: Path, *faults: str) -> subprocess.Popen:
     """docs/examples/minimal_rig.py (one channel, 'lang') on 127.0.0.1:port, with ``faults`` (tests/doc_rig.py);
     what it prints (every volume it sends, its errors) appended to ``log``."""
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "tests.doc_rig", *faults, "--bind", f"tcp://127.0.0.1:{port}",
+        return subprocess.Popen([sys.executable, "-m", "tests.support.doc_rig", *faults, "--bind", f"tcp://127.0.0.1:{port}",
                                  "--channels", "lang"],
                                 cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip

@@ -15,7 +15,7 @@ from acquisition import (
 )
 from acquisition.glm import ar1_coefficient
 
-from .simdata import simulate_run
+from ..support.simdata import simulate_run
 
 
 def test_canonical_hrf_shape():

@@ -16,7 +16,7 @@ import pytest
 
 from acquisition import SessionError, SessionFile, read_session
 
-WRITER = Path(__file__).with_name("session_writer.py")
+WRITER = Path(__file__).parents[1] / "support" / "session_writer.py"
 
 
 def _filled(path: Path) -> SessionFile:
@@ -225,7 +225,7 @@ def test_a_follower_waits_for_the_file_and_for_its_writer_to_set_it_up(tmp_path)
     path, said, got = tmp_path / "later.h5", [], {}
     follower = threading.Thread(target=lambda: got.update(data=read_when_ready(path, 0.05, said.append)))
     follower.start()
-    writer = subprocess.Popen([sys.executable, "-c", SETTING_UP, str(path), str(Path(__file__).parents[1])],
+    writer = subprocess.Popen([sys.executable, "-c", SETTING_UP, str(path), str(Path(__file__).parents[2])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert writer.stdout.readline() == "setting up\n", writer.stderr.read()

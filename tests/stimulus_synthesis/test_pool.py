@@ -9,7 +9,7 @@ import pytest
 
 from stimulus_synthesis import PoolError, load_pool, split_sentences
 
-from .netutil import ROOT
+from ..support.netutil import ROOT
 
 
 def test_text_csv_tsv_and_folder(tmp_path):

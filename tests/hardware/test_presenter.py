@@ -14,7 +14,7 @@ from hardware import PeerClient
 from hardware.presenter import blank_fraction, clock_offset
 from hardware.stream import Journal
 
-from .netutil import ROOT, free_port, wait_up
+from ..support.netutil import ROOT, free_port, wait_up
 
 
 def _png(array) -> bytes:

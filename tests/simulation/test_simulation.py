@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from .netutil import ROOT
+from ..support.netutil import ROOT
 
 PLUGIN = '''
 """A lab's own simulated subject, registered in the neurotwin.subjects entry-point group."""
@@ -131,12 +131,12 @@ def test_an_unknown_subject_name_lists_the_registered_ones(plugin_site, tmp_path
 def test_subjects_without_every_figure_get_the_defaults():
     from simulation.subjects import NOISE_SD, Subject, as_subject, load_subject
 
-    from .subjects import length_subject
+    from ..support.subjects import length_subject
 
     plain = as_subject(lambda stimuli: np.ones((len(stimuli), 1)))
     assert isinstance(plain, Subject) and list(plain.rois) == ["roi0"] and plain.noise_sd == NOISE_SD
     plain.warm_up()
-    loaded = load_subject("tests.subjects:length_subject")  # module:attr still works
+    loaded = load_subject("tests.support.subjects:length_subject")  # module:attr still works
     assert list(loaded.rois) == ["lang", "md"] and loaded.noise_sd == length_subject.noise_sd
     np.testing.assert_allclose(loaded(["two words"]), [[0.2, 0.5]])
     assert load_subject("hardware.rigs:gabor_tuning").rois == load_subject("gabor").rois  # sessions recorded before

@@ -17,7 +17,7 @@ import pytest
 from acquisition import read_session
 from control_loop.planner import localizer_folder
 
-from .netutil import ROOT, free_port, neurotwin, start_doc_rig, start_null_presenter
+from ..support.netutil import ROOT, free_port, neurotwin, start_doc_rig, start_null_presenter
 
 LIVE = ROOT / "tests" / "protocols" / "live_localizer.toml"  # 2 runs of 6 trials, TR 1 s: 16 volumes a run
 VOLUMES = 16
@@ -156,11 +156,11 @@ def test_a_slow_subject_on_a_loaded_machine_is_not_taken_for_lost(tmp_path):
     stimulus, with both cores kept busy by other processes, and the controller declares no outage."""
     from hardware import PeerClient
 
-    from .netutil import start_rig
+    from ..support.netutil import start_rig
 
     port = free_port()
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    rig = start_rig(port, tmp_path / "rig.journal", "--subject", "tests.subjects:slow_subject", speed=1.0)
+    rig = start_rig(port, tmp_path / "rig.journal", "--subject", "tests.support.subjects:slow_subject", speed=1.0)
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)  # the session's settings
     try:
         deadline = time.monotonic() + 30

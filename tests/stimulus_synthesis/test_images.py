@@ -26,8 +26,8 @@ from stimulus_synthesis.safety import SafetyLimits, check_image, check_sequence,
 from twin import DataError, FeatureModelError, Twin
 from twin.vision import ImageFeatures, ImagePlan, image_digests, to_tensor
 
-from .netutil import ROOT, free_port, wait_up
-from .test_cli_twin import neurotwin
+from ..support.netutil import ROOT, free_port, wait_up
+from ..twin.test_cli_twin import neurotwin
 
 YY, XX = np.mgrid[0:256, 0:256]
 
@@ -238,7 +238,7 @@ def test_image_bad_input_is_named():
     with pytest.raises(DataError, match="dtype int32"):
         feats([np.zeros((32, 32, 3), np.int32)])
     with pytest.raises(FeatureModelError, match="NaN"):
-        ImageFeatures(ImagePlan(model="tests.subjects:nan_image_model"))([np.zeros((32, 32, 3), np.uint8)])
+        ImageFeatures(ImagePlan(model="tests.support.subjects:nan_image_model"))([np.zeros((32, 32, 3), np.uint8)])
     with pytest.raises(FeatureModelError, match="no layer"):
         ImageFeatures(ImagePlan(model="gabor-v1", layers=("nope",)))
     with pytest.raises(FeatureModelError, match="unknown image model"):

@@ -20,8 +20,8 @@ from hardware.protocol import PROTOCOL_VERSION
 from hardware.security import generate_keys, load_pair, load_public
 from hardware.stream import Inbox, Journal, Outbox
 
-from .conftest import side_by_side
-from .netutil import ROOT, CuttableProxy, free_port, start_rig, wait_up
+from ..conftest import side_by_side
+from ..support.netutil import ROOT, CuttableProxy, free_port, start_rig, wait_up
 
 N_VOLUMES = 60
 
@@ -449,7 +449,7 @@ def test_language_subject_prefers_sentences_to_nonword_lists():
 
     from simulation.language import BASELINE, NONWORD_LEVEL, LanguageSubject, lexicality
 
-    from .conftest import SHARED
+    from ..conftest import SHARED
 
     files = sorted((SHARED / "fedorenko2010_localizer").glob("*.csv"))
     if not files:
@@ -473,7 +473,7 @@ def test_language_subject_has_more_room_below_than_above_like_tuckute_2024():
 
     from simulation.language import NONWORD_LEVEL, LanguageSubject, saturate
 
-    from .conftest import SHARED
+    from ..conftest import SHARED
 
     blocked = SHARED / "tuckute2024" / "blocked_condition_means.csv"
     pereira = SHARED / "pereira2018_language_network.csv"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import side_by_side, synthetic_sentences
-from .netutil import ROOT, fill, neurotwin
+from ..conftest import side_by_side, synthetic_sentences
+from ..support.netutil import ROOT, fill, neurotwin
 
 LANGUAGE = ROOT / "tests" / "protocols" / "tiny_language.toml"
 
@@ -85,7 +85,7 @@ def _output_commands(target: Path, twin: Path, data: Path, pool: Path, cache: Pa
         (["corpus", "build", "--out", target, "--sources", "lee"], "corpus build --out"),
         (["simulate", LANGUAGE, "--out", target], "simulate --out"),
         (["rig", "simulate-fmri", "--journal", target, "--duration", "1", "--bind", "tcp://127.0.0.1:*",
-          "--subject", "tests.subjects:length_subject"], "rig --journal"),
+          "--subject", "tests.support.subjects:length_subject"], "rig --journal"),
     ]  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import pytest
 from twin import DataError, FeatureCache, FeatureModelError, TextFeatureExtractor
 from twin.features import length_features, word_frequency_features
 
-from .conftest import synthetic_sentences
+from ..conftest import synthetic_sentences
 
 SENTENCES = [
     "The children played in the park after school.",

@@ -15,8 +15,8 @@ import pytest
 
 from acquisition import SessionFile, read_session
 
-from .conftest import side_by_side
-from .netutil import ROOT, fill
+from ..conftest import side_by_side
+from ..support.netutil import ROOT, fill
 
 TINY = ROOT / "tests" / "protocols" / "tiny_language.toml"
 TOTAL = 40 + 2 * 20 + 30
@@ -28,16 +28,6 @@ def _env(cache: Path) -> dict:
 
 def _cmd(*args) -> list[str]:
     return [sys.executable, "-m", "control_loop.cli", *map(str, args)]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    work = tmp_path_factory.mktemp("session")
-    out = work / "full.h5"
-    proc = subprocess.run(_cmd("simulate", TINY, "--out", out), cwd=ROOT, env=_env(work / "cache"),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, out, proc.stdout
 
 
 def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float, protocol: Path = TINY
@@ -69,20 +59,20 @@ def _trial_table(path: Path):
 def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path):
     from control_loop.report import write_report
 
-    from .subjects import length_language_subject
+    from ..support.subjects import length_language_subject
 
     _work, out, stdout = uninterrupted
     assert f"session file: {out}" in stdout and "report: " in stdout
     data, est = _trial_table(out)
     assert len(data.events) == TOTAL and data.events.trial.is_unique
-    assert set(est.condition) == {"B", "D", "S"}
+    assert set(est.condition) == {"baseline", "drive", "suppress"}
     runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
     assert [r["kind"] for r in runs] == ["baseline"] * 2 + ["closed_loop"] * 2 + ["evaluation"] * 2
     # The twin learned the subject (longer sentences drive 'lang'): it chose longer sentences to drive.
     words = data.stimuli.set_index("stimulus_id").text.str.split().str.len()
     ev = data.events.merge(words.rename("words"), left_on="stimulus_id", right_index=True)
     final = ev[ev.run.isin([r["run"] for r in runs if r["kind"] == "evaluation"])]
-    assert final[final.condition == "D"].words.mean() > final[final.condition == "S"].words.mean() + 5
+    assert final[final.condition == "drive"].words.mean() > final[final.condition == "suppress"].words.mean() + 5
     assert len(data.twin) == 4  # a snapshot after each closed-loop and evaluation run
     report = out.with_name(out.stem + "-report")
     summary = json.loads((report / "summary.json").read_text())
@@ -97,14 +87,19 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path)
     assert f"drive - suppress {difference:+.3f} (" in true_line
     assert file_line == f"session file: {out}" and report_line == f"report: {report / 'report.html'}"
     means = summary["evaluation_means"]  # the condition-means figure: the evaluation block, run offsets removed
-    assert [means[c]["n"] for c in "DBS"] == [10, 10, 10]
-    assert np.isclose(means["D"]["mean"] - means["S"]["mean"], summary["evaluation"]["drive - suppress"]["difference"])
+    assert [means[c]["n"] for c in ("drive", "baseline", "suppress")] == [10, 10, 10]
+    assert np.isclose(
+        means["drive"]["mean"] - means["suppress"]["mean"], summary["evaluation"]["drive - suppress"]["difference"]
+    )
     # a simulated session's report also scores the evaluation by the subject's true, noise-free response
     text = data.stimuli.set_index("stimulus_id").text
-    truth = {c: length_language_subject(list(text.loc[final[final.condition == c].stimulus_id]))[:, 0] for c in "DBS"}
+    truth = {
+        c: length_language_subject(list(text.loc[final[final.condition == c].stimulus_id]))[:, 0]
+        for c in ("drive", "baseline", "suppress")
+    }
     true = summary["true"]["contrasts"]["drive - suppress"]
-    assert np.isclose(true["difference"], truth["D"].mean() - truth["S"].mean()) and true["p"] < 0.01
-    assert np.isclose(true["sds"], true["difference"] / truth["B"].std(ddof=1))
+    assert np.isclose(true["difference"], truth["drive"].mean() - truth["suppress"].mean()) and true["p"] < 0.01
+    assert np.isclose(true["sds"], true["difference"] / truth["baseline"].std(ddof=1))
     # twin accuracy per run: r with the measurements inside its 95% interval, and r with the true response
     scored = [r for r in summary["runs"] if r.get("twin_r") is not None]
     assert [r["kind"] for r in scored] == ["closed_loop"] * 2 + ["evaluation"] * 2
@@ -121,8 +116,8 @@ def test_simulated_session_runs_every_phase_and_reports(uninterrupted, tmp_path)
         assert entry["means"] == pytest.approx(rows.groupby("condition").lang.mean().to_dict(), rel=1e-9)
     page = (report / "report.html").read_text()
     last = scored[-1]  # the page's run table has the same numbers
-    means = ", ".join(f"{name} {last['means'][c]:+.2f}" for c, name in zip("SBD", ["suppress", "baseline", "drive"],
-                                                                           strict=True))  # fmt: skip
+    means = ", ".join(f"{c} {last['means'][c]:+.2f}" for c in ("suppress", "baseline", "drive"))
+
     assert (f"<td>{last['index'] + 1}</td><td>evaluation</td><td>evaluation</td><td>{last['trials']}</td>"
             f"<td>{means}</td><td>{last['twin_r']:+.2f} [{last['twin_r_ci'][0]:+.2f}, {last['twin_r_ci'][1]:+.2f}]</td>"
             f"<td>{summary['true']['twin_r'][str(last['index'])]:+.2f}</td></tr>") in page  # fmt: skip
@@ -202,7 +197,7 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
 
     from twin import TextFeatures, Twin
 
-    from .subjects import length_language_subject
+    from ..support.subjects import length_language_subject
 
     work, full, _ = uninterrupted
     env = _env(work / "cache")
@@ -228,7 +223,7 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     assert (tmp_path / "reference.h5").read_bytes() == first.attachments["reference_twin.h5"]
     (tmp_path / "reference.h5").unlink()
     # A resume reads the kept copy; a new session, which has none, is refused before anything starts (a
-    # reference on other features: tests/test_twin.py).
+    # reference on other features: tests/twin/test_twin.py).
     never = tmp_path / "never.h5"
     resumed, refused = side_by_side([_cmd("session", "resume", out, "--no-report"),
                                      _cmd("simulate", protocol, "--out", never)], env, ROOT)  # fmt: skip
@@ -250,7 +245,7 @@ def test_session_starts_from_a_reference_twin_and_resumes_from_its_copy(uninterr
     np.testing.assert_allclose([runs[0]["predicted"][str(t)] for t in trials], predicted, rtol=1e-6)
     words = text.loc[events.loc[trials, "stimulus_id"]].str.split().str.len().to_numpy()
     cond = events.loc[trials, "condition"].to_numpy()
-    assert words[cond == "D"].mean() > words[cond == "S"].mean() + 5
+    assert words[cond == "drive"].mean() > words[cond == "suppress"].mean() + 5
     assert "the twin starts from" in data.log.loc[data.log.kind == "reference", "message"].iloc[0]
 
 
@@ -261,7 +256,7 @@ def test_session_twins_reuse_a_prior_twins_hyperparameters(uninterrupted, tmp_pa
     reference is refused, naming both."""
     from twin import FeaturePlan, Prior, TextFeatures, Twin
 
-    from .subjects import length_language_subject
+    from ..support.subjects import length_language_subject
 
     work, full, _ = uninterrupted
     env = _env(work / "cache")
@@ -333,7 +328,8 @@ def test_report_reads_the_true_responses_from_the_file_alone(uninterrupted, tmp_
     moved = tmp_path / "elsewhere.h5"
     shutil.copy(out, moved)
     with h5py.File(moved, "r+") as f:
-        f.attrs["peers"] = f.attrs["peers"].replace("tests.subjects:length_language_subject", "lab_only:subject7")
+        subject = "tests.support.subjects:length_language_subject"
+        f.attrs["peers"] = f.attrs["peers"].replace(subject, "lab_only:subject7")
     page = html.unescape(write_report(moved).read_text())
     assert json.loads(moved.with_name("elsewhere-report").joinpath("summary.json").read_text())["true"] == expected
     assert "In the simulated subject's true (noise-free) response" in page
@@ -362,7 +358,7 @@ def test_a_simulated_rig_that_crashes_ends_the_session_saying_why(uninterrupted,
     work, _, _ = uninterrupted  # its feature cache: the candidates are embedded once
     out = tmp_path / "crash.h5"
     started = time.monotonic()
-    cmd = _cmd("simulate", TINY, "--out", out, "--subject", "tests.subjects:broken_language_subject")
+    cmd = _cmd("simulate", TINY, "--out", out, "--subject", "tests.support.subjects:broken_language_subject")
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "the simulated rig exited (status 1): RuntimeError: this subject's weights are missing" in proc.stderr
@@ -594,7 +590,7 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
     """`protocol check --dry-run`: the protocol end to end in simulation, summarized from its session file."""
     from control_loop.report import summarize
 
-    from .subjects import length_language_subject
+    from ..support.subjects import length_language_subject
 
     work, _, _ = uninterrupted
     keep, tmp = tmp_path / "keep", tmp_path / "tmp"
@@ -615,14 +611,14 @@ def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uni
                      "evaluation": {"drive": 10, "suppress": 10, "baseline": 10}}  # fmt: skip
     session = keep / "tiny_language-dry-run-seed3.h5"
     data = read_session(session)
-    assert data.events.condition.value_counts().to_dict() == {"B": 50, "D": 30, "S": 30}
+    assert data.events.condition.value_counts().to_dict() == {"baseline": 50, "drive": 30, "suppress": 30}
     for name, c in summarize(session)["evaluation"].items():  # the printed effects are the session's
         assert f"{name} {c['difference']:+.3f} (SE {abs(c['difference'] / c['t']):.3f}, p {c['p']:.2g}" in out
     assert "evaluation, as the twin predicted it: drive - baseline " in out
     # the simulated subject's true (noise-free) response to the evaluation block's sentences
     last = data.events.sort_values("trial").tail(30).merge(data.stimuli[["stimulus_id", "text"]], on="stimulus_id")
     truth = length_language_subject(list(last.text))[:, 0]  # the protocol's simulated subject
-    mean = {c: truth[last.condition.to_numpy() == c].mean() for c in "DBS"}
+    mean = {c: truth[last.condition.to_numpy() == c].mean() for c in ("drive", "baseline", "suppress")}
     true_line = next(x for x in out.splitlines() if "evaluation, in the simulated subject's true response: " in x)
     for name, (a, b) in {"drive - baseline": "DB", "baseline - suppress": "BS", "drive - suppress": "DS"}.items():
         assert f"{name} {mean[a] - mean[b]:+.3f} (" in true_line, (name, mean, true_line)
@@ -702,11 +698,11 @@ def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, co
     assert proc.returncode == 0, proc.stderr[-2000:]
     data, est = _trial_table(out)
     round_ = est[est.run == 3]
-    expected = {"S": 20} if conditions == ["suppress"] else {"S": 10, "B": 10}
+    expected = {"suppress": 20} if conditions == ["suppress"] else {"suppress": 10, "baseline": 10}
     assert round_.condition.value_counts().to_dict() == expected  # no drive candidates
     base_runs = est[est.run <= 2].lang
-    base = round_[round_.condition == "B"].lang.mean() if "B" in expected else base_runs.mean()
-    effect = (base - round_[round_.condition == "S"].lang.mean()) / base_runs.std(ddof=1)
+    base = round_[round_.condition == "baseline"].lang.mean() if "baseline" in expected else base_runs.mean()
+    effect = (base - round_[round_.condition == "suppress"].lang.mean()) / base_runs.std(ddof=1)
     assert f"baseline - suppress {effect:+.2f} baseline SDs" in proc.stdout, (effect, proc.stdout[-2000:])
     reached = "stopping rule: target_effect 0.2 reached" in proc.stdout
     assert reached == (effect >= 0.2), (effect, proc.stdout[-2000:])
@@ -715,7 +711,7 @@ def test_one_sided_rounds_and_the_target_effect_rule(uninterrupted, tmp_path, co
     runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
     assert runs[2]["kind"] == "closed_loop" and sorted(map(int, runs[2]["predicted"])) == sorted(round_.trial)
     assert len(data.events) == 40 + 20 * (1 if reached else 2) + 30  # the evaluation runs either way
-    assert set(est[est.run == est.run.max()].condition) == {"D", "S", "B"}
+    assert set(est[est.run == est.run.max()].condition) == {"drive", "suppress", "baseline"}
 
 
 def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
@@ -736,23 +732,23 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     for name in stimuli.image:  # every shown image is on disk beside the session file and passes the limits
         assert check_image(load_image(out.parent / name)).ok
     means = est.groupby("condition").site0.mean()  # measured rates of the target site
-    assert means["D"] > means["B"] > means["S"]
+    assert means["drive"] > means["baseline"] > means["suppress"]
     assert (out.with_name(out.stem + "-report") / "report.html").exists()
     # what `protocol check --dry-run` reads from such a file: every shown image re-checked against the limits
     from control_loop.dryrun import describe, dry_run_summary
     from control_loop.protocol import load_protocol
 
-    from .subjects import luminance_sites as sites  # the protocol's simulated sites
+    from ..support.subjects import luminance_sites as sites  # the protocol's simulated sites
 
     protocol = load_protocol(ROOT / "tests" / "protocols" / "tiny_image.toml")
     summary = dry_run_summary(out, protocol)  # the true responses: the ones the file keeps
     assert summary["stimuli"] == {"shown": 60, "failing": {}} and summary["refused"] == 0
     last = data.events.sort_values("trial").tail(12).merge(stimuli.image.reset_index(), on="stimulus_id")
     rate = sites([load_image(out.parent / name) for name in last.image])[:, 0]
-    drive, suppress = (rate[last.condition.to_numpy() == c].mean() for c in "DS")
+    drive, suppress = (rate[last.condition.to_numpy() == c].mean() for c in ("drive", "suppress"))
     true = summary["true"]["contrasts"]["drive - suppress"]
     assert np.isclose(true["difference"], drive - suppress) and true["difference"] > 0 and true["p"] < 0.05
-    assert summary["per_phase"]["evaluation"] == {"D": 4, "S": 4, "B": 4}
+    assert summary["per_phase"]["evaluation"] == {"drive": 4, "suppress": 4, "baseline": 4}
     assert "safety limits: 60 of 60 shown images pass; the presenter refused 0 trial(s)" in describe(summary, protocol)
 
 
@@ -800,16 +796,19 @@ def test_evaluation_contrasts_compare_within_runs():
     from control_loop.report import condition_means, evaluation_contrasts
 
     rng = np.random.default_rng(0)
-    effect = {"D": 0.3, "B": 0.0, "S": -0.3}
+    effect = {"drive": 0.3, "baseline": 0.0, "suppress": -0.3}
     rows = [
         {"run": run, "condition": cond, "lang": offset + effect[cond] + 0.1 * rng.standard_normal()}
-        for run, offset, mix in ((1, 1.0, {"D": 30, "B": 15, "S": 5}), (2, -1.0, {"D": 5, "B": 15, "S": 30}))
+        for run, offset, mix in (
+            (1, 1.0, {"drive": 30, "baseline": 15, "suppress": 5}),
+            (2, -1.0, {"drive": 5, "baseline": 15, "suppress": 30}),
+        )
         for cond, k in mix.items()
         for _ in range(k)
     ]
     ev = pd.DataFrame(rows)
     out = evaluation_contrasts(ev, "lang")
-    pooled = ev[ev.condition == "D"].lang.mean() - ev[ev.condition == "S"].lang.mean()
+    pooled = ev[ev.condition == "drive"].lang.mean() - ev[ev.condition == "suppress"].lang.mean()
     assert pooled > 1.5  # the runs' offsets, had the runs been pooled
     for name, truth in (("drive - baseline", 0.3), ("baseline - suppress", 0.3), ("drive - suppress", 0.6)):
         se = out[name]["difference"] / out[name]["t"]
@@ -817,20 +816,20 @@ def test_evaluation_contrasts_compare_within_runs():
         assert out[name]["p"] < 1e-6
     one_run = evaluation_contrasts(ev[ev.run == 1], "lang")  # a single run: Student's t on its trials
     assert one_run["drive - suppress"]["difference"] == pytest.approx(0.6, abs=4 * 0.1 * np.sqrt(1 / 30 + 1 / 5))
-    assert evaluation_contrasts(ev[ev.condition == "D"], "lang") == {}  # nothing to compare
+    assert evaluation_contrasts(ev[ev.condition == "drive"], "lang") == {}  # nothing to compare
     # The report's bars: each condition's mean at the block's average offset (here 0: 50 trials in each run),
     # not the pooled means, which put D at +0.6 and S at -0.6 above and below the offsets' average.
     means = condition_means(ev, "lang")
     for cond, truth in effect.items():
         assert means[cond]["mean"] == pytest.approx(truth, abs=4 * means[cond]["se"]) and means[cond]["se"] < 0.05
-    assert [means[c]["n"] for c in "DBS"] == [35, 30, 35]
-    d, s = means["D"]["mean"], means["S"]["mean"]
+    assert [means[c]["n"] for c in ("drive", "baseline", "suppress")] == [35, 30, 35]
+    d, s = means["drive"]["mean"], means["suppress"]["mean"]
     assert d - s == pytest.approx(out["drive - suppress"]["difference"], abs=1e-12)
 
 
 def _serve(kind: str, port: int, journal: Path, log: Path) -> subprocess.Popen:
     """A rig (simulated ephys, 2 sites) or a null presenter that runs at real time until killed."""
-    args = {"rig": ["rig", "simulate-ephys", "--tuning", "tests.subjects:luminance_sites"],
+    args = {"rig": ["rig", "simulate-ephys", "--tuning", "tests.support.subjects:luminance_sites"],
             "presenter": ["present", "--null", "--trigger-key", ""]}[kind]  # fmt: skip
     with open(log, "a") as err:
         return subprocess.Popen(_cmd(*args, "--bind", f"tcp://127.0.0.1:{port}", "--journal", journal,
@@ -844,7 +843,7 @@ def test_live_session_with_a_rig_and_presenter_that_outlive_it(tmp_path):
     are taken from its hello (or a mismatch is refused before anything is written); a rig killed and restarted
     mid-run costs nothing and the outage is in the session file; the killed controller's session resumes
     against the same, still running, rig and presenter (a new controller stream), every trial exactly once."""
-    from .netutil import free_port
+    from ..support.netutil import free_port
 
     live = ROOT / "tests" / "protocols" / "live_image.toml"
     rig_port, pres_port = free_port(), free_port()
@@ -900,7 +899,7 @@ def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path)
     its journal keeps its run, and the session finishes with every trial once."""
     import threading
 
-    from .netutil import free_port
+    from ..support.netutil import free_port
 
     live = ROOT / "tests" / "protocols" / "live_image.toml"
     rig_port, pres_port = free_port(), free_port()

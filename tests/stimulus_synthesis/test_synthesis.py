@@ -20,9 +20,9 @@ from twin import DataError, FeatureCache, FeatureModelError, FeaturePlan, TextFe
 from twin.cache import text_digests
 from twin.projection import reference_sentences
 
-from .test_cli_twin import neurotwin
+from ..twin.test_cli_twin import neurotwin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

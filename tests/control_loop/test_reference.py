@@ -1,0 +1,67 @@
+"""Behaviour kept through the redesign of issue 41: for fixed seeds, the shipped protocols (and the tests' tiny
+ones) choose the same trials and stimuli, at the same onsets, and measure the same estimates as the code before it
+did. The references in tests/reference/ were made at the commit before the redesign (8d847d9), one thread each,
+digested by tests/support/digest.py.
+
+The one field that differs by design: conditions, which sessions now record by name ("drive") where they recorded
+one-letter codes ("D"); the digest reads old codes as the names they stood for."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ..support.digest import differences, digest
+from ..support.netutil import ROOT
+
+REFERENCE = ROOT / "tests" / "reference"
+SLOW = {"open_loop_language", "closed_loop_language", "open_loop_image", "closed_loop_image"}  # 1-15 min each
+
+
+def reference(name: str) -> dict:
+    return json.loads((REFERENCE / f"{name}.json").read_text())
+
+
+def one_thread(cache) -> dict:
+    """The references' environment: one thread per process (float sums in another order differ in the last bits)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(cache), "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}  # fmt: skip
+
+
+def assert_same(path, name: str) -> None:
+    found = differences(reference(name), digest(path))
+    assert not found, f"{len(found)} difference(s) from the reference, the first: {found[:5]}"
+
+
+def test_the_tiny_closed_loop_is_what_it_was(uninterrupted):
+    """The tests' closed-loop language session (their shared fixture): baseline, two closed-loop rounds, evaluation."""
+    _work, out, _ = uninterrupted
+    assert_same(out, "tiny_language")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
+                                  for n in ["language_localizer", *sorted(SLOW)]])  # fmt: skip
+def test_a_shipped_protocol_is_what_it_was(name, tmp_path_factory):
+    work = tmp_path_factory.getbasetemp() / "reference-sessions"  # one feature cache for the language protocols
+    work.mkdir(exist_ok=True)
+    out = work / f"{name}.h5"
+    protocol = ROOT / "protocols" / f"{name}.toml"
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
+                           "--no-report"], cwd=ROOT, env=one_thread(work / "cache"), capture_output=True, text=True,
+                          timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same(out, name)
+
+
+def test_the_digest_sees_a_difference(uninterrupted, tmp_path):
+    """The comparison is not blind: a stimulus, a condition and an estimate changed in a copy are each found."""
+    _work, out, _ = uninterrupted
+    changed = reference("tiny_language")
+    trial = changed["runs"][2]["trials"][0]
+    trial["stimulus"] += " Changed."
+    trial["condition"] = "baseline" if trial["condition"] != "baseline" else "drive"
+    trial["estimate"][0] += 1e-3
+    found = differences(changed, digest(out))
+    assert len(found) == 3 and all(f"trial {trial['trial']}:" in f for f in found), found
