@@ -122,8 +122,8 @@ class RunExecutor:
                                          f"{self.protocol.target.rois[0]} {r.values[-1][self.target]:+.2f}, "
                                          f"{(n_volumes - 1 - r.last_volume) * d.tr:.0f} s left",
                                          refresh=False)  # fmt: skip
-                for msg in self.rig.poll(0.01):
-                    self._from_rig(r, typed(msg))
+                for msg in self.rig.poll(0.01):  # (a sample with values that are not numbers: its channels in
+                    self._from_rig(r, typed(msg), msg.get("missing", []))  # "missing", added by the client)
                 for msg in self.presenter.poll(0.0):
                     self._from_presenter(r, typed(msg))
         if missed := sorted(set(range(n_volumes)) - r.received):
@@ -141,7 +141,7 @@ class RunExecutor:
         self.rig.send_reliable("start", run=r.run, tr=self.protocol.design.tr, n_volumes=r.n_volumes,
                                **again)  # after the events: see the rig  # fmt: skip
 
-    def _from_rig(self, r: RunState, msg: Any) -> None:
+    def _from_rig(self, r: RunState, msg: Any, missing: list[str]) -> None:
         """One message from the rig during run ``r``: its volumes are recorded; a simulated subject's true
         responses kept; a rig that restarted without its journal is told to take the run up again."""
         match msg:
@@ -150,9 +150,9 @@ class RunExecutor:
             case Truth(run=r.run):
                 r.truth[msg.trial] = list(msg.values)
             case Trigger(run=r.run) | Sample(run=r.run):
-                self._volume(r, msg)
+                self._volume(r, msg, missing)
 
-    def _volume(self, r: RunState, msg: Trigger | Sample) -> None:
+    def _volume(self, r: RunState, msg: Trigger | Sample, missing: list[str]) -> None:
         if r.rig_t0 is None:  # the run's first volume (in-order delivery: it comes first)
             r.rig_t0 = msg.time - msg.volume * self.protocol.design.tr  # (volume 0: its own time)
             # The run's clock origin: where its first volume lies on the controller's clock. One mapping per run
@@ -182,10 +182,10 @@ class RunExecutor:
                                "after the volume before it: not recorded")  # fmt: skip
             return
         values = np.asarray(msg.values, np.float64)
-        if msg.missing:  # values that are not numbers (the client logged them): the volume is missing
+        if missing:  # values that are not numbers (the client logged them): the volume is missing
             values = np.where(np.isfinite(values), values, np.nan)
             self.session.log("missing-volume", json.dumps({"run": r.run, "volume": msg.volume,
-                                                           "channels": msg.missing}))  # fmt: skip
+                                                           "channels": missing}))  # fmt: skip
         r.received.add(msg.volume)
         r.rel_times.append(msg.time - r.rig_t0)  # on the rig's own clock: no sync error
         r.values.append(values)

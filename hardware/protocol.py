@@ -159,8 +159,6 @@ class Sample(_Msg):
     time: float  # acquisition time of the volume, or start of the count window (sender's clock)
     width: float = 0.0  # window length for spike counts
     values: list[float]
-    # Filled in on receipt, not sent: the channels whose values are not numbers (the volume is then missing).
-    missing: list[str] = Field(default_factory=list)
 
 
 class Event(_Msg):
