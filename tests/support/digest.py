@@ -10,9 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-# The one-letter codes sessions recorded before condition names were kept whole (issue 41).
-OLD_CODES = {"B": "baseline", "D": "drive", "S": "suppress", "SENT": "sentences", "NONW": "nonwords"}
-
 
 def _stimulus(row, folder: Path) -> str:
     if isinstance(row.text, str) and row.text:
@@ -26,6 +23,7 @@ def _stimulus(row, folder: Path) -> str:
 def digest(path: str | Path) -> dict:
     """The session's runs, each with its trials in order of trial number."""
     from acquisition import read_session
+    from control_loop.protocol import condition_name  # (older files: one-letter codes, read as their names)
 
     path = Path(path)
     data = read_session(path)
@@ -43,7 +41,7 @@ def digest(path: str | Path) -> dict:
             trials.append({
                 "trial": int(t),
                 "stimulus_id": int(ev.stimulus_id),
-                "condition": OLD_CODES.get(ev.condition, ev.condition),
+                "condition": condition_name(ev.condition),
                 "stimulus": _stimulus(row, path.parent),
                 "onset": round(float(ev.scheduled_onset - t0), 6),
                 "estimate": [float(est.loc[t, r]) for r in rois] if t in est.index else None,
