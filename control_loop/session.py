@@ -38,13 +38,11 @@ from hardware import PeerClient
 
 from .executor import RunExecutor, RunState, start_disagreement
 from .learning import TwinUpdater
-from .modality import candidate_sentences, enough_candidates, modality_for
+from .modality import modality_for
 from .planner import RunPlan, Trial
 from .progress import run_line
 from .protocol import Protocol, load_prior, load_reference
 from .stopping import StoppingRules
-
-__all__ = ["SessionRunner", "candidate_sentences", "enough_candidates", "start_disagreement"]
 
 REFERENCE_FILE = "reference_twin.h5"  # the attachment holding the protocol's reference twin
 PRIOR_FILE = "prior.json"  # the attachment holding the protocol's prior (its hyperparameters)

@@ -990,7 +990,7 @@ def test_live_session_against_a_relay_of_a_recording_that_writes_lines(tmp_path)
 def test_start_disagreement_flags_a_presenter_and_rig_that_do_not_start_together():
     """The check behind the session's `timing` warning: the median of the measured onsets' distance from where
     the rig's first volume puts them, when above a quarter TR (and 0.1 s)."""
-    from control_loop.session import start_disagreement
+    from control_loop.executor import start_disagreement
 
     scheduled = {k: 10.0 + 4.0 * k for k in range(8)}
     shifted = {k: t - 0.3 + (0.05 if k == 3 else 0.0) for k, t in scheduled.items()}  # one trial late on its own
