@@ -2,8 +2,8 @@
 
 Every message is one ZeroMQ frame holding a msgpack map with at least ``v``
 (protocol version), ``type`` and ``t`` (the sender's clock, seconds). Reliable
-messages (data: ``sample``, ``trigger``, ``presented``; commands: ``schedule``,
-``start``, ``stop``, ``event``) also carry ``seq``, the sender's per-stream
+messages (data: ``sample``, ``trigger``, ``presented``, ``refused``, ``truth``; commands:
+``schedule``, ``start``, ``stop``, ``event``) also carry ``seq``, the sender's per-stream
 sequence number, and are acknowledged and replayed. See docs/PROTOCOL.md.
 """
 
