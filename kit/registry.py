@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -47,12 +47,6 @@ class Registry:
     def names(self) -> list[str]:
         """Every registered name: this package's, then other installed packages' (entry points)."""
         return list(dict.fromkeys([*self._builtin, *self._installed()]))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (self.aliases.get(name, name) in self.names())
 
     def get(self, spec: str) -> Callable[..., Any]:
         """The factory named ``spec`` (a registered name, an alias, or ``module:attr``)."""
