@@ -141,7 +141,7 @@ class SessionRunner:
         self._interrupts = _Interrupts()
         self.learner: TwinUpdater | None = None
         self.planner: Any = None
-        self.rules = StoppingRules(protocol, self.target)
+        self.rules: StoppingRules | None = None  # made once the rig's channels fix the target's column
         self.next_run = 1
         self._stopped: set[str] = set()
         self._watch = watch
@@ -183,7 +183,6 @@ class SessionRunner:
                 "name the rig's channels, in order (session run --rois), or connect the right rig"
             )
         self._set_rois(channels)
-        self.rules = StoppingRules(self.protocol, self.target)
 
     def _peer_log(self, kind: str, text: str) -> None:
         """A link event (outage, reconnection): on the terminal and in the session file's log."""
@@ -347,6 +346,7 @@ class SessionRunner:
             self._connect()  # first: a rig that measures other channels is refused before anything is written
             self._match_channels()
             self.planner = Planner(self.protocol, self.modality, self.target)
+            self.rules = StoppingRules(self.protocol, self.target)
             if any(p.kind != "localizer" for p in self.protocol.phases):  # a localizer shows fixed materials
                 if self.features is None:
                     self.features = self.modality.features()
