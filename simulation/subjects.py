@@ -120,7 +120,9 @@ def load_subject(spec: str | None) -> Subject:
 
 def subject_rois(spec: str | None) -> list[str]:
     """The ROIs (sites) a subject reports; the shipped ones without loading any model."""
-    shipped = {"language": ["lang", "md"], "v4": [f"site{i}" for i in range(8)],
-               "gabor": [f"site{i}" for i in range(16)]}  # fmt: skip
+    from .language import LanguageSubject
+    from .tuning import GABOR_SITES, V4_SITES, site_names
+
+    shipped = {"language": LanguageSubject.rois, "v4": site_names(V4_SITES), "gabor": site_names(GABOR_SITES)}
     name = SUBJECTS.aliases.get(spec or "language", spec or "language")
-    return shipped[name] if name in shipped else list(load_subject(spec).rois)
+    return list(shipped[name]) if name in shipped else list(load_subject(spec).rois)

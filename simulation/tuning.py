@@ -8,8 +8,16 @@ from typing import Any
 
 import numpy as np
 
+GABOR_SITES = 16  # the default tuning's sites
+V4_SITES = 8
 
-def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
+
+def site_names(n_sites: int) -> tuple[str, ...]:
+    """What a tuning function calls its sites: site0, site1, ..."""
+    return tuple(f"site{i}" for i in range(n_sites))
+
+
+def gabor_tuning(n_sites: int = GABOR_SITES, size: int = 64, seed: int = 7) -> Callable:
     """A default ephys subject: V1-like sites, each the rectified response of one random Gabor filter."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
@@ -36,11 +44,11 @@ def gabor_tuning(n_sites: int = 16, size: int = 64, seed: int = 7) -> Callable:
             rows.append(60.0 * np.maximum(bank @ gray.ravel(), 0) / np.sqrt(size))
         return np.array(rows)
 
-    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
+    tuning.rois = site_names(n_sites)
     return tuning
 
 
-def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Callable:
+def v4_tuning(n_sites: int = V4_SITES, seed: int = 11, layer: str = "_blocks.5") -> Callable:
     """V4-like sites: a sparse random readout of one EfficientNet-Lite0 layer at one place, softplus output.
 
     Each site pools 4 random channels of ``layer`` (14 x 14 map) under a Gaussian
@@ -88,5 +96,5 @@ def v4_tuning(n_sites: int = 8, seed: int = 11, layer: str = "_blocks.5") -> Cal
             rates[idx] = 20.0 * np.logaddexp(0, 1.5 * z - 1.0)
         return rates
 
-    tuning.rois = tuple(f"site{i}" for i in range(n_sites))
+    tuning.rois = site_names(n_sites)
     return tuning
