@@ -49,10 +49,12 @@ def saturate(z: np.ndarray, up: float, down: float) -> np.ndarray:
 
 
 def subject_features(sentences: Sequence[str]) -> np.ndarray:
-    """The subject's own stimulus features: MiniLM layer 3 (mean), word frequency, length."""
+    """The subject's own stimulus features: MiniLM layer 3 (mean), word frequency, length (in float32 whatever
+    ``$NEUROTWIN_DTYPE`` says: the ground truth is the same on every machine)."""
     from twin.features import TextFeatureExtractor, length_features, word_frequency_features
 
-    emb = TextFeatureExtractor("minilm").extract(list(sentences), layers=[3], pooling="mean")["mean/L3"]
+    extractor = TextFeatureExtractor("minilm", dtype="float32")
+    emb = extractor.extract(list(sentences), layers=[3], pooling="mean")["mean/L3"]
     return np.hstack([emb, word_frequency_features(sentences), length_features(sentences)])
 
 

@@ -82,7 +82,6 @@ def synthesize_sentences(
     log: list[Candidate] = []
     if generate_budget > 0:
         seeds = [c[0] for c in chosen[: min(16, n)]]
-        stats_index = features.surprisal_columns()
 
         def predict(texts, model=twin, noise=True):
             return model.predict_blocks(features(texts), with_sd=True, noise=noise)
@@ -92,7 +91,8 @@ def synthesize_sentences(
 
         nll_of = None
         naturalness = naturalness or Naturalness()
-        if stats_index is not None and naturalness.model == features.plan.model:
+        stats_index = features.surprisal_columns(naturalness.model)
+        if stats_index is not None:
 
             def nll_of(texts):  # the twin's own surprisal block: no second pass through the LM
                 return features.matrix(texts)[:, stats_index]

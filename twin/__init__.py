@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "features": ["TextFeatureExtractor", "length_features", "word_frequency_features"],
         "hyperparameters": ["Hyperparameters"],
         "model": ["Prior", "Twin", "baseline_predictions", "cross_validated_predictions"],
-        "plan": ["FeaturePlan", "TextFeatures", "features_for"],
+        "plan": ["FeaturePlan", "StackedPlan", "TextFeatures", "features_for", "plan_for"],
         "models": ["OFFLINE_MODELS", "load_text_model"],
         "projection": ["Projection", "reference_projection"],
         "ridge": ["RidgeReadout", "loo_ridge"],
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .hyperparameters import Hyperparameters
     from .model import Prior, Twin, baseline_predictions, cross_validated_predictions
     from .models import OFFLINE_MODELS, load_text_model
-    from .plan import FeaturePlan, TextFeatures, features_for
+    from .plan import FeaturePlan, StackedPlan, TextFeatures, features_for, plan_for
     from .projection import Projection, reference_projection
     from .ridge import RidgeReadout, loo_ridge
     from .scoring import Score, kfold, ncsnr, nsd_ceiling, score, split_half_ceiling

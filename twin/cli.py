@@ -35,12 +35,12 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(layers)))
 
 
-def _features(plan, cache: str | None, device: str):
+def _features(plan, cache: str | None, device: str, dtype: str | None = None):
     from .paths import default_feature_cache
     from .plan import features_for
 
     cache_path = None if cache == "none" else Path(cache) if cache else default_feature_cache()
-    return features_for(plan, cache=cache_path, device=device, progress=True)
+    return features_for(plan, cache=cache_path, device=device, progress=True, dtype=dtype)
 
 
 cache_option = click.option(
@@ -49,6 +49,11 @@ cache_option = click.option(
     help="Feature cache file (default: $NEUROTWIN_CACHE/features.h5); 'none' to disable.",
 )
 device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["float32", "bfloat16", "auto"]), default=None,
+    help="What text models compute in: auto is bfloat16 where the CPU (AVX512-BF16, AMX) or GPU computes it "
+         "natively, float32 elsewhere. Default: $NEUROTWIN_DTYPE, else float32.",
+)  # fmt: skip
 
 
 @click.group(name="twin")
@@ -59,7 +64,9 @@ def twin_group() -> None:
 @twin_group.command("fit")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=OutputFile(), help="Twin file to write (.h5).")
-@click.option("--model", default="smollm2-135m", show_default=True, help="Offline alias, Hugging Face name or folder.")
+@click.option("--model", default="smollm2-135m", show_default=True,
+              help="Offline alias, Hugging Face name or folder; several comma-separated to stack their blocks "
+                   "(e.g. smollm2-135m,gemma3-270m).")  # fmt: skip
 @click.option("--layers", default=None, help="Layers, e.g. '4-24:2' (default: every other middle layer).")
 @click.option("--pooling", default="last", show_default=True, help="Token pooling: last, mean, or 'last,mean'.")
 @click.option("--surprisal/--no-surprisal", default=None, help="Surprisal statistics (default: on for causal LMs).")
@@ -69,14 +76,15 @@ def twin_group() -> None:
 @click.option("--targets", default=None, help="Response columns to model (default: all but sentence/group).")
 @cache_option
 @device_option
+@dtype_option
 @click.option("--modality", type=click.Choice(["text", "image"]), default="text", show_default=True,
               help="Sentences, or images (CSV column 'image': paths relative to the CSV).")  # fmt: skip
 @click.option("--grid", default=3, show_default=True, help="Images: spatial pooling grid per layer.")
 @click.option("--prior", type=click.Path(path_type=Path), default=None,
               help="A prior file (neurotwin twin prior) or twin file on the same features whose penalties and "
                    "stacking weights to reuse, scaled to these data: for few or noisy responses.")  # fmt: skip
-def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device, modality,
-            grid, prior) -> None:  # fmt: skip
+def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, targets, cache, device, dtype,
+            modality, grid, prior) -> None:  # fmt: skip
     """Fit a twin on DATA (CSV: 'sentence' or 'image' plus response columns). Duplicates are averaged.
 
     Images: --model efficientnet-lite0 (default for images), gabor-v1, or module:attr
@@ -84,8 +92,9 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
     --layers as its module names, comma-separated.
     """
     from .data import load_dataset
+    from .errors import FeatureModelError
     from .model import Prior, Twin
-    from .plan import FeaturePlan
+    from .plan import plan_for
 
     borrowed = Prior.load(prior) if prior is not None else None
     if modality == "image":
@@ -99,11 +108,13 @@ def fit_cmd(data, out, model, layers, pooling, surprisal, length, components, ta
         raise UserError(f"--pooling: {pooling!r}; choose last, mean or 'last,mean'")
     if components < 0:
         raise UserError(f"--components must be 0 (whole layers) or more, got {components}")
-    plan = FeaturePlan(model=model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal,
-                       length=length, components=components or None)  # fmt: skip
-    features = _features(plan, cache, device)
-    if features.plan.layers:
-        features.extractor.check_layers(features.plan.layers)
+    try:
+        plan = plan_for(model, layers=parse_layers(layers), poolings=poolings, surprisal=surprisal, length=length,
+                        components=components or None)  # fmt: skip
+    except FeatureModelError as exc:
+        raise UserError(f"--model: {exc}") from None
+    features = _features(plan, cache, device, dtype)
+    features.check_layers()
     twin = Twin.fit(
         dataset.sentences, dataset.responses, dataset.targets, features=features, training_hash=dataset.digest(),
         prior=borrowed,
@@ -184,7 +195,8 @@ def _fit_images(data: Path, out: Path, model: str, layers: str | None, grid: int
 @click.option("--json", "json_out", type=OutputFile(), default=None, help="Also write the scores here.")
 @cache_option
 @device_option
-def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
+@dtype_option
+def score_cmd(twin_file, data, folds, seed, json_out, cache, device, dtype) -> None:
     """Held-out r per target, with baselines and (given repeats) the noise ceiling.
 
     Sentences the twin was trained on are scored by cross-validating the twin's
@@ -198,7 +210,7 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
 
     twin = Twin.load(twin_file)
     dataset = load_dataset(data, twin.targets, column="image" if twin.modality == "image" else "sentence")
-    twin.attach(_features(twin.plan, cache, device))
+    twin.attach(_features(twin.plan, cache, device, dtype))
     report = score_report(twin, dataset, folds=folds, seed=seed)
     click.echo(report.text())
     if json_out:
@@ -214,7 +226,8 @@ def score_cmd(twin_file, data, folds, seed, json_out, cache, device) -> None:
 @click.option("--model", default=None, help="Fail unless the twin uses this feature model.")
 @cache_option
 @device_option
-def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
+@dtype_option
+def predict_cmd(twin_file, sentences, out, model, cache, device, dtype) -> None:
     """Predict responses to SENTENCES (one per line): a CSV with each target and its predictive SD.
 
     An image twin reads a folder of images (.png, .jpg) or a CSV with an 'image' column (paths
@@ -230,7 +243,7 @@ def predict_cmd(twin_file, sentences, out, model, cache, device) -> None:
     else:
         column, stimuli = "sentence", load_sentences(sentences)
         names = stimuli
-    twin.attach(_features(twin.plan, cache, device))
+    twin.attach(_features(twin.plan, cache, device, dtype))
     mean, sd = twin.predict(stimuli, with_sd=True)
     table = {column: names}
     for t, name in enumerate(twin.targets):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .cache import FeatureCache
 from .errors import DataError, FeatureModelError
-from .models import OFFLINE_MODELS, TextModel, load_text_model, resolve_model
+from .models import TextModel, load_text_model, model_id_of, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class TextFeatureExtractor:
     Layers are numbered as Hugging Face's ``hidden_states``: 0 is the embedding
     output and ``l`` the output of block ``l``. The forward pass stops after the
     deepest requested block unless surprisal (which needs the LM head) is asked for.
+    ``dtype``: float32, bfloat16 or auto (:func:`twin.models.resolve_dtype`; default ``$NEUROTWIN_DTYPE``,
+    else float32); bfloat16 features are cached apart from float32 ones.
     """
 
     def __init__(
@@ -72,9 +74,11 @@ class TextFeatureExtractor:
         cache: FeatureCache | str | Path | None = None,
         batch_tokens: int = 2048,
         progress: bool = False,
+        dtype: str | None = None,
     ) -> None:
         self.model_name = model
         self.device = device
+        self.dtype = resolve_dtype(dtype, device)
         self.batch_tokens = batch_tokens
         self.progress = progress
         self.cache = FeatureCache(cache) if isinstance(cache, (str, Path)) else cache
@@ -84,16 +88,19 @@ class TextFeatureExtractor:
     @property
     def text_model(self) -> TextModel:
         if self._model is None:
-            self._model = load_text_model(self.model_name, self.device)
+            self._model = load_text_model(self.model_name, self.device, self.dtype)
         return self._model
+
+    @property
+    def cache_id(self) -> str:
+        """Whose features these are in a feature cache: the model's id, with the dtype unless float32."""
+        return self.model_id if self.dtype == "float32" else f"{self.model_id}@{self.dtype}"
 
     @property
     def model_id(self) -> str:
         if self._model is not None:
             return self._model.model_id
-        if self.model_name.strip().lower() in OFFLINE_MODELS:  # no conversion needed to name it
-            return self.model_name.strip().lower()
-        return resolve_model(self.model_name)[0]
+        return model_id_of(self.model_name)  # no conversion needed to name it
 
     def extract(
         self,
@@ -116,7 +123,7 @@ class TextFeatureExtractor:
         sentences = list(sentences)
         out: dict[str, np.ndarray] = {}
         missing = np.zeros(len(sentences), dtype=bool)
-        model_id = self.model_id
+        model_id = self.cache_id
         if self.cache is not None:
             for key in keys:
                 out[key], hit = self.cache.lookup(model_id, key, sentences)

@@ -91,9 +91,9 @@ def _open(cls: type, source: Path | BinaryIO, name: str, model: str | None) -> A
             raise TwinFileError(f"'{name}' is an HDF5 file but not a NeuroTwin twin{what}")
         twin = _read(cls, f, name)
     if model is not None:
-        from .models import resolve_model
+        from .models import model_id_of
 
-        wanted = model if twin.modality == "image" else resolve_model(model)[0]
+        wanted = model if twin.modality == "image" else model_id_of(model)
         if wanted != twin.model_id:
             raise FeatureModelError(f"twin file '{name}' uses feature model '{twin.model_id}', not '{wanted}'")
     return twin

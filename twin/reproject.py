@@ -1,31 +1,38 @@
-"""Recompute the shipped reference projections of the default model's default layers
-(``python -m twin.reproject``). Apart from :mod:`twin.projection`, which the twin model imports and which imports
-none of the model."""
+"""Recompute the shipped reference projections of the offline causal models' default layers
+(``python -m twin.reproject [MODEL ...]``). Apart from :mod:`twin.projection`, which the twin model imports and
+which imports none of the model."""
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
 from .features import TextFeatureExtractor
+from .models import GGUF_MODELS
 from .plan import FeaturePlan
 from .projection import SHIPPED, STORED_COMPONENTS, _stored_file, principal_basis, reference_sentences
 
 
-def main() -> None:
-    """Recompute the shipped projections of the default model's default layers."""
-    plan = FeaturePlan().resolve()
-    layer_blocks = [b for b in plan.blocks if "/L" in b]
-    ex = TextFeatureExtractor(plan.model, progress=True)
-    layers = sorted({int(b.split("/L")[1]) for b in layer_blocks})
-    poolings = sorted({b.split("/")[0] for b in layer_blocks})
-    feats = ex.extract(reference_sentences(), layers=layers, pooling=poolings)
+def reproject(model: str) -> None:
+    """Recompute the shipped projections of one model's default layers."""
+    plan = FeaturePlan(model=model).resolve()
+    ex = TextFeatureExtractor(plan.model, progress=True, dtype="float32")
+    feats = ex.extract(reference_sentences(), layers=plan.layers or (), pooling=plan.poolings)
     arrays = {}
-    for b in layer_blocks:
-        arrays[f"{b}/mean"], arrays[f"{b}/basis"] = principal_basis(feats[b], STORED_COMPONENTS)
+    for b in plan.layer_blocks:
+        arrays[f"{b}/mean"], arrays[f"{b}/basis"] = principal_basis(feats[b], STORED_COMPONENTS, bool(plan.standardize))
     SHIPPED.mkdir(exist_ok=True)
-    out = _stored_file(ex.model_id)[0]
+    out = _stored_file(ex.model_id, bool(plan.standardize))[0]
     np.savez_compressed(out, **arrays)
-    print(f"wrote {out} ({len(layer_blocks)} blocks, {STORED_COMPONENTS} components)")
+    print(f"wrote {out} ({len(plan.layer_blocks)} blocks, {STORED_COMPONENTS} components)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", default=list(GGUF_MODELS), help="offline aliases (default: all)")
+    for model in parser.parse_args().models:
+        reproject(model)
 
 
 if __name__ == "__main__":

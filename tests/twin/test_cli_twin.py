@@ -186,3 +186,19 @@ def test_bad_twin_files_exit_2(tmp_path, small_csv):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_fit_and_predict_with_a_twin_that_stacks_two_models(tmp_path, small_csv, feature_cache):
+    both = "smollm2-135m,minilm"
+    twin, sentences, out = tmp_path / "t.h5", tmp_path / "s.txt", tmp_path / "p.csv"
+    fit = neurotwin("twin", "fit", small_csv, "--out", twin, "--model", both, cache=feature_cache)
+    assert "feature blocks with weight:" in fit.stdout and ("smollm2-135m:" in fit.stdout or "minilm:" in fit.stdout)
+    sentences.write_text("The old dog slept.\nA storm came in from the sea.\n")
+    neurotwin("twin", "predict", twin, sentences, "--model", both, "--out", out, cache=feature_cache)
+    assert len(out.read_text().splitlines()) == 3
+    wrong = neurotwin("twin", "predict", twin, sentences, "--model", "minilm", "--out", out, check_ok=False)
+    assert wrong.returncode == 2 and f"uses feature model '{both}', not 'minilm'" in wrong.stderr
+    bad = neurotwin(
+        "twin", "fit", small_csv, "--out", tmp_path / "u.h5", "--model", both, "--layers", "4-8", check_ok=False
+    )
+    assert bad.returncode == 2 and "layers are one model's" in bad.stderr and not (tmp_path / "u.h5").exists()
