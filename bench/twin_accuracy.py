@@ -66,7 +66,7 @@ def main() -> None:
             _ = ex.text_model
         t = time.perf_counter()
         blocks = features(s)
-        if plan.layers != ():
+        if getattr(plan, "layers", None) != ():  # (not the surprisal-only plan)
             throughput.append((name, len(s) / (time.perf_counter() - t)))
         t = time.perf_counter()
         Twin.fit(s, Y, data.targets, features=features)
@@ -87,9 +87,9 @@ def main() -> None:
     for name, sc, note in rows:
         print(f"  {name:58s} {sc}  {note}")
     print("\nfeature throughput of each twin's plan (sentences/s, cold cache, 2 threads):")
-    base = dict(throughput)
+    base = {name.removesuffix(" (default)"): rate for name, rate in throughput}
     for name, rate in throughput:
-        ratio = rate / base[name.replace(", bfloat16", "")] if name.endswith("bfloat16") else 1.0
+        ratio = rate / base[name.removesuffix(", bfloat16")] if name.endswith(", bfloat16") else 1.0
         print(f"  {name:58s} {rate:6.1f}" + (f"  ({ratio:.2f}x float32)" if ratio != 1.0 else ""))
     best_length = max(sc.r for name, sc, _ in rows if name.startswith("length"))
     twin_r = rows[0][1].r

