@@ -22,6 +22,25 @@ REFERENCE = ROOT / "tests" / "reference"
 SLOW = {"open_loop_language", "closed_loop_language", "open_loop_image", "closed_loop_image"}
 
 
+# Image synthesis follows gradients through a CNN: on other CPU kernels (torch's AVX-512 ones instead of the AVX2
+# ones the references were made with) its float sums round otherwise and it lands on other images, so the image
+# references are compared only where torch runs the kernels they were made with.
+REFERENCE_KERNELS = "AVX2"
+IMAGE_REFERENCES = {"tiny_image", "open_loop_image", "closed_loop_image"}
+
+
+def incomparable(name: str) -> str | None:
+    """Why this machine cannot reproduce the reference ``name`` bit for bit, or None when it can."""
+    if name not in IMAGE_REFERENCES:
+        return None
+    import torch
+
+    found = torch.backends.cpu.get_cpu_capability()
+    if found == REFERENCE_KERNELS:
+        return None
+    return f"the {name} reference was made with torch's {REFERENCE_KERNELS} CPU kernels; this machine runs {found}"
+
+
 def reference(name: str) -> dict:
     return json.loads((REFERENCE / f"{name}.json").read_text())
 
@@ -46,6 +65,8 @@ def test_the_tiny_closed_loop_is_what_it_was(uninterrupted):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
                                   for n in ["language_localizer", *sorted(SLOW)]])  # fmt: skip
 def test_a_shipped_protocol_is_what_it_was(name, tmp_path_factory):
+    if why := incomparable(name):
+        pytest.skip(why)
     work = tmp_path_factory.getbasetemp() / "reference-sessions"  # one feature cache for the language protocols
     work.mkdir(exist_ok=True)
     out = work / f"{name}.h5"

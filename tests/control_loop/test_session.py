@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -720,14 +721,17 @@ def test_image_session_synthesizes_safe_images_and_drives_the_site(tmp_path):
     from stimulus_synthesis.safety import check_image
     from twin.vision import load_image
 
-    from .test_reference import assert_same, one_thread
+    from .test_reference import assert_same, incomparable, one_thread
 
     out = tmp_path / "image.h5"
     proc = subprocess.run(_cmd("simulate", ROOT / "tests" / "protocols" / "tiny_image.toml", "--out", out),
                           cwd=ROOT, env=one_thread(tmp_path / "cache"), capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same(out, "tiny_image")  # the images synthesized and what they measured: as before the redesign
+    if why := incomparable("tiny_image"):
+        warnings.warn(f"not compared with its reference: {why}", stacklevel=1)
+    else:
+        assert_same(out, "tiny_image")  # the images synthesized and what they measured: as before the redesign
     data, est = _trial_table(out)
     assert len(data.events) == 40 + 8 + 12 and data.events.trial.is_unique
     stimuli = data.stimuli.set_index("stimulus_id")
