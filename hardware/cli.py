@@ -150,9 +150,15 @@ def keygen(folder: Path, name: str) -> None:
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (with --null).")
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--lsl-markers",
+    default=None,
+    metavar="NAME",
+    help="Publish every shown trial's onset on an LSL marker stream of this name (JSON markers).",
+)
 @curve_options
 def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat,
-                duration, curve_secret, curve_allow):  # fmt: skip
+                duration, lsl_markers, curve_secret, curve_allow):  # fmt: skip
     """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
     from kit.clock import sim_clock
 
@@ -163,6 +169,14 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
         trigger_names(trigger_key or None, quit_key or None)  # before a window opens
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    markers = None
+    if lsl_markers is not None:
+        from .lsl import LSLError, MarkerOutlet
+
+        try:
+            markers = MarkerOutlet(lsl_markers or "NeuroTwin markers")
+        except LSLError as exc:
+            raise click.ClickException(str(exc)) from None
     logging.getLogger().setLevel(logging.INFO)
     clock = sim_clock(speed if null else 1.0)
     server = PeerServer(bind, role="presenter", name="null-presenter" if null else "psychopy", heartbeat=heartbeat,
@@ -178,7 +192,8 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
             display = PsychoPyDisplay((w, h), fullscreen, screen, screenshots=screenshots)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None)
+    presenter = Presenter(server, display, trigger_key or None, speed=speed if null else 1.0, quit_key=quit_key or None,
+                          markers=markers)  # fmt: skip
     try:
         serve(presenter, server, f"presenter serving on {server.endpoint}", duration)
     finally:

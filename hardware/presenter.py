@@ -178,7 +178,8 @@ class Presenter:
     """Serves the presentation protocol: schedule -> trigger -> trials at their onsets -> 'presented'."""
 
     def __init__(self, server: PeerServer, display: Any, trigger_key: str | None = "5", safety: Any = None,
-                 speed: float = 1.0, quit_key: str | None = "escape") -> None:  # fmt: skip
+                 speed: float = 1.0, quit_key: str | None = "escape", markers: Any = None) -> None:  # fmt: skip
+        """``markers``: a :class:`hardware.lsl.MarkerOutlet` to publish every shown trial's onset on."""
         from stimulus_synthesis.safety import SafetyLimits
 
         self.speed = speed  # the server's clock runs this many times faster than real time (simulation)
@@ -189,6 +190,7 @@ class Presenter:
         self.trigger_key = trigger_key
         self.trigger_keys = trigger_names(trigger_key, quit_key)
         self.quit_key = quit_key
+        self.markers = markers
         self.schedules: dict[int, list[dict]] = {}
         self.received: dict[int, float] = {}  # run -> when its schedule arrived (presenter clock)
         self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
@@ -336,7 +338,9 @@ class Presenter:
             if self.generation != generation:  # a new controller took over while this trial waited
                 return
             flip = self.display.flip(at)
-            onset = flip if onset is None else onset
+            if onset is None:
+                onset = flip
+                self._mark(run, trial, start, onset)
         self.display.draw(None, "fixation")  # a fixation cross between trials
         self._wait_until(start + trial["duration"])
         offset = self.display.flip(start + trial["duration"])
@@ -350,6 +354,15 @@ class Presenter:
                                   onset=onset, offset=offset, frame_interval=self.display.frame_interval,
                                   scheduled=start)  # fmt: skip
         self.done.add((run, trial["trial"]))
+
+    def _mark(self, run: int, trial: dict, scheduled: float, onset: float) -> None:
+        """Publish the trial's onset on the LSL marker stream, stamped with LSL's clock at the flip."""
+        if self.markers is None:
+            return
+        stamp = self.markers.now() - (self.server.clock() - onset) / self.speed  # the flip, on LSL's clock
+        self.markers.push({"session": self.server.stream, "run": run, "trial": trial["trial"],
+                           "stimulus_id": trial["stimulus_id"], "condition": trial.get("condition", ""),
+                           "kind": trial["kind"], "scheduled": scheduled, "onset": onset}, stamp)  # fmt: skip
 
     def step(self, timeout: float = 0.01) -> None:
         """Serve the link; on a trigger, present the run's due trials."""
