@@ -1,16 +1,14 @@
 """Lab Streaming Layer: the presenter's marker stream, received by an independent pylsl inlet on this machine."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
 from hardware.lsl import MARKER_TYPE, LSLError, pylsl
 
-from ..support.netutil import ROOT, free_port
-from .test_presenter import _run_schedule, _trials
+from ..support.netutil import free_port
+from .test_presenter import _run_schedule, _trials, null_presenter
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,7 @@ def test_every_onset_is_an_lsl_marker_at_the_flip(lsl):
     in order, with their fields, each stamped within 2 ms of the onset the presenter measured and reported."""
     port = free_port()
     name = f"neurotwin-test-markers-{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
-                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3", "--lsl-markers",
-                             name], cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = null_presenter(port, "--lsl-markers", name)
     try:
         found = lsl.resolve_byprop("name", name, minimum=1, timeout=20.0)
         assert found, f"no LSL stream named {name!r} resolved"
@@ -76,9 +72,7 @@ def test_every_onset_is_an_lsl_marker_at_the_flip(lsl):
 def test_no_marker_stream_unless_asked(lsl):
     """A presenter started without --lsl-markers publishes nothing on LSL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
-                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = null_presenter(port)
     try:
         got, _sent, client = _run_schedule(port, _trials())
         assert len(got) == 3

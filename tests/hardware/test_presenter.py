@@ -41,6 +41,13 @@ def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple
     return got, sent, client
 
 
+def null_presenter(port: int, *options: str) -> subprocess.Popen:
+    """The null presenter serving on ``port``, started by messages (no trigger key)."""
+    return subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
+                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3", *options],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def _trials():
     y, x = np.mgrid[0:128, 0:128]
     envelope = np.exp(-((x - 64) ** 2 + (y - 64) ** 2) / (2 * 12**2))  # a patch: within the safety limits
@@ -84,9 +91,7 @@ def test_clock_offset_ignores_samples_taken_across_a_preemption():
 
 def test_null_presenter_keeps_the_schedule():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--null", "--bind",
-                             f"tcp://127.0.0.1:{port}", "--trigger-key", "", "--heartbeat", "0.3"],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = null_presenter(port)
     try:
         got, sent, client = _run_schedule(port, _trials())
         # Onsets count from the trigger's own time, not its arrival: allow the clocks' sync error and a few ms.
