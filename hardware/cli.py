@@ -100,6 +100,56 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
            duration)  # fmt: skip
 
 
+@rig_group.command("lsl")
+@click.option("--name", default=None, help="The LSL stream's name.")
+@click.option("--type", "type_", default=None, help="The LSL stream's type (e.g. fMRI, EEG).")
+@click.option("--source-id", default=None, help="The LSL stream's source id (the one a restarted device keeps).")
+@click.option("--channels", required=True, help="Names of the stream's channels, in order, e.g. lang,md.")
+@click.option("--rate", type=POSITIVE, default=None, help="Nominal rate the stream must have, in Hz (1/TR).")
+@click.option("--resolve-timeout", type=POSITIVE, default=10.0, show_default=True,
+              help="Seconds to wait for the stream to answer.")  # fmt: skip
+@click.option("--silence", type=POSITIVE, default=5.0, show_default=True,
+              help="Seconds without samples after which the outage is logged.")  # fmt: skip
+@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option(
+    "--journal",
+    type=JOURNAL,
+    default=None,
+    help="Journal file: restarted with it, the rig resends what was not acknowledged and keeps its run.",
+)
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (simulation).")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
+@curve_options
+def lsl_rig(name, type_, source_id, channels, rate, resolve_timeout, silence, bind, journal, speed, heartbeat,
+            duration, curve_secret, curve_allow):  # fmt: skip
+    """A real recording over Lab Streaming Layer: the ROI values of an LSL stream, one sample per volume (a
+    real-time fMRI pipeline's), as the samples of the controller's runs, at their acquisition times. Each run
+    begins with the first volume acquired after its start; a volume that never came is left missing."""
+    from kit.clock import sim_clock
+
+    from .lsl import LSLError, check_stream, describe, find_stream, volume_lines
+    from .peer import PeerServer
+    from .relay import RelayRig
+
+    logging.getLogger().setLevel(logging.INFO)
+    names = [c.strip() for c in channels.split(",") if c.strip()]
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
+                                 param_hint="--channels")  # fmt: skip
+    try:
+        info = find_stream(name, type_, source_id, resolve_timeout)
+        check_stream(info, names, rate)
+    except LSLError as exc:
+        raise click.ClickException(str(exc)) from None
+    clock = sim_clock(speed)
+    server = PeerServer(bind, role="rig", name="lsl", heartbeat=heartbeat, journal=journal, clock=clock,
+                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    rig = RelayRig(server, names, volume_lines(info, clock, speed, silence), gaps=True, name="lsl-input")
+    serve(rig, server, f"LSL rig serving on {server.endpoint} ({describe(info)}; channels: {', '.join(names)})",
+          duration)  # fmt: skip
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 

@@ -1,15 +1,24 @@
-"""Lab Streaming Layer (LSL): the presenter's marker stream.
+"""Lab Streaming Layer (LSL): the presenter's marker stream, and LSL streams as the input of a rig.
 
 Every trial a presenter shows is published on an LSL string-marker stream (type ``Markers``), one JSON
 marker per trial, stamped with LSL's clock at the trial's first flip, so LabRecorder or any other inlet
-records the onsets beside the lab's data streams on one clock. ``pylsl`` is imported only when a marker
-stream is asked for; its wheel bundles liblsl.
+records the onsets beside the lab's data streams on one clock.
+
+A rig reads a lab's LSL stream of ROI values, one sample per volume (a real-time fMRI pipeline such as
+OpenNFT or Turbo-BrainVoyager): :func:`find_stream` resolves it, :func:`check_stream` refuses one with
+other channels or rate, and :func:`volume_lines` turns its samples into the relay rig's lines, each with
+its acquisition time mapped onto the rig's clock (LSL's clock sync with the sender, then this machine's
+LSL clock to the rig's). ``pylsl`` is imported only when LSL is used; its wheel bundles liblsl.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MARKER_TYPE = "Markers"
 MARKER_FIELDS = ("session", "run", "trial", "stimulus_id", "condition", "kind", "scheduled", "onset")
@@ -17,6 +26,10 @@ MARKER_FIELDS = ("session", "run", "trial", "stimulus_id", "condition", "kind", 
 
 class LSLError(RuntimeError):
     """LSL cannot be used here: pylsl is missing or liblsl does not load."""
+
+
+class LSLStreamError(LSLError):
+    """No LSL stream as asked for, or one that is not what the rig expects (named, with the expected value)."""
 
 
 def pylsl() -> Any:
@@ -56,3 +69,71 @@ class MarkerOutlet:
     def close(self) -> None:
         """Stop publishing (inlets see the stream end)."""
         self.outlet = None
+
+
+def describe(info: Any) -> str:
+    """An LSL stream as an operator recognizes it: name, type and source id."""
+    return f"LSL stream '{info.name()}' (type {info.type() or '-'}, source id {info.source_id() or '-'})"
+
+
+def find_stream(name: str | None = None, type: str | None = None, source_id: str | None = None,
+                timeout: float = 10.0) -> Any:  # fmt: skip
+    """The StreamInfo of the one stream with this name, type and source id (those given); LSLStreamError if none
+    answers within ``timeout`` seconds."""
+    lsl = pylsl()
+    props = {"name": name, "type": type, "source_id": source_id}
+    wanted = {k: v for k, v in props.items() if v}
+    if not wanted:
+        raise LSLStreamError("name an LSL stream: by its name, type or source id")
+    for key, value in wanted.items():
+        if "'" in value:
+            raise LSLStreamError(f"an LSL stream's {key} cannot contain a quote: {value!r}")
+    predicate = " and ".join(f"{k}='{v}'" for k, v in wanted.items())
+    found = lsl.resolve_bypred(predicate, 1, timeout)
+    if not found:
+        what = ", ".join(f"{k} {v!r}" for k, v in wanted.items())
+        raise LSLStreamError(f"no LSL stream with {what} answered within {timeout:g} s")
+    return found[0]
+
+
+def check_stream(info: Any, channels: list[str], rate: float | None = None) -> None:
+    """Raise LSLStreamError unless the stream carries numbers on ``len(channels)`` channels (at nominal ``rate``
+    Hz, if given)."""
+    lsl = pylsl()
+    if info.channel_format() == lsl.cf_string:
+        raise LSLStreamError(f"{describe(info)} carries strings (markers?), not the numbers of {', '.join(channels)}")
+    if info.channel_count() != len(channels):
+        raise LSLStreamError(f"{describe(info)} has {info.channel_count()} channel(s); expected {len(channels)} "
+                             f"({', '.join(channels)})")  # fmt: skip
+    if rate is not None and abs(info.nominal_srate() - rate) > 1e-6 * max(1.0, rate):
+        found = info.nominal_srate()
+        said = "an irregular rate" if found == lsl.IRREGULAR_RATE else f"a nominal rate of {found:g} Hz"
+        raise LSLStreamError(f"{describe(info)} has {said}; expected {rate:g} Hz")
+
+
+def volume_lines(info: Any, clock: Callable[[], float], speed: float = 1.0, silence: float = 5.0,
+                 open_timeout: float = 10.0) -> Iterator[str]:  # fmt: skip
+    """The stream's samples as relay lines (``time value value ...``), each time its acquisition on ``clock``.
+
+    The inlet recovers a lost stream by itself (the same source id, restarted); a silence of more than
+    ``silence`` seconds is logged when it begins and, with its length, when samples come again."""
+    lsl = pylsl()
+    inlet = lsl.StreamInlet(info, max_buflen=360, recover=True, processing_flags=lsl.proc_clocksync)
+    inlet.open_stream(open_timeout)
+    name = describe(info)
+    last = lsl.local_clock()
+    silent = False
+    while True:
+        chunk, stamps = inlet.pull_chunk(timeout=0.05)
+        now, here = clock(), lsl.local_clock()
+        if stamps:
+            if silent:
+                log.warning("%s is back after %.1f s without samples", name, here - last)
+                silent = False
+            for values, stamp in zip(chunk, stamps, strict=True):
+                # the sample's time on this machine's LSL clock (clock-synced), then on the rig's
+                yield " ".join([repr(now - (here - stamp) * speed), *map(repr, values)]) + "\n"
+            last = here
+        elif not silent and here - last > silence:
+            log.warning("%s: no samples for %.1f s (the inlet keeps trying to recover it)", name, here - last)
+            silent = True

@@ -68,24 +68,30 @@ class RelayRig:
     """Serves the lines of ``lines`` (an iterator, read on a thread of its own) as the samples of runs."""
 
     def __init__(self, server: PeerServer, channels: list[str], lines: Iterator[str] | IO[str],
-                 latency: float = 0.0, kind: str = "fmri") -> None:  # fmt: skip
+                 latency: float = 0.0, kind: str = "fmri", gaps: bool = False, name: str = "relay-input"
+                 ) -> None:  # fmt: skip
+        """``gaps``: a volume that comes more than 1.5 TR after the previous one is numbered by its time, the
+        volumes between left missing (for inputs that stamp each volume at its acquisition, as LSL streams do)."""
         if not channels:
             raise ValueError("a relay needs the names of its channels, in the order of each line's values")
         self.server, self.channels, self.latency, self.kind = server, list(channels), latency, kind
+        self.gaps = gaps
+        self.missed = 0  # volumes numbered past (gaps)
         server.channels = self.channels  # announced in hello
         self.run: _Run | None = None
         self.outside = 0  # lines that arrived while no run was open
         self.malformed = 0
         self._lines: queue.Queue[tuple[int, float, str] | None] = queue.Queue()
-        self.input_error: OSError | None = None  # why the input could not be read, if it could not
+        self.input_error: OSError | RuntimeError | None = None  # why the input could not be read, if it could not
         self._restore()
-        threading.Thread(target=self._read, args=(lines,), daemon=True, name="relay-input").start()
+        threading.Thread(target=self._read, args=(lines,), daemon=True, name=name).start()
 
     def _read(self, lines: Iterator[str] | IO[str]) -> None:
         try:
             for number, line in enumerate(lines, 1):
                 self._lines.put((number, self.server.clock(), line))  # stamped on arrival
-        except OSError as exc:  # e.g. a folder, or a file that went away: serve() raises it when the queue ends
+        except (OSError, RuntimeError) as exc:  # e.g. a folder, a file that went away, a stream that cannot open:
+            # serve() raises it when the queue ends
             log.error("cannot read the input: %s", exc)
             self.input_error = exc
         self._lines.put(None)
@@ -156,6 +162,16 @@ class RelayRig:
             log.error("line %d: its time %.6f is not after the previous volume's (%.6f): skipped", number, t,
                       run.last_time)  # fmt: skip
             return
+        if self.gaps and k > 0 and t - run.last_time > 1.5 * run.tr:
+            skipped = round((t - run.last_time) / run.tr) - 1
+            log.warning("run %d: volume(s) %d-%d never came (%.1f s without one); this one is volume %d", run.run,
+                        k, k + skipped - 1, t - run.last_time, k + skipped)  # fmt: skip
+            self.missed += skipped
+            k = run.next_volume = k + skipped
+            if k >= run.n_volumes:
+                log.info("run %d over: its last volumes never came", run.run)
+                self.run = None
+                return
         run.last_time = t
         if k == 0:
             self.server.send_reliable("trigger", run=run.run, volume=0, time=t)

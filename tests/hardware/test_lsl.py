@@ -1,13 +1,15 @@
 """Lab Streaming Layer: the presenter's marker stream, received by an independent pylsl inlet on this machine."""
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
 from hardware.lsl import MARKER_TYPE, LSLError, pylsl
 
-from ..support.netutil import free_port
+from ..support.netutil import ROOT, free_port, wait_up
 from .test_presenter import _run_schedule, _trials, null_presenter
 
 
@@ -83,3 +85,83 @@ def test_no_marker_stream_unless_asked(lsl):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _outlet(lsl, name: str, channels: int = 2, rate: float = 10.0, source_id: str = ""):
+    info = lsl.StreamInfo(name, "fMRI", channels, rate, lsl.cf_float32, source_id or name)
+    return lsl.StreamOutlet(info)
+
+
+def _lsl_rig(port: int, name: str, *options: str, **run) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "lsl", "--name", name, "--bind",
+                             f"tcp://127.0.0.1:{port}", "--heartbeat", "0.3", *options], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, **run)  # fmt: skip
+
+
+def test_the_lsl_rig_serves_a_streams_volumes_at_their_acquisition_times(lsl):
+    """A device's LSL stream (an ROI pair at 10 Hz, from this test) -> `neurotwin rig lsl` -> a controller: each
+    volume after the run's start is a sample with the values sent and its acquisition time; volumes that never
+    came (the device silent for 0.5 s) are numbered past, not given to the next volumes."""
+    from hardware import PeerClient
+
+    port = free_port()
+    name = f"neurotwin-test-roi-{port}"
+    outlet = _outlet(lsl, name)
+    proc = _lsl_rig(port, name, "--channels", "lang,md", "--rate", "10")
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    try:
+        wait_up(client, 30, "the LSL rig")
+        assert client.peer_channels == ["lang", "md"]
+        offset = _clock_offset(lsl)
+        outlet.push_sample([9.0, 9.0])  # before the run: not a sample
+        time.sleep(0.3)
+        client.send_reliable("start", run=1, tr=0.1, n_volumes=12)
+        got: list[dict] = []
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            got += client.poll(0.02)
+        sent = []
+        for k in range(12):
+            if 4 <= k < 9:
+                time.sleep(0.1)  # volumes 4-8 never come
+                continue
+            stamp = lsl.local_clock()
+            outlet.push_sample([float(k), -float(k)], stamp)
+            sent.append((k, stamp))
+            time.sleep(0.1)
+        end = time.monotonic() + 5
+        while sum(m["type"] == "sample" for m in got) < len(sent) and time.monotonic() < end:
+            got += client.poll(0.05)
+        samples = [m for m in got if m["type"] == "sample"]
+        assert [m["volume"] for m in samples] == [k for k, _ in sent] == [0, 1, 2, 3, 9, 10, 11]
+        assert [m["values"] for m in samples] == [[float(k), -float(k)] for k, _ in sent]
+        errors = [abs(m["time"] - (stamp + offset)) for m, (_, stamp) in zip(samples, sent, strict=True)]
+        print(f"sample time - acquisition time: max {max(errors) * 1000:.3f} ms")
+        assert max(errors) < 0.005
+        assert [m["volume"] for m in got if m["type"] == "trigger"] == [0]
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+    assert "volume(s) 4-8 never came" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--channels", "lang,md,extra"], "has 2 channel(s); expected 3 (lang, md, extra)"),
+    (["--channels", "lang,md", "--rate", "0.5"], "has a nominal rate of 10 Hz; expected 0.5 Hz"),
+])  # fmt: skip
+def test_a_stream_that_is_not_what_the_rig_expects_is_named(lsl, options, expected):
+    port = free_port()
+    name = f"neurotwin-test-wrong-{port}"
+    _outlet_kept = _outlet(lsl, name)
+    done = _lsl_rig(port, name, *options, "--resolve-timeout", "20")
+    _, err = done.communicate(timeout=60)
+    assert done.returncode != 0
+    assert f"LSL stream '{name}' (type fMRI, source id {name}) {expected}" in err
+    del _outlet_kept
+
+
+def test_no_stream_is_a_one_line_error(lsl):
+    done = _lsl_rig(free_port(), "no-such-stream-anywhere", "--channels", "lang", "--resolve-timeout", "1")
+    _, err = done.communicate(timeout=60)
+    assert done.returncode != 0 and "no LSL stream with name 'no-such-stream-anywhere' answered within 1 s" in err
