@@ -41,6 +41,7 @@ def simulation_peers(protocol: Protocol, subject: str | None = None, speed: floa
         "speed": speed or protocol.simulation.speed,
         "noise_sd": protocol.simulation.noise_sd,
         "seed": protocol.seed,
+        "via": protocol.simulation.via,
     }
 
 
@@ -64,11 +65,24 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
                "--heartbeat", "0.3", "--tuning", peers["subject"]]  # fmt: skip
     presenter = [*exe, "present", "--null", "--bind", pres_ep, "--trigger-key", "", "--speed", speed,
                  "--heartbeat", "0.3"]  # fmt: skip
+    commands = {"rig": rig, "presenter": presenter}
+    if peers.get("via") == "lsl":  # device -> LSL -> rig; the device sees the presenter's markers
+        stream, markers = f"neurotwin-simulated-{rig_port}", f"neurotwin-markers-{presenter_port}"
+        presenter += ["--lsl-markers", markers]
+        device = [*exe, "rig", "simulate-lsl", "--name", stream, "--markers", markers, "--tr",
+                  str(protocol.design.tr), "--speed", speed, "--seed", str(peers["seed"])]  # fmt: skip
+        device += ["--subject", peers["subject"]] if peers["subject"] else []
+        device += ["--noise-sd", str(peers["noise_sd"])] if peers.get("noise_sd") else []
+        channels = ",".join(subject_rois(protocol, peers))
+        rig = [*exe, "rig", "lsl", "--name", stream, "--channels", channels, "--rate",
+               repr(peers["speed"] / protocol.design.tr), "--speed", speed, "--bind", rig_ep, "--heartbeat", "0.3",
+               "--resolve-timeout", "120"]  # fmt: skip
+        commands = {"device": device, "rig": rig, "presenter": presenter}
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
     procs = []
     try:
-        for name, cmd in (("rig", rig), ("presenter", presenter)):
+        for name, cmd in commands.items():
             out = open(log_dir / f"{name}.log", "ab")
             # a session of their own: Ctrl-C in the terminal reaches the controller only, which stops them
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
@@ -76,7 +90,7 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
             procs.append((proc, out))
 
         def exited() -> str | None:
-            for (proc, out), name in zip(procs, ("rig", "presenter"), strict=True):
+            for (proc, out), name in zip(procs, commands, strict=True):
                 if proc.poll() is not None:
                     out.flush()
                     lines = Path(out.name).read_text(errors="replace").strip().splitlines()

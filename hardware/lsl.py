@@ -21,7 +21,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MARKER_TYPE = "Markers"
-MARKER_FIELDS = ("session", "run", "trial", "stimulus_id", "condition", "kind", "scheduled", "onset")
+MARKER_FIELDS = ("session", "run", "trial", "stimulus_id", "condition", "kind", "text", "duration", "scheduled",
+                 "onset")  # fmt: skip
 
 
 class LSLError(RuntimeError):

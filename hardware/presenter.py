@@ -362,7 +362,8 @@ class Presenter:
         stamp = self.markers.now() - (self.server.clock() - onset) / self.speed  # the flip, on LSL's clock
         self.markers.push({"session": self.server.stream, "run": run, "trial": trial["trial"],
                            "stimulus_id": trial["stimulus_id"], "condition": trial.get("condition", ""),
-                           "kind": trial["kind"], "scheduled": scheduled, "onset": onset}, stamp)  # fmt: skip
+                           "kind": trial["kind"], "text": trial.get("text", ""), "duration": trial["duration"],
+                           "scheduled": scheduled, "onset": onset}, stamp)  # fmt: skip
 
     def step(self, timeout: float = 0.01) -> None:
         """Serve the link; on a trigger, present the run's due trials."""

@@ -71,6 +71,38 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
     serve(rig, server, f"ephys-sim serving on {server.endpoint} ({len(rig.rois)} sites)", None)
 
 
+@click.command("simulate-lsl")
+@click.option("--name", required=True, help="Name of the LSL stream to publish (type fMRI, a channel per ROI).")
+@click.option("--markers", required=True, help="Name of the presenter's LSL marker stream: what the subject sees.")
+@click.option("--tr", type=POSITIVE, default=2.0, show_default=True, help="Volume length (simulated s).")
+@click.option("--subject", default=None,
+              help="Ground-truth subject: a registered name or module:attr (default: language).")  # fmt: skip
+@click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
+              help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
+def simulate_lsl(name, markers, tr, subject, noise_sd, seed, speed, duration):
+    """A simulated LSL device: a scanner with a simulated subject streaming its ROI values over Lab Streaming
+    Layer, one sample per volume, seeing what the presenter's marker stream says is shown (for `rig lsl`)."""
+    from hardware.lsl import LSLError
+
+    from .lsl_device import SimulatedLSLScanner
+
+    logging.getLogger().setLevel(logging.INFO)
+    truth = _load_subject(subject)
+    try:
+        device = SimulatedLSLScanner(truth, name, markers, tr=tr, speed=speed, seed=seed, noise_sd=noise_sd)
+    except LSLError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"simulated LSL device streaming '{name}' (ROIs: {', '.join(device.rois)}; markers: '{markers}')",
+               err=True)  # fmt: skip
+    try:
+        device.serve(duration)
+    except KeyboardInterrupt:
+        pass
+
+
 def _load_subject(spec: str | None):
     from .subjects import load_subject
 
@@ -80,4 +112,4 @@ def _load_subject(spec: str | None):
         raise click.BadParameter(str(exc)) from None
 
 
-SIMULATED_RIGS = (simulate_fmri, simulate_ephys)
+SIMULATED_RIGS = (simulate_fmri, simulate_ephys, simulate_lsl)

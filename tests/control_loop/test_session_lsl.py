@@ -1,0 +1,54 @@
+"""A session through Lab Streaming Layer: a simulated LSL device -> `neurotwin rig lsl` -> the controller, the
+device seeing what the presenter's LSL marker stream says is shown."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from acquisition import read_session
+
+from ..support.netutil import ROOT
+from .test_session import TINY, TOTAL, _trial_table
+
+
+@pytest.fixture(scope="module")
+def lsl():
+    from hardware.lsl import LSLError, pylsl
+
+    try:
+        return pylsl()
+    except LSLError as exc:
+        pytest.skip(str(exc))
+
+
+def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
+    from control_loop.report import summarize
+
+    protocol = tmp_path / "tiny_lsl.toml"
+    # (less noise than the participant of the direct tests: through LSL the noise's draw depends on when the session
+    # starts in the device's scan, and this test is of the chain, not of the statistics)
+    protocol.write_text(TINY.read_text().replace("speed = 100\n", 'speed = 100\nvia = "lsl"\nnoise_sd = 0.2\n'))
+    out = tmp_path / "lsl.h5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
+                           "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data, est = _trial_table(out)
+    assert len(data.events) == TOTAL and data.events.trial.is_unique
+    assert set(est.condition) == {"baseline", "drive", "suppress"}
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert [r["kind"] for r in runs] == ["baseline"] * 2 + ["closed_loop"] * 2 + ["evaluation"] * 2
+    assert not (data.log.kind == "missing").any()  # every volume of every run came through LSL
+    # The twin learned the subject from the LSL stream (longer sentences drive 'lang'): it chose longer ones to drive.
+    words = data.stimuli.set_index("stimulus_id").text.str.split().str.len()
+    ev = data.events.merge(words.rename("words"), left_on="stimulus_id", right_index=True)
+    final = ev[ev.run.isin([r["run"] for r in runs if r["kind"] == "evaluation"])]
+    assert final[final.condition == "drive"].words.mean() > final[final.condition == "suppress"].words.mean() + 5
+    effects = summarize(out)["evaluation"]
+    print({name: round(c["difference"], 3) for name, c in effects.items()})
+    assert read_session(out).truth is None  # a device on LSL sends samples only: no true responses
+    logs = {p.stem: p.read_text() for p in out.parent.rglob("*.log")}
+    assert any("reading the presenter's markers" in text for text in logs.values()), list(logs)
