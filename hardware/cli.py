@@ -37,6 +37,15 @@ def server_curve(secret: Path | None, allow: tuple[Path, ...]):
     return CurveKeys(public, secret_key, allowed_clients=[load_public(p) for p in allow])
 
 
+def channel_names(channels: str) -> list[str]:
+    """Distinct channel names from ``--channels`` (comma-separated), or a BadParameter naming the option."""
+    names = [c.strip() for c in channels.split(",") if c.strip()]
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
+                                 param_hint="--channels")  # fmt: skip
+    return names
+
+
 @click.group(name="rig")
 def rig_group() -> None:
     """Rigs (a relay of a real recording's values, or simulated) and rig keys."""
@@ -85,10 +94,7 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
     from .relay import RelayRig, open_input
 
     logging.getLogger().setLevel(logging.INFO)
-    names = [c.strip() for c in channels.split(",") if c.strip()]
-    if not names or len(set(names)) != len(names):
-        raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
-                                 param_hint="--channels")  # fmt: skip
+    names = channel_names(channels)
     if source != "-" and Path(source).is_dir():
         raise click.BadParameter(f"'{source}' is a folder: give the file the recording writes, a FIFO, or '-'",
                                  param_hint="--input")  # fmt: skip
@@ -133,10 +139,7 @@ def lsl_rig(name, type_, source_id, channels, rate, resolve_timeout, silence, bi
     from .relay import RelayRig
 
     logging.getLogger().setLevel(logging.INFO)
-    names = [c.strip() for c in channels.split(",") if c.strip()]
-    if not names or len(set(names)) != len(names):
-        raise click.BadParameter(f"give distinct channel names separated by commas, not {channels!r}",
-                                 param_hint="--channels")  # fmt: skip
+    names = channel_names(channels)
     try:
         info = find_stream(name, type_, source_id, resolve_timeout)
         check_stream(info, names, rate)

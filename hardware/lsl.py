@@ -67,10 +67,6 @@ class MarkerOutlet:
         """Publish one marker (a JSON object) stamped ``timestamp`` on LSL's clock."""
         self.outlet.push_sample([json.dumps(marker, separators=(",", ":"))], timestamp)
 
-    def close(self) -> None:
-        """Stop publishing (inlets see the stream end)."""
-        self.outlet = None
-
 
 def describe(info: Any) -> str:
     """An LSL stream as an operator recognizes it: name, type and source id."""

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from acquisition.glm import event_regressors
 from hardware.lsl import pylsl
 
-from .rigs import BETA_NOISE_PER_TS_NOISE
+from .rigs import BETA_NOISE_PER_TS_NOISE, evoked
 from .subjects import Subject
 
 log = logging.getLogger(__name__)
@@ -86,11 +85,8 @@ class SimulatedLSLScanner:
         t = k * self.tr
         self.noise = self.ar1 * self.noise + self.rng.normal(0, self.ts_noise * np.sqrt(1 - self.ar1**2),
                                                              len(self.rois))  # fmt: skip
-        value = self.noise + self.drift_sd * np.sin(2 * np.pi * t / 300.0 + self.phase)
-        if self.events:
-            onsets, durations, amps = zip(*self.events, strict=True)
-            value = value + event_regressors(np.array([t]), np.array(onsets), np.array(durations))[0] @ np.stack(amps)
-        return value
+        drift = self.drift_sd * np.sin(2 * np.pi * t / 300.0 + self.phase)
+        return self.noise + drift + evoked(t, self.events, len(self.rois))
 
     def step(self) -> None:
         """Read the markers that came, then stream every volume acquired at least ``latency`` ago."""

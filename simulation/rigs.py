@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 BETA_NOISE_PER_TS_NOISE = 2.43
 
 
+def evoked(t: float, events: list[tuple[float, float, np.ndarray]], n_rois: int) -> np.ndarray:
+    """The BOLD response at time ``t`` to events (onset, duration, response per ROI): each response convolved
+    with the canonical HRF, summed."""
+    if not events:
+        return np.zeros(n_rois)
+    onsets = np.array([e[0] for e in events])
+    durations = np.array([e[1] for e in events])
+    amps = np.stack([e[2] for e in events])
+    return event_regressors(np.array([t]), onsets, durations)[0] @ amps
+
+
 @dataclass
 class _Run:
     run: int
@@ -200,12 +211,7 @@ class SimulatedFMRIRig(_SimulatedRig):
         )
 
     def values(self, run: _Run, k: int) -> tuple[list[float], float]:
-        value = run.state["noise"][k] + run.state["drift"][k]
-        if run.events:
-            onsets = np.array([e[0] for e in run.events])
-            durations = np.array([e[1] for e in run.events])
-            amps = np.stack([e[2] for e in run.events])
-            value = value + event_regressors(np.array([k * run.tr]), onsets, durations)[0] @ amps
+        value = run.state["noise"][k] + run.state["drift"][k] + evoked(k * run.tr, run.events, len(self.rois))
         return [float(v) for v in value], 0.0
 
 

@@ -95,6 +95,17 @@ def small_csv(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lsl():
+    """The pylsl module, or a skip saying why Lab Streaming Layer cannot be used here."""
+    from hardware.lsl import LSLError, pylsl
+
+    try:
+        return pylsl()
+    except LSLError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory) -> Path:
     """One feature cache for the session, so each sentence is embedded once across tests."""
     return tmp_path_factory.mktemp("cache") / "features.h5"

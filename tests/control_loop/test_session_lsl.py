@@ -6,22 +6,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from acquisition import read_session
 
 from ..support.netutil import ROOT
 from .test_session import TINY, TOTAL, _trial_table
-
-
-@pytest.fixture(scope="module")
-def lsl():
-    from hardware.lsl import LSLError, pylsl
-
-    try:
-        return pylsl()
-    except LSLError as exc:
-        pytest.skip(str(exc))
 
 
 def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):

@@ -7,18 +7,10 @@ import time
 
 import pytest
 
-from hardware.lsl import MARKER_TYPE, LSLError, pylsl
+from hardware.lsl import MARKER_TYPE
 
 from ..support.netutil import ROOT, free_port, wait_up
 from .test_presenter import _run_schedule, _trials, null_presenter
-
-
-@pytest.fixture(scope="module")
-def lsl():
-    try:
-        return pylsl()
-    except LSLError as exc:
-        pytest.skip(str(exc))
 
 
 def _clock_offset(lsl) -> float:
