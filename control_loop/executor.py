@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.session import SessionError
-from hardware.protocol import PeerRestarted, Presented, Refused, Sample, Trigger, Truth, typed
+from hardware.protocol import PeerRestarted, Presented, Ready, Refused, Sample, Trigger, Truth, typed
 
 from .planner import RunPlan
 from .protocol import Protocol
@@ -36,6 +36,7 @@ class RunState:
     refused: dict[int, str] = field(default_factory=dict)
     late: dict[int, float] = field(default_factory=dict)  # trial -> lateness the presenter measured
     truth: dict[int, list[float]] = field(default_factory=dict)  # a simulated rig's: trial -> true response
+    ready: bool = False  # the presenter has checked and prepared the schedule
 
     @property
     def last_volume(self) -> int:
@@ -100,6 +101,7 @@ class RunExecutor:
                    **self.modality.wire(t.stimulus_id, t.stimulus)} for t in plan.trials]  # fmt: skip
         r = RunState(run, n_volumes, trials)
         self.presenter.send_reliable("schedule", run=run, trials=trials)
+        self._wait_ready(r)
         self.start_rig(r)
         start = {"index": plan.index, "run": run, "kind": plan.kind, "phase": plan.phase, "trials": len(trials)}
         self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
@@ -129,6 +131,21 @@ class RunExecutor:
         if missed := sorted(set(range(n_volumes)) - r.received):
             self.log("missing", f"run {run}: {len(missed)} volume(s) never came from the rig: {ranges(missed)}")
         return r
+
+    def _wait_ready(self, r: RunState, timeout: float = 300.0) -> None:
+        """Until the presenter has checked and prepared the run's stimuli (a presenter whose hello says it will
+        tell), so that its trigger does not find it busy: trials shown late."""
+        deadline = time.monotonic() + timeout
+        while self.presenter.peer_ready and not r.ready:
+            self.check()
+            if time.monotonic() > deadline:
+                raise SessionError(
+                    f"run {r.run}: the presenter did not say its {len(r.trials)} trials were ready "
+                    f"within {timeout:g} s ({'connected' if self.presenter.up else 'not answering'})"
+                )
+            for msg in self.presenter.poll(0.01):
+                self._from_presenter(r, typed(msg))
+            self.rig.poll(0.0)  # (the rig's link kept: nothing of this run comes before its start)
 
     def start_rig(self, r: RunState, first_volume: int = 0) -> None:
         """Tell the rig the run's events, then start it: from its beginning, or taken up again from
@@ -219,6 +236,8 @@ class RunExecutor:
             case Presented(run=r.run):
                 r.presented[msg.trial] = self.presenter.to_local(msg.onset)
                 r.late[msg.trial] = msg.onset - msg.scheduled if msg.scheduled else 0.0
+            case Ready(run=r.run):
+                r.ready = True
             case Refused(run=r.run):
                 r.refused[msg.trial] = msg.reason
                 self.session.log("refused", f"trial {msg.trial}: {msg.reason}")

@@ -152,9 +152,9 @@ class Simulation(_Strict):
                          description="Simulated time runs this many times faster than real time.")  # fmt: skip
     noise_sd: float | None = Field(None, gt=0, le=100)
     via: Literal["direct", "lsl"] = Field(
-        "direct", description="How the simulated scanner reaches the controller: direct (the simulated rig), or lsl "
-        "(a simulated LSL device streaming ROI values, read by `neurotwin rig lsl`, the subject seeing what the "
-        "presenter's LSL marker stream says; sentence protocols only).")  # fmt: skip
+        "direct", description="How the simulated recording reaches the controller: direct (the simulated rig), or "
+        "lsl (a simulated LSL device streaming ROI values per volume, or for images spike counts at 1 kHz, read by "
+        "`neurotwin rig lsl`, the subject seeing what the presenter's LSL marker stream says is shown).")  # fmt: skip
 
 
 class TwinSource(_Strict):
@@ -200,8 +200,6 @@ class Protocol(_Strict):
             raise ValueError(f"phase names must be unique, got {names}")
         if self.phases[-1].kind != "evaluation" and any(p.kind == "evaluation" for p in self.phases):
             raise ValueError("the evaluation phase must come last")
-        if self.simulation.via == "lsl" and self.modality != "text":
-            raise ValueError("simulation.via = 'lsl' simulates a scanner's ROI stream: sentence protocols only")
         allowed = [*GOAL_SIDES[self.target.goal], "baseline"]
         for i, p in enumerate(self.phases):
             bad = [c for c in p.conditions or () if c not in allowed]

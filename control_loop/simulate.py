@@ -69,14 +69,21 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
     if peers.get("via") == "lsl":  # device -> LSL -> rig; the device sees the presenter's markers
         stream, markers = f"neurotwin-simulated-{rig_port}", f"neurotwin-markers-{presenter_port}"
         presenter += ["--lsl-markers", markers]
-        device = [*exe, "rig", "simulate-lsl", "--name", stream, "--markers", markers, "--tr",
-                  str(protocol.design.tr), "--speed", speed, "--seed", str(peers["seed"])]  # fmt: skip
+        device = [*exe, "rig", "simulate-lsl", "--name", stream, "--markers", markers, "--speed", speed, "--seed",
+                  str(peers["seed"])]  # fmt: skip
         device += ["--subject", peers["subject"]] if peers["subject"] else []
-        device += ["--noise-sd", str(peers["noise_sd"])] if peers.get("noise_sd") else []
         channels = ",".join(subject_rois(protocol, peers))
-        rig = [*exe, "rig", "lsl", "--name", stream, "--channels", channels, "--rate",
-               repr(peers["speed"] / protocol.design.tr), "--speed", speed, "--bind", rig_ep, "--heartbeat", "0.3",
-               "--resolve-timeout", "120"]  # fmt: skip
+        rig = [*exe, "rig", "lsl", "--name", stream, "--channels", channels, "--speed", speed, "--bind", rig_ep,
+               "--heartbeat", "0.3", "--resolve-timeout", "120"]  # fmt: skip
+        if protocol.modality == "text":  # a scanner's ROI values, one sample per volume
+            device += ["--tr", str(protocol.design.tr)]
+            device += ["--noise-sd", str(peers["noise_sd"])] if peers.get("noise_sd") else []
+            rig += ["--rate", repr(peers["speed"] / protocol.design.tr)]
+        else:  # an array's spike counts at 1 kHz, counted per window by the rig; the subject sees the images
+            presenter += ["--lsl-marker-images"]
+            device += ["--signal", "spike-counts", "--rate", "1000"]
+            # (a device process starved of the CPU by the controller's image synthesis may stall: 2 s of grace)
+            rig += ["--signal", "spike-counts", "--rate", repr(peers["speed"] * 1000.0), "--grace", "2"]
         commands = {"device": device, "rig": rig, "presenter": presenter}
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}

@@ -111,7 +111,27 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
 @click.option("--type", "type_", default=None, help="The LSL stream's type (e.g. fMRI, EEG).")
 @click.option("--source-id", default=None, help="The LSL stream's source id (the one a restarted device keeps).")
 @click.option("--channels", required=True, help="Names of the stream's channels, in order, e.g. lang,md.")
-@click.option("--rate", type=POSITIVE, default=None, help="Nominal rate the stream must have, in Hz (1/TR).")
+@click.option(
+    "--rate",
+    type=POSITIVE,
+    default=None,
+    help="Nominal rate the stream must have, in Hz (1/TR for volumes; e.g. 1000 for spike counts).",
+)
+@click.option(
+    "--signal",
+    type=click.Choice(["volumes", "spike-counts"]),
+    default="volumes",
+    show_default=True,
+    help="What the stream carries: one sample of ROI values per volume (real-time fMRI), or per-sample "
+    "spike counts per channel (electrophysiology), sent as counts per window of one TR.",
+)
+@click.option(
+    "--grace",
+    type=POSITIVE,
+    default=1.0,
+    show_default=True,
+    help="Spike counts: seconds after a window's end it is sent, if no later sample has come.",
+)
 @click.option("--resolve-timeout", type=POSITIVE, default=10.0, show_default=True,
               help="Seconds to wait for the stream to answer.")  # fmt: skip
 @click.option("--silence", type=POSITIVE, default=5.0, show_default=True,
@@ -127,16 +147,18 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @curve_options
-def lsl_rig(name, type_, source_id, channels, rate, resolve_timeout, silence, bind, journal, speed, heartbeat,
-            duration, curve_secret, curve_allow):  # fmt: skip
-    """A real recording over Lab Streaming Layer: the ROI values of an LSL stream, one sample per volume (a
-    real-time fMRI pipeline's), as the samples of the controller's runs, at their acquisition times. Each run
-    begins with the first volume acquired after its start; a volume that never came is left missing."""
+def lsl_rig(name, type_, source_id, channels, rate, signal, grace, resolve_timeout, silence, bind, journal, speed,
+            heartbeat, duration, curve_secret, curve_allow):  # fmt: skip
+    """A real recording over Lab Streaming Layer, as the samples of the controller's runs at their acquisition
+    times: an LSL stream's ROI values, one sample per volume (a real-time fMRI pipeline's), or its spike counts
+    per window of one TR (an electrophysiology stream at 1 kHz or more). Each run begins with the first sample
+    acquired after its start; a volume or window that never came is left missing."""
     from kit.clock import sim_clock
 
-    from .lsl import LSLError, check_stream, describe, find_stream, volume_lines
+    from .lsl import LSLError, check_stream, describe, find_stream, sample_chunks, volume_lines
     from .peer import PeerServer
     from .relay import RelayRig
+    from .windows import WindowRig
 
     logging.getLogger().setLevel(logging.INFO)
     names = channel_names(channels)
@@ -148,9 +170,18 @@ def lsl_rig(name, type_, source_id, channels, rate, resolve_timeout, silence, bi
     clock = sim_clock(speed)
     server = PeerServer(bind, role="rig", name="lsl", heartbeat=heartbeat, journal=journal, clock=clock,
                         curve=server_curve(curve_secret, curve_allow))  # fmt: skip
-    rig = RelayRig(server, names, volume_lines(info, clock, speed, silence), gaps=True, name="lsl-input")
-    serve(rig, server, f"LSL rig serving on {server.endpoint} ({describe(info)}; channels: {', '.join(names)})",
-          duration)  # fmt: skip
+    if signal == "volumes":
+        rig = RelayRig(server, names, volume_lines(info, clock, speed, silence), gaps=True, name="lsl-input")
+    else:
+        stream_rate = rate or info.nominal_srate()
+        if stream_rate <= 0:
+            server.close()
+            raise click.ClickException(f"{describe(info)} has an irregular rate: spike counts need a regular one")
+        # (the stream's rate in real time; the rig counts in simulated time, --speed times faster)
+        rig = WindowRig(server, names, sample_chunks(info, clock, speed, silence), stream_rate / speed,
+                        grace=grace * speed, name="lsl-input")  # fmt: skip
+    serve(rig, server, f"LSL rig serving on {server.endpoint} ({describe(info)}; {signal}; channels: "
+                       f"{', '.join(names)})", duration)  # fmt: skip
 
 
 def _interrupt(*_: object) -> None:
@@ -209,9 +240,11 @@ def keygen(folder: Path, name: str) -> None:
     metavar="NAME",
     help="Publish every shown trial's onset on an LSL marker stream of this name (JSON markers).",
 )
+@click.option("--lsl-marker-images", is_flag=True,
+              help="Image markers carry the image (PNG in base64): for a simulated participant on LSL.")  # fmt: skip
 @curve_options
 def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, screenshots, journal, speed, heartbeat,
-                duration, lsl_markers, curve_secret, curve_allow):  # fmt: skip
+                duration, lsl_markers, lsl_marker_images, curve_secret, curve_allow):  # fmt: skip
     """Show scheduled sentences and images at the scanner trigger; report measured onsets."""
     from kit.clock import sim_clock
 
@@ -227,7 +260,7 @@ def present_cmd(bind, null, trigger_key, quit_key, fullscreen, size, screen, scr
         from .lsl import LSLError, MarkerOutlet
 
         try:
-            markers = MarkerOutlet(lsl_markers or "NeuroTwin markers")
+            markers = MarkerOutlet(lsl_markers or "NeuroTwin markers", images=lsl_marker_images)
         except LSLError as exc:
             raise click.ClickException(str(exc)) from None
     logging.getLogger().setLevel(logging.INFO)

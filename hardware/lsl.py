@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 MARKER_TYPE = "Markers"
@@ -47,13 +49,16 @@ def pylsl() -> Any:
 class MarkerOutlet:
     """An LSL marker stream of shown trials: :meth:`push` one JSON marker per trial at its onset."""
 
-    def __init__(self, name: str = "NeuroTwin markers", source_id: str = "") -> None:
+    def __init__(self, name: str = "NeuroTwin markers", source_id: str = "", images: bool = False) -> None:
+        """``images``: an image trial's marker carries the image (PNG bytes in base64, field ``image``), for a
+        simulated participant on LSL."""
         lsl = pylsl()
+        self.images = images
         self._clock = lsl.local_clock
         info = lsl.StreamInfo(name, MARKER_TYPE, 1, lsl.IRREGULAR_RATE, lsl.cf_string,
                               source_id or f"neurotwin-markers:{name}")  # fmt: skip
         fields = info.desc().append_child("fields")
-        for field in MARKER_FIELDS:
+        for field in (*MARKER_FIELDS, "image") if images else MARKER_FIELDS:
             fields.append_child_value("field", field)
         info.desc().append_child_value("encoding", "JSON object per marker")
         self.name = name
@@ -108,9 +113,23 @@ def check_stream(info: Any, channels: list[str], rate: float | None = None) -> N
         raise LSLStreamError(f"{describe(info)} has {said}; expected {rate:g} Hz")
 
 
-def volume_lines(info: Any, clock: Callable[[], float], speed: float = 1.0, silence: float = 5.0,
-                 open_timeout: float = 10.0) -> Iterator[str]:  # fmt: skip
-    """The stream's samples as relay lines (``time value value ...``), each time its acquisition on ``clock``.
+def clock_origin(clock: Callable[[], float], lsl_clock: Callable[[], float], speed: float = 1.0,
+                 reads: int = 30) -> float:  # fmt: skip
+    """``clock`` minus ``speed`` times LSL's clock, from the most tightly bracketed of ``reads`` paired reads: a
+    time ``t`` on LSL's clock is ``origin + speed * t`` on ``clock`` (``clock`` runs ``speed`` times faster)."""
+    best = (np.inf, 0.0)
+    for _ in range(reads):
+        a = lsl_clock()
+        now = clock()
+        b = lsl_clock()
+        best = min(best, (b - a, now - speed * (a + b) / 2))
+    return best[1]
+
+
+def sample_chunks(info: Any, clock: Callable[[], float], speed: float = 1.0, silence: float = 5.0,
+                  open_timeout: float = 10.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """The stream's samples as they come, in chunks of (times, values): each time the sample's acquisition on
+    ``clock`` (LSL's clock sync with the sender, then this machine's LSL clock to ``clock``), values (n, channels).
 
     The inlet recovers a lost stream by itself (the same source id, restarted); a silence of more than
     ``silence`` seconds is logged when it begins and, with its length, when samples come again."""
@@ -120,17 +139,29 @@ def volume_lines(info: Any, clock: Callable[[], float], speed: float = 1.0, sile
     name = describe(info)
     last = lsl.local_clock()
     silent = False
+    origin, measured = clock_origin(clock, lsl.local_clock, speed), last
     while True:
-        chunk, stamps = inlet.pull_chunk(timeout=0.05)
-        now, here = clock(), lsl.local_clock()
-        if stamps:
+        # (min_samples=1: whatever has come, at once; liblsl would otherwise wait to fill max_samples)
+        chunk, stamps = inlet.pull_chunk(timeout=0.05, max_samples=4096, min_samples=1, as_numpy=True)
+        here = lsl.local_clock()
+        if here - measured > 10.0:  # (the two clocks may be slewed apart: measured again now and then)
+            origin, measured = clock_origin(clock, lsl.local_clock, speed), here
+        if len(stamps):
             if silent:
                 log.warning("%s is back after %.1f s without samples", name, here - last)
                 silent = False
-            for values, stamp in zip(chunk, stamps, strict=True):
-                # the sample's time on this machine's LSL clock (clock-synced), then on the rig's
-                yield " ".join([repr(now - (here - stamp) * speed), *map(repr, values)]) + "\n"
+            # each sample's time on this machine's LSL clock (clock-synced), then on the rig's
+            yield origin + np.asarray(stamps, np.float64) * speed, np.asarray(chunk, np.float64)
             last = here
         elif not silent and here - last > silence:
             log.warning("%s: no samples for %.1f s (the inlet keeps trying to recover it)", name, here - last)
             silent = True
+
+
+def volume_lines(info: Any, clock: Callable[[], float], speed: float = 1.0, silence: float = 5.0,
+                 open_timeout: float = 10.0) -> Iterator[str]:  # fmt: skip
+    """The stream's samples as relay lines (``time value value ...``): one volume per sample (see
+    :func:`sample_chunks`)."""
+    for times, values in sample_chunks(info, clock, speed, silence, open_timeout):
+        for t, row in zip(times.tolist(), values.tolist(), strict=True):
+            yield " ".join([repr(t), *map(repr, row)]) + "\n"

@@ -239,6 +239,7 @@ class PeerServer(_Endpoint):
         self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
         self.content = False  # hello asks for each event's stimulus (a simulated subject needs it; a scanner not)
         self.simulated = False  # hello says the subject is simulated: the rig sends each trial's true response
+        self.ready = False  # hello says this presenter sends `ready` once a schedule's stimuli are prepared
         self._peer_seen = 0.0
         self._hello_heard: tuple | None = None  # (identity, stream, resume_from) of the last hello heard
         self._last_beat = 0.0
@@ -313,7 +314,7 @@ class PeerServer(_Endpoint):
             self._last_ack_sent = 0
             reply = self._message("hello", role=self.role, name=self.name, session=self.stream, epoch=self.epoch,
                                   resume_from=self.inbox.expected, channels=self.channels, content=self.content,
-                                  simulated=self.simulated)  # fmt: skip
+                                  simulated=self.simulated, ready=self.ready)  # fmt: skip
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
                 self._send_to_peer(frame_)
@@ -417,6 +418,7 @@ class PeerClient(_Endpoint):
         self.peer_channels: list[str] = []  # what a rig calls its sample values (its hello; [] if it does not say)
         self.peer_content = False  # the rig asked for each event's stimulus (its hello)
         self.peer_simulated = False  # the rig's subject is simulated: it sends true responses (its hello)
+        self.peer_ready = False  # the presenter says `ready` once a schedule's stimuli are prepared (its hello)
         self.peer_epoch = ""  # the peer process's epoch (its hello): another one means it forgot everything
         self.timeout = timeout if timeout is not None else max(DEFAULT_PEER_TIMEOUT, 3 * heartbeat)
         self.fatal: str | None = None  # why the two sides cannot talk at all (another protocol version)
@@ -533,6 +535,7 @@ class PeerClient(_Endpoint):
         if kind == "hello":
             self.peer_name, self.peer_role, self.peer_channels = msg["name"], msg["role"], msg["channels"]
             self.peer_content, self.peer_simulated = msg["content"], msg["simulated"]
+            self.peer_ready = msg["ready"]
             if not self.up and self.outages and self.outages[-1].end is None:
                 outage = self.outages[-1]
                 outage.end, outage.wall_end = recv_t, self._seen

@@ -13,6 +13,7 @@ restarted on its journal, it resumes.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -191,6 +192,7 @@ class Presenter:
         self.trigger_keys = trigger_names(trigger_key, quit_key)
         self.quit_key = quit_key
         self.markers = markers
+        server.ready = True  # hello: this presenter says `ready` once a schedule's stimuli are checked
         self.schedules: dict[int, list[dict]] = {}
         self.received: dict[int, float] = {}  # run -> when its schedule arrived (presenter clock)
         self.triggered: dict[int, float] = {}  # run -> time of its first trigger (presenter clock)
@@ -257,6 +259,8 @@ class Presenter:
             trials = self._safe(msg["run"], msg["trials"])
             self.schedules[msg["run"]] = sorted(trials, key=lambda tr: tr["onset"])
             log.info("run %d: schedule of %d trials", msg["run"], len(msg["trials"]))
+            # (again after a restart on the journal: the controller takes the first one it waits for)
+            self.server.send_reliable("ready", run=msg["run"], trials=len(trials))
         elif kind == "trigger" and msg["run"] not in self.triggered and msg["volume"] == 0:
             now = self.server.clock()
             at = msg.get("receiver_time")
@@ -360,10 +364,13 @@ class Presenter:
         if self.markers is None:
             return
         stamp = self.markers.now() - (self.server.clock() - onset) / self.speed  # the flip, on LSL's clock
-        self.markers.push({"session": self.server.stream, "run": run, "trial": trial["trial"],
-                           "stimulus_id": trial["stimulus_id"], "condition": trial.get("condition", ""),
-                           "kind": trial["kind"], "text": trial.get("text", ""), "duration": trial["duration"],
-                           "scheduled": scheduled, "onset": onset}, stamp)  # fmt: skip
+        marker = {"session": self.server.stream, "run": run, "trial": trial["trial"],
+                  "stimulus_id": trial["stimulus_id"], "condition": trial.get("condition", ""), "kind": trial["kind"],
+                  "text": trial.get("text", ""), "duration": trial["duration"], "scheduled": scheduled,
+                  "onset": onset}  # fmt: skip
+        if self.markers.images and trial["kind"] == "image":
+            marker["image"] = base64.b64encode(trial["image"]).decode("ascii")
+        self.markers.push(marker, stamp)
 
     def step(self, timeout: float = 0.01) -> None:
         """Serve the link; on a trigger, present the run's due trials."""

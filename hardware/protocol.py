@@ -18,7 +18,7 @@ PROTOCOL_VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 # Reliable messages carry a per-stream ``seq``; they are acknowledged and replayed after reconnects.
 RELIABLE_TYPES = frozenset({"sample", "trigger", "presented", "refused", "truth", "schedule", "start", "stop",
-                            "event"})  # fmt: skip
+                            "event", "ready"})  # fmt: skip
 
 
 class ProtocolError(Exception):
@@ -51,6 +51,7 @@ class Hello(_Msg):
     epoch: str = ""
     content: bool = False  # a rig that needs each event's stimulus (a simulated subject); others get ids and timing
     simulated: bool = False  # a rig whose subject is simulated: it sends each trial's true response (``truth``)
+    ready: bool = False  # a presenter that says ``ready`` once a schedule's stimuli are checked and prepared
 
 
 class Ping(_Msg):
@@ -141,6 +142,15 @@ class Refused(_Msg):
     reason: str
 
 
+class Ready(_Msg):
+    """The presenter has checked and prepared a run's stimuli: its trigger may come."""
+
+    type: Literal["ready"]
+    seq: int
+    run: int
+    trials: int  # how many of the schedule's trials it will show (the others were refused)
+
+
 class Trigger(_Msg):
     type: Literal["trigger"]
     seq: int
@@ -210,6 +220,7 @@ Message = Annotated[
     | Stop
     | Presented
     | Refused
+    | Ready
     | Trigger
     | Sample
     | Event

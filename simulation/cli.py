@@ -72,31 +72,43 @@ def simulate_ephys(bind, journal, tuning, sites, baseline, seed, speed, heartbea
 
 
 @click.command("simulate-lsl")
-@click.option("--name", required=True, help="Name of the LSL stream to publish (type fMRI, a channel per ROI).")
+@click.option("--name", required=True, help="Name of the LSL stream to publish (a channel per ROI or site).")
 @click.option("--markers", required=True, help="Name of the presenter's LSL marker stream: what the subject sees.")
+@click.option("--signal", type=click.Choice(["volumes", "spike-counts"]), default="volumes", show_default=True,
+              help="A scanner's ROI values, one sample per volume (type fMRI), or an array's spike counts per "
+                   "sample at --rate (type Spikes).")  # fmt: skip
 @click.option("--tr", type=POSITIVE, default=2.0, show_default=True, help="Volume length (simulated s).")
+@click.option("--rate", type=POSITIVE, default=1000.0, show_default=True,
+              help="Spike counts: samples per simulated second.")  # fmt: skip
 @click.option("--subject", default=None,
-              help="Ground-truth subject: a registered name or module:attr (default: language).")  # fmt: skip
+              help="Ground-truth subject: a registered name or module:attr (default: language; for spike counts, "
+                   "v4).")  # fmt: skip
 @click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
-              help="Per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
+              help="Volumes: per-trial noise SD (default: the subject's, 0.623).")  # fmt: skip
+@click.option("--baseline", type=FiniteFloat(min=0), default=5.0, show_default=True,
+              help="Spike counts: spontaneous rate (spikes/s).")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Noise and drift seed.")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
-def simulate_lsl(name, markers, tr, subject, noise_sd, seed, speed, duration):
-    """A simulated LSL device: a scanner with a simulated subject streaming its ROI values over Lab Streaming
-    Layer, one sample per volume, seeing what the presenter's marker stream says is shown (for `rig lsl`)."""
+def simulate_lsl(name, markers, signal, tr, rate, subject, noise_sd, baseline, seed, speed, duration):
+    """A simulated LSL device: a scanner (ROI values per volume) or a recording array (spike counts at 1 kHz) with a
+    simulated subject, seeing what the presenter's marker stream says is shown (for `rig lsl`)."""
     from hardware.lsl import LSLError
 
-    from .lsl_device import SimulatedLSLScanner
+    from .lsl_device import SimulatedLSLArray, SimulatedLSLScanner
 
     logging.getLogger().setLevel(logging.INFO)
-    truth = _load_subject(subject)
     try:
-        device = SimulatedLSLScanner(truth, name, markers, tr=tr, speed=speed, seed=seed, noise_sd=noise_sd)
+        if signal == "volumes":
+            truth = _load_subject(subject)
+            device = SimulatedLSLScanner(truth, name, markers, tr=tr, speed=speed, seed=seed, noise_sd=noise_sd)
+        else:
+            truth = _load_subject(subject or "v4")
+            device = SimulatedLSLArray(truth, name, markers, rate=rate, speed=speed, seed=seed, baseline=baseline)
     except LSLError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"simulated LSL device streaming '{name}' (ROIs: {', '.join(device.rois)}; markers: '{markers}')",
-               err=True)  # fmt: skip
+    click.echo(f"simulated LSL device streaming '{name}' ({signal} of {', '.join(device.rois)}; markers: "
+               f"'{markers}')", err=True)  # fmt: skip
     try:
         device.serve(duration)
     except KeyboardInterrupt:

@@ -40,3 +40,29 @@ def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
     assert read_session(out).truth is None  # a device on LSL sends samples only: no true responses
     logs = {p.stem: p.read_text() for p in out.parent.rglob("*.log")}
     assert any("reading the presenter's markers" in text for text in logs.values()), list(logs)
+
+
+def test_the_tiny_image_loop_runs_through_lsl_at_1khz(lsl, tmp_path):
+    """The image protocol through LSL: a simulated array streaming spike counts at 1 kHz (its sites seeing the images
+    the presenter's markers carry) -> `neurotwin rig lsl --signal spike-counts` (counts per window) -> the
+    controller, which drives and suppresses the target site as through the direct rig."""
+    import numpy as np
+
+    image = ROOT / "tests" / "protocols" / "tiny_image.toml"
+    protocol = tmp_path / "tiny_image_lsl.toml"
+    protocol.write_text(image.read_text().replace("speed = 20\n", 'speed = 20\nvia = "lsl"\n'))
+    out = tmp_path / "image_lsl.h5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
+                           "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data, est = _trial_table(out)
+    assert len(data.events) == 40 + 8 + 12 and data.events.trial.is_unique
+    assert not (data.log.kind == "missing").any()  # every window of every run came through LSL
+    assert np.allclose(data.samples.groupby("run").time.diff().dropna(), 0.5)  # one sample per window of one TR
+    means = est.groupby("condition").site0.mean()  # measured rates of the target site
+    print(means.round(2).to_dict())
+    assert means["drive"] > means["baseline"] > means["suppress"]
+    assert read_session(out).truth is None
+    rig_log = (out.parent / f"{out.stem}-logs" / "rig.log").read_text()
+    assert "spike-counts" in rig_log and "got no sample" not in rig_log and "after their window" not in rig_log

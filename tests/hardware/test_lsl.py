@@ -157,3 +157,59 @@ def test_no_stream_is_a_one_line_error(lsl):
     done = _lsl_rig(free_port(), "no-such-stream-anywhere", "--channels", "lang", "--resolve-timeout", "1")
     _, err = done.communicate(timeout=60)
     assert done.returncode != 0 and "no LSL stream with name 'no-such-stream-anywhere' answered within 1 s" in err
+
+
+def test_the_lsl_rig_counts_a_1khz_spike_stream_per_window(lsl):
+    """An array's spike counts at 1 kHz on 3 channels -> `neurotwin rig lsl --signal spike-counts` -> a controller:
+    each window of the run holds every channel's count of the samples acquired in it, exactly; a window the stream
+    covered in half holds twice its count (the rate over the part recorded); a window without a sample is not
+    sent."""
+    import numpy as np
+
+    from hardware import PeerClient
+
+    port = free_port()
+    name = f"neurotwin-test-spikes-{port}"
+    outlet = lsl.StreamOutlet(lsl.StreamInfo(name, "Spikes", 3, 1000.0, lsl.cf_float32, name))
+    proc = _lsl_rig(port, name, "--channels", "a,b,c", "--rate", "1000", "--signal", "spike-counts")
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    counts = np.random.default_rng(0).poisson(0.05, (1000, 3)).astype(np.float64)
+    gone = np.zeros(1000, bool)
+    gone[350:550] = True  # window 3 gets half its samples, window 4 none, window 5 half
+    try:
+        wait_up(client, 30, "the LSL rig")
+        assert client.peer_channels == ["a", "b", "c"]
+        client.send_reliable("start", run=1, tr=0.1, n_volumes=10)
+        got: list[dict] = []
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            got += client.poll(0.02)
+        base = lsl.local_clock()
+        for i in range(0, 1000, 10):
+            keep = ~gone[i : i + 10]
+            if keep.any():
+                stamps = base + (i + np.flatnonzero(keep)) / 1000.0
+                outlet.push_chunk(counts[i : i + 10][keep], stamps.tolist())
+            while lsl.local_clock() < base + (i + 10) / 1000.0:
+                time.sleep(0.001)
+        outlet.push_chunk(np.zeros((5, 3)), (base + np.arange(1000, 1005) / 1000.0).tolist())  # (ends window 9)
+        end = time.monotonic() + 10
+        while sum(m["type"] == "sample" for m in got) < 9 and time.monotonic() < end:
+            got += client.poll(0.05)
+        samples = [m for m in got if m["type"] == "sample"]
+        assert [m["volume"] for m in samples] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+        assert {m["kind"] for m in samples} == {"spikes"} and {m["width"] for m in samples} == {0.1}
+        for m in samples:
+            k = m["volume"]
+            window = counts[k * 100 : (k + 1) * 100][~gone[k * 100 : (k + 1) * 100]]
+            expected = window.sum(axis=0) * (100 / len(window))
+            assert np.allclose(m["values"], expected), (k, m["values"], expected)
+        times = np.array([m["time"] for m in samples])
+        assert np.allclose(np.diff(times), np.diff([m["volume"] for m in samples]) * 0.1)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+    err = proc.stderr.read()
+    assert "window 3 got 50 of its 100 samples" in err, err[-2000:]
+    assert "run 1: window 4 got no sample (0.10 s): missing" in err, err[-2000:]
