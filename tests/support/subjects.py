@@ -51,6 +51,14 @@ def luminance_sites(stimuli):
 luminance_sites.rois = ("site0", "site1")
 
 
+def bright_sites(stimuli):
+    """The luminance sites four times as strongly tuned (so Poisson noise matters less to a short test)."""
+    return 5.0 + 4.0 * (luminance_sites(stimuli) - 5.0)
+
+
+bright_sites.rois = luminance_sites.rois
+
+
 def broken_language_subject(stimuli):
     """A subject that loads but fails on its first stimulus (a user's subject with a bug)."""
     raise RuntimeError("this subject's weights are missing")
