@@ -98,7 +98,8 @@ class RunExecutor:
         d = self.protocol.design
         n_volumes = math.ceil(self.protocol.run_seconds(len(plan.trials)) / d.tr) + 1
         trials = [{"trial": t.trial, "stimulus_id": t.stimulus_id, "onset": t.onset, "duration": d.trial_duration,
-                   **self.modality.wire(t.stimulus_id, t.stimulus)} for t in plan.trials]  # fmt: skip
+                   "condition": t.condition, **self.modality.wire(t.stimulus_id, t.stimulus)}
+                  for t in plan.trials]  # fmt: skip
         r = RunState(run, n_volumes, trials)
         self.presenter.send_reliable("schedule", run=run, trials=trials)
         self._wait_ready(r)

@@ -132,11 +132,14 @@ def sample_chunks(info: Any, clock: Callable[[], float], speed: float = 1.0, sil
     ``clock`` (LSL's clock sync with the sender, then this machine's LSL clock to ``clock``), values (n, channels).
 
     The inlet recovers a lost stream by itself (the same source id, restarted); a silence of more than
-    ``silence`` seconds is logged when it begins and, with its length, when samples come again."""
+    ``silence`` seconds (and two sample intervals) is logged when it begins and, with its length, when samples
+    come again."""
     lsl = pylsl()
     inlet = lsl.StreamInlet(info, max_buflen=360, recover=True, processing_flags=lsl.proc_clocksync)
     inlet.open_stream(open_timeout)
     name = describe(info)
+    if info.nominal_srate() > 0:  # (a regular stream's own gaps are no silence)
+        silence = max(silence, 2.0 / info.nominal_srate())
     last = lsl.local_clock()
     silent = False
     origin, measured = clock_origin(clock, lsl.local_clock, speed), last

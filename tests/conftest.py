@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,3 +119,19 @@ def side_by_side(cmds: list[list[str]], env: dict, cwd: Path | None = None) -> l
              for c in cmds]  # fmt: skip
     outputs = [p.communicate(timeout=600) for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
+
+
+@pytest.fixture()
+def xvfb():
+    if importlib.util.find_spec("psychopy") is None:
+        pytest.skip("PsychoPy is not installed (pip install 'neurotwin[presenter]'; .ci/setup installs it)")
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (Debian package xvfb; .ci/setup installs it)")
+    # -displayfd: the server picks a free display number and writes it once it accepts clients.
+    proc = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    number = proc.stdout.readline().strip()
+    assert number.isdigit(), f"Xvfb did not start (exit status {proc.poll()})"
+    yield f":{number}"
+    proc.kill()
+    proc.wait()

@@ -3,13 +3,20 @@ device seeing what the presenter's LSL marker stream says is shown."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+
+import pytest
 
 from acquisition import read_session
+from control_loop.planner import localizer_folder
 
 from ..support.netutil import ROOT
 from .test_session import TINY, TOTAL, _trial_table
+
+LIVE = ROOT / "tests" / "protocols" / "live_localizer.toml"  # 2 runs of 6 trials, TR 1 s: 16 volumes a run
 
 
 def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
@@ -69,3 +76,102 @@ def test_the_tiny_image_loop_runs_through_lsl_at_1khz(lsl, tmp_path):
     assert read_session(out).truth is None
     rig_log = (out.parent / f"{out.stem}-logs" / "rig.log").read_text()
     assert "spike-counts" in rig_log and "got no sample" not in rig_log and "after their window" not in rig_log
+
+
+def _pull_everything(lsl, name: str, into: list, stop) -> None:
+    """An independent inlet on the device's stream (recovering it as a restarted device comes back): every sample
+    it gets, as (LSL time, values)."""
+    info = lsl.resolve_byprop("name", name, 1, 30.0)[0]
+    inlet = lsl.StreamInlet(info, recover=True)
+    inlet.open_stream(10.0)
+    while not stop.is_set():
+        chunk, stamps = inlet.pull_chunk(timeout=0.1)
+        into.extend(zip(stamps, map(tuple, chunk), strict=True))
+
+
+@pytest.mark.skipif(not localizer_folder().exists(), reason=f"localizer stimuli not found at {localizer_folder()}")
+def test_a_device_killed_and_restarted_mid_run_is_picked_up_again(lsl, tmp_path):
+    """A lab's setup at real time: a simulated LSL scanner -> `neurotwin rig lsl` -> `neurotwin session run`, the
+    presenter publishing markers. The device is killed mid-run 1 and started again 1 s later under the same stream
+    (its source id): the rig's inlet recovers it and logs the outage with its length, the volumes that never came
+    are recorded as missing, and every volume an independent inlet received during the runs is in the session file,
+    exactly once."""
+    import threading
+
+    import numpy as np
+
+    from ..support.netutil import free_port, neurotwin
+
+    rig_port, pres_port = free_port(), free_port()
+    stream, markers = f"neurotwin-test-scanner-{rig_port}", f"neurotwin-test-markers-{pres_port}"
+    device_cmd = neurotwin("rig", "simulate-lsl", "--name", stream, "--markers", markers, "--tr", "1.0", "--subject",
+                           "tests.support.subjects:length_language_subject", "--seed", "1")  # fmt: skip
+    logs = {name: open(tmp_path / f"{name}.log", "a") for name in ("device", "rig", "presenter")}
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=logs[name], stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+    device = start("device", device_cmd)
+    rig = start("rig", neurotwin("rig", "lsl", "--name", stream, "--channels", "lang,md", "--rate", "1", "--silence",
+                                 "1.5", "--bind", f"tcp://127.0.0.1:{rig_port}", "--heartbeat", "0.3",
+                                 "--resolve-timeout", "60"))  # fmt: skip
+    presenter = start("presenter", neurotwin("present", "--null", "--trigger-key", "", "--bind",
+                                             f"tcp://127.0.0.1:{pres_port}", "--lsl-markers", markers))  # fmt: skip
+    received: list = []
+    shown: list = []  # the presenter's markers, as an independent inlet (LabRecorder) gets them
+    stop = threading.Event()
+    for name, into in ((stream, received), (markers, shown)):
+        threading.Thread(target=_pull_everything, args=(lsl, name, into, stop), daemon=True).start()
+    out = tmp_path / "live.h5"
+    session = subprocess.Popen(neurotwin("session", "run", LIVE, "--rig", f"tcp://127.0.0.1:{rig_port}",
+                                         "--presenter", f"tcp://127.0.0.1:{pres_port}", "--out", out, "--rois",
+                                         "lang,md"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for line in session.stdout:
+            if line.startswith("run 1/2"):
+                time.sleep(6.0)  # some volumes of run 1 in
+                device.kill()
+                device.wait()
+                time.sleep(1.0)
+                device = start("device", device_cmd)  # the same stream, a new process
+                break
+        _, stderr = session.communicate(timeout=180)
+    finally:
+        session.kill()
+        stop.set()
+        for proc in (device, rig, presenter):
+            proc.terminate()
+            proc.wait(10)
+        for fh in logs.values():
+            fh.close()
+    assert session.returncode == 0, stderr[-3000:]
+    data = read_session(out)
+    rig_log = (tmp_path / "rig.log").read_text()
+    assert re.search(r"no samples for \d+\.\d s", rig_log), rig_log[-3000:]
+    back = re.search(r"is back after (\d+\.\d) s without samples", rig_log)
+    assert back and 1.0 < float(back.group(1)) < 20.0, rig_log[-3000:]
+    missing = data.log[data.log.kind == "missing"].message.tolist()
+    assert len(missing) == 1 and missing[0].startswith("run 1: "), data.log  # the gap, in run 1 only
+    recorded = [tuple(v) for v in data.samples[["lang", "md"]].to_numpy()]
+    assert len(recorded) == len(set(recorded))  # no volume twice
+    pulled = [tuple(np.float32(values)) for _, values in received]  # (the session file keeps float32)
+    assert set(recorded) <= set(pulled)  # nothing that the device did not send
+    for run in (1, 2):  # every volume received from the run's first to its last is in the file
+        mine = [tuple(v) for v in data.samples.loc[data.samples.run == run, ["lang", "md"]].to_numpy()]
+        first, last = pulled.index(mine[0]), pulled.index(mine[-1])
+        assert set(pulled[first : last + 1]) == set(mine), run
+    # Every trial's marker, in order, with its fields
+    events = data.events.sort_values("trial")
+    got = [json.loads(text) for _, (text,) in shown]
+    assert [m["trial"] for m in got] == events.trial.tolist()
+    assert [(m["run"], m["stimulus_id"], m["condition"]) for m in got] == list(
+        zip(events.run, events.stimulus_id, events.condition, strict=True)
+    )
+    stimuli = data.stimuli.set_index("stimulus_id").text
+    assert [m["text"] for m in got] == stimuli[events.stimulus_id].tolist()
+    assert len({m["session"] for m in got}) == 1 and all(m["kind"] == "text" for m in got)
+    stamps = [stamp for stamp, _ in shown]
+    assert stamps == sorted(stamps)
+    print(f"outage: {back.group(1)} s; {missing[0]}; {len(got)} markers")

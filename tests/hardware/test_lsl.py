@@ -1,6 +1,7 @@
 """Lab Streaming Layer: the presenter's marker stream, received by an independent pylsl inlet on this machine."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,42 +26,70 @@ def _clock_offset(lsl) -> float:
     return best[1]
 
 
-def test_every_onset_is_an_lsl_marker_at_the_flip(lsl):
-    """The null presenter publishes each shown trial on an LSL marker stream: an independent inlet gets them all,
-    in order, with their fields, each stamped within 2 ms of the onset the presenter measured and reported."""
-    port = free_port()
-    name = f"neurotwin-test-markers-{port}"
-    proc = null_presenter(port, "--lsl-markers", name)
+def _markers_of(lsl, name: str, proc: subprocess.Popen, port: int, trials: list[dict]):
+    """Run ``trials`` on the presenter ``proc`` (serving on ``port``) with an independent inlet on its marker stream
+    ``name``: (its presented messages, [(marker, LSL stamp)], the controller's stream id)."""
     try:
-        found = lsl.resolve_byprop("name", name, minimum=1, timeout=20.0)
+        found = lsl.resolve_byprop("name", name, minimum=1, timeout=60.0)
         assert found, f"no LSL stream named {name!r} resolved"
         info = found[0]
         assert info.type() == MARKER_TYPE and info.channel_format() == lsl.cf_string
         inlet = lsl.StreamInlet(info)
         inlet.open_stream(timeout=10.0)
-        trials = [{**t, "condition": c} for t, c in zip(_trials(), ["drive", "baseline", "suppress"], strict=True)]
-        got, _sent, client = _run_schedule(port, trials)
-        assert [m["trial"] for m in got] == [0, 1, 2]
+        got, _sent, client = _run_schedule(port, trials, timeout=120)
         markers = []
         end = time.monotonic() + 10.0
         while len(markers) < len(trials) and time.monotonic() < end:
             sample, stamp = inlet.pull_sample(timeout=0.5)
             if sample is not None:
                 markers.append((json.loads(sample[0]), stamp))
-        offset = _clock_offset(lsl)
-        assert [m["trial"] for m, _ in markers] == [0, 1, 2]
-        errors = [abs(stamp - (p["onset"] - offset)) * 1000 for (_, stamp), p in zip(markers, got, strict=True)]
-        print(f"marker stamp - measured onset: max {max(errors):.3f} ms")
-        for (marker, stamp), presented, trial in zip(markers, got, trials, strict=True):
-            assert marker["run"] == 1 and marker["session"] == client.stream
-            assert marker["stimulus_id"] == trial["stimulus_id"] and marker["condition"] == trial["condition"]
-            assert marker["kind"] == trial["kind"] and marker["onset"] == presented["onset"]
-            # The presenter's clock is the wall clock here; the marker's stamp is LSL's clock at the flip.
-            assert abs(stamp - (presented["onset"] - offset)) < 0.002, (marker, stamp, presented["onset"] - offset)
         client.close()
+        return got, markers, client.stream
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_every_onset_is_an_lsl_marker_at_the_flip(lsl):
+    """The null presenter publishes each shown trial on an LSL marker stream: an independent inlet gets them all,
+    in order, with their fields, each stamped within 2 ms of the onset the presenter measured and reported."""
+    port = free_port()
+    name = f"neurotwin-test-markers-{port}"
+    trials = [{**t, "condition": c} for t, c in zip(_trials(), ["drive", "baseline", "suppress"], strict=True)]
+    got, markers, stream = _markers_of(lsl, name, null_presenter(port, "--lsl-markers", name), port, trials)
+    offset = _clock_offset(lsl)
+    assert [m["trial"] for m in got] == [0, 1, 2]
+    assert [m["trial"] for m, _ in markers] == [0, 1, 2]
+    errors = [abs(stamp - (p["onset"] - offset)) * 1000 for (_, stamp), p in zip(markers, got, strict=True)]
+    print(f"marker stamp - measured onset: max {max(errors):.3f} ms")
+    for (marker, stamp), presented, trial in zip(markers, got, trials, strict=True):
+        assert marker["run"] == 1 and marker["session"] == stream
+        assert marker["stimulus_id"] == trial["stimulus_id"] and marker["condition"] == trial["condition"]
+        assert marker["kind"] == trial["kind"] and marker["onset"] == presented["onset"]
+        assert "image" not in marker  # (only with --lsl-marker-images)
+        # The presenter's clock is the wall clock here; the marker's stamp is LSL's clock at the flip.
+        assert abs(stamp - (presented["onset"] - offset)) < 0.002, (marker, stamp, presented["onset"] - offset)
+
+
+def test_psychopy_publishes_each_onset_within_a_frame(lsl, xvfb):
+    """PsychoPy in a real window under Xvfb: every trial's marker, stamped on LSL's clock, lies within one frame of
+    the flip the presenter measured; with --lsl-marker-images, the image trial's marker carries the PNG shown."""
+    import base64
+
+    port = free_port()
+    name = f"neurotwin-test-psychopy-markers-{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "present", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--trigger-key", "", "--size", "800x600", "--lsl-markers", name, "--lsl-marker-images"],
+                            cwd=ROOT, env={**os.environ, "DISPLAY": xvfb}, stderr=subprocess.DEVNULL)  # fmt: skip
+    got, markers, _ = _markers_of(lsl, name, proc, port, _trials())
+    offset = _clock_offset(lsl)
+    frame = max(max(m["frame_interval"] for m in got), 1 / 60)  # Xvfb flips without vsync: at least 60 Hz
+    assert [m["trial"] for m, _ in markers] == [m["trial"] for m in got] == [0, 1, 2]
+    errors = [abs(stamp - (p["onset"] - offset)) for (_, stamp), p in zip(markers, got, strict=True)]
+    print(f"PsychoPy: marker stamp - measured onset: max {max(errors) * 1000:.3f} ms (a frame: {frame * 1000:.1f} ms)")
+    assert max(errors) < frame
+    assert [m["kind"] for m, _ in markers] == ["text", "image", "text"]
+    assert base64.b64decode(markers[1][0]["image"]) == _trials()[1]["image"]
 
 
 def test_no_marker_stream_unless_asked(lsl):

@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -167,22 +166,6 @@ def test_psychopy_presenter_without_a_display_says_so():
                           timeout=120)  # fmt: skip
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "cannot open a window on screen 0 (DISPLAY is not set)" in done.stderr and "--null" in done.stderr
-
-
-@pytest.fixture()
-def xvfb():
-    if importlib.util.find_spec("psychopy") is None:
-        pytest.skip("PsychoPy is not installed (pip install 'neurotwin[presenter]'; .ci/setup installs it)")
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (Debian package xvfb; .ci/setup installs it)")
-    # -displayfd: the server picks a free display number and writes it once it accepts clients.
-    proc = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    number = proc.stdout.readline().strip()
-    assert number.isdigit(), f"Xvfb did not start (exit status {proc.poll()})"
-    yield f":{number}"
-    proc.kill()
-    proc.wait()
 
 
 def test_psychopy_presenter_in_a_real_window(xvfb, tmp_path):

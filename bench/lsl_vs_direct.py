@@ -1,0 +1,85 @@
+"""A shipped protocol through Lab Streaming Layer against the direct simulated rig, at several seeds.
+
+Runs a protocol with `neurotwin simulate` twice per seed: through the direct simulated rig, and with
+``[simulation] via = "lsl"`` (a simulated LSL device -> `neurotwin rig lsl` -> the controller: ROI values per
+volume for sentences, spike counts at 1 kHz counted per window for images). Prints each session's measured
+evaluation means (drive, baseline, suppress on the target), the one-sided Welch p-values of drive > baseline
+and baseline > suppress, whether drive > baseline > suppress held, and per path the mean over seeds. Only
+measured responses are compared: an LSL device sends samples, not true responses. Through LSL the noise's draws
+depend on where the session starts in the device's recording, so the two paths are not paired draw for draw.
+
+    python bench/lsl_vs_direct.py [--protocol protocols/closed_loop_language.toml] [--seeds 3] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import ROOT, parser
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def measured(session: Path) -> dict:
+    """The evaluation block's measured means and the one-sided p-values of its ordering."""
+    from control_loop.report import summarize
+
+    s = summarize(session)
+    means = {c: s["evaluation_means"][c]["mean"] for c in ("drive", "baseline", "suppress")}
+    ev = s["evaluation"]
+    return {**means, "p_db": ev["drive - baseline"]["p"], "p_bs": ev["baseline - suppress"]["p"],
+            "ordered": means["drive"] > means["baseline"] > means["suppress"]}  # fmt: skip
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--protocol", type=Path, default=ROOT / "protocols" / "closed_loop_language.toml")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--work", type=Path, default=None, help="Keep the session files here (and reuse finished ones).")
+    args = p.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="lsl-vs-direct-"))
+    work.mkdir(parents=True, exist_ok=True)
+    text = args.protocol.read_text()
+    if "[simulation]" not in text:
+        text += "\n[simulation]\n"
+    results: dict[str, list[dict]] = {"direct": [], "lsl": []}
+    for seed in range(args.seeds):
+        for via in ("direct", "lsl"):
+            protocol = work / f"{args.protocol.stem}-{via}.toml"
+            protocol.write_text(text.replace("[simulation]\n", f'[simulation]\nvia = "{via}"\n', 1))
+            out = work / f"{via}-{seed}.h5"
+            if not out.exists():
+                started = time.monotonic()
+                done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out",
+                                       str(out), "--seed", str(seed), "--no-report"], cwd=ROOT,
+                                      capture_output=True, text=True)  # fmt: skip
+                if done.returncode != 0:
+                    sys.exit(f"{via} seed {seed} failed: {done.stderr[-2000:]}")
+                took = f" ({time.monotonic() - started:.0f} s)"
+            else:
+                took = " (kept)"
+            r = measured(out)
+            results[via].append(r)
+            print(f"seed {seed} {via:6s}: drive {r['drive']:+.3f}  baseline {r['baseline']:+.3f}  suppress "
+                  f"{r['suppress']:+.3f}  p(d>b) {r['p_db']:.3g}  p(b>s) {r['p_bs']:.3g}  "
+                  f"ordered {r['ordered']}{took}", flush=True)  # fmt: skip
+    print(f"{args.protocol.name}, {args.seeds} seeds, measured evaluation means (target):")
+    for via, rs in results.items():
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("drive", "baseline", "suppress")}
+        print(f"  {via:6s}: drive {mean['drive']:+.3f} > baseline {mean['baseline']:+.3f} > suppress "
+              f"{mean['suppress']:+.3f}: {mean['drive'] > mean['baseline'] > mean['suppress']}; ordered in "
+              f"{sum(r['ordered'] for r in rs)} of {len(rs)} seeds; drive - suppress "
+              f"{mean['drive'] - mean['suppress']:+.3f}")  # fmt: skip
+    print(f"session files: {work}")
+
+
+if __name__ == "__main__":
+    main()
