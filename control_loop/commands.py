@@ -241,6 +241,13 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
     click.echo(f"{protocol.name} ({protocol.modality}): {protocol.description}")
     click.echo(f"  design: {d.kind}, TR {d.tr:g} s, {d.trial_duration:g} s stimuli every {d.iti:g} s, "
                f"{d.trials_per_run} trials per run")  # fmt: skip
+    if (lsl := protocol.recording.lsl) is not None:
+        named = ", ".join(f"{k} {v!r}" for k, v in (("name", lsl.name), ("type", lsl.type),
+                                                   ("source id", lsl.source_id)) if v)  # fmt: skip
+        signal = lsl.signal or ("spike-counts" if protocol.modality == "image" else "volumes")
+        channels = ", ".join(lsl.channels or protocol.target.rois)
+        click.echo(f"  recording: the LSL stream with {named} ({signal}; channels {channels}): "
+                   "`neurotwin rig lsl --protocol FILE` reads it")  # fmt: skip
     runs = protocol.runs()
     click.echo(f"  {len(runs)} runs, {protocol.total_trials} trials, {protocol.scanner_minutes:.1f} min of "
                f"{'scanner' if protocol.modality == 'text' else 'recording'} time")  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hardware.lsl import LSLSource
 from stimulus_synthesis.constraints import Constraints
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
@@ -157,6 +158,14 @@ class Simulation(_Strict):
         "`neurotwin rig lsl`, the subject seeing what the presenter's LSL marker stream says is shown).")  # fmt: skip
 
 
+class Recording(_Strict):
+    """Where a live session's recording comes from (a simulated one's: see ``simulation``)."""
+
+    lsl: LSLSource | None = Field(
+        None, description="An LSL stream, read by `neurotwin rig lsl --protocol FILE` (docs/LSL.md): name, type, "
+        "source_id (at least one), signal, channels, rate.")  # fmt: skip
+
+
 class TwinSource(_Strict):
     reference: str | None = Field(
         None,
@@ -190,6 +199,7 @@ class Protocol(_Strict):
     stopping: Stopping = Stopping()
     safety: Safety = Safety()
     simulation: Simulation = Simulation()
+    recording: Recording = Recording()
     twin: TwinSource = TwinSource()
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of every random choice (stimuli, simulated noise).")
 

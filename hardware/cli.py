@@ -110,7 +110,15 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
 @click.option("--name", default=None, help="The LSL stream's name.")
 @click.option("--type", "type_", default=None, help="The LSL stream's type (e.g. fMRI, EEG).")
 @click.option("--source-id", default=None, help="The LSL stream's source id (the one a restarted device keeps).")
-@click.option("--channels", required=True, help="Names of the stream's channels, in order, e.g. lang,md.")
+@click.option("--channels", default=None, help="Names of the stream's channels, in order, e.g. lang,md.")
+@click.option(
+    "--protocol",
+    "protocol_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A protocol file whose [recording.lsl] table names the stream (its channels default to the target's "
+    "ROIs); the options above and below override it.",
+)
 @click.option(
     "--rate",
     type=POSITIVE,
@@ -120,9 +128,9 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
 @click.option(
     "--signal",
     type=click.Choice(["volumes", "spike-counts"]),
-    default="volumes",
-    show_default=True,
-    help="What the stream carries: one sample of ROI values per volume (real-time fMRI), or per-sample "
+    default=None,
+    help="What the stream carries [default: volumes; with --protocol, its recording.lsl.signal, or spike-counts "
+    "for images]: one sample of ROI values per volume (real-time fMRI), or per-sample "
     "spike counts per channel (electrophysiology), sent as counts per window of one TR.",
 )
 @click.option(
@@ -147,20 +155,31 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
 @click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
 @curve_options
-def lsl_rig(name, type_, source_id, channels, rate, signal, grace, resolve_timeout, silence, bind, journal, speed,
-            heartbeat, duration, curve_secret, curve_allow):  # fmt: skip
+def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace, resolve_timeout, silence, bind,
+            journal, speed, heartbeat, duration, curve_secret, curve_allow):  # fmt: skip
     """A real recording over Lab Streaming Layer, as the samples of the controller's runs at their acquisition
     times: an LSL stream's ROI values, one sample per volume (a real-time fMRI pipeline's), or its spike counts
     per window of one TR (an electrophysiology stream at 1 kHz or more). Each run begins with the first sample
     acquired after its start; a volume or window that never came is left missing."""
     from kit.clock import sim_clock
 
-    from .lsl import LSLError, check_stream, describe, find_stream, sample_chunks, volume_lines
+    from .lsl import LSLError, check_stream, describe, find_stream, protocol_source, sample_chunks, volume_lines
     from .peer import PeerServer
     from .relay import RelayRig
     from .windows import WindowRig
 
     logging.getLogger().setLevel(logging.INFO)
+    if protocol_file is not None:
+        try:
+            source = protocol_source(protocol_file)
+        except LSLError as exc:
+            raise click.BadParameter(str(exc), param_hint="--protocol") from None
+        name, type_, source_id = name or source.name, type_ or source.type, source_id or source.source_id
+        channels = channels or (",".join(source.channels) if source.channels else None)
+        rate, signal = rate or source.rate, signal or source.signal
+    if not channels:
+        raise click.UsageError("name the stream's channels: --channels, or a --protocol whose target has ROIs")
+    signal = signal or "volumes"
     names = channel_names(channels)
     try:
         info = find_stream(name, type_, source_id, resolve_timeout)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,54 @@ class LSLError(RuntimeError):
 
 class LSLStreamError(LSLError):
     """No LSL stream as asked for, or one that is not what the rig expects (named, with the expected value)."""
+
+
+class LSLSource(BaseModel):
+    """A protocol's ``[recording.lsl]`` table: the LSL stream a live session records from, as ``neurotwin rig lsl
+    --protocol FILE`` reads it (its command-line options override each field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str | None = Field(None, description="The stream's name.")
+    type: str | None = Field(None, description="The stream's type (e.g. fMRI, EEG, Spikes).")
+    source_id: str | None = Field(None, description="The stream's source id (the one a restarted device keeps).")
+    signal: Literal["volumes", "spike-counts"] | None = Field(
+        None, description="What the stream carries: ROI values per volume, or spike counts per sample counted per "
+        "window of one TR (default: volumes for sentences, spike-counts for images).")  # fmt: skip
+    channels: list[str] | None = Field(None, min_length=1, description="Its channels, in order (default: target.rois).")
+    rate: float | None = Field(None, gt=0, le=1e6, description="The nominal rate the stream must have (Hz).")
+
+    @model_validator(mode="after")
+    def _named(self) -> LSLSource:
+        if not (self.name or self.type or self.source_id):
+            raise ValueError("name the LSL stream: by its name, type or source_id")
+        if self.channels is not None and len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must be distinct, got {self.channels}")
+        return self
+
+
+def protocol_source(path: Path) -> LSLSource:
+    """The ``[recording.lsl]`` table of a protocol file, its channels and signal filled from the protocol's target
+    and modality when it does not give them; LSLStreamError naming the file and the field for anything amiss."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise LSLStreamError(f"protocol '{path}' cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    table = data.get("recording", {}).get("lsl") if isinstance(data.get("recording"), dict) else None
+    if not isinstance(table, dict):
+        raise LSLStreamError(f"protocol '{path}' has no [recording.lsl] table naming its LSL stream (docs/LSL.md)")
+    try:
+        source = LSLSource.model_validate(table)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(["recording", "lsl", *map(str, err["loc"])])
+        raise LSLStreamError(f"protocol '{path}': {where}: {err['msg'].removeprefix('Value error, ')}") from None
+    rois = data.get("target", {}).get("rois") if isinstance(data.get("target"), dict) else None
+    signal = source.signal or ("spike-counts" if data.get("modality") == "image" else "volumes")
+    channels = source.channels or (rois if isinstance(rois, list) and rois else None)
+    return source.model_copy(update={"signal": signal, "channels": channels})
 
 
 def pylsl() -> Any:

@@ -87,6 +87,8 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
             lambda t: t.replace("iti = 4.0", "iti = 600.0").replace("trials = 180", "trials = 1000"),
             ["scanner time", "at most 24 h"],
         ),
+        (lambda t: t + '\n[recording.lsl]\nchannels = ["lang"]\n', ["recording.lsl", "name the LSL stream"]),
+        (lambda t: t + '\n[recording.lsl]\nname = "ROIs"\nrate = 0\n', ["recording.lsl.rate", "greater than 0"]),
     ],
     ids=[
         "missing",
@@ -106,6 +108,8 @@ BASE = (ROOT / "protocols" / "closed_loop_language.toml").read_text()
         "iti-inf",
         "tr-nan",
         "scanner-hours",
+        "lsl-unnamed",
+        "lsl-rate",
     ],
 )
 def test_malformed_protocol_names_the_field(tmp_path, edit, words):

@@ -114,7 +114,8 @@ def _outlet(lsl, name: str, channels: int = 2, rate: float = 10.0, source_id: st
 
 
 def _lsl_rig(port: int, name: str, *options: str, **run) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "lsl", "--name", name, "--bind",
+    named = ["--name", name] if name else []
+    return subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "lsl", *named, "--bind",
                              f"tcp://127.0.0.1:{port}", "--heartbeat", "0.3", *options], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, **run)  # fmt: skip
 
@@ -242,3 +243,32 @@ def test_the_lsl_rig_counts_a_1khz_spike_stream_per_window(lsl):
     err = proc.stderr.read()
     assert "window 3 got 50 of its 100 samples" in err, err[-2000:]
     assert "run 1: window 4 got no sample (0.10 s): missing" in err, err[-2000:]
+
+
+def test_the_lsl_rig_takes_its_stream_from_the_protocol(lsl, tmp_path):
+    """`rig lsl --protocol FILE`: the stream named in the protocol's [recording.lsl] table, its channels the
+    protocol's target ROIs; a protocol without the table is refused, naming it."""
+    from hardware import PeerClient
+
+    port = free_port()
+    name = f"neurotwin-test-protocol-roi-{port}"
+    _outlet_kept = _outlet(lsl, name, channels=1, rate=0.5)
+    protocol = tmp_path / "live.toml"
+    live = (ROOT / "tests" / "protocols" / "live_localizer.toml").read_text()
+    protocol.write_text(live + f'\n[recording.lsl]\nname = "{name}"\nrate = 0.5\n')
+    proc = _lsl_rig(port, "", "--protocol", str(protocol))
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    try:
+        wait_up(client, 30, "the LSL rig")
+        assert client.peer_channels == ["lang"]  # the protocol's target.rois
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+    assert f"LSL stream '{name}'" in proc.stderr.read()
+    plain = tmp_path / "plain.toml"
+    plain.write_text(live)
+    done = _lsl_rig(free_port(), "", "--protocol", str(plain))
+    _, err = done.communicate(timeout=60)
+    assert done.returncode != 0 and "has no [recording.lsl] table naming its LSL stream" in err
+    del _outlet_kept
