@@ -108,9 +108,11 @@ class RunExecutor:
         self.session.log("run-start", json.dumps({**start, "volumes": n_volumes}))
         deadline = time.monotonic() + 120 + n_volumes * d.tr
         counted = 0
+        heard = self.rig.clock()  # when the last volume came (or the run began), on the recording's clock
         with self._live_view(run, n_volumes) as live:  # closed on any exit, Ctrl-C included
             while not r.volumes_done or len(r.presented) + len(r.refused) < len(trials):
                 self.check()
+                heard = self._silence(r, counted, heard)
                 if time.monotonic() > deadline:
                     state = {c: "connected" if c.up else "not answering" for c in (self.rig, self.presenter)}
                     raise SessionError(
@@ -132,6 +134,21 @@ class RunExecutor:
         if missed := sorted(set(range(n_volumes)) - r.received):
             self.log("missing", f"run {run}: {len(missed)} volume(s) never came from the rig: {ranges(missed)}")
         return r
+
+    def _silence(self, r: RunState, counted: int, heard: float) -> float:
+        """When the rig last sent a volume of run ``r`` (``heard``, updated); raises SessionError (the session
+        pauses) once none has come for the protocol's ``recording.pause_after`` seconds."""
+        pause = self.protocol.recording.pause_after
+        now = self.rig.clock()
+        if len(r.received) > counted or pause is None or r.volumes_done:
+            return now
+        if now - heard > pause:
+            after = f"after volume {r.last_volume}" if r.received else "before its first volume"
+            self.log("silence", f"run {r.run}: no volume from the rig for {now - heard:.1f} s {after} "
+                                f"(recording.pause_after is {pause:g} s)")  # fmt: skip
+            raise SessionError(f"run {r.run}: no volume came from the rig for {pause:g} s (recording.pause_after) "
+                               f"{after}: the session pauses; the run is repeated on resume")  # fmt: skip
+        return heard
 
     def _wait_ready(self, r: RunState, timeout: float = 300.0) -> None:
         """Until the presenter has checked and prepared the run's stimuli (a presenter whose hello says it will

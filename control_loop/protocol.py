@@ -164,6 +164,10 @@ class Recording(_Strict):
     lsl: LSLSource | None = Field(
         None, description="An LSL stream, read by `neurotwin rig lsl --protocol FILE` (docs/LSL.md): name, type, "
         "source_id (at least one), signal, channels, rate.")  # fmt: skip
+    pause_after: float | None = Field(
+        None, gt=0, le=MAX_SECONDS, description="Seconds of a run without a volume (or window) from the rig after "
+        "which the session pauses, to be resumed once the recording is back (the run is repeated). Unset: a run goes "
+        "on through any silence of its recording, the volumes that never came recorded as missing.")  # fmt: skip
 
 
 class TwinSource(_Strict):
@@ -223,6 +227,10 @@ class Protocol(_Strict):
         if hours > MAX_SCANNER_HOURS:
             raise ValueError(f"the runs take {hours:,.1f} h of scanner time; a protocol takes at most "
                              f"{MAX_SCANNER_HOURS:g} h")  # fmt: skip
+        pause = self.recording.pause_after
+        if pause is not None and pause < 2 * self.design.tr:
+            raise ValueError(f"recording.pause_after ({pause:g} s) must be at least two volumes (2 x design.tr = "
+                             f"{2 * self.design.tr:g} s): a volume comes every TR")  # fmt: skip
         fits = any(p.kind in ("baseline", "localizer") for p in self.phases) or self.twin.reference
         if any(p.kind in ("closed_loop", "evaluation") for p in self.phases) and not fits:
             raise ValueError(

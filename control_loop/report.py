@@ -38,7 +38,7 @@ COLORS = {"suppress": "#3b6fb6", "baseline": "#999999", "drive": "#c8423b", "con
 ORDER = ("suppress", "baseline", "drive", "control", "nonwords", "sentences")  # in the figures, left to right
 # What went wrong in the recording (log kinds, in the words of their lines): listed in the report
 PROBLEMS = ("outage", "outage-end", "bad-sample", "missing", "rig-restart", "presenter-restart", "timing", "duplicate",
-            "refused")  # fmt: skip
+            "refused", "silence")  # fmt: skip
 
 
 def run_records(data: SessionData) -> list[dict]:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,63 +90,97 @@ def _pull_everything(lsl, name: str, into: list, stop) -> None:
         into.extend(zip(stamps, map(tuple, chunk), strict=True))
 
 
-@pytest.mark.skipif(not localizer_folder().exists(), reason=f"localizer stimuli not found at {localizer_folder()}")
+class _Lab:
+    """A lab on 127.0.0.1 at real time: a simulated LSL scanner (the length subject, TR 1 s) -> `neurotwin rig lsl`,
+    and a null presenter publishing LSL markers; each process's output in tmp_path/NAME.log."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from ..support.netutil import free_port, neurotwin
+
+        self.rig_port, self.pres_port = free_port(), free_port()
+        self.stream = f"neurotwin-test-scanner-{self.rig_port}"
+        self.markers = f"neurotwin-test-markers-{self.pres_port}"
+        self.device_cmd = neurotwin("rig", "simulate-lsl", "--name", self.stream, "--markers", self.markers, "--tr",
+                                    "1.0", "--subject", "tests.support.subjects:length_language_subject", "--seed",
+                                    "1")  # fmt: skip
+        self.logs = {name: open(tmp_path / f"{name}.log", "a") for name in ("device", "rig", "presenter")}
+        self.device = self.start("device", self.device_cmd)
+        self.rig = self.start("rig", neurotwin("rig", "lsl", "--name", self.stream, "--channels", "lang,md", "--rate",
+                                               "1", "--silence", "1.5", "--bind", f"tcp://127.0.0.1:{self.rig_port}",
+                                               "--heartbeat", "0.3", "--resolve-timeout", "60"))  # fmt: skip
+        self.presenter = self.start("presenter", neurotwin("present", "--null", "--trigger-key", "", "--bind",
+                                                           f"tcp://127.0.0.1:{self.pres_port}", "--lsl-markers",
+                                                           self.markers))  # fmt: skip
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=self.logs[name], stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+    def session(self, *args: object) -> subprocess.Popen:
+        """`neurotwin session ARGS` against this lab's rig and presenter (for `run`)."""
+        from ..support.netutil import neurotwin
+
+        return subprocess.Popen(neurotwin("session", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+
+    def run_args(self, protocol: Path, out: Path) -> list[object]:
+        return ["run", protocol, "--rig", f"tcp://127.0.0.1:{self.rig_port}", "--presenter",
+                f"tcp://127.0.0.1:{self.pres_port}", "--out", out, "--rois", "lang,md"]  # fmt: skip
+
+    def kill_device(self) -> None:
+        self.device.kill()
+        self.device.wait()
+
+    def close(self) -> None:
+        for proc in (self.device, self.rig, self.presenter):
+            proc.terminate()
+            proc.wait(10)
+        for fh in self.logs.values():
+            fh.close()
+
+
+def _after_run_starts(session: subprocess.Popen, run: str, seconds: float) -> None:
+    """Wait for the session to say it starts ``run`` (e.g. 'run 1/2'), then ``seconds`` more."""
+    for line in session.stdout:
+        if line.startswith(run):
+            time.sleep(seconds)
+            return
+
+
+needs_localizer = pytest.mark.skipif(
+    not localizer_folder().exists(), reason=f"localizer stimuli not found at {localizer_folder()}"
+)
+
+
+@needs_localizer
 def test_a_device_killed_and_restarted_mid_run_is_picked_up_again(lsl, tmp_path):
     """A lab's setup at real time: a simulated LSL scanner -> `neurotwin rig lsl` -> `neurotwin session run`, the
     presenter publishing markers. The device is killed mid-run 1 and started again 1 s later under the same stream
     (its source id): the rig's inlet recovers it and logs the outage with its length, the volumes that never came
     are recorded as missing, and every volume an independent inlet received during the runs is in the session file,
-    exactly once."""
+    exactly once. An independent inlet on the marker stream gets every trial's marker, in order, with its fields."""
     import threading
 
     import numpy as np
 
-    from ..support.netutil import free_port, neurotwin
-
-    rig_port, pres_port = free_port(), free_port()
-    stream, markers = f"neurotwin-test-scanner-{rig_port}", f"neurotwin-test-markers-{pres_port}"
-    device_cmd = neurotwin("rig", "simulate-lsl", "--name", stream, "--markers", markers, "--tr", "1.0", "--subject",
-                           "tests.support.subjects:length_language_subject", "--seed", "1")  # fmt: skip
-    logs = {name: open(tmp_path / f"{name}.log", "a") for name in ("device", "rig", "presenter")}
-
-    def start(name: str, cmd: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=logs[name], stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-
-    device = start("device", device_cmd)
-    rig = start("rig", neurotwin("rig", "lsl", "--name", stream, "--channels", "lang,md", "--rate", "1", "--silence",
-                                 "1.5", "--bind", f"tcp://127.0.0.1:{rig_port}", "--heartbeat", "0.3",
-                                 "--resolve-timeout", "60"))  # fmt: skip
-    presenter = start("presenter", neurotwin("present", "--null", "--trigger-key", "", "--bind",
-                                             f"tcp://127.0.0.1:{pres_port}", "--lsl-markers", markers))  # fmt: skip
+    lab = _Lab(tmp_path)
     received: list = []
     shown: list = []  # the presenter's markers, as an independent inlet (LabRecorder) gets them
     stop = threading.Event()
-    for name, into in ((stream, received), (markers, shown)):
+    for name, into in ((lab.stream, received), (lab.markers, shown)):
         threading.Thread(target=_pull_everything, args=(lsl, name, into, stop), daemon=True).start()
     out = tmp_path / "live.h5"
-    session = subprocess.Popen(neurotwin("session", "run", LIVE, "--rig", f"tcp://127.0.0.1:{rig_port}",
-                                         "--presenter", f"tcp://127.0.0.1:{pres_port}", "--out", out, "--rois",
-                                         "lang,md"), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    session = lab.session(*lab.run_args(LIVE, out))
     try:
-        for line in session.stdout:
-            if line.startswith("run 1/2"):
-                time.sleep(6.0)  # some volumes of run 1 in
-                device.kill()
-                device.wait()
-                time.sleep(1.0)
-                device = start("device", device_cmd)  # the same stream, a new process
-                break
+        _after_run_starts(session, "run 1/2", 6.0)  # some volumes of run 1 in
+        lab.kill_device()
+        time.sleep(1.0)
+        lab.device = lab.start("device", lab.device_cmd)  # the same stream, a new process
         _, stderr = session.communicate(timeout=180)
     finally:
         session.kill()
         stop.set()
-        for proc in (device, rig, presenter):
-            proc.terminate()
-            proc.wait(10)
-        for fh in logs.values():
-            fh.close()
+        lab.close()
     assert session.returncode == 0, stderr[-3000:]
     data = read_session(out)
     rig_log = (tmp_path / "rig.log").read_text()
@@ -175,3 +210,35 @@ def test_a_device_killed_and_restarted_mid_run_is_picked_up_again(lsl, tmp_path)
     stamps = [stamp for stamp, _ in shown]
     assert stamps == sorted(stamps)
     print(f"outage: {back.group(1)} s; {missing[0]}; {len(got)} markers")
+
+
+@needs_localizer
+def test_a_silent_recording_pauses_the_session_when_the_protocol_says(lsl, tmp_path):
+    """With `[recording] pause_after = 3`, a device killed mid-run and not restarted pauses the session after 3 s
+    without a volume: it exits saying so and how to resume, the file keeps what was recorded, and `session resume`
+    once the device is back repeats the run and finishes the session."""
+    protocol = tmp_path / "live.toml"
+    protocol.write_text(LIVE.read_text() + "\n[recording]\npause_after = 3.0\n")
+    lab = _Lab(tmp_path)
+    out = tmp_path / "live.h5"
+    session = lab.session(*lab.run_args(protocol, out))
+    try:
+        _after_run_starts(session, "run 1/2", 5.0)
+        lab.kill_device()
+        _, stderr = session.communicate(timeout=120)
+        assert session.returncode != 0
+        assert "run 1: no volume came from the rig for 3 s (recording.pause_after)" in stderr, stderr[-2000:]
+        assert f"neurotwin session resume {out}" in stderr
+        paused = read_session(out)
+        assert (paused.log.kind == "silence").sum() == 1 and len(paused.samples) >= 3
+        lab.device = lab.start("device", lab.device_cmd)
+        resumed = lab.session("resume", out)
+        _, stderr = resumed.communicate(timeout=180)
+    finally:
+        session.kill()
+        lab.close()
+    assert resumed.returncode == 0, stderr[-3000:]
+    data = read_session(out)
+    runs = [json.loads(m) for m in data.log.loc[data.log.kind == "run-complete", "message"]]
+    assert [r["index"] for r in runs] == [0, 1]  # run 1 repeated in full, then run 2
+    assert len(data.samples) > len(paused.samples)  # what came before the pause is kept

@@ -30,13 +30,14 @@ def _run_schedule(port: int, trials: list[dict], timeout: float = 60.0) -> tuple
     client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
     end = wait_up(client, timeout, "the presenter", synced=True)
     client.send_reliable("schedule", run=1, trials=trials)
-    client.poll(0.5)
+    ready = [m for m in client.poll(0.5) if m["type"] == "ready"]
+    assert ready == [{**ready[0], "run": 1, "trials": len(trials)}]  # checked and prepared: the trigger may come
     sent = client.clock()
     # As the controller relays the scanner's trigger: when it happened, on the presenter's clock.
     client.send_reliable("trigger", run=1, volume=0, time=sent, receiver_time=client.to_remote(sent))
     got: list[dict] = []
     while len(got) < len(trials) and time.monotonic() < end:
-        got += client.poll(0.05)
+        got += [m for m in client.poll(0.05) if m["type"] in ("presented", "refused")]
     return got, sent, client
 
 
@@ -127,8 +128,9 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
         sent = client.clock()
         client.send_reliable("trigger", run=1, volume=0, time=sent, receiver_time=client.to_remote(sent))
         got: list[dict] = []
+        answered = ("presented", "refused")  # (not the presenter's `ready`, which comes again after a restart)
         while len(got) < 2 and time.monotonic() < end:
-            got += client.poll(0.02)
+            got += [m for m in client.poll(0.02) if m["type"] in answered]
         proc.kill()  # after trial 1, during trial 2's wait
         proc.wait()
         if trigger_time_lost:
@@ -141,7 +143,7 @@ def test_presenter_killed_mid_run_resumes_the_schedule_from_its_journal(tmp_path
         time.sleep(1.5)
         proc = start()
         while len(got) < len(trials) and time.monotonic() < end:
-            got += client.poll(0.05)
+            got += [m for m in client.poll(0.05) if m["type"] in answered]
         assert sorted(m["trial"] for m in got) == list(range(12))  # every trial answered, once
         refused = [m for m in got if m["type"] == "refused"]
         assert refused and all("restarted after its onset" in m["reason"] for m in refused)

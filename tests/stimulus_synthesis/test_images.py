@@ -336,8 +336,12 @@ def test_presenter_refuses_unsafe_images_and_shows_safe_ones(tmp_path):
             {"trial": 2, "stimulus_id": 3, "kind": "image", "image": _png(RED), "onset": 1.0, "duration": 0.2},
         ]
         client.send_reliable("schedule", run=1, trials=trials)
-        got = client.poll(0.3)  # refusals come back as soon as the schedule is checked
+        got = []  # refusals come back as soon as the schedule is checked, then `ready`
+        while not any(m["type"] == "ready" for m in got) and time.monotonic() < end:
+            got += client.poll(0.05)
+        assert [m["type"] for m in got] == ["refused", "refused", "ready"] and got[-1]["trials"] == 1
         client.send_reliable("trigger", run=1, volume=0, time=client.clock())
+        got = got[:2]
         while len(got) < 3 and time.monotonic() < end:
             got += client.poll(0.05)
         by_trial = {m["trial"]: m for m in got}
