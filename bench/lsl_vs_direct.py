@@ -14,6 +14,7 @@ depend on where the session starts in the device's recording, so the two paths a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="lsl-vs-direct-"))
     work.mkdir(parents=True, exist_ok=True)
     text = args.protocol.read_text()
+    for key in ("reference", "prior"):  # (files named relative to the protocol's folder: the copies are elsewhere)
+        text = re.sub(rf'^{key} = "([^"/][^"]*)"', lambda m, k=key: f'{k} = "{args.protocol.parent.resolve() / m[1]}"',
+                      text, flags=re.M)  # fmt: skip
     if "[simulation]" not in text:
         text += "\n[simulation]\n"
     results: dict[str, list[dict]] = {"direct": [], "lsl": []}
