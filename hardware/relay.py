@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .peer import IDLE_POLL, NEW_STREAM, PeerServer
 from .stream import sent_messages
@@ -55,7 +55,9 @@ def follow(path: Path, poll: float = 0.01, from_start: bool = False) -> Iterator
 
 
 @dataclass
-class _Run:
+class InputRun:
+    """A run of an input rig: the controller's start, and how far its samples have been sent."""
+
     run: int
     tr: float
     n_volumes: int
@@ -64,47 +66,57 @@ class _Run:
     last_time: float = -math.inf
 
 
-class RelayRig:
-    """Serves the lines of ``lines`` (an iterator, read on a thread of its own) as the samples of runs."""
+class InputRig:
+    """The base of the rigs that serve another program's recording: its input (an iterator of lines or chunks) read
+    on a thread of its own, the controller's runs (``start``, ``stop``, a new controller), a journal's restore, and
+    serving until the input ends. A subclass takes each input item (:meth:`_take`) and sends what is due."""
 
-    def __init__(self, server: PeerServer, channels: list[str], lines: Iterator[str] | IO[str],
-                 latency: float = 0.0, kind: str = "fmri", gaps: bool = False, name: str = "relay-input"
-                 ) -> None:  # fmt: skip
-        """``gaps``: a volume that comes more than 1.5 TR after the previous one is numbered by its time, the
-        volumes between left missing (for inputs that stamp each volume at its acquisition, as LSL streams do)."""
+    unit = "volume"  # what a run's samples are, in logs
+    poll = 0.005  # s between looks at the input while serving
+
+    def __init__(self, server: PeerServer, channels: list[str], source: Iterator, name: str) -> None:
         if not channels:
-            raise ValueError("a relay needs the names of its channels, in the order of each line's values")
-        self.server, self.channels, self.latency, self.kind = server, list(channels), latency, kind
-        self.gaps = gaps
-        self.missed = 0  # volumes numbered past (gaps)
+            raise ValueError("a rig needs the names of its channels, in the order of each sample's values")
+        self.server, self.channels = server, list(channels)
         server.channels = self.channels  # announced in hello
-        self.run: _Run | None = None
-        self.outside = 0  # lines that arrived while no run was open
-        self.malformed = 0
-        self._lines: queue.Queue[tuple[int, float, str] | None] = queue.Queue()
+        self.run: Any = None
+        self.outside = 0  # what arrived while no run was open (or before its first volume)
+        self._items: queue.Queue = queue.Queue()
         self.input_error: OSError | RuntimeError | None = None  # why the input could not be read, if it could not
         self._restore()
-        threading.Thread(target=self._read, args=(lines,), daemon=True, name=name).start()
+        threading.Thread(target=self._read, args=(source,), daemon=True, name=name).start()
 
-    def _read(self, lines: Iterator[str] | IO[str]) -> None:
+    def _item(self, number: int, item: Any) -> tuple:
+        """What the reading thread queues for an input item (the item's number counts from 1)."""
+        return (item,)
+
+    def _read(self, source: Iterator) -> None:
         try:
-            for number, line in enumerate(lines, 1):
-                self._lines.put((number, self.server.clock(), line))  # stamped on arrival
+            for number, item in enumerate(source, 1):
+                self._items.put(self._item(number, item))
         except (OSError, RuntimeError) as exc:  # e.g. a folder, a file that went away, a stream that cannot open:
             # serve() raises it when the queue ends
             log.error("cannot read the input: %s", exc)
             self.input_error = exc
-        self._lines.put(None)
+        self._items.put(None)
+
+    def _new_run(self, msg: dict) -> Any:
+        """The state of a run the controller starts now."""
+        return InputRun(msg["run"], msg["tr"], msg["n_volumes"], self.server.clock())
+
+    def _sent(self, run: Any, msg: dict) -> None:
+        """A sample of the open run that the journal says was sent (restoring after a restart)."""
+        run.next_volume = max(run.next_volume, msg["volume"] + 1)
 
     def _restore(self) -> None:
         """After a restart on the journal: the open run, and how many of its volumes were sent."""
         for msg in self.server.restored:
             self._command(msg)
-        for msg in sent_messages(self.server.stream_records()) if self.run is not None else []:
-            if msg["type"] == "sample" and msg["run"] == self.run.run:
-                self.run.next_volume = max(self.run.next_volume, msg["volume"] + 1)
-                self.run.last_time = max(self.run.last_time, msg["time"])
-        if self.run is not None and self.run.next_volume >= self.run.n_volumes:
+        run = self.run
+        for msg in sent_messages(self.server.stream_records()) if run is not None else []:
+            if msg["type"] == "sample" and msg["run"] == run.run:
+                self._sent(run, msg)
+        if run is not None and run.next_volume >= run.n_volumes:
             self.run = None
 
     def _command(self, msg: dict) -> None:
@@ -112,12 +124,72 @@ class RelayRig:
         if kind == NEW_STREAM:
             self.run = None
         elif kind == "start":
-            self.run = _Run(msg["run"], msg["tr"], msg["n_volumes"], self.server.clock())
-            log.info("run %d: waiting for its first volume (%d volumes of %.3f s)", msg["run"], msg["n_volumes"],
-                     msg["tr"])  # fmt: skip
+            self.run = self._new_run(msg)
+            log.info("run %d: waiting for its first %s (%d %ss of %.3f s)", msg["run"], self.unit, msg["n_volumes"],
+                     self.unit, msg["tr"])  # fmt: skip
         elif kind == "stop" and self.run is not None and self.run.run == msg["run"]:
-            log.info("run %d stopped after %d volumes", self.run.run, self.run.next_volume)
+            log.info("run %d stopped after %d %ss", self.run.run, self.run.next_volume, self.unit)
             self.run = None
+
+    def _take(self, *item: Any) -> None:
+        """Handle one input item."""
+        raise NotImplementedError
+
+    def _due(self) -> None:
+        """Send what is due without a new input item (nothing, unless a subclass says)."""
+
+    def step(self, timeout: float = IDLE_POLL) -> bool:
+        """Serve the link, then handle the input that came; False once the input has ended."""
+        for msg in self.server.poll(timeout):
+            self._command(msg)
+        going = True
+        while True:
+            try:
+                item = self._items.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._items.put(None)
+                going = False
+                break
+            self._take(*item)
+        self._due()
+        return going
+
+    def serve(self, duration: float | None = None) -> None:
+        """Serve until interrupted (or ``duration`` seconds); after the input ends, until what was sent is
+        acknowledged. Raises the input's error, after sending what was read, if it could not be read to its end."""
+        end = None if duration is None else time.monotonic() + duration
+        ended_at = None
+        while end is None or time.monotonic() < end:
+            if not self.step(self.poll) and ended_at is None:
+                ended_at = time.monotonic()
+                log.warning("the input ended: nothing more to relay")
+            if ended_at is not None and not self.server.outbox.pending and time.monotonic() - ended_at > 1.0:
+                if self.input_error is not None:
+                    raise self.input_error
+                return
+
+
+class RelayRig(InputRig):
+    """Serves the lines of ``lines`` (an iterator, read on a thread of its own) as the samples of runs."""
+
+    def __init__(self, server: PeerServer, channels: list[str], lines: Iterator[str] | IO[str],
+                 latency: float = 0.0, kind: str = "fmri", gaps: bool = False, name: str = "relay-input"
+                 ) -> None:  # fmt: skip
+        """``gaps``: a volume that comes more than 1.5 TR after the previous one is numbered by its time, the
+        volumes between left missing (for inputs that stamp each volume at its acquisition, as LSL streams do)."""
+        self.latency, self.kind, self.gaps = latency, kind, gaps
+        self.missed = 0  # volumes numbered past (gaps)
+        self.malformed = 0
+        super().__init__(server, channels, iter(lines), name)
+
+    def _item(self, number: int, item: Any) -> tuple:
+        return number, self.server.clock(), item  # stamped on arrival
+
+    def _sent(self, run: Any, msg: dict) -> None:
+        super()._sent(run, msg)
+        run.last_time = max(run.last_time, msg["time"])
 
     def parse(self, number: int, arrived: float, line: str) -> tuple[float, list[float]] | None:
         """(acquisition time, values) of one line; None for a blank or comment line. Raises ValueError."""
@@ -139,7 +211,7 @@ class RelayRig:
         raise ValueError(f"line {number} has {len(numbers)} values; expected {n} ({', '.join(self.channels)}), "
                          f"or a time and {n}: {text[:80]!r}")  # fmt: skip
 
-    def _volume(self, number: int, arrived: float, line: str) -> None:
+    def _take(self, number: int, arrived: float, line: str) -> None:
         try:
             parsed = self.parse(number, arrived, line)
         except ValueError as exc:
@@ -182,35 +254,6 @@ class RelayRig:
         if run.next_volume >= run.n_volumes:
             log.info("run %d complete: %d volumes", run.run, run.n_volumes)
             self.run = None
-
-    def step(self, timeout: float = IDLE_POLL) -> bool:
-        """Serve the link, then relay the lines that arrived; False once the input has ended."""
-        for msg in self.server.poll(timeout):
-            self._command(msg)
-        while True:
-            try:
-                item = self._lines.get_nowait()
-            except queue.Empty:
-                return True
-            if item is None:
-                self._lines.put(None)
-                return False
-            self._volume(*item)
-
-    def serve(self, duration: float | None = None) -> None:
-        """Serve until interrupted (or ``duration`` seconds); after the input ends, until its run is sent.
-
-        Raises the input's OSError, after sending what was read, if it could not be read to its end."""
-        end = None if duration is None else time.monotonic() + duration
-        ended_at = None
-        while end is None or time.monotonic() < end:
-            if not self.step(0.005) and ended_at is None:
-                ended_at = time.monotonic()
-                log.warning("the input ended: nothing more to relay")
-            if ended_at is not None and not self.server.outbox.pending and time.monotonic() - ended_at > 1.0:
-                if self.input_error is not None:
-                    raise self.input_error
-                return
 
 
 def _fifo(path: Path) -> Iterator[str]:

@@ -13,95 +13,57 @@ after their window was sent, are counted and logged, never sent.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .peer import IDLE_POLL, NEW_STREAM, PeerServer
-from .stream import sent_messages
+from .peer import PeerServer
+from .relay import InputRig, InputRun
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Run:
-    run: int
-    tr: float
-    n_volumes: int
-    started: float  # when the controller's start came (rig clock): the run's samples are acquired after it
+class _Run(InputRun):
     t0: float | None = None  # its first sample's time
-    next_volume: int = 0
     times: list[np.ndarray] = field(default_factory=list)  # samples not yet in a sent window, in chunks
     values: list[np.ndarray] = field(default_factory=list)
     latest: float = -np.inf  # the last sample's time
     missing_from: int | None = None  # the first of the windows now being skipped
 
 
-class WindowRig:
+class WindowRig(InputRig):
     """Serves chunks of ``(times, values)`` (an iterator, read on a thread of its own) as spike-count windows."""
 
     kind = "spikes"
+    unit = "window"
+    poll = 0.002
 
     def __init__(self, server: PeerServer, channels: list[str], chunks: Iterator[tuple[np.ndarray, np.ndarray]],
                  rate: float, grace: float = 1.0, name: str = "window-input") -> None:  # fmt: skip
         """``rate``: the stream's sampling rate (Hz); ``grace``: seconds (rig clock) after a window's end when it
         is sent without a later sample."""
-        if not channels:
-            raise ValueError("a window rig needs the names of its channels, in the order of each sample's values")
         if rate <= 0:
             raise ValueError(f"a continuous stream needs its sampling rate, not {rate!r}")
-        self.server, self.channels, self.rate, self.grace = server, list(channels), float(rate), grace
-        server.channels = self.channels  # announced in hello
-        self.run: _Run | None = None
-        self.outside = 0  # samples acquired outside a run
+        self.rate, self.grace = float(rate), grace
         self.late = 0  # samples that came after their window was sent
         self.missed = 0  # windows without a sample
         self.partial = 0  # windows the stream covered in part
         self.received = 0  # samples counted in sent windows
-        self._chunks: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue()
-        self.input_error: OSError | RuntimeError | None = None
-        self._restore()
-        threading.Thread(target=self._read, args=(chunks,), daemon=True, name=name).start()
+        super().__init__(server, channels, chunks, name)
 
-    def _read(self, chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
-        try:
-            for chunk in chunks:
-                self._chunks.put(chunk)
-        except (OSError, RuntimeError) as exc:  # e.g. a stream that cannot open: serve() raises it
-            log.error("cannot read the input: %s", exc)
-            self.input_error = exc
-        self._chunks.put(None)
+    def _new_run(self, msg: dict) -> Any:
+        return _Run(msg["run"], msg["tr"], msg["n_volumes"], self.server.clock())
 
-    def _restore(self) -> None:
-        """After a restart on the journal: the open run, its origin and how many of its windows were sent."""
-        for msg in self.server.restored:
-            self._command(msg)
-        run = self.run
-        for msg in sent_messages(self.server.stream_records()) if run is not None else []:
-            if msg["type"] == "sample" and msg["run"] == run.run:
-                run.next_volume = max(run.next_volume, msg["volume"] + 1)
-                run.t0 = msg["time"] - msg["volume"] * run.tr
-        if run is not None and run.next_volume >= run.n_volumes:
-            self.run = None
+    def _sent(self, run: Any, msg: dict) -> None:
+        super()._sent(run, msg)
+        run.t0 = msg["time"] - msg["volume"] * run.tr
 
-    def _command(self, msg: dict) -> None:
-        kind = msg["type"]
-        if kind == NEW_STREAM:
-            self.run = None
-        elif kind == "start":
-            self.run = _Run(msg["run"], msg["tr"], msg["n_volumes"], self.server.clock())
-            log.info("run %d: waiting for its first sample (%d windows of %.3f s)", msg["run"], msg["n_volumes"],
-                     msg["tr"])  # fmt: skip
-        elif kind == "stop" and self.run is not None and self.run.run == msg["run"]:
-            log.info("run %d stopped after %d windows", self.run.run, self.run.next_volume)
-            self.run = None
-
-    def _take(self, times: np.ndarray, values: np.ndarray) -> None:
+    def _take(self, chunk: tuple[np.ndarray, np.ndarray]) -> None:
         """Keep a chunk's samples of the open run (in time order)."""
+        times, values = chunk
         run = self.run
         if values.ndim != 2 or values.shape[1] != len(self.channels):
             log.error("a chunk of %s values per sample, expected %d (%s): skipped", values.shape[1:] or "no",
@@ -136,8 +98,9 @@ class WindowRig:
             if before == 0 or before // 10000 != self.outside // 10000:
                 log.info("%d sample(s) so far acquired outside a run: not sent", self.outside)
 
-    def _windows(self, now: float) -> None:
+    def _due(self) -> None:
         """Send every window of the open run that is complete (a later sample came) or overdue (``grace``)."""
+        now = self.server.clock()
         run = self.run
         while run is not None and run.t0 is not None and run.next_volume < run.n_volumes:
             k = run.next_volume
@@ -178,36 +141,3 @@ class WindowRig:
         self.received += len(values)
         self.server.send_reliable("sample", run=run.run, kind=self.kind, volume=k, time=start, width=run.tr,
                                   values=[float(c) for c in counts])  # fmt: skip
-
-    def step(self, timeout: float = IDLE_POLL) -> bool:
-        """Serve the link, take the chunks that came and send the windows that are due; False once the input has
-        ended."""
-        for msg in self.server.poll(timeout):
-            self._command(msg)
-        going = True
-        while True:
-            try:
-                item = self._chunks.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._chunks.put(None)
-                going = False
-                break
-            self._take(*item)
-        self._windows(self.server.clock())
-        return going
-
-    def serve(self, duration: float | None = None) -> None:
-        """Serve until interrupted (or ``duration`` seconds); after the input ends, until what was sent is
-        acknowledged. Raises the input's error, if it could not be read."""
-        end = None if duration is None else time.monotonic() + duration
-        ended_at = None
-        while end is None or time.monotonic() < end:
-            if not self.step(0.002) and ended_at is None:
-                ended_at = time.monotonic()
-                log.warning("the input ended: nothing more to send")
-            if ended_at is not None and not self.server.outbox.pending and time.monotonic() - ended_at > 1.0:
-                if self.input_error is not None:
-                    raise self.input_error
-                return
