@@ -20,6 +20,14 @@ from .test_session import TINY, TOTAL, _trial_table
 LIVE = ROOT / "tests" / "protocols" / "live_localizer.toml"  # 2 runs of 6 trials, TR 1 s: 16 volumes a run
 
 
+def _simulate(protocol: Path, out: Path, cache: Path) -> None:
+    """`neurotwin simulate PROTOCOL --out OUT`, which must succeed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
+                           "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
     from control_loop.report import summarize
 
@@ -28,10 +36,7 @@ def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
     # starts in the device's scan, and this test is of the chain, not of the statistics)
     protocol.write_text(TINY.read_text().replace("speed = 100\n", 'speed = 100\nvia = "lsl"\nnoise_sd = 0.2\n'))
     out = tmp_path / "lsl.h5"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
-                           "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _simulate(protocol, out, tmp_path / "cache")
     data, est = _trial_table(out)
     assert len(data.events) == TOTAL and data.events.trial.is_unique
     assert set(est.condition) == {"baseline", "drive", "suppress"}
@@ -63,10 +68,7 @@ def test_the_tiny_image_loop_runs_through_lsl_at_1khz(lsl, tmp_path):
     text = image.read_text().replace("speed = 20\n", 'speed = 20\nvia = "lsl"\n')
     protocol.write_text(text.replace("subjects:luminance_sites", "subjects:bright_sites"))
     out = tmp_path / "image_lsl.h5"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROTWIN_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out),
-                           "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _simulate(protocol, out, tmp_path / "cache")
     data, est = _trial_table(out)
     assert len(data.events) == 40 + 8 + 12 and data.events.trial.is_unique
     assert not (data.log.kind == "missing").any()  # every window of every run came through LSL
