@@ -20,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["NEUROTWIN_DTYPE"] = "float32"
 # Tests give their processes feature caches of their own; the offline model is converted once, for all of them.
 os.environ.setdefault("NEUROTWIN_MODELS", str(models_root()))
+# LSL streams resolve on this machine even where its network has no multicast route (liblsl reads this at its first
+# use, in the tests' processes and those they start)
+os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().parent / "support" / "lsl_api.cfg"))
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one thread per worker (and its subprocesses): no oversubscription
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
