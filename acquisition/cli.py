@@ -18,8 +18,22 @@ def session_group() -> None:
 @click.argument("session_file", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=OutputFolder(),
               help="Folder to write into.")  # fmt: skip
-def export_cmd(session_file: Path, out: Path) -> None:
-    """BIDS-style events.tsv (+ JSON sidecar) per run and a CSV of the latest estimates."""
+@click.option("--bids", is_flag=True,
+              help="A BIDS dataset: events per run; the time series and trial estimates as derivatives.")  # fmt: skip
+@click.option("--subject", default="01", show_default=True, help="With --bids: the participant's label.")
+@click.option("--session", "session_label", default="01", show_default=True, help="With --bids: the session's label.")
+def export_cmd(session_file: Path, out: Path, bids: bool, subject: str, session_label: str) -> None:
+    """BIDS-style events.tsv (+ JSON sidecar) per run and a CSV of the latest estimates; with --bids, a BIDS
+    dataset."""
+    if bids:
+        from .bids import export_bids
+
+        try:
+            paths = export_bids(session_file, out, subject=subject, session=session_label)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--subject/--session") from None
+        click.echo(f"wrote a BIDS dataset of {len(paths)} files in {out}")
+        return
     from .export import export_session
 
     for path in export_session(session_file, out):

@@ -30,8 +30,9 @@ def replaced_whole(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def output_folder(folder: str | Path) -> Iterator[list[Path]]:
-    """Make ``folder`` (and missing parents) for a command's files; yields a list to add each file written to. If
-    the block fails, those files are removed, and so are the folders it made, when empty."""
+    """Make ``folder`` (and missing parents) for a command's files; yields a list to add each file written to (and
+    each folder made inside it, before its files). If the block fails, those files are removed, and so are the
+    folders made, when empty."""
     folder = Path(folder)
     made = []
     probe = folder
@@ -43,8 +44,12 @@ def output_folder(folder: str | Path) -> Iterator[list[Path]]:
         folder.mkdir(parents=True, exist_ok=True)
         yield written
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        for path in reversed(written):
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
         for path in made:  # innermost first
             with contextlib.suppress(OSError):
                 path.rmdir()

@@ -139,6 +139,8 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
 
     from control_loop.report import session_status, status_line, write_report
 
+    from ..acquisition.test_bids import bids_trials
+
     work, full, _ = uninterrupted
     out = tmp_path / "killed.h5"
     proc = _signal_during(out, work / "cache", "run 4/", signal.SIGKILL, 0.4)  # runs 1-3 complete; kill in run 4
@@ -173,6 +175,7 @@ def test_killed_session_resumes_without_repeating_or_losing_a_trial(uninterrupte
     data, est = _trial_table(out)
     assert len(data.events) == TOTAL and data.events.trial.is_unique and sorted(data.events.trial) == list(range(TOTAL))
     assert len(data.samples) > len(before.samples)  # the interrupted run's samples are kept, then more
+    assert sorted(bids_trials(out, tmp_path / "bids")) == list(range(TOTAL))  # its BIDS export: every trial once
     # Trials of the runs finished before the kill are exactly what the uninterrupted session recorded.
     _, ref = _trial_table(full)
     first = [t for r in done for t in r["trials"]]
