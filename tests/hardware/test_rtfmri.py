@@ -1,0 +1,110 @@
+"""Real-time fMRI volumes from an export folder: read once complete (never misread), ROI means through masks in the
+same space, and a clear error for a corrupt file or a mask of another geometry."""
+
+import gzip
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hardware.rtfmri import IncompleteVolume, MaskError, RoiMasks, VolumeError, new_volumes, read_volume
+
+AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
+AFFINE[:3, 3] = (-96.0, -96.0, -54.0)
+
+
+def _nifti(path, data, affine=AFFINE, time_=None):
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+    if time_ is not None:
+        image.header["descrip"] = f"time={time_:.6f}".encode()
+    nib.save(image, path)
+    return path
+
+
+def _volume(seed, shape=(16, 16, 8)):
+    return np.random.default_rng(seed).normal(1000, 10, shape)
+
+
+def test_a_volume_is_read_with_its_number_and_acquisition_time(tmp_path):
+    data = _volume(0)
+    v = read_volume(_nifti(tmp_path / "vol_0007.nii.gz", data, time_=1765000000.25))
+    assert v.number == 7 and v.time == pytest.approx(1765000000.25)
+    np.testing.assert_allclose(v.data, data, rtol=1e-6)
+    np.testing.assert_allclose(v.affine, AFFINE)
+    assert read_volume(_nifti(tmp_path / "scan.nii", data)).time is None  # a header that does not say
+
+
+@pytest.mark.parametrize("name", ["vol_0001.nii", "vol_0001.nii.gz"])
+def test_a_file_cut_short_is_incomplete_and_garbage_is_not_a_volume(tmp_path, name):
+    path = _nifti(tmp_path / name, _volume(1))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(IncompleteVolume, match="is incomplete"):
+        read_volume(path)
+    path.write_bytes(b"not a volume at all" * 50 if name.endswith(".nii") else gzip.compress(b"junk" * 100))
+    with pytest.raises(VolumeError) as err:
+        read_volume(path)
+    assert not isinstance(err.value, IncompleteVolume) and name in str(err.value)
+
+
+def test_roi_means_and_a_volume_of_another_geometry_named(tmp_path):
+    inside = np.zeros((16, 16, 8))
+    inside[4:8, 4:8, 2:4] = 1
+    other = np.zeros((16, 16, 8))
+    other[10:14, 10:14, 4:6] = 1
+    masks = RoiMasks({"lang": _nifti(tmp_path / "lang.nii.gz", inside), "md": _nifti(tmp_path / "md.nii", other)})
+    data = _volume(2)
+    v = read_volume(_nifti(tmp_path / "vol_0001.nii", data))
+    masks.check(v)
+    assert masks.means(v.data) == pytest.approx([data[inside > 0].mean(), data[other > 0].mean()], rel=1e-6)
+    wrong = read_volume(_nifti(tmp_path / "vol_0002.nii", _volume(3, (20, 16, 8))))
+    with pytest.raises(MaskError) as err:
+        masks.check(wrong)
+    message = str(err.value)
+    assert "'vol_0002.nii' (20x16x8 voxels of 3x3x3 mm" in message and "ROI mask 'lang'" in message
+    assert "16x16x8 voxels of 3x3x3 mm" in message
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 6.0
+    with pytest.raises(MaskError, match="are not in the same space"):
+        RoiMasks({"lang": tmp_path / "lang.nii.gz", "md": _nifti(tmp_path / "md2.nii", other, shifted)})
+    with pytest.raises(MaskError, match=r"ROI mask 'md' .* is empty"):
+        RoiMasks({"lang": tmp_path / "lang.nii.gz", "md": _nifti(tmp_path / "md3.nii", np.zeros((16, 16, 8)))})
+
+
+def test_the_folder_watch_yields_each_volume_whole_and_in_order(tmp_path):
+    """Volumes written while the watch runs: one written in two halves 0.3 s apart comes once, whole; a corrupt
+    one comes as its error; the files already there are skipped; the order is the files' names'."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    _nifti(folder / "vol_0000.nii", _volume(9))  # there before the watch: not a new volume
+    datas = {k: _volume(10 + k) for k in (1, 2, 4)}
+    got: list = []
+    watch = new_volumes(folder, poll=0.02, patience=0.5)
+
+    def consume() -> None:
+        for item in watch:
+            got.append(item)
+            if len(got) == 4:
+                return
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    time.sleep(0.1)
+    _nifti(folder / "vol_0001.nii", datas[1])
+    whole = _nifti(tmp_path / "staging.nii", datas[2]).read_bytes()
+    with open(folder / "vol_0002.nii", "wb") as fh:  # written in two halves
+        fh.write(whole[: len(whole) // 2])
+        fh.flush()
+        time.sleep(0.3)
+        fh.write(whole[len(whole) // 2 :])
+    (folder / "vol_0003.nii").write_bytes(b"\x00" * 100)  # corrupt
+    _nifti(folder / "vol_0004.nii", datas[4])
+    reader.join(20)
+    assert [g.path.name if not isinstance(g, Exception) else "error" for g in got] == [
+        "vol_0001.nii", "vol_0002.nii", "error", "vol_0004.nii"]  # fmt: skip
+    for g in (got[0], got[1], got[3]):
+        np.testing.assert_allclose(g.data, datas[g.number], rtol=1e-6)
+    assert "vol_0003.nii" in str(got[2])
