@@ -30,26 +30,37 @@ from .subjects import Subject
 log = logging.getLogger(__name__)
 
 
-class _SimulatedLSLDevice:
-    """An outlet of ``1 / period`` samples per simulated second, and the presenter's markers as the subject's
-    events."""
+class LSLSink:
+    """Where a simulated device's samples go on LSL: an outlet (a channel per ROI or site) at ``rate`` Hz."""
 
-    type = ""
+    def __init__(self, name: str, type: str, channels: list[str], rate: float, source_id: str = "") -> None:
+        lsl = pylsl()
+        info = lsl.StreamInfo(name, type, len(channels), rate, lsl.cf_double64,
+                              source_id or f"neurotwin-simulated:{name}")  # fmt: skip
+        described = info.desc().append_child("channels")
+        for channel in channels:
+            described.append_child("channel").append_child_value("label", channel)
+        self.outlet = lsl.StreamOutlet(info)
 
-    def __init__(self, subject: Subject, name: str, markers: str, *, period: float, speed: float, seed: int,
-                 latency: float, source_id: str) -> None:  # fmt: skip
+    def push(self, first: int, values: np.ndarray, stamps: np.ndarray) -> None:
+        """Samples ``first ..`` with their acquisition times on LSL's clock."""
+        self.outlet.push_chunk(values, stamps.tolist())
+
+
+class SimulatedDevice:
+    """A recording of ``1 / period`` samples per simulated second, each given to a sink once acquired, and the
+    presenter's markers (on LSL) as the subject's events."""
+
+    def __init__(self, subject: Subject, markers: str, *, period: float, speed: float, seed: int,
+                 latency: float) -> None:  # fmt: skip
         self.lsl = pylsl()
         self.subject, self.rois = subject, [str(r) for r in subject.rois]
         subject.warm_up()  # (load its model before the recording starts)
         self.period, self.speed, self.latency = period, speed, latency
         self.rng = np.random.default_rng(seed)
-        info = self.lsl.StreamInfo(name, self.type, len(self.rois), speed / period, self.lsl.cf_double64,
-                                   source_id or f"neurotwin-simulated:{name}")  # fmt: skip
-        channels = info.desc().append_child("channels")
-        for roi in self.rois:
-            channels.append_child("channel").append_child_value("label", roi)
-        self.outlet = self.lsl.StreamOutlet(info)
+        self.sink: Any = None  # what takes the samples: .push(first, values, LSL stamps)
         self.markers_name = markers
+        self._resolver: Any = None
         self.inlet: Any = None
         self.events: list[tuple[float, float, np.ndarray]] = []  # onset, duration (simulated s from t0), response
         self._responses: dict[str, np.ndarray] = {}
@@ -58,7 +69,9 @@ class _SimulatedLSLDevice:
         self.shown = 0
 
     def _connect(self) -> None:
-        found = self.lsl.resolve_byprop("name", self.markers_name, 1, 0.2)
+        if self._resolver is None:  # (in the background: a resolve's first answer can take a second or two)
+            self._resolver = self.lsl.ContinuousResolver(prop="name", value=self.markers_name)
+        found = self._resolver.results()
         if found:
             self.inlet = self.lsl.StreamInlet(found[0], recover=True, processing_flags=self.lsl.proc_clocksync)
             self.inlet.open_stream(5.0)
@@ -81,16 +94,18 @@ class _SimulatedLSLDevice:
             self._connect()
             return
         chunk, stamps = self.inlet.pull_chunk(timeout=0.0)
+        shown = []
         for (text,), stamp in zip(chunk, stamps, strict=True):
             marker = json.loads(text)
             seen = self._stimulus(marker)
-            if seen is None:
-                continue
-            key, stimulus = seen
-            if key not in self._responses:
-                self._responses[key] = np.asarray(self.subject([stimulus]), np.float64).reshape(-1)
-            onset = (stamp - self.t0) * self.speed
-            self.events.append((onset, float(marker.get("duration", self.period)), self._responses[key]))
+            if seen is not None:
+                shown.append((seen, stamp, float(marker.get("duration", self.period))))
+        new = {key: stimulus for (key, stimulus), _, _ in shown if key not in self._responses}
+        if new:  # the subject's responses to the stimuli that came, in one call (a model's batch)
+            responses = np.asarray(self.subject(list(new.values())), np.float64).reshape(len(new), -1)
+            self._responses.update(zip(new, responses, strict=True))
+        for (key, _), stamp, duration in shown:
+            self.events.append(((stamp - self.t0) * self.speed, duration, self._responses[key]))
             self.shown += 1
 
     def values(self, first: int, n: int) -> np.ndarray:
@@ -104,7 +119,7 @@ class _SimulatedLSLDevice:
         if due > self.next_sample:
             k = np.arange(self.next_sample, due)
             stamps = self.t0 + k * self.period / self.speed
-            self.outlet.push_chunk(self.values(self.next_sample, len(k)), stamps.tolist())
+            self.sink.push(self.next_sample, self.values(self.next_sample, len(k)), stamps)
             self.next_sample = due
 
     def serve(self, duration: float | None = None) -> None:
@@ -115,20 +130,18 @@ class _SimulatedLSLDevice:
             time.sleep(min(0.002, max(0.001, self.period / self.speed / 4)))
 
 
-class SimulatedLSLScanner(_SimulatedLSLDevice):
-    """Streams the subject's ROI signal at one volume per ``tr`` simulated seconds (``speed`` times real time):
-    every shown sentence's response convolved with the canonical HRF, over AR(1) noise and slow drift as in the
-    simulated scanner rig."""
+class ScannerSignal(SimulatedDevice):
+    """A scanner's ROI signal at one volume per ``tr`` simulated seconds (``speed`` times real time): every shown
+    sentence's response convolved with the canonical HRF, over AR(1) noise and slow drift as in the simulated
+    scanner rig."""
 
-    type = "fMRI"
-
-    def __init__(self, subject: Subject, name: str, markers: str, *, tr: float = 2.0, speed: float = 1.0,
-                 seed: int = 0, noise_sd: float | None = None, ar1: float = 0.4, drift_sd: float = 0.3,
-                 latency: float = 0.02, source_id: str = "") -> None:  # fmt: skip
+    def __init__(self, subject: Subject, markers: str, *, tr: float = 2.0, speed: float = 1.0, seed: int = 0,
+                 noise_sd: float | None = None, ar1: float = 0.4, drift_sd: float = 0.3,
+                 latency: float = 0.25) -> None:  # fmt: skip
         """``markers``: the name of the presenter's LSL marker stream; ``latency``: real seconds from a volume's
-        acquisition to its sample (markers of onsets before it arrive in that time)."""
-        super().__init__(subject, name, markers, period=tr, speed=speed, seed=seed, latency=latency,
-                         source_id=source_id)  # fmt: skip
+        acquisition to its sample, as a real-time pipeline's (a marker stamped at an onset before it may come that
+        late: a presenter process held up by a busy machine)."""
+        super().__init__(subject, markers, period=tr, speed=speed, seed=seed, latency=latency)
         self.tr = tr
         self.ts_noise = (noise_sd if noise_sd is not None else subject.noise_sd) / BETA_NOISE_PER_TS_NOISE
         self.ar1, self.drift_sd = ar1, drift_sd
@@ -147,18 +160,26 @@ class SimulatedLSLScanner(_SimulatedLSLDevice):
         return out
 
 
-class SimulatedLSLArray(_SimulatedLSLDevice):
-    """Streams each site's spike count per ``1 / rate`` simulated seconds (Poisson): ``baseline`` spikes/s, plus
-    the subject's evoked rate while a stimulus is on (after ``response_latency``), as the simulated
-    electrophysiology rig."""
+class SimulatedLSLScanner(ScannerSignal):
+    """A scanner streaming its ROI signal over LSL (type ``fMRI``, a channel per ROI, one sample per volume)."""
 
-    type = "Spikes"
+    def __init__(self, subject: Subject, name: str, markers: str, *, tr: float = 2.0, speed: float = 1.0,
+                 source_id: str = "", **options: Any) -> None:  # fmt: skip
+        """``options``: :class:`ScannerSignal`'s (seed, noise_sd, ar1, drift_sd, latency)."""
+        super().__init__(subject, markers, tr=tr, speed=speed, **options)
+        self.sink = LSLSink(name, "fMRI", self.rois, speed / tr, source_id)
+
+
+class SimulatedLSLArray(SimulatedDevice):
+    """Streams each site's spike count per ``1 / rate`` simulated seconds (Poisson) over LSL (type ``Spikes``):
+    ``baseline`` spikes/s, plus the subject's evoked rate while a stimulus is on (after ``response_latency``), as
+    the simulated electrophysiology rig."""
 
     def __init__(self, subject: Subject, name: str, markers: str, *, rate: float = 1000.0, speed: float = 1.0,
-                 seed: int = 0, baseline: float = 5.0, response_latency: float = 0.05, latency: float = 0.01,
+                 seed: int = 0, baseline: float = 5.0, response_latency: float = 0.05, latency: float = 0.1,
                  source_id: str = "") -> None:  # fmt: skip
-        super().__init__(subject, name, markers, period=1.0 / rate, speed=speed, seed=seed, latency=latency,
-                         source_id=source_id)  # fmt: skip
+        super().__init__(subject, markers, period=1.0 / rate, speed=speed, seed=seed, latency=latency)
+        self.sink = LSLSink(name, "Spikes", self.rois, speed * rate, source_id)
         self.baseline, self.response_latency = baseline, response_latency
 
     def values(self, first: int, n: int) -> np.ndarray:
