@@ -2,10 +2,11 @@
 
 Runs a protocol with `neurotwin simulate` twice per seed: through the direct simulated rig, and with
 ``[simulation] via = "lsl"`` (a simulated LSL device -> `neurotwin rig lsl` -> the controller: ROI values per
-volume for sentences, spike counts at 1 kHz counted per window for images). Prints each session's measured
-evaluation means (drive, baseline, suppress on the target), the one-sided Welch p-values of drive > baseline
-and baseline > suppress, whether drive > baseline > suppress held, and per path the mean over seeds. Only
-measured responses are compared: an LSL device sends samples, not true responses. Through LSL the noise's draws
+volume for sentences, spike counts at 1 kHz counted per window for images). Prints each session's evaluation
+means (drive, baseline, suppress on the target) in the simulated subject's true (noise-free) response and as
+measured, the one-sided Welch p-values of drive > baseline and baseline > suppress, whether drive > baseline >
+suppress held, and per path the mean over seeds. An LSL device sends samples only: its sessions' true responses
+are the subject's, computed here for each shown stimulus. Through LSL the noise's draws
 depend on where the session starts in the device's recording, so the two paths are not paired draw for draw.
 
     python bench/lsl_vs_direct.py [--protocol protocols/closed_loop_language.toml] [--seeds 3] [--work DIR]
@@ -40,6 +41,36 @@ def measured(session: Path) -> dict:
             "ordered": means["drive"] > means["baseline"] > means["suppress"]}  # fmt: skip
 
 
+def true(session: Path) -> dict:
+    """The evaluation block in the simulated subject's true (noise-free) response of the target: from the session
+    file, or (an LSL device sends none) the subject's response to each shown stimulus, computed here."""
+
+    import pandas as pd
+
+    from acquisition import read_session
+    from control_loop.report import true_contrasts
+    from simulation.subjects import load_subject
+
+    data = read_session(session)
+    if data.truth is None:
+        peers = data.attrs["peers"]
+        subject = load_subject(peers["subject"] or None)
+        ev = data.events.merge(data.stimuli[["stimulus_id", "text", "image"]], on="stimulus_id")
+        if data.attrs.get("modality") == "spikes":
+            from twin.vision import load_image
+
+            stimuli = [load_image(session.parent / name) for name in ev.image]
+        else:
+            stimuli = list(ev.text)
+        values = np.asarray(subject(stimuli), np.float64)
+        data.truth = pd.DataFrame({"trial": ev.trial, "stimulus_id": ev.stimulus_id, "run": ev.run,
+                                   **{roi: values[:, i] for i, roi in enumerate(data.rois)}})  # fmt: skip
+    t = true_contrasts(data)
+    c = t["contrasts"]
+    return {**t["means"], "p_db": c["drive - baseline"]["p"], "p_bs": c["baseline - suppress"]["p"],
+            "ordered": t["means"]["drive"] > t["means"]["baseline"] > t["means"]["suppress"]}  # fmt: skip
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--protocol", type=Path, default=ROOT / "protocols" / "closed_loop_language.toml")
@@ -54,7 +85,7 @@ def main() -> None:
                       text, flags=re.M)  # fmt: skip
     if "[simulation]" not in text:
         text += "\n[simulation]\n"
-    results: dict[str, list[dict]] = {"direct": [], "lsl": []}
+    results: dict[tuple[str, str], list[dict]] = {(v, w): [] for v in ("direct", "lsl") for w in ("true", "measured")}
     for seed in range(args.seeds):
         for via in ("direct", "lsl"):
             protocol = work / f"{args.protocol.stem}-{via}.toml"
@@ -70,15 +101,15 @@ def main() -> None:
                 took = f" ({time.monotonic() - started:.0f} s)"
             else:
                 took = " (kept)"
-            r = measured(out)
-            results[via].append(r)
-            print(f"seed {seed} {via:6s}: drive {r['drive']:+.3f}  baseline {r['baseline']:+.3f}  suppress "
-                  f"{r['suppress']:+.3f}  p(d>b) {r['p_db']:.3g}  p(b>s) {r['p_bs']:.3g}  "
-                  f"ordered {r['ordered']}{took}", flush=True)  # fmt: skip
-    print(f"{args.protocol.name}, {args.seeds} seeds, measured evaluation means (target):")
-    for via, rs in results.items():
+            for what, r in (("true", true(out)), ("measured", measured(out))):
+                results[(via, what)].append(r)
+                print(f"seed {seed} {via:6s} {what:8s}: drive {r['drive']:+.3f}  baseline {r['baseline']:+.3f}  "
+                      f"suppress {r['suppress']:+.3f}  p(d>b) {r['p_db']:.3g}  p(b>s) {r['p_bs']:.3g}  "
+                      f"ordered {r['ordered']}{took}", flush=True)  # fmt: skip
+    print(f"{args.protocol.name}, {args.seeds} seeds, the evaluation block's means of the target:")
+    for (via, what), rs in results.items():
         mean = {k: float(np.mean([r[k] for r in rs])) for k in ("drive", "baseline", "suppress")}
-        print(f"  {via:6s}: drive {mean['drive']:+.3f} > baseline {mean['baseline']:+.3f} > suppress "
+        print(f"  {via:6s} {what:8s}: drive {mean['drive']:+.3f} > baseline {mean['baseline']:+.3f} > suppress "
               f"{mean['suppress']:+.3f}: {mean['drive'] > mean['baseline'] > mean['suppress']}; ordered in "
               f"{sum(r['ordered'] for r in rs)} of {len(rs)} seeds; drive - suppress "
               f"{mean['drive'] - mean['suppress']:+.3f}")  # fmt: skip

@@ -137,10 +137,11 @@ class ScannerSignal(SimulatedDevice):
 
     def __init__(self, subject: Subject, markers: str, *, tr: float = 2.0, speed: float = 1.0, seed: int = 0,
                  noise_sd: float | None = None, ar1: float = 0.4, drift_sd: float = 0.3,
-                 latency: float = 0.25) -> None:  # fmt: skip
+                 latency: float = 0.02) -> None:  # fmt: skip
         """``markers``: the name of the presenter's LSL marker stream; ``latency``: real seconds from a volume's
-        acquisition to its sample, as a real-time pipeline's (a marker stamped at an onset before it may come that
-        late: a presenter process held up by a busy machine)."""
+        acquisition to its sample (the markers of onsets before it come in that time). The presenter starts a run
+        when its first volume reaches the controller: a latency of more than the protocol's rest (in simulated
+        time) shows the run's first trials late."""
         super().__init__(subject, markers, period=tr, speed=speed, seed=seed, latency=latency)
         self.tr = tr
         self.ts_noise = (noise_sd if noise_sd is not None else subject.noise_sd) / BETA_NOISE_PER_TS_NOISE
@@ -176,7 +177,7 @@ class SimulatedLSLArray(SimulatedDevice):
     the simulated electrophysiology rig."""
 
     def __init__(self, subject: Subject, name: str, markers: str, *, rate: float = 1000.0, speed: float = 1.0,
-                 seed: int = 0, baseline: float = 5.0, response_latency: float = 0.05, latency: float = 0.1,
+                 seed: int = 0, baseline: float = 5.0, response_latency: float = 0.05, latency: float = 0.02,
                  source_id: str = "") -> None:  # fmt: skip
         super().__init__(subject, markers, period=1.0 / rate, speed=speed, seed=seed, latency=latency)
         self.sink = LSLSink(name, "Spikes", self.rois, speed * rate, source_id)
