@@ -33,6 +33,7 @@ class _Strict(BaseModel):
 MAX_TRIALS = 100_000  # trials in all
 MAX_SCANNER_HOURS = 24.0
 MAX_SECONDS = 600.0  # any one duration of the design (a trial, the interval between trials, the rest)
+MAX_EXPORT_SPEED = 20.0  # a simulated export's volume files: 10 a second at TR 2 s
 
 
 #: Trial conditions, as sessions record them: random candidates, the twin's choices for a goal, the localizer's.
@@ -152,10 +153,12 @@ class Simulation(_Strict):
     speed: float = Field(100.0, gt=0, le=10_000,
                          description="Simulated time runs this many times faster than real time.")  # fmt: skip
     noise_sd: float | None = Field(None, gt=0, le=100)
-    via: Literal["direct", "lsl"] = Field(
-        "direct", description="How the simulated recording reaches the controller: direct (the simulated rig), or "
-        "lsl (a simulated LSL device streaming ROI values per volume, or for images spike counts at 1 kHz, read by "
-        "`neurotwin rig lsl`, the subject seeing what the presenter's LSL marker stream says is shown).")  # fmt: skip
+    via: Literal["direct", "lsl", "export"] = Field(
+        "direct", description="How the simulated recording reaches the controller: direct (the simulated rig); lsl "
+        "(a simulated LSL device streaming ROI values per volume, or for images spike counts at 1 kHz, read by "
+        "`neurotwin rig lsl`); or export (sentences: a simulated scanner writing NIfTI volumes into a folder, read "
+        "by `neurotwin rig rtfmri`). Through lsl and export the subject sees what the presenter's LSL marker stream "
+        "says is shown.")  # fmt: skip
 
 
 class Recording(_Strict):
@@ -227,6 +230,11 @@ class Protocol(_Strict):
         if hours > MAX_SCANNER_HOURS:
             raise ValueError(f"the runs take {hours:,.1f} h of scanner time; a protocol takes at most "
                              f"{MAX_SCANNER_HOURS:g} h")  # fmt: skip
+        if self.simulation.via == "export" and self.modality != "text":
+            raise ValueError("simulation.via = 'export' simulates a scanner's volumes: sentence protocols only")
+        if self.simulation.via == "export" and self.simulation.speed > MAX_EXPORT_SPEED:
+            raise ValueError(f"simulation.speed ({self.simulation.speed:g}) must be at most {MAX_EXPORT_SPEED:g} with "
+                             "via = 'export': each volume is a file, written and read as it comes")  # fmt: skip
         pause = self.recording.pause_after
         if pause is not None and pause < 2 * self.design.tr:
             raise ValueError(f"recording.pause_after ({pause:g} s) must be at least two volumes (2 x design.tr = "

@@ -86,6 +86,21 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
             # samples come late but whole, and the rig waits for them)
             rig += ["--signal", "spike-counts", "--rate", repr(peers["speed"] * 1000.0), "--grace", "60"]
         commands = {"device": device, "rig": rig, "presenter": presenter}
+    elif peers.get("via") == "export":  # scanner -> volume files -> rtfmri rig; the scanner sees the markers
+        from simulation.export_scanner import write_masks
+
+        markers = f"neurotwin-markers-{presenter_port}"
+        presenter += ["--lsl-markers", markers]
+        folder, masks = log_dir / f"export-{rig_port}", log_dir / f"export-{rig_port}-masks"
+        files = write_masks(subject_rois(protocol, peers), masks)  # (before the rig reads them)
+        device = [*exe, "rig", "simulate-export", str(folder), "--markers", markers, "--masks", str(masks), "--tr",
+                  str(protocol.design.tr), "--speed", speed, "--seed", str(peers["seed"])]  # fmt: skip
+        device += ["--subject", peers["subject"]] if peers["subject"] else []
+        device += ["--noise-sd", str(peers["noise_sd"])] if peers.get("noise_sd") else []
+        rig = [*exe, "rig", "rtfmri", "--watch", str(folder), "--speed", speed, "--bind", rig_ep, "--heartbeat", "0.3"]
+        for roi, path in files.items():
+            rig += ["--mask", f"{roi}={path}"]
+        commands = {"device": device, "rig": rig, "presenter": presenter}
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
     procs = []

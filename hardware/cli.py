@@ -203,6 +203,81 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
                        f"{', '.join(names)})", duration)  # fmt: skip
 
 
+@rig_group.command("rtfmri")
+@click.option(
+    "--watch",
+    "folder",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The folder the scanner's real-time export writes one volume file into per volume (NIfTI).",
+)
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    required=True,
+    metavar="NAME=FILE",
+    help="An ROI: its name and mask (NIfTI, in the volumes' space); repeatable, in the order of the channels.",
+)
+@click.option(
+    "--latency",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds from a volume's acquisition to its file, for volumes whose header has no time.",
+)
+@click.option(
+    "--patience",
+    type=POSITIVE,
+    default=5.0,
+    show_default=True,
+    help="Seconds a file that cannot be read is waited for (still being written) before it is skipped.",
+)
+@click.option("--existing", is_flag=True, help="Also read the volumes already in the folder (else only new ones).")
+@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
+@click.option(
+    "--journal",
+    type=JOURNAL,
+    default=None,
+    help="Journal file: restarted with it, the rig resends what was not acknowledged and keeps its run.",
+)
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (simulation).")
+@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
+@curve_options
+def rtfmri_rig(folder, masks, latency, patience, existing, bind, journal, speed, heartbeat, duration, curve_secret,
+               curve_allow):  # fmt: skip
+    """Real-time fMRI from the scanner's export folder: each new volume, read once its file is complete, averaged
+    in each ROI mask, is a sample of the controller's runs at its acquisition time. A file that is not a volume is
+    skipped (its volume missing); a volume of another geometry than the masks stops the rig, naming both."""
+    from kit.clock import sim_clock
+
+    from .peer import PeerServer
+    from .relay import RelayRig
+    from .rtfmri import MaskError, RoiMasks, volume_lines
+
+    logging.getLogger().setLevel(logging.INFO)
+    named = {}
+    for spec in masks:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in named:
+            raise click.BadParameter(f"give each ROI as NAME=FILE, names distinct, not {spec!r}", param_hint="--mask")
+        named[name] = Path(path)
+    try:
+        rois = RoiMasks(named)
+    except MaskError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mask") from None
+    if folder.exists() and not folder.is_dir():
+        raise click.BadParameter(f"'{folder}' is a file, not the export's folder", param_hint="--watch")
+    clock = sim_clock(speed)
+    server = PeerServer(bind, role="rig", name="rtfmri", heartbeat=heartbeat, journal=journal, clock=clock,
+                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    lines = volume_lines(folder, rois, clock, latency=latency, patience=patience, existing=existing)
+    rig = RelayRig(server, rois.names, lines, gaps=True, name="rtfmri-input")
+    serve(rig, server, f"rtfmri rig serving on {server.endpoint} (watching {folder}; ROIs: {', '.join(rois.names)})",
+          duration)  # fmt: skip
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 

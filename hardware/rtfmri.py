@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +171,20 @@ def new_volumes(folder: str | Path, poll: float = 0.05, patience: float = 5.0, e
             sizes.pop(path.name, None)
             yield volume
         time.sleep(poll)
+
+
+def volume_lines(folder: str | Path, masks: RoiMasks, clock: Callable[[], float], latency: float = 0.0,
+                 poll: float = 0.02, patience: float = 5.0, existing: bool = False) -> Iterator[str]:  # fmt: skip
+    """Each new volume in ``folder`` as a relay line (``time mean mean ...``, a mean per ROI): its acquisition time
+    from its header, else its arrival on ``clock`` minus ``latency``. A file that is not a volume is logged and
+    skipped (its volume is missing); a volume of another geometry than the masks raises RuntimeError, naming both."""
+    for volume in new_volumes(folder, poll, patience, existing):
+        if isinstance(volume, VolumeError):
+            log.error("%s: its volume is missing", volume)
+            continue
+        try:
+            masks.check(volume)
+        except MaskError as exc:
+            raise RuntimeError(str(exc)) from None
+        when = volume.time if volume.time is not None else clock() - latency
+        yield " ".join([repr(when), *map(repr, masks.means(volume.data))]) + "\n"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -115,6 +116,46 @@ def simulate_lsl(name, markers, signal, tr, rate, subject, noise_sd, baseline, s
         pass
 
 
+@click.command("simulate-export")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--markers", required=True, help="Name of the presenter's LSL marker stream: what the subject sees.")
+@click.option("--masks", "masks_folder", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where each ROI's mask is written (NAME.nii.gz) [default: FOLDER-masks beside FOLDER].")  # fmt: skip
+@click.option("--tr", type=POSITIVE, default=2.0, show_default=True, help="Volume length (simulated s).")
+@click.option("--subject", default=None,
+              help="Ground-truth subject: a registered name or module:attr (default: language).")  # fmt: skip
+@click.option("--noise-sd", type=FiniteFloat(min=0), default=None,
+              help="Per-trial noise SD of each ROI's signal (default: the subject's).")  # fmt: skip
+@click.option("--thermal", type=FiniteFloat(min=0), default=0.005, show_default=True,
+              help="Each voxel's thermal noise SD, as a fraction of the mean brain intensity.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help="Noise, drift and phantom seed.")
+@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
+@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
+def simulate_export(folder, markers, masks_folder, tr, subject, noise_sd, thermal, seed, speed, duration):
+    """A simulated scanner's real-time export: one NIfTI volume per TR written into FOLDER (a brain-like phantom,
+    the simulated subject's signal in each ROI's voxels, thermal noise), each ROI's mask beside it, the subject
+    seeing what the presenter's marker stream says is shown (for `rig rtfmri`)."""
+    from hardware.lsl import LSLError
+
+    from .export_scanner import SimulatedExportScanner, write_masks
+
+    logging.getLogger().setLevel(logging.INFO)
+    truth = _load_subject(subject)
+    masks_folder = masks_folder or folder.with_name(folder.name + "-masks")
+    written = write_masks([str(r) for r in truth.rois], masks_folder)
+    try:
+        device = SimulatedExportScanner(truth, folder, markers, tr=tr, speed=speed, seed=seed, noise_sd=noise_sd,
+                                        thermal=thermal)  # fmt: skip
+    except LSLError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"simulated export writing volumes into {folder} (masks: {', '.join(map(str, written.values()))}; "
+               f"markers: '{markers}')", err=True)  # fmt: skip
+    try:
+        device.serve(duration)
+    except KeyboardInterrupt:
+        pass
+
+
 def _load_subject(spec: str | None):
     from .subjects import load_subject
 
@@ -124,4 +165,4 @@ def _load_subject(spec: str | None):
         raise click.BadParameter(str(exc)) from None
 
 
-SIMULATED_RIGS = (simulate_fmri, simulate_ephys, simulate_lsl)
+SIMULATED_RIGS = (simulate_fmri, simulate_ephys, simulate_lsl, simulate_export)

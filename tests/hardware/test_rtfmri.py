@@ -108,3 +108,59 @@ def test_the_folder_watch_yields_each_volume_whole_and_in_order(tmp_path):
     for g in (got[0], got[1], got[3]):
         np.testing.assert_allclose(g.data, datas[g.number], rtol=1e-6)
     assert "vol_0003.nii" in str(got[2])
+
+
+def test_the_rtfmri_rig_serves_volumes_and_names_what_it_cannot_use(tmp_path):
+    """`neurotwin rig rtfmri`: each new volume is a sample of the run at its header's acquisition time, its value
+    each ROI's mean; a corrupt file is named and its volume left missing; a volume of another geometry than the
+    masks stops the rig with a message naming both."""
+    import subprocess
+    import sys
+
+    from hardware import PeerClient
+
+    from ..support.netutil import ROOT, free_port, wait_up
+
+    inside = np.zeros((16, 16, 8))
+    inside[4:8, 4:8, 2:4] = 1
+    mask = _nifti(tmp_path / "lang.nii.gz", inside)
+    folder = tmp_path / "export"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "rtfmri", "--watch", str(folder),
+                             "--mask", f"lang={mask}", "--patience", "0.3", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--heartbeat", "0.3"], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    got: list[dict] = []
+    written = {}
+    try:
+        wait_up(client, 30, "the rtfmri rig")
+        assert client.peer_channels == ["lang"]
+        client.send_reliable("start", run=1, tr=0.2, n_volumes=8)
+        time.sleep(1.0)  # (the rig has the start before the first volume, on a busy machine too)
+        folder.mkdir(exist_ok=True)
+        start = time.time()
+        for k in range(8):
+            acquired = start + 0.2 * k  # (each volume's header: its time on the scanner's schedule)
+            time.sleep(max(0.0, acquired - time.time()))
+            if k == 4:
+                (folder / f"vol_{k:04d}.nii").write_bytes(b"\x00" * 400)  # corrupt
+            else:
+                data = _volume(20 + k)
+                written[k] = (acquired, data[inside > 0].mean())
+                _nifti(folder / f"vol_{k:04d}.nii", data, time_=acquired)
+        end = time.monotonic() + 10
+        while sum(m["type"] == "sample" for m in got) < 7 and time.monotonic() < end:
+            got += client.poll(0.05)
+        samples = [m for m in got if m["type"] == "sample"]
+        assert [m["volume"] for m in samples] == [0, 1, 2, 3, 5, 6, 7]  # volume 4 never came: missing
+        for m in samples:
+            acquired, mean = written[m["volume"]]
+            assert m["time"] == pytest.approx(acquired, abs=1e-5) and m["values"][0] == pytest.approx(mean, rel=1e-5)
+        _nifti(folder / "vol_0008.nii", _volume(30, (20, 16, 8)), time_=time.time())  # another geometry
+        _, err = proc.communicate(timeout=30)
+    finally:
+        client.close()
+        proc.kill()
+    assert proc.returncode != 0
+    assert "'vol_0004.nii' is not a NIfTI volume" in err and "its volume is missing" in err, err[-2000:]
+    assert "the volume 'vol_0008.nii' (20x16x8 voxels of 3x3x3 mm" in err and "ROI mask 'lang'" in err, err[-2000:]
