@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import ROOT, parser
+from control_loop.protocol import MAX_DEVICE_SPEED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -89,7 +90,11 @@ def main() -> None:
     for seed in range(args.seeds):
         for via in ("direct", "lsl"):
             protocol = work / f"{args.protocol.stem}-{via}.toml"
-            protocol.write_text(text.replace("[simulation]\n", f'[simulation]\nvia = "{via}"\n', 1))
+            copy = text.replace("[simulation]\n", f'[simulation]\nvia = "{via}"\n', 1)
+            if via != "direct":  # (a simulated device runs at most MAX_DEVICE_SPEED times faster than real time)
+                copy = re.sub(r"^speed = ([0-9.]+)", lambda m: f"speed = {min(float(m[1]), MAX_DEVICE_SPEED):g}",
+                              copy, flags=re.M)  # fmt: skip
+            protocol.write_text(copy)
             out = work / f"{via}-{seed}.h5"
             if not out.exists():
                 started = time.monotonic()

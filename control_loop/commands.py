@@ -14,7 +14,7 @@ from acquisition.session import FLUSH_RESERVE, SessionError
 from hardware.cli import POSITIVE
 from kit.cli import OutputFile, OutputFolder
 
-from .protocol import Protocol, ProtocolError, load_prior, load_protocol, load_reference
+from .protocol import MAX_DEVICE_SPEED, Protocol, ProtocolError, load_prior, load_protocol, load_reference
 
 # A new session file: made with its folders, on a file system with room for it (a flush keeps 1 MiB in reserve)
 SESSION_FILE = OutputFile(make_parents=True, session=True, min_free=FLUSH_RESERVE)
@@ -126,6 +126,10 @@ def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, sub
     protocol = load_protocol(protocol_file)
     if seed is not None:
         protocol = protocol.model_copy(update={"seed": seed})
+    if speed is not None and protocol.simulation.via != "direct" and speed > MAX_DEVICE_SPEED:
+        via = protocol.simulation.via
+        raise click.BadParameter(f"at most {MAX_DEVICE_SPEED:g} with the protocol's simulation.via = '{via}' (its "
+                                 "device's timing)", param_hint="--speed")  # fmt: skip
     out = out or _default_out(protocol_file)
     _refuse_existing(out)
     _run_simulated(protocol, out, simulation_peers(protocol, subject, speed), report)

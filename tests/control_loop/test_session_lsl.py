@@ -34,7 +34,7 @@ def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
     protocol = tmp_path / "tiny_lsl.toml"
     # (less noise than the participant of the direct tests: through LSL the noise's draw depends on when the session
     # starts in the device's scan, and this test is of the chain, not of the statistics)
-    protocol.write_text(TINY.read_text().replace("speed = 100\n", 'speed = 100\nvia = "lsl"\nnoise_sd = 0.2\n'))
+    protocol.write_text(TINY.read_text().replace("speed = 100\n", 'speed = 20\nvia = "lsl"\nnoise_sd = 0.2\n'))
     out = tmp_path / "lsl.h5"
     _simulate(protocol, out, tmp_path / "cache")
     data, est = _trial_table(out)
