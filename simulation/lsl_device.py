@@ -113,9 +113,12 @@ class SimulatedDevice:
         raise NotImplementedError
 
     def step(self) -> None:
-        """Read the markers that came, then stream every sample acquired at least ``latency`` ago."""
+        """Read the markers that came, then stream every sample acquired at least ``latency`` before the read
+        began (markers shown while the subject's responses were computed are read at the next step, before the
+        samples they change)."""
+        horizon = self.lsl.local_clock() - self.latency
         self._markers()
-        due = int((self.lsl.local_clock() - self.latency - self.t0) * self.speed / self.period) + 1
+        due = int((horizon - self.t0) * self.speed / self.period) + 1
         if due > self.next_sample:
             k = np.arange(self.next_sample, due)
             stamps = self.t0 + k * self.period / self.speed
