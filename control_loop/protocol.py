@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hardware.lsl import LSLSource
+from kit.recording import LSLSource
 from stimulus_synthesis.constraints import Constraints
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"

@@ -141,11 +141,12 @@ def new_volumes(folder: str | Path, poll: float = 0.05, patience: float = 5.0, e
                 ) -> Iterator[Volume | VolumeError]:  # fmt: skip
     """Each volume file that appears in ``folder`` (waited for, if it does not exist yet), read once complete, in
     the order of the files' names; a file that cannot be read ``patience`` s after it last grew comes as its
-    VolumeError. Files there before the call are skipped unless ``existing``."""
+    VolumeError. Files there before the call are skipped unless ``existing`` (a folder made after it is all new)."""
     folder = Path(folder)
+    made_later = not folder.is_dir()  # (then every file in it is new, however soon after its making it is seen)
     while not folder.is_dir():
         time.sleep(poll)
-    done: set[str] = set() if existing else {p.name for p in folder.iterdir()}
+    done: set[str] = set() if existing or made_later else {p.name for p in folder.iterdir()}
     sizes: dict[str, tuple[int, float]] = {}  # name -> (size at the last look, when it last changed)
     while True:
         now = time.monotonic()

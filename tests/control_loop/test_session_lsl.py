@@ -177,7 +177,8 @@ def test_a_device_killed_and_restarted_mid_run_is_picked_up_again(lsl, tmp_path)
         _after_run_starts(session, "run 1/2", 6.0)  # some volumes of run 1 in
         lab.kill_device()
         time.sleep(1.0)
-        lab.device = lab.start("device", lab.device_cmd)  # the same stream, a new process
+        # the same stream, a new process (another seed: its noise is not the first one's, volume for volume)
+        lab.device = lab.start("device", [*lab.device_cmd[:-1], "2"])
         _, stderr = session.communicate(timeout=180)
     finally:
         session.kill()
