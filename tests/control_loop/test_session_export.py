@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ..support.netutil import ROOT
 from .test_session import TINY, TOTAL, _trial_table
 
 
+@pytest.mark.slow  # (a minute and a half; tests/hardware/test_rtfmri.py covers the rig in the quick suite)
 def test_the_tiny_closed_loop_runs_through_a_scanner_export(tmp_path):
     """`[simulation] via = "export"`: the simulated scanner writes a NIfTI volume per TR (the subject's signal in each
     ROI's voxels of a phantom, thermal noise), the rtfmri rig reads each and averages it in the ROI masks, and the

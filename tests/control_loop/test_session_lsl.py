@@ -55,6 +55,7 @@ def test_the_tiny_closed_loop_runs_through_lsl(lsl, tmp_path):
     assert any("reading the presenter's markers" in text for text in logs.values()), list(logs)
 
 
+@pytest.mark.slow  # (a minute; the text session above covers the chain in the quick suite)
 def test_the_tiny_image_loop_runs_through_lsl_at_1khz(lsl, tmp_path):
     """The image protocol through LSL: a simulated array streaming spike counts at 1 kHz (its sites seeing the images
     the presenter's markers carry) -> `neurotwin rig lsl --signal spike-counts` (counts per window) -> the
