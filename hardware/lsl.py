@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from kit.clock import paired_reading
 from kit.recording import LSLSource
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,8 @@ def clock_origin(clock: Callable[[], float], lsl_clock: Callable[[], float], spe
                  reads: int = 30) -> float:  # fmt: skip
     """``clock`` minus ``speed`` times LSL's clock, from the most tightly bracketed of ``reads`` paired reads: a
     time ``t`` on LSL's clock is ``origin + speed * t`` on ``clock`` (``clock`` runs ``speed`` times faster)."""
-    best = (np.inf, 0.0)
-    for _ in range(reads):
-        a = lsl_clock()
-        now = clock()
-        b = lsl_clock()
-        best = min(best, (b - a, now - speed * (a + b) / 2))
-    return best[1]
+    lsl_time, now = paired_reading(lsl_clock, clock, reads)
+    return now - speed * lsl_time
 
 
 def sample_chunks(info: Any, clock: Callable[[], float], speed: float = 1.0, silence: float = 5.0,

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from kit.clock import paired_reading
+
 from .peer import IDLE_POLL, NEW_STREAM, PeerServer
 from .stream import sent_messages
 
@@ -150,14 +152,8 @@ class PsychoPyDisplay:
 def clock_offset(clock: Callable[[], float], samples: int = 50) -> float:
     """``time.time() - clock()``, from the sample whose two wall-clock readings bracket ``clock()`` most
     tightly: a single pair is off by however long the process was preempted between its two calls."""
-    best, offset = float("inf"), 0.0
-    for _ in range(samples):
-        before = time.time()
-        mid = clock()
-        after = time.time()
-        if after - before < best:
-            best, offset = after - before, (before + after) / 2 - mid
-    return offset
+    wall, other = paired_reading(time.time, clock, samples)
+    return wall - other
 
 
 def trigger_names(trigger_key: str | None, quit_key: str | None = None) -> set[str]:

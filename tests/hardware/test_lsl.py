@@ -16,14 +16,10 @@ from .test_presenter import _run_schedule, _trials, null_presenter
 
 def _clock_offset(lsl) -> float:
     """Wall clock minus LSL's clock, from the tightest of many paired reads."""
-    best = None
-    for _ in range(50):
-        a = lsl.local_clock()
-        wall = time.time()
-        b = lsl.local_clock()
-        if best is None or b - a < best[0]:
-            best = (b - a, wall - (a + b) / 2)
-    return best[1]
+    from kit.clock import paired_reading
+
+    lsl_time, wall = paired_reading(lsl.local_clock, time.time)
+    return wall - lsl_time
 
 
 def _markers_of(lsl, name: str, proc: subprocess.Popen, port: int, trials: list[dict]):
