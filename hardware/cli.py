@@ -37,6 +37,34 @@ def server_curve(secret: Path | None, allow: tuple[Path, ...]):
     return CurveKeys(public, secret_key, allowed_clients=[load_public(p) for p in allow])
 
 
+def input_rig_options(f):
+    """The serving options of a rig that reads another program's recording: --bind, --journal, --speed,
+    --heartbeat, --duration and the CURVE keys."""
+    f = curve_options(f)
+    f = click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")(f)
+    f = click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True,
+                     help="Heartbeat interval (s).")(f)  # fmt: skip
+    f = click.option("--speed", type=POSITIVE, default=1.0, show_default=True,
+                     help="Simulated time speed (simulation).")(f)  # fmt: skip
+    f = click.option("--journal", type=JOURNAL, default=None,
+                     help="Journal file: restarted with it, the rig resends what was not acknowledged and keeps its "
+                          "run.")(f)  # fmt: skip
+    return click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True,
+                        help="ZeroMQ endpoint to serve on.")(f)  # fmt: skip
+
+
+def input_rig_server(name: str, bind: str, journal, speed: float, heartbeat: float, curve_secret, curve_allow):
+    """(the PeerServer of a rig named ``name``, its clock: simulated ``speed`` times faster)."""
+    from kit.clock import sim_clock
+
+    from .peer import PeerServer
+
+    clock = sim_clock(speed)
+    server = PeerServer(bind, role="rig", name=name, heartbeat=heartbeat, journal=journal, clock=clock,
+                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    return server, clock
+
+
 def channel_names(channels: str) -> list[str]:
     """Distinct channel names from ``--channels`` (comma-separated), or a BadParameter naming the option."""
     names = [c.strip() for c in channels.split(",") if c.strip()]
@@ -144,27 +172,14 @@ def relay(channels, source, latency, from_start, kind, bind, journal, heartbeat,
               help="Seconds to wait for the stream to answer.")  # fmt: skip
 @click.option("--silence", type=POSITIVE, default=5.0, show_default=True,
               help="Seconds without samples after which the outage is logged.")  # fmt: skip
-@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option(
-    "--journal",
-    type=JOURNAL,
-    default=None,
-    help="Journal file: restarted with it, the rig resends what was not acknowledged and keeps its run.",
-)
-@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (simulation).")
-@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
-@curve_options
+@input_rig_options
 def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace, resolve_timeout, silence, bind,
             journal, speed, heartbeat, duration, curve_secret, curve_allow):  # fmt: skip
     """A real recording over Lab Streaming Layer, as the samples of the controller's runs at their acquisition
     times: an LSL stream's ROI values, one sample per volume (a real-time fMRI pipeline's), or its spike counts
     per window of one TR (an electrophysiology stream at 1 kHz or more). Each run begins with the first sample
     acquired after its start; a volume or window that never came is left missing."""
-    from kit.clock import sim_clock
-
     from .lsl import LSLError, check_stream, describe, find_stream, protocol_source, sample_chunks, volume_lines
-    from .peer import PeerServer
     from .relay import RelayRig
     from .windows import WindowRig
 
@@ -186,9 +201,7 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
         check_stream(info, names, rate)
     except LSLError as exc:
         raise click.ClickException(str(exc)) from None
-    clock = sim_clock(speed)
-    server = PeerServer(bind, role="rig", name="lsl", heartbeat=heartbeat, journal=journal, clock=clock,
-                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    server, clock = input_rig_server("lsl", bind, journal, speed, heartbeat, curve_secret, curve_allow)
     if signal == "volumes":
         rig = RelayRig(server, names, volume_lines(info, clock, speed, silence), gaps=True, name="lsl-input")
     else:
@@ -234,25 +247,12 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
     help="Seconds a file that cannot be read is waited for (still being written) before it is skipped.",
 )
 @click.option("--existing", is_flag=True, help="Also read the volumes already in the folder (else only new ones).")
-@click.option("--bind", default="tcp://127.0.0.1:5560", show_default=True, help="ZeroMQ endpoint to serve on.")
-@click.option(
-    "--journal",
-    type=JOURNAL,
-    default=None,
-    help="Journal file: restarted with it, the rig resends what was not acknowledged and keeps its run.",
-)
-@click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time speed (simulation).")
-@click.option("--heartbeat", type=POSITIVE, default=0.5, show_default=True, help="Heartbeat interval (s).")
-@click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds.")
-@curve_options
+@input_rig_options
 def rtfmri_rig(folder, masks, latency, patience, existing, bind, journal, speed, heartbeat, duration, curve_secret,
                curve_allow):  # fmt: skip
     """Real-time fMRI from the scanner's export folder: each new volume, read once its file is complete, averaged
     in each ROI mask, is a sample of the controller's runs at its acquisition time. A file that is not a volume is
     skipped (its volume missing); a volume of another geometry than the masks stops the rig, naming both."""
-    from kit.clock import sim_clock
-
-    from .peer import PeerServer
     from .relay import RelayRig
     from .rtfmri import MaskError, RoiMasks, volume_lines
 
@@ -269,9 +269,7 @@ def rtfmri_rig(folder, masks, latency, patience, existing, bind, journal, speed,
         raise click.BadParameter(str(exc), param_hint="--mask") from None
     if folder.exists() and not folder.is_dir():
         raise click.BadParameter(f"'{folder}' is a file, not the export's folder", param_hint="--watch")
-    clock = sim_clock(speed)
-    server = PeerServer(bind, role="rig", name="rtfmri", heartbeat=heartbeat, journal=journal, clock=clock,
-                        curve=server_curve(curve_secret, curve_allow))  # fmt: skip
+    server, clock = input_rig_server("rtfmri", bind, journal, speed, heartbeat, curve_secret, curve_allow)
     lines = volume_lines(folder, rois, clock, latency=latency, patience=patience, existing=existing)
     rig = RelayRig(server, rois.names, lines, gaps=True, name="rtfmri-input")
     serve(rig, server, f"rtfmri rig serving on {server.endpoint} (watching {folder}; ROIs: {', '.join(rois.names)})",
