@@ -25,6 +25,7 @@ import pandas as pd
 
 from kit.files import output_folder, replaced_whole
 
+from .export import events_table
 from .reader import SessionData, integrity_problems, read_session
 from .session import SessionError
 
@@ -114,18 +115,7 @@ def export_bids(path: str | Path, out_dir: str | Path, subject: str = "01", sess
         for run, ev in data.events.groupby("run", sort=True):
             run = int(run)
             t0 = _run_origin(data, run)
-            measured = ev["measured_onset"].where(np.isfinite(ev["measured_onset"]), ev["scheduled_onset"])
-            stim = stimuli.loc[ev["stimulus_id"]]
-            events = pd.DataFrame({
-                "onset": np.round(measured.to_numpy() - t0, 6),
-                "duration": ev["duration"].to_numpy(),
-                "trial_type": ev["condition"].where(ev["condition"] != "", stim["condition"].values).to_numpy(),
-                "trial": ev["trial"].to_numpy(),
-                "stimulus_id": ev["stimulus_id"].to_numpy(),
-                "scheduled_onset": np.round(ev["scheduled_onset"].to_numpy() - t0, 6),
-                "stim_text": stim["text"].replace("", np.nan).to_numpy(),
-                "stim_file": stim["image"].replace("", np.nan).to_numpy(),
-            }).sort_values("onset")  # fmt: skip
+            events = events_table(ev, stimuli, t0)
             put(f"{folder}/{stem}_run-{run}_events.tsv", events)
             put(f"{folder}/{stem}_run-{run}_events.json", {**EVENTS_SIDECAR, "TaskName": task})
             samples = data.samples[data.samples["run"] == run]

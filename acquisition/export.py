@@ -30,6 +30,23 @@ def _write(df: pd.DataFrame, path: Path, sep: str) -> None:
         df.to_csv(tmp, sep=sep, index=False, na_rep="n/a" if sep == "\t" else "")
 
 
+def events_table(ev: pd.DataFrame, stimuli: pd.DataFrame, t0: float) -> pd.DataFrame:
+    """A run's events as BIDS lays them out: onsets (measured, else scheduled) in s from ``t0``, the condition, the
+    stimulus; ``stimuli`` indexed by stimulus id."""
+    measured = ev["measured_onset"].where(np.isfinite(ev["measured_onset"]), ev["scheduled_onset"])
+    stim = stimuli.loc[ev["stimulus_id"]]
+    return pd.DataFrame({
+        "onset": np.round(measured - t0, 6),
+        "duration": ev["duration"],
+        "trial_type": ev["condition"].where(ev["condition"] != "", stim["condition"].values),
+        "stimulus_id": ev["stimulus_id"],
+        "trial": ev["trial"],
+        "scheduled_onset": np.round(ev["scheduled_onset"] - t0, 6),
+        "stim_text": stim["text"].replace("", np.nan).values,
+        "stim_file": stim["image"].replace("", np.nan).values,
+    }).sort_values("onset")  # fmt: skip
+
+
 def export_session(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write ``run-<r>_events.tsv`` (+ ``.json``) per run and ``estimates.csv``; returns the paths."""
     data = read_session(path)
@@ -42,18 +59,7 @@ def export_session(path: str | Path, out_dir: str | Path) -> list[Path]:
         for run, ev in events.groupby("run", sort=True):
             trig = data.triggers[data.triggers["run"] == run]["time"]
             t0 = float(trig.min()) if len(trig) else float(data.attrs.get("start_time", 0.0))
-            measured = ev["measured_onset"].where(np.isfinite(ev["measured_onset"]), ev["scheduled_onset"])
-            stim = stimuli.loc[ev["stimulus_id"]]
-            table = pd.DataFrame({
-                "onset": np.round(measured - t0, 6),
-                "duration": ev["duration"],
-                "trial_type": ev["condition"].where(ev["condition"] != "", stim["condition"].values),
-                "stimulus_id": ev["stimulus_id"],
-                "trial": ev["trial"],
-                "scheduled_onset": np.round(ev["scheduled_onset"] - t0, 6),
-                "stim_text": stim["text"].replace("", np.nan).values,
-                "stim_file": stim["image"].replace("", np.nan).values,
-            }).sort_values("onset")  # fmt: skip
+            table = events_table(ev, stimuli, t0)
             tsv = out / f"run-{int(run)}_events.tsv"
             _write(table, tsv, "\t")
             written.append(tsv)

@@ -108,12 +108,8 @@ def simulate_lsl(name, markers, signal, tr, rate, subject, noise_sd, baseline, s
             device = SimulatedLSLArray(truth, name, markers, rate=rate, speed=speed, seed=seed, baseline=baseline)
     except LSLError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"simulated LSL device streaming '{name}' ({signal} of {', '.join(device.rois)}; markers: "
-               f"'{markers}')", err=True)  # fmt: skip
-    try:
-        device.serve(duration)
-    except KeyboardInterrupt:
-        pass
+    _record(device, f"simulated LSL device streaming '{name}' ({signal} of {', '.join(device.rois)}; markers: "
+                    f"'{markers}')", duration)  # fmt: skip
 
 
 @click.command("simulate-export")
@@ -148,8 +144,13 @@ def simulate_export(folder, markers, masks_folder, tr, subject, noise_sd, therma
                                         thermal=thermal)  # fmt: skip
     except LSLError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"simulated export writing volumes into {folder} (masks: {', '.join(map(str, written.values()))}; "
-               f"markers: '{markers}')", err=True)  # fmt: skip
+    _record(device, f"simulated export writing volumes into {folder} (masks: "
+                    f"{', '.join(map(str, written.values()))}; markers: '{markers}')", duration)  # fmt: skip
+
+
+def _record(device, banner: str, duration: float | None) -> None:
+    """Say what a simulated device records, then record until Ctrl-C (or ``duration`` seconds)."""
+    click.echo(banner, err=True)
     try:
         device.serve(duration)
     except KeyboardInterrupt:
