@@ -8,6 +8,8 @@ Layout (``sub``/``ses`` labels as given; ``task`` from the protocol's name)::
     DIR/sub-01/ses-01/func/sub-01_ses-01_task-T_run-1_events.tsv (+ .json)
     DIR/derivatives/neurotwin/dataset_description.json
     DIR/derivatives/neurotwin/sub-01/ses-01/func/sub-01_ses-01_task-T_run-1_timeseries.tsv (+ .json)
+    DIR/derivatives/neurotwin/sub-01/ses-01/func/sub-01_ses-01_task-T_run-1_desc-confounds_timeseries.tsv (+ .json),
+        when the rig sent motion parameters and framewise displacement (as fMRIPrep names them)
     DIR/derivatives/neurotwin/sub-01/ses-01/func/sub-01_ses-01_task-T_estimates.tsv (+ .json)
 
 Onsets and sample times count from each run's first volume (its first trigger; for a recording without
@@ -42,6 +44,17 @@ EVENTS_SIDECAR = {
     "stim_text": {"Description": "The sentence shown, when the stimulus is text"},
     "stim_file": {"Description": "The image shown (beside the session file), when the stimulus is an image"},
 }
+
+
+_AXES = {"x": "x (left to right)", "y": "y (posterior to anterior)", "z": "z (inferior to superior)"}
+CONFOUNDS_SIDECAR = {
+    **{f"trans_{a}": {"Description": f"Translation along {d} to the reference volume", "Units": "mm"}
+       for a, d in _AXES.items()},
+    **{f"rot_{a}": {"Description": f"Rotation about {d} to the reference volume", "Units": "rad"}
+       for a, d in _AXES.items()},
+    "framewise_displacement": {"Description": "Framewise displacement from the volume before (Power et al. 2012: "
+                                              "rotations as arcs on a 50-mm sphere)", "Units": "mm"},
+}  # fmt: skip
 
 
 def label(text: str) -> str:
@@ -130,6 +143,15 @@ def export_bids(path: str | Path, out_dir: str | Path, subject: str = "01", sess
                 if tr:
                     sidecar["SamplingFrequency"] = 1.0 / tr
                 put(f"{deriv}/{folder}/{stem}_run-{run}_timeseries.json", sidecar)
+            if data.confounds is not None:
+                confounds = data.confounds[data.confounds["run"] == run]
+                if len(confounds):
+                    names = [c for c in confounds.columns if c not in ("time", "run")]
+                    put(f"{deriv}/{folder}/{stem}_run-{run}_desc-confounds_timeseries.tsv",
+                        confounds[names].reset_index(drop=True))  # fmt: skip
+                    put(f"{deriv}/{folder}/{stem}_run-{run}_desc-confounds_timeseries.json",
+                        {c: CONFOUNDS_SIDECAR.get(c, {"Description": "a quality measure the rig sent"})
+                         for c in names})  # fmt: skip
         est = data.latest_estimates()
         if not est.empty:
             est = est.merge(data.events[["trial", "condition"]].drop_duplicates("trial"), on="trial", how="left")

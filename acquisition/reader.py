@@ -32,6 +32,8 @@ class SessionData:
     # A simulated session's true, noise-free responses: trial, stimulus_id, run and a column per ROI; None for a
     # session with a real subject (or one recorded before sessions kept them).
     truth: pd.DataFrame | None = None
+    # the rig's quality measures per sample (time, run, then one column each: motion, framewise displacement)
+    confounds: pd.DataFrame | None = None
 
     def latest_estimates(self) -> pd.DataFrame:
         """The last revision of each trial's estimate."""
@@ -95,6 +97,13 @@ def _read(path: Path) -> SessionData:
         samples = pd.DataFrame(f["samples/values"][:n_samples], columns=rois)
         samples.insert(0, "run", f["samples/run"][:n_samples])
         samples.insert(0, "time", f["samples/time"][:n_samples])
+        confounds = None
+        if "samples/confounds" in f:  # the rig's quality measures per sample (motion, framewise displacement)
+            n_samples = min(n_samples, f["samples/confounds"].shape[0])
+            samples = samples.iloc[:n_samples]
+            confounds = pd.DataFrame(f["samples/confounds"][:n_samples], columns=json.loads(attrs["confounds"]))
+            confounds.insert(0, "run", samples["run"].to_numpy())
+            confounds.insert(0, "time", samples["time"].to_numpy())
         n_est = min(f["estimates"].shape[0], f["estimates_values/beta"].shape[0], f["estimates_values/se"].shape[0])
         est = _table(f, "estimates", heap, n_est)
         est["provisional"] = est["provisional"].astype(bool)
@@ -123,6 +132,7 @@ def _read(path: Path) -> SessionData:
             log=_table(f, "log", heap),
             attachments={name: f["attachments"][name][()].tobytes() for name in f.get("attachments", {})},
             truth=truth,
+            confounds=confounds,
         )
 
 

@@ -94,6 +94,8 @@ class SessionFile:
         self.path = path
         self.flush_interval = flush_interval
         self.rois: list[str] = json.loads(f.attrs["rois"])
+        # the rig's quality measures per sample (motion, framewise displacement), if it sends any
+        self.confounds: list[str] = json.loads(f.attrs.get("confounds", "[]"))
         self._heap_pending: list[bytes] = []
         self._heap_pending_size = 0
         self.simulated = SIMULATED in f  # a simulated session: it also keeps each trial's true response
@@ -103,7 +105,7 @@ class SessionFile:
         self._held = 0  # > 0: inside together(): no flush by time
         self.failed: SessionWriteError | None = None  # once a write failed, nothing more is written
         names = ["strings", *TABLES, "samples/time", "samples/run", "samples/values",
-                 *ROW_ARRAYS["estimates"].values()]  # fmt: skip
+                 *ROW_ARRAYS["estimates"].values(), *(["samples/confounds"] if self.confounds else [])]  # fmt: skip
         if self.simulated:
             names += [TRUTH, *ROW_ARRAYS[TRUTH].values()]
         self._out = {name: _Appender(f[name]) for name in names}
@@ -127,10 +129,12 @@ class SessionFile:
         flush_interval: float = 1.0,
         attachments: dict[str, bytes] | None = None,
         simulated: bool = False,
+        confounds: Sequence[str] = (),
     ) -> SessionFile:
         """Start a new session file (refuses to overwrite one); ``attachments``: files to keep in it
         (e.g. the reference twin a session starts from), written once, here; ``simulated``: a session with a
-        simulated subject, whose true responses the file keeps too (:meth:`add_truth`)."""
+        simulated subject, whose true responses the file keeps too (:meth:`add_truth`); ``confounds``: the names of
+        the quality measures the rig sends with each sample (motion parameters, framewise displacement)."""
         path = Path(path)
         if path.exists():
             raise SessionError(f"session file '{path}' already exists; resume it or choose another name")
@@ -155,12 +159,17 @@ class SessionFile:
                 start_time=time.time(),
                 start_time_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
+            if confounds:
+                f.attrs["confounds"] = json.dumps(list(confounds))
             f.create_dataset("strings", (0,), np.uint8, maxshape=(None,), chunks=(65536,))
             for name, schema in TABLES.items():
                 f.create_dataset(name, (0,), _dtype(schema), maxshape=(None,), chunks=(1024,))
             f.create_dataset("samples/time", (0,), "f8", maxshape=(None,), chunks=(4096,))
             f.create_dataset("samples/run", (0,), "i4", maxshape=(None,), chunks=(4096,))
             f.create_dataset("samples/values", (0, R), "f4", maxshape=(None, R), chunks=(4096, R))
+            if confounds:
+                C = len(confounds)
+                f.create_dataset("samples/confounds", (0, C), "f4", maxshape=(None, C), chunks=(4096, C))
             for key in ("beta", "se"):
                 f.create_dataset(f"estimates_values/{key}", (0, R), "f8", maxshape=(None, R), chunks=(1024, R))
             if simulated:
@@ -271,8 +280,10 @@ class SessionFile:
         """Record a scanner trigger (start of a volume)."""
         self._row("triggers", time=t, volume=volume, run=run)
 
-    def add_samples(self, times: Sequence[float] | float, values: np.ndarray, run: int) -> None:
-        """Append samples: times (k,) increasing, values (k, n_rois) (one sample may be (n_rois,))."""
+    def add_samples(self, times: Sequence[float] | float, values: np.ndarray, run: int,
+                    confounds: np.ndarray | None = None) -> None:  # fmt: skip
+        """Append samples: times (k,) increasing, values (k, n_rois) (one sample may be (n_rois,)); ``confounds``
+        (k, n_confounds), in a session that records them (NaN where a sample carries none)."""
         times = np.atleast_1d(np.asarray(times, np.float64))
         values = np.asarray(values, np.float64)
         if values.ndim == 1:
@@ -294,6 +305,16 @@ class SessionFile:
         pending.arrays.setdefault("time", []).append(times)
         pending.arrays.setdefault("run", []).append(np.full(len(times), run, np.int32))
         pending.arrays.setdefault("values", []).append(values.astype(np.float32))
+        if self.confounds:
+            C = len(self.confounds)
+            extra = np.full((len(times), C), np.nan, np.float32)
+            if confounds is not None and np.size(confounds):
+                given = np.asarray(confounds, np.float32).reshape(len(times), -1)
+                if given.shape[1] != C:
+                    raise SessionError(f"samples: {given.shape[1]} confound(s) per sample; this session records {C} "
+                                       f"({self.confounds})")  # fmt: skip
+                extra = given
+            pending.arrays.setdefault("confounds", []).append(extra)
         self._maybe_flush()
 
     def add_estimate(
@@ -409,7 +430,7 @@ class SessionFile:
             if name == "samples":
                 if pending.arrays:
                     # Values first: the time column's length is what counts a sample as written.
-                    for key in ("values", "run", "time"):
+                    for key in ("confounds", "values", "run", "time")[0 if self.confounds else 1 :]:
                         out[f"samples/{key}"].append(np.concatenate(pending.arrays[key]))
             else:
                 if pending.arrays:

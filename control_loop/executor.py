@@ -224,7 +224,7 @@ class RunExecutor:
         r.received.add(msg.volume)
         r.rel_times.append(msg.time - r.rig_t0)  # on the rig's own clock: no sync error
         r.values.append(values)
-        self.session.add_samples(local, values, r.run)
+        self.session.add_samples(local, values, r.run, confounds=[msg.confounds] if msg.confounds else None)
 
     def _rig_restarted(self, r: RunState) -> None:
         """The rig came back as a new process that knows nothing of the run: start it again from the next

@@ -206,7 +206,8 @@ class SessionRunner:
             self.session = SessionFile.create(self.path, self.rois, protocol=p.model_dump_json(),
                                               modality=self.modality.recording, seeds={"protocol": p.seed},
                                               peers=self.peers, attachments=attachments or None,
-                                              simulated=self.rig.peer_simulated)  # fmt: skip
+                                              simulated=self.rig.peer_simulated,
+                                              confounds=self.rig.peer_confounds)  # fmt: skip
             self.learner = TwinUpdater(p, self.modality, self.rois, self.features, reference, prior)
             if reference is not None:
                 self.session.log("reference", f"the twin starts from {p.twin.reference} (targets {reference.targets}, "

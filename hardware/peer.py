@@ -237,6 +237,7 @@ class PeerServer(_Endpoint):
         self.peer: bytes | None = None
         self.peer_name = ""
         self.channels: list[str] = []  # a rig's names for its sample values, announced in hello
+        self.confounds: list[str] = []  # a rig's names for its samples' quality measures, announced in hello
         self.content = False  # hello asks for each event's stimulus (a simulated subject needs it; a scanner not)
         self.simulated = False  # hello says the subject is simulated: the rig sends each trial's true response
         self.ready = False  # hello says this presenter sends `ready` once a schedule's stimuli are prepared
@@ -313,7 +314,8 @@ class PeerServer(_Endpoint):
                 self._begin_stream(msg["session"])
             self._last_ack_sent = 0
             reply = self._message("hello", role=self.role, name=self.name, session=self.stream, epoch=self.epoch,
-                                  resume_from=self.inbox.expected, channels=self.channels, content=self.content,
+                                  resume_from=self.inbox.expected, channels=self.channels, confounds=self.confounds,
+                                  content=self.content,
                                   simulated=self.simulated, ready=self.ready)  # fmt: skip
             self._send_to_peer(encode(reply))
             for frame_ in self.outbox.since(msg["resume_from"]):
@@ -416,6 +418,7 @@ class PeerClient(_Endpoint):
         self.peer_name = endpoint
         self.peer_role = ""
         self.peer_channels: list[str] = []  # what a rig calls its sample values (its hello; [] if it does not say)
+        self.peer_confounds: list[str] = []  # what a rig calls its samples' quality measures (its hello)
         self.peer_content = False  # the rig asked for each event's stimulus (its hello)
         self.peer_simulated = False  # the rig's subject is simulated: it sends true responses (its hello)
         self.peer_ready = False  # the presenter says `ready` once a schedule's stimuli are prepared (its hello)
@@ -535,6 +538,7 @@ class PeerClient(_Endpoint):
         if kind == "hello":
             self.peer_name, self.peer_role, self.peer_channels = msg["name"], msg["role"], msg["channels"]
             self.peer_content, self.peer_simulated = msg["content"], msg["simulated"]
+            self.peer_confounds = msg["confounds"]
             self.peer_ready = msg["ready"]
             if not self.up and self.outages and self.outages[-1].end is None:
                 outage = self.outages[-1]

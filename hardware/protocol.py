@@ -46,6 +46,8 @@ class Hello(_Msg):
     session: str = ""  # the controller's stream: a peer that hears a new one starts its streams afresh
     resume_from: int = 0  # the first reliable seq the sender of this hello still needs from the other side
     channels: list[str] = Field(default_factory=list)  # a rig's names for the values of its samples, in order
+    # a rig's names for the quality measures each sample may carry beside its values (motion, framewise displacement)
+    confounds: list[str] = Field(default_factory=list)
     # The sender process's memory: kept across restarts by its journal, new otherwise. A peer back with another
     # epoch has forgotten its streams (and a rig its runs).
     epoch: str = ""
@@ -169,6 +171,7 @@ class Sample(_Msg):
     time: float  # acquisition time of the volume, or start of the count window (sender's clock)
     width: float = 0.0  # window length for spike counts
     values: list[float]
+    confounds: list[float] = Field(default_factory=list)  # the volume's quality measures, as hello's confounds
 
 
 class Event(_Msg):

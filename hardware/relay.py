@@ -175,11 +175,14 @@ class RelayRig(InputRig):
     """Serves the lines of ``lines`` (an iterator, read on a thread of its own) as the samples of runs."""
 
     def __init__(self, server: PeerServer, channels: list[str], lines: Iterator[str] | IO[str],
-                 latency: float = 0.0, kind: str = "fmri", gaps: bool = False, name: str = "relay-input"
-                 ) -> None:  # fmt: skip
+                 latency: float = 0.0, kind: str = "fmri", gaps: bool = False, name: str = "relay-input",
+                 confounds: list[str] | None = None) -> None:  # fmt: skip
         """``gaps``: a volume that comes more than 1.5 TR after the previous one is numbered by its time, the
-        volumes between left missing (for inputs that stamp each volume at its acquisition, as LSL streams do)."""
+        volumes between left missing (for inputs that stamp each volume at its acquisition, as LSL streams do);
+        ``confounds``: the names of the quality measures each line carries after the channels' values."""
         self.latency, self.kind, self.gaps = latency, kind, gaps
+        self.confounds = list(confounds or [])
+        server.confounds = self.confounds  # announced in hello
         self.missed = 0  # volumes numbered past (gaps)
         self.malformed = 0
         super().__init__(server, channels, iter(lines), name)
@@ -203,13 +206,14 @@ class RelayRig(InputRig):
             raise ValueError(f"line {number} is not numbers: {text[:80]!r}") from None
         if not all(map(math.isfinite, numbers)):  # a NaN sample would spoil every estimate of its run
             raise ValueError(f"line {number} has a value that is not a finite number: {text[:80]!r}")
-        n = len(self.channels)
+        n = len(self.channels) + len(self.confounds)
         if len(numbers) == n:
             return arrived - self.latency, numbers
         if len(numbers) == n + 1:
             return numbers[0], numbers[1:]
-        raise ValueError(f"line {number} has {len(numbers)} values; expected {n} ({', '.join(self.channels)}), "
-                         f"or a time and {n}: {text[:80]!r}")  # fmt: skip
+        names = ", ".join(self.channels + self.confounds)
+        raise ValueError(f"line {number} has {len(numbers)} values; expected {n} ({names}), or a time and {n}: "
+                         f"{text[:80]!r}")  # fmt: skip
 
     def _take(self, number: int, arrived: float, line: str) -> None:
         try:
@@ -248,8 +252,9 @@ class RelayRig(InputRig):
         if k == 0:
             self.server.send_reliable("trigger", run=run.run, volume=0, time=t)
             log.info("run %d: first volume", run.run)
+        n = len(self.channels)
         self.server.send_reliable("sample", run=run.run, kind=self.kind, volume=k, time=t, width=run.tr,
-                                  values=values)  # fmt: skip
+                                  values=values[:n], confounds=values[n:])  # fmt: skip
         run.next_volume += 1
         if run.next_volume >= run.n_volumes:
             log.info("run %d complete: %d volumes", run.run, run.n_volumes)
