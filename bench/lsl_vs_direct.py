@@ -1,15 +1,18 @@
-"""A shipped protocol through Lab Streaming Layer against the direct simulated rig, at several seeds.
+"""A shipped protocol through Lab Streaming Layer (or a scanner's export folder) against the direct simulated rig.
 
 Runs a protocol with `neurotwin simulate` twice per seed: through the direct simulated rig, and with
 ``[simulation] via = "lsl"`` (a simulated LSL device -> `neurotwin rig lsl` -> the controller: ROI values per
-volume for sentences, spike counts at 1 kHz counted per window for images). Prints each session's evaluation
-means (drive, baseline, suppress on the target) in the simulated subject's true (noise-free) response and as
-measured, the one-sided Welch p-values of drive > baseline and baseline > suppress, whether drive > baseline >
-suppress held, and per path the mean over seeds. An LSL device sends samples only: its sessions' true responses
-are the subject's, computed here for each shown stimulus. Through LSL the noise's draws
-depend on where the session starts in the device's recording, so the two paths are not paired draw for draw.
+volume for sentences, spike counts at 1 kHz counted per window for images) or, with ``--via export``,
+``via = "export"`` (a simulated scanner writing a volume file per TR -> `neurotwin rig rtfmri` -> the controller).
+Prints each session's evaluation means (drive, baseline, suppress on the target) in the simulated subject's true
+(noise-free) response and as measured, the one-sided Welch p-values of drive > baseline and baseline > suppress,
+whether drive > baseline > suppress held, and per path the mean over seeds. An LSL device (or a simulated export)
+sends samples only: its sessions' true responses are the subject's, computed here for each shown stimulus. Through
+a device the noise's draws depend on where the session starts in its recording, so the two paths are not paired
+draw for draw.
 
-    python bench/lsl_vs_direct.py [--protocol protocols/closed_loop_language.toml] [--seeds 3] [--work DIR]
+    python bench/lsl_vs_direct.py [--protocol protocols/closed_loop_language.toml] [--seeds 3] [--via lsl|export]
+        [--work DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
     p.add_argument("--protocol", type=Path, default=ROOT / "protocols" / "closed_loop_language.toml")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="Keep the session files here (and reuse finished ones).")
+    p.add_argument("--via", choices=("lsl", "export"), default="lsl", help="The path compared with the direct rig.")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="lsl-vs-direct-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -86,13 +90,16 @@ def main() -> None:
                       text, flags=re.M)  # fmt: skip
     if "[simulation]" not in text:
         text += "\n[simulation]\n"
-    results: dict[tuple[str, str], list[dict]] = {(v, w): [] for v in ("direct", "lsl") for w in ("true", "measured")}
+    results: dict[tuple[str, str], list[dict]] = {
+        (v, w): [] for v in ("direct", args.via) for w in ("true", "measured")
+    }
     for seed in range(args.seeds):
-        for via in ("direct", "lsl"):
+        for via in ("direct", args.via):
             protocol = work / f"{args.protocol.stem}-{via}.toml"
             copy = text.replace("[simulation]\n", f'[simulation]\nvia = "{via}"\n', 1)
             if via != "direct":  # (a simulated device runs at most MAX_DEVICE_SPEED times faster than real time)
-                copy = re.sub(r"^speed = ([0-9.]+)", lambda m: f"speed = {min(float(m[1]), MAX_DEVICE_SPEED):g}",
+                top = MAX_DEVICE_SPEED[via]
+                copy = re.sub(r"^speed = ([0-9.]+)", lambda m, top=top: f"speed = {min(float(m[1]), top):g}",
                               copy, flags=re.M)  # fmt: skip
             protocol.write_text(copy)
             out = work / f"{via}-{seed}.h5"
@@ -108,13 +115,13 @@ def main() -> None:
                 took = " (kept)"
             for what, r in (("true", true(out)), ("measured", measured(out))):
                 results[(via, what)].append(r)
-                print(f"seed {seed} {via:6s} {what:8s}: drive {r['drive']:+.3f}  baseline {r['baseline']:+.3f}  "
+                print(f"seed {seed} {via:7s} {what:8s}: drive {r['drive']:+.3f}  baseline {r['baseline']:+.3f}  "
                       f"suppress {r['suppress']:+.3f}  p(d>b) {r['p_db']:.3g}  p(b>s) {r['p_bs']:.3g}  "
                       f"ordered {r['ordered']}{took}", flush=True)  # fmt: skip
     print(f"{args.protocol.name}, {args.seeds} seeds, the evaluation block's means of the target:")
     for (via, what), rs in results.items():
         mean = {k: float(np.mean([r[k] for r in rs])) for k in ("drive", "baseline", "suppress")}
-        print(f"  {via:6s} {what:8s}: drive {mean['drive']:+.3f} > baseline {mean['baseline']:+.3f} > suppress "
+        print(f"  {via:7s} {what:8s}: drive {mean['drive']:+.3f} > baseline {mean['baseline']:+.3f} > suppress "
               f"{mean['suppress']:+.3f}: {mean['drive'] > mean['baseline'] > mean['suppress']}; ordered in "
               f"{sum(r['ordered'] for r in rs)} of {len(rs)} seeds; drive - suppress "
               f"{mean['drive'] - mean['suppress']:+.3f}")  # fmt: skip

@@ -126,10 +126,10 @@ def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, sub
     protocol = load_protocol(protocol_file)
     if seed is not None:
         protocol = protocol.model_copy(update={"seed": seed})
-    if speed is not None and protocol.simulation.via != "direct" and speed > MAX_DEVICE_SPEED:
-        via = protocol.simulation.via
-        raise click.BadParameter(f"at most {MAX_DEVICE_SPEED:g} with the protocol's simulation.via = '{via}' (its "
-                                 "device's timing)", param_hint="--speed")  # fmt: skip
+    via = protocol.simulation.via
+    if speed is not None and via in MAX_DEVICE_SPEED and speed > MAX_DEVICE_SPEED[via]:
+        raise click.BadParameter(f"at most {MAX_DEVICE_SPEED[via]:g} with the protocol's simulation.via = '{via}' "
+                                 "(its device's timing)", param_hint="--speed")  # fmt: skip
     out = out or _default_out(protocol_file)
     _refuse_existing(out)
     _run_simulated(protocol, out, simulation_peers(protocol, subject, speed), report)

@@ -93,11 +93,14 @@ def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[
         presenter += ["--lsl-markers", markers]
         folder, masks = log_dir / f"export-{rig_port}", log_dir / f"export-{rig_port}-masks"
         files = write_masks(subject_rois(protocol, peers), masks)  # (before the rig reads them)
+        # (Siemens mosaics of a head that moves up to 2 mm and 2 degrees; the rig realigns each volume)
         device = [*exe, "rig", "simulate-export", str(folder), "--markers", markers, "--masks", str(masks), "--tr",
-                  str(protocol.design.tr), "--speed", speed, "--seed", str(peers["seed"])]  # fmt: skip
+                  str(protocol.design.tr), "--speed", speed, "--seed", str(peers["seed"]), "--format", "mosaic",
+                  "--max-shift", "2", "--max-rotation", "2"]  # fmt: skip
         device += ["--subject", peers["subject"]] if peers["subject"] else []
         device += ["--noise-sd", str(peers["noise_sd"])] if peers.get("noise_sd") else []
-        rig = [*exe, "rig", "rtfmri", "--watch", str(folder), "--speed", speed, "--bind", rig_ep, "--heartbeat", "0.3"]
+        rig = [*exe, "rig", "rtfmri", "--watch", str(folder), "--realign", "--speed", speed, "--bind", rig_ep,
+               "--heartbeat", "0.3"]  # fmt: skip
         for roi, path in files.items():
             rig += ["--mask", f"{roi}={path}"]
         commands = {"device": device, "rig": rig, "presenter": presenter}

@@ -222,7 +222,8 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
     "folder",
     required=True,
     type=click.Path(path_type=Path),
-    help="The folder the scanner's real-time export writes one volume file into per volume (NIfTI).",
+    help="The folder the scanner's real-time export writes into: a file per volume (NIfTI, DICOM mosaic or "
+    "multi-frame) or per slice (single-frame DICOM).",
 )
 @click.option(
     "--mask",
@@ -247,14 +248,31 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
     help="Seconds a file that cannot be read is waited for (still being written) before it is skipped.",
 )
 @click.option("--existing", is_flag=True, help="Also read the volumes already in the folder (else only new ones).")
+@click.option("--realign", is_flag=True,
+              help="Realign each volume to the reference (rigid); send its motion parameters and framewise "
+              "displacement with its sample.")  # fmt: skip
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="The volume to realign to (NIfTI or DICOM) [default: the first volume read].",
+)
+@click.option(
+    "--units",
+    type=click.Choice(["percent", "raw"]),
+    default="percent",
+    show_default=True,
+    help="Each ROI's value: percent signal change from its mean in the first volume read, or the raw mean.",
+)
 @input_rig_options
-def rtfmri_rig(folder, masks, latency, patience, existing, bind, journal, speed, heartbeat, duration, curve_secret,
-               curve_allow):  # fmt: skip
-    """Real-time fMRI from the scanner's export folder: each new volume, read once its file is complete, averaged
-    in each ROI mask, is a sample of the controller's runs at its acquisition time. A file that is not a volume is
-    skipped (its volume missing); a volume of another geometry than the masks stops the rig, naming both."""
+def rtfmri_rig(folder, masks, latency, patience, existing, realign, reference, units, bind, journal, speed,
+               heartbeat, duration, curve_secret, curve_allow):  # fmt: skip
+    """Real-time fMRI from the scanner's export folder: each new volume, read once its file is complete, realigned
+    (--realign) and averaged in each ROI mask, is a sample of the controller's runs at its acquisition time. A file
+    that is not a volume is skipped (its volume missing); a volume of another geometry than the masks stops the
+    rig, naming both."""
     from .relay import RelayRig
-    from .rtfmri import MaskError, RoiMasks, volume_lines
+    from .rtfmri import FD, MOTION, MaskError, Realigner, RoiMasks, VolumeError, read_volume, volume_lines
 
     logging.getLogger().setLevel(logging.INFO)
     named = {}
@@ -269,9 +287,23 @@ def rtfmri_rig(folder, masks, latency, patience, existing, bind, journal, speed,
         raise click.BadParameter(str(exc), param_hint="--mask") from None
     if folder.exists() and not folder.is_dir():
         raise click.BadParameter(f"'{folder}' is a file, not the export's folder", param_hint="--watch")
+    if reference is not None and not realign:
+        raise click.BadParameter("a reference volume is for --realign", param_hint="--reference")
+    realigner = None
+    if realign:
+        try:
+            first = read_volume(reference) if reference is not None else None
+            if first is not None:
+                rois.check(first)
+        except (VolumeError, MaskError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--reference") from None
+        realigner = Realigner(first)
     server, clock = input_rig_server("rtfmri", bind, journal, speed, heartbeat, curve_secret, curve_allow)
-    lines = volume_lines(folder, rois, clock, latency=latency, patience=patience, existing=existing)
-    rig = RelayRig(server, rois.names, lines, gaps=True, name="rtfmri-input")
+    lines = volume_lines(folder, rois, clock, latency=latency, patience=patience, existing=existing,
+                         realigner=realigner, percent=units == "percent")  # fmt: skip
+    rig = RelayRig(
+        server, rois.names, lines, gaps=True, name="rtfmri-input", confounds=[*MOTION, FD] if realign else []
+    )
     serve(rig, server, f"rtfmri rig serving on {server.endpoint} (watching {folder}; ROIs: {', '.join(rois.names)})",
           duration)  # fmt: skip
 

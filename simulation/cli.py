@@ -124,24 +124,48 @@ def simulate_lsl(name, markers, signal, tr, rate, subject, noise_sd, baseline, s
               help="Per-trial noise SD of each ROI's signal (default: the subject's).")  # fmt: skip
 @click.option("--thermal", type=FiniteFloat(min=0), default=0.005, show_default=True,
               help="Each voxel's thermal noise SD, as a fraction of the mean brain intensity.")  # fmt: skip
-@click.option("--seed", default=0, show_default=True, help="Noise, drift and phantom seed.")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["nifti", "mosaic", "slices"]),
+    default="nifti",
+    show_default=True,
+    help="Each volume as a NIfTI file, a Siemens DICOM mosaic, or single-frame DICOM slices (a file each).",
+)
+@click.option(
+    "--max-shift",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Head motion: the largest translation along each axis (mm); 0 with --max-rotation 0: none.",
+)
+@click.option(
+    "--max-rotation",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Head motion: the largest rotation about each axis (degrees).",
+)
+@click.option("--seed", default=0, show_default=True, help="Noise, drift, motion and phantom seed.")
 @click.option("--speed", type=POSITIVE, default=1.0, show_default=True, help="Simulated time's speed-up.")
 @click.option("--duration", type=POSITIVE, default=None, help="Stop after this many seconds (default: never).")
-def simulate_export(folder, markers, masks_folder, tr, subject, noise_sd, thermal, seed, speed, duration):
-    """A simulated scanner's real-time export: one NIfTI volume per TR written into FOLDER (a brain-like phantom,
-    the simulated subject's signal in each ROI's voxels, thermal noise), each ROI's mask beside it, the subject
-    seeing what the presenter's marker stream says is shown (for `rig rtfmri`)."""
+def simulate_export(folder, markers, masks_folder, tr, subject, noise_sd, thermal, file_format, max_shift,
+                    max_rotation, seed, speed, duration):  # fmt: skip
+    """A simulated scanner's real-time export: one volume per TR written into FOLDER (a brain-like phantom, the
+    simulated subject's signal in each ROI's voxels, head motion if asked, thermal noise), each ROI's mask beside
+    it, the subject seeing what the presenter's marker stream says is shown (for `rig rtfmri`)."""
     from hardware.lsl import LSLError
 
-    from .export_scanner import SimulatedExportScanner, write_masks
+    from .export_scanner import HeadMotion, SimulatedExportScanner, write_masks
 
     logging.getLogger().setLevel(logging.INFO)
     truth = _load_subject(subject)
     masks_folder = masks_folder or folder.with_name(folder.name + "-masks")
     written = write_masks([str(r) for r in truth.rois], masks_folder)
     try:
+        motion = HeadMotion(max_shift, max_rotation, seed) if max_shift or max_rotation else None
         device = SimulatedExportScanner(truth, folder, markers, tr=tr, speed=speed, seed=seed, noise_sd=noise_sd,
-                                        thermal=thermal)  # fmt: skip
+                                        thermal=thermal, file_format=file_format, motion=motion)  # fmt: skip
     except LSLError as exc:
         raise click.ClickException(str(exc)) from None
     _record(device, f"simulated export writing volumes into {folder} (masks: "

@@ -1,18 +1,20 @@
-"""A simulated scanner's real-time export: one NIfTI volume file per TR, written into a folder as a scanner's export
-writes them, for ``neurotwin rig rtfmri``.
+"""A simulated scanner's real-time export: one volume per TR, written into a folder as a scanner's export writes
+them (NIfTI, a Siemens DICOM mosaic, or single-frame DICOM slices), for ``neurotwin rig rtfmri``.
 
 Each volume is a brain-like phantom (64 x 64 x 36 voxels of 3 mm) whose ROI voxels carry the simulated subject's
 signal as percent signal change (:class:`~simulation.lsl_device.ScannerSignal`: every shown sentence's response
-through the HRF, AR(1) noise and drift), plus thermal noise in every voxel. The participant sees what the
-presenter's LSL markers say is shown. Each ROI's mask is written once, beside the volumes, in their space. A
-volume's acquisition time (on the simulation's clock) is in its header's ``descrip`` (``time=...``); the file
-appears whole (written under a hidden name, then renamed).
+through the HRF, AR(1) noise and drift); the head moves (:class:`HeadMotion`, rigid, up to 2 mm and 2 degrees by
+default when on), and thermal noise is added in every voxel. The participant sees what the presenter's LSL markers
+say is shown. Each ROI's mask is written once, beside the volumes, in their space. A volume's acquisition time (on
+the simulation's clock) is in its headers (NIfTI: ``descrip`` ``time=...``; DICOM: AcquisitionDateTime, UTC); each
+file appears whole (written under a hidden name, then renamed).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import numpy as np
 from hardware.lsl import clock_origin
 from kit.clock import sim_clock
 
+from .dicom import write_dicom
 from .lsl_device import ScannerSignal
 from .subjects import Subject
 
@@ -78,15 +81,67 @@ def write_masks(rois: list[str], folder: str | Path) -> dict[str, Path]:
     return files
 
 
+FORMATS = ("nifti", "mosaic", "slices")
+
+
+class HeadMotion:
+    """A head's rigid motion over volumes: a slow random walk with now and then a jerk, each of its parameters
+    (trans x, y, z in mm; rot x, y, z in radians, as :data:`hardware.rtfmri.MOTION`) kept within the bounds; no
+    motion at volume 0."""
+
+    def __init__(self, max_shift: float = 2.0, max_rotation: float = 2.0, seed: int = 0) -> None:
+        """``max_shift`` in mm, ``max_rotation`` in degrees."""
+        self.bound = np.array([max_shift] * 3 + [np.deg2rad(max_rotation)] * 3)
+        self.rng = np.random.default_rng([seed, 3])
+        self.params = np.zeros(6)
+        self.velocity = np.zeros(6)
+        self.started = False
+
+    def step(self) -> np.ndarray:
+        """The next volume's parameters (the first volume's: none)."""
+        if not self.bound.any() or not self.started:
+            self.started = True
+            return self.params.copy()
+        self.velocity = 0.8 * self.velocity + self.rng.normal(0, 0.03, 6) * self.bound
+        if self.rng.random() < 0.02:  # a jerk
+            self.velocity += self.rng.normal(0, 0.25, 6) * self.bound
+        out = self.params + self.velocity
+        over = np.abs(out) > self.bound  # (bounce off the bounds)
+        self.velocity[over] *= -1
+        self.params = np.clip(out, -self.bound, self.bound)
+        return self.params.copy()
+
+
+def move(volume: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """``volume`` with the head moved by ``params`` (the transform a realignment to the unmoved head finds)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.T, np.float32))
+    image.SetSpacing([VOXEL] * 3)
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    transform.SetParameters([*map(float, params[3:]), *map(float, params[:3])])
+    return sitk.GetArrayFromImage(sitk.Resample(image, image, transform.GetInverse(), sitk.sitkBSpline, 0.0)).T
+
+
 class VolumeWriter:
-    """The export: each sample of ROI values (percent signal change) as a volume file in ``folder``."""
+    """The export: each sample of ROI values (percent signal change) as a volume file (or a file per slice) in
+    ``folder``."""
 
     def __init__(self, folder: str | Path, rois: list[str], speed: float, seed: int = 0, thermal: float = 0.005,
-                 keep: int = 100, lsl_clock=None) -> None:  # fmt: skip
+                 keep: int = 100, lsl_clock=None, file_format: str = "nifti", motion: HeadMotion | None = None
+                 ) -> None:  # fmt: skip
         """``thermal``: each voxel's noise SD as a fraction of the mean brain intensity; ``keep``: the folder keeps
-        the last ``keep`` volumes (a long simulation would fill the disk; the rig reads each as it comes)."""
+        the last ``keep`` volumes (a long simulation would fill the disk; the rig reads each as it comes);
+        ``file_format``: one of :data:`FORMATS`; ``motion``: the head's, if it moves."""
+        if file_format not in FORMATS:
+            raise ValueError(f"file format {file_format!r}: expected one of {', '.join(FORMATS)}")
         self.folder = Path(folder)
         self.keep = keep
+        self.file_format = file_format
+        self.motion = motion
+        self.truth: list[tuple[int, float, np.ndarray, np.ndarray]] = []  # (volume, time, ROI values, motion)
+        self.series = f"2.25.{int.from_bytes(np.random.default_rng([seed, 4]).bytes(12), 'big')}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.brain = phantom(seed)
         self.masks = roi_masks(rois)
@@ -98,33 +153,64 @@ class VolumeWriter:
         # an LSL time t is origin + speed * t on the simulation's clock (which the rig and the controller share)
         self.origin = clock_origin(sim_clock(speed), lsl_clock, speed) if lsl_clock else 0.0
 
-    def volume(self, values: np.ndarray) -> np.ndarray:
-        """One volume: the phantom, each ROI's voxels scaled by its value in percent, thermal noise."""
+    def volume(self, values: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+        """One volume: the phantom, each ROI's voxels scaled by its value in percent, the head moved by
+        ``params`` (if any), thermal noise."""
         scale = np.ones(SHAPE)
         for roi, value in zip(self.rois, values, strict=True):
             scale[self.masks[roi]] += value / 100.0
-        return self.brain * scale + self.rng.normal(0, self.thermal, SHAPE)
+        head = self.brain * scale
+        if params is not None and np.any(params):
+            head = move(head, params)
+        return head + self.rng.normal(0, self.thermal, SHAPE)
 
-    def push(self, first: int, values: np.ndarray, stamps: np.ndarray) -> None:
-        """Write volumes ``first ..`` (acquired at LSL times ``stamps``)."""
-        import nibabel as nib
-
+    def push(self, first: int, values: np.ndarray, stamps: np.ndarray) -> list[float]:
+        """Write volumes ``first ..`` (acquired at LSL times ``stamps``); when each file was complete (Unix s)."""
+        done = []
         for k, (row, stamp) in enumerate(zip(values, stamps, strict=True), start=first):
-            data = np.clip(np.rint(self.volume(row)), 0, np.iinfo(np.int16).max).astype(np.int16)  # (as scanners)
+            params = self.motion.step() if self.motion is not None else np.zeros(6)
+            when = self.origin + self.speed * float(stamp)
+            self.truth.append((k, when, np.asarray(row, float), params))
+            data = np.clip(np.rint(self.volume(row, params)), 0, np.iinfo(np.int16).max).astype(np.int16)
+            done.append(self.write(k, data, when))
+        return done
+
+    def write(self, k: int, data: np.ndarray, when: float) -> float:
+        """Write volume ``k`` (int16 voxels, as scanners write them) acquired at ``when``; the time (Unix s) its
+        last file was complete. The folder keeps the last ``keep`` volumes."""
+        if self.file_format == "nifti":
+            import nibabel as nib
+
             image = nib.Nifti1Image(data, self.affine)
-            image.header["descrip"] = f"time={self.origin + self.speed * float(stamp):.6f}".encode()
-            name = f"vol_{k:05d}.nii"
+            image.header["descrip"] = f"time={when:.6f}".encode()
+            files = {f"vol_{k:05d}.nii": image}
+        else:
+            files = {
+                f"vol_{k:05d}_{i:03d}.dcm": ds
+                for i, ds in enumerate(
+                    write_dicom(data, self.affine, k + 1, when, self.series, mosaic=self.file_format == "mosaic")
+                )
+            }
+        for name, content in files.items():
             tmp = self.folder / f".{name}"
-            nib.save(image, tmp)
+            if self.file_format == "nifti":
+                content.to_filename(tmp)
+            else:
+                content.save_as(tmp, enforce_file_format=True)
             os.replace(tmp, self.folder / name)  # (whole at once, as the rig sees it)
-            (self.folder / f"vol_{k - self.keep:05d}.nii").unlink(missing_ok=True)
+        complete = time.time()
+        for old in self.folder.glob(f"vol_{k - self.keep:05d}*"):
+            old.unlink(missing_ok=True)
+        return complete
 
 
 class SimulatedExportScanner(ScannerSignal):
     """A scanner writing its real-time export into ``folder`` at one volume per ``tr`` simulated seconds."""
 
     def __init__(self, subject: Subject, folder: str | Path, markers: str, *, tr: float = 2.0, speed: float = 1.0,
-                 seed: int = 0, thermal: float = 0.005, **options) -> None:  # fmt: skip
+                 seed: int = 0, thermal: float = 0.005, file_format: str = "nifti", motion: HeadMotion | None = None,
+                 **options) -> None:  # fmt: skip
         """``options``: :class:`ScannerSignal`'s (noise_sd, ar1, drift_sd, latency)."""
         super().__init__(subject, markers, tr=tr, speed=speed, seed=seed, **options)
-        self.sink = VolumeWriter(folder, self.rois, speed, seed=seed, thermal=thermal, lsl_clock=self.lsl.local_clock)
+        self.sink = VolumeWriter(folder, self.rois, speed, seed=seed, thermal=thermal, lsl_clock=self.lsl.local_clock,
+                                 file_format=file_format, motion=motion)  # fmt: skip
