@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from pathlib import Path
 
@@ -230,8 +231,9 @@ def lsl_rig(name, type_, source_id, channels, protocol_file, rate, signal, grace
     "masks",
     multiple=True,
     required=True,
-    metavar="NAME=FILE",
-    help="An ROI: its name and mask (NIfTI, in the volumes' space); repeatable, in the order of the channels.",
+    metavar="[NAME=]FILE",
+    help="An ROI: its name (default: the file's, lang.nii.gz: lang) and mask (NIfTI, in the volumes' space); "
+    "repeatable, in the order of the channels.",
 )
 @click.option(
     "--latency",
@@ -278,8 +280,11 @@ def rtfmri_rig(folder, masks, latency, patience, existing, realign, reference, u
     named = {}
     for spec in masks:
         name, sep, path = spec.partition("=")
-        if not sep or not name or not path or name in named:
-            raise click.BadParameter(f"give each ROI as NAME=FILE, names distinct, not {spec!r}", param_hint="--mask")
+        if not sep:  # a file alone: the ROI is named after it (lang.nii.gz: lang)
+            path, name = spec, re.sub(r"\.nii(\.gz)?$", "", Path(spec).name, flags=re.I)
+        if not name or not path or name in named:
+            raise click.BadParameter(f"give each ROI as NAME=FILE (or FILE, named after it), names distinct, not "
+                                     f"{spec!r}", param_hint="--mask")  # fmt: skip
         named[name] = Path(path)
     try:
         rois = RoiMasks(named)

@@ -71,3 +71,41 @@ def test_a_label_that_is_not_bids_is_refused_and_nothing_is_written(uninterrupte
     done = export_bids(session, out, "--subject", label)
     assert done.returncode == 2 and "a BIDS subject label is letters and digits only" in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_a_rigs_motion_estimates_export_as_confounds(tmp_path):
+    """A session whose rig sent each volume's motion parameters and framewise displacement (rig rtfmri --realign)
+    keeps them beside its samples, and its BIDS export has them per run as fMRIPrep-style confounds."""
+    import numpy as np
+    from bids import BIDSLayout
+
+    from acquisition import SessionFile
+    from hardware.rtfmri import FD, MOTION
+
+    path = tmp_path / "s.h5"
+    names = [*MOTION, FD]
+    rng = np.random.default_rng(0)
+    motion = {run: rng.normal(0, 0.5, (10, 7)) for run in (1, 2)}
+    with SessionFile.create(path, ["lang"], protocol=json.dumps({"name": "rt", "design": {"tr": 2.0}}),
+                            confounds=names) as s:  # fmt: skip
+        for run in (1, 2):
+            t0 = 100.0 * run
+            s.add_stimulus(run, text=f"sentence {run}", condition="drive")
+            s.add_event(run, run=run, trial=run, scheduled_onset=t0 + 4, measured_onset=t0 + 4, duration=2.0,
+                        condition="drive")  # fmt: skip
+            for k in range(10):
+                s.add_trigger(t0 + 2 * k, k, run)
+                s.add_samples(t0 + 2 * k, np.array([0.1 * k]), run, confounds=motion[run][k : k + 1])
+    data = read_session(path)
+    assert list(data.confounds.columns) == ["time", "run", *names] and len(data.confounds) == 20
+    np.testing.assert_allclose(data.confounds[names].to_numpy(), np.vstack([motion[1], motion[2]]), rtol=1e-6)
+    out = tmp_path / "bids"
+    done = export_bids(path, out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layout = BIDSLayout(out, derivatives=True)
+    for run in (1, 2):
+        (confounds,) = layout.get(run=run, desc="confounds", suffix="timeseries", extension=".tsv")
+        table = pd.read_csv(confounds.path, sep="\t")
+        assert list(table.columns) == names
+        np.testing.assert_allclose(table.to_numpy(), motion[run], rtol=1e-6)
+        assert confounds.get_metadata()["framewise_displacement"]["Units"] == "mm"

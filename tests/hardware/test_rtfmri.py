@@ -251,3 +251,64 @@ def test_realignment_recovers_the_motion_and_the_roi_signal(tmp_path):
     error = np.array(estimated) - truth
     assert np.sqrt((error[:, :3] ** 2).mean()) < 0.1 and np.rad2deg(np.sqrt((error[:, 3:] ** 2).mean())) < 0.1
     assert fds[0] == 0.0 and fds[5] == pytest.approx(framewise_displacement(estimated[4], estimated[5]))
+
+
+def test_the_rig_realigns_dicom_mosaics_and_sends_motion_with_each_sample(tmp_path):
+    """`rig rtfmri --realign` on Siemens mosaics of a moving head: each sample is the ROIs' percent signal change
+    with the volume's motion parameters and framewise displacement (announced in hello); a corrupt DICOM is named
+    and, like a volume that never came, left missing. (A mask given as a file alone is named after it.)"""
+    import subprocess
+    import sys
+
+    from hardware import PeerClient
+    from hardware.rtfmri import FD, MOTION
+    from simulation.export_scanner import HeadMotion, VolumeWriter, write_masks
+
+    from ..support.netutil import ROOT, free_port, wait_up
+
+    masks = write_masks(["lang", "md"], tmp_path / "masks")
+    folder = tmp_path / "export"
+    writer = VolumeWriter(folder, ["lang", "md"], 1.0, file_format="mosaic", motion=HeadMotion(2.0, 2.0, seed=1))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_loop.cli", "rig", "rtfmri", "--watch", str(folder),
+                             "--mask", f"lang={masks['lang']}", "--mask", str(masks["md"]), "--realign",
+                             "--patience", "0.3", "--bind", f"tcp://127.0.0.1:{port}", "--heartbeat", "0.3"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = PeerClient(f"tcp://127.0.0.1:{port}", heartbeat=0.3)
+    signal = [0.0, 1.0, 0.5, 0.0, 2.0, 0.0, 1.5, 0.0]
+    got: list[dict] = []
+    try:
+        wait_up(client, 30, "the rtfmri rig")
+        assert client.peer_channels == ["lang", "md"] and client.peer_confounds == [*MOTION, FD]
+        client.send_reliable("start", run=1, tr=0.4, n_volumes=8)
+        time.sleep(1.0)  # (the rig has the start before the first volume, on a busy machine too)
+        start = time.time()
+        for k in range(8):
+            time.sleep(max(0.0, start + 0.4 * k - time.time()))
+            if k == 5:  # never written (and its motion step skipped): missing
+                continue
+            writer.push(k, np.array([[signal[k], 0.0]]), np.array([start + 0.4 * k]))
+            if k == 3:  # corrupt: missing
+                next(folder.glob("vol_00003_*.dcm")).write_bytes(b"\x00" * 2000)
+        end = time.monotonic() + 20
+        while sum(m["type"] == "sample" for m in got) < 6 and time.monotonic() < end:
+            got += client.poll(0.05)
+    finally:
+        client.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    samples = [m for m in got if m["type"] == "sample"]
+    assert [m["volume"] for m in samples] == [0, 1, 2, 4, 6, 7]
+    truth = {k: (when, motion) for k, when, _values, motion in writer.truth}
+    for m in samples:
+        when, motion = truth[m["volume"]]
+        assert m["time"] == pytest.approx(when, abs=1e-5)
+        # (percent signal change; interpolating a moved head's texture leaves a few tenths of a percent)
+        assert m["values"][0] == pytest.approx(signal[m["volume"]], abs=0.8) and abs(m["values"][1]) < 0.8
+        assert len(m["confounds"]) == 7
+        np.testing.assert_allclose(m["confounds"][:3], motion[:3], atol=0.05)  # mm
+        np.testing.assert_allclose(m["confounds"][3:6], motion[3:], atol=np.deg2rad(0.1))
+    sent = [m["values"][0] for m in samples]
+    assert np.corrcoef(sent, [signal[m["volume"]] for m in samples])[0, 1] > 0.9
+    assert "'vol_00003_000.dcm' is not a DICOM file" in err and "its volume is missing" in err, err[-2000:]
+    assert "volume(s) 5-5 never came" in err, err[-2000:]
