@@ -170,7 +170,7 @@ def test_round_trip_encoding():
     msg = {"type": "sample", "t": 1.5, "seq": 3, "run": 1, "kind": "fmri", "volume": 2, "time": 1.4,
            "values": [0.5, 1.0]}  # fmt: skip
     out = decode(encode(dict(msg)))
-    assert out == {**msg, "v": PROTOCOL_VERSION, "width": 0.0}
+    assert out == {**msg, "v": PROTOCOL_VERSION, "width": 0.0, "confounds": []}
 
 
 def test_curve_only_admits_configured_keys(tmp_path):
