@@ -48,13 +48,13 @@ def saturate(z: np.ndarray, up: float, down: float) -> np.ndarray:
     return np.tanh(gain * z) / gain
 
 
-def subject_features(sentences: Sequence[str]) -> np.ndarray:
-    """The subject's own stimulus features: MiniLM layer 3 (mean), word frequency, length (in float32 whatever
-    ``$NEUROTWIN_DTYPE`` says: the ground truth is the same on every machine)."""
+def subject_features(sentences: Sequence[str], layer: int = 3) -> np.ndarray:
+    """The subject's own stimulus features: MiniLM layer ``layer`` (mean over tokens), word frequency, length (in
+    float32 whatever ``$NEUROTWIN_DTYPE`` says: the ground truth is the same on every machine)."""
     from twin.features import TextFeatureExtractor, length_features, word_frequency_features
 
     extractor = TextFeatureExtractor("minilm", dtype="float32")
-    emb = extractor.extract(list(sentences), layers=[3], pooling="mean")["mean/L3"]
+    emb = extractor.extract(list(sentences), layers=[layer], pooling="mean")[f"mean/L{layer}"]
     return np.hstack([emb, word_frequency_features(sentences), length_features(sentences)])
 
 
@@ -65,8 +65,11 @@ class LanguageSubject:
     signal_sd = SIGNAL_SD
     noise_sd = NOISE_SD
 
-    def __init__(self, params: str | Path = PARAMS) -> None:
-        p = np.load(params)
+    layer = 3  # the MiniLM layer its features come from
+
+    def __init__(self, params: str | Path | dict = PARAMS) -> None:
+        """``params``: the weights and shape (a ``.npz`` file, or its arrays by name)."""
+        p = params if isinstance(params, dict) else np.load(params)
         self.coef, self.intercept = p["coef"], float(p["intercept"])
         self.z_mean, self.z_sd = float(p["z_mean"]), float(p["z_sd"])
         self.gain_up, self.gain_down = float(p["gain_up"]), float(p["gain_down"])
@@ -79,7 +82,7 @@ class LanguageSubject:
         self(["A sentence to load the model with."])
 
     def __call__(self, stimuli: Sequence[str]) -> np.ndarray:
-        X = subject_features(stimuli)
+        X = subject_features(stimuli, self.layer)
         z = (X @ self.coef + self.intercept - self.z_mean) / self.z_sd
         g = (saturate(z, self.gain_up, self.gain_down) - self.g_mean) / self.g_sd  # unit SD on Pereira
         # Sentences are >= 0.92 words (a few rare or technical ones down to 0.6), nonword lists 0.5 on average.

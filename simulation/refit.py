@@ -1,8 +1,11 @@
-"""Refit the default language subject's weights from ../shared/data (run: python -m simulation.refit).
+"""Refit the simulated language subjects' weights from ../shared/data (run: python -m simulation.refit
+[--population]).
 
 Writes simulation/language.npz: ridge weights from the subject's features
 (MiniLM layer 3, word frequency, length) to the Pereira 2018 language-network
 responses, and the shape and normalization of its saturating output. Weights only, no data.
+With ``--population``, simulation/population.npz: the same for every member of
+:mod:`simulation.population` (its basis's group weights plus its deviation, its shape).
 
 The output saturates fast above the mean (gain 1.2) and slowly below it, at a floor
 equal to the response to nonword lists: Tuckute et al. 2024's blocked
@@ -23,6 +26,68 @@ from twin import RidgeReadout, load_dataset, loo_ridge
 
 DATA = shared_data() / "pereira2018_language_network.csv"
 GAIN_UP = 1.2  # towards the ceiling
+
+
+def shape_gains(z: np.ndarray, shape: str) -> tuple[float, float]:
+    """(gain up, gain down) of a response shape (see :mod:`simulation.population`) for linear responses ``z``:
+    the slow side's gain puts its bound at the nonword level (below) or as far above the mean (above)."""
+
+    def bound(up: float, down: float, side: int) -> float:  # the response as z -> side * inf
+        g = saturate(z, up, down)
+        limit = 1 / up if side > 0 else -1 / down
+        return BASELINE + SIGNAL_SD * (limit - g.mean()) / g.std()
+
+    reach = BASELINE - NONWORD_LEVEL  # how far the slow side's bound lies from the mean sentence's response
+    if shape == "top":
+        return GAIN_UP, brentq(lambda d: bound(GAIN_UP, d, -1) - NONWORD_LEVEL, 0.05, 2.0)
+    if shape == "bottom":
+        return brentq(lambda u: bound(u, GAIN_UP, 1) - (BASELINE + reach), 0.05, 2.0), GAIN_UP
+    gain = brentq(lambda g: bound(g, g, -1) - NONWORD_LEVEL, 0.05, 2.0)
+    return gain, gain
+
+
+def population() -> None:
+    """Write every population member's weights and shape (simulation/population.npz)."""
+    from simulation.population import AGREEMENT, MEMBERS
+    from simulation.population import PARAMS as POPULATION
+
+    data = load_dataset(DATA)
+    y = data.responses[:, 0]
+    out = {}
+    for layer in sorted({m.layer for m in MEMBERS.values()}):
+        X = subject_features(data.sentences, layer)
+        loo = loo_ridge(X, y)
+        group = RidgeReadout.fit(X, y, loo.best_alpha)
+        coef, intercept = group.coef_[:, 0], float(group.intercept_[0])
+        print(f"MiniLM layer {layer}: LOO r of the group's linear part on Pereira {loo.r()[0]:.3f}")
+        Xc = X - X.mean(0)
+        for name, m in MEMBERS.items():
+            if m.layer != layer:
+                continue
+            mine = coef
+            if m.seed is not None:  # the group's weights plus a deviation, scaled to the agreement
+                delta = np.random.default_rng(m.seed).normal(0, 1, coef.shape) * coef.std()
+                shared, own = Xc @ coef, Xc @ delta
+
+                def agreement(scale: float, shared=shared, own=own) -> float:
+                    return np.corrcoef(shared, shared + scale * own)[0, 1] - AGREEMENT
+
+                mine = coef + brentq(agreement, 0.0, 100.0) * delta
+            lin = X @ mine + intercept
+            z = (lin - lin.mean()) / lin.std()
+            up, down = shape_gains(z, m.shape)
+            g = saturate(z, up, down)
+            small = X[:, -3:]
+            md_coef = np.array([-1.0, 0.0, 1.0]) / small.std(0)
+            md = small @ md_coef
+            params = dict(coef=mine, intercept=intercept, z_mean=lin.mean(), z_sd=lin.std(), gain_up=up,
+                          gain_down=down, g_mean=g.mean(), g_sd=g.std(), md_coef=md_coef, md_mean=md.mean(),
+                          md_sd=md.std())  # fmt: skip
+            out.update({f"{name}/{k}": np.asarray(v) for k, v in params.items()})
+            print(f"  {name}: agreement with the group {np.corrcoef(Xc @ coef, Xc @ mine)[0, 1]:.2f}, gains "
+                  f"up {up:.3f} down {down:.3f} ({m.describe()})")  # fmt: skip
+    np.savez(POPULATION, **out)
+    print(f"wrote {POPULATION}")
 
 
 def main() -> None:
@@ -55,4 +120,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not DATA.exists():
+        sys.exit(f"reference data not found at {DATA}")
+    population() if "--population" in sys.argv[1:] else main()

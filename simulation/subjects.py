@@ -76,6 +76,28 @@ def _language() -> Subject:
     return LanguageSubject()
 
 
+def _member(name: str) -> Callable[[], Subject]:
+    def make() -> Subject:
+        from .population import PopulationMember
+
+        return PopulationMember(name)
+
+    from .population import MEMBERS
+
+    make.__doc__ = f"A member of the population of language participants: {MEMBERS[name].describe()}."
+    return make
+
+
+def _register_population() -> None:
+    from .population import MEMBERS
+
+    for name in MEMBERS:
+        SUBJECTS.register(f"population:{name}")(_member(name))
+
+
+_register_population()
+
+
 @SUBJECTS.register("gabor")
 def _gabor() -> Subject:
     """16 V1-like sites, each one random Gabor filter's rectified response, for images."""
@@ -125,4 +147,6 @@ def subject_rois(spec: str | None) -> list[str]:
 
     shipped = {"language": LanguageSubject.rois, "v4": site_names(V4_SITES), "gabor": site_names(GABOR_SITES)}
     name = SUBJECTS.aliases.get(spec or "language", spec or "language")
+    if name.startswith("population:") and name in SUBJECTS.names():
+        return list(LanguageSubject.rois)
     return list(shipped[name]) if name in shipped else list(load_subject(spec).rois)
