@@ -25,6 +25,13 @@ Run: .venv/bin/python bench/closed_loop.py [seeds, default 5] [text|image] [--wo
 With ``--work DIR`` the session files are kept there, and a session already finished
 in DIR (``closed-SEED.h5`` / ``open-SEED.h5`` with every run of its protocol) is scored
 again rather than rerun, so a long run can be split across sittings.
+With ``--population [NAME ...]`` (sentences) both loops run against every member of the population of
+simulated participants (``simulation.population``; or the members named) at each seed, two sessions at a
+time, and a table gives per participant the closed and open loops' mean separations, their difference paired by
+seed with its SE, their ratio, and in how many sessions drive > baseline > suppress held at p < 0.01; then the
+population's mean paired difference with its 90 % interval (participants resampled), and the lowest ratio.
+Target: the closed loop's mean separation at least the open loop's, on no participant below 0.9 x of it, and
+drive > baseline > suppress at p < 0.01 in at least 90 % of closed-loop sessions.
 """
 
 from __future__ import annotations
@@ -113,14 +120,12 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, twi
     for seed in range(n_seeds):
         for name, (stem, protocol) in runs.items():
             out = work / f"{stem}-{seed}.h5"
-            cmd = [sys.executable, "-m", "control_loop.cli", "simulate", str(protocol),
-                   "--out", str(out), "--seed", str(seed), "--no-report"]  # fmt: skip
-            proc = None if finished(out) else subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc is not None and proc.returncode:
-                sys.exit(f"seed {seed} {name}: simulate failed:\n{proc.stderr[-2000:]}")
+            if error := simulate(protocol, out, seed):
+                sys.exit(f"seed {seed} {name}: simulate failed:\n{error}")
             r = evaluate(out)
             results[name].append(r)
-            print(f"seed {seed} {name:24s}: true drive {r['D']:.3f}  baseline {r['B']:.3f}  suppress {r['S']:.3f}  "
+            print(f"seed {seed} {name:24s}: true drive {r['drive']:.3f}  baseline {r['baseline']:.3f}  "
+                  f"suppress {r['suppress']:.3f}  "
                   f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}",
                   flush=True)  # fmt: skip
     print()
@@ -145,6 +150,69 @@ def main(n_seeds: int = 5, modality: str = "text", work: Path | None = None, twi
         print(f"closed - open separation, paired by seed: {d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(n_seeds):.2f} SE")
 
 
+def simulate(protocol: Path, out: Path, seed: int, subject: str | None = None) -> str | None:
+    """Run one simulated session unless ``out`` already holds it; the error's tail if it failed."""
+    if finished(out):
+        return None
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "control_loop.cli", "simulate", str(protocol), "--out", str(out), "--seed",
+           str(seed), "--no-report", *(["--subject", subject] if subject else [])]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    return proc.stderr[-2000:] if proc.returncode else None
+
+
+def population(members: list[str], n_seeds: int, work: Path | None, jobs: int = 2) -> None:
+    """Closed against open loop on every member of the population, at ``n_seeds`` seeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from simulation.population import MEMBERS
+
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="nt-population-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"session files in {work}")
+    runs = protocols("language", {}, work)
+    jobs_ = [(m, seed, name, stem, protocol) for m in members for seed in range(n_seeds)
+             for name, (stem, protocol) in runs.items()]  # fmt: skip
+
+    def one(job: tuple) -> tuple:
+        m, seed, name, stem, protocol = job
+        out = work / f"{m}-{stem}-{seed}.h5"
+        error = simulate(protocol, out, seed, f"population:{m}")
+        if error:
+            raise RuntimeError(f"{m} seed {seed} {name}: simulate failed:\n{error}")
+        r = evaluate(out)
+        print(f"{m} seed {seed} {name:10s}: true D {r['drive']:.3f} B {r['baseline']:.3f} S {r['suppress']:.3f}  "
+              f"separation {r['sep']:.2f} SD  p(D>B) {r['p_db']:.1e}  p(B>S) {r['p_bs']:.1e}", flush=True)  # fmt: skip
+        return m, seed, name, r
+
+    with ThreadPoolExecutor(jobs) as pool:
+        done = list(pool.map(one, jobs_))
+    table = {(m, seed, name): r for m, seed, name, r in done}
+    print(f"\n{'participant':12s} {'make-up':58s} {'closed':>7s} {'open':>7s} {'closed-open':>13s} {'ratio':>6s} "
+          f"{'D>B>S closed':>12s} {'open':>5s}")  # fmt: skip
+    diffs, ratios, sig_closed, n_closed = [], [], 0, 0
+    for m in members:
+        c = np.array([table[(m, s, "closed loop")]["sep"] for s in range(n_seeds)])
+        o = np.array([table[(m, s, "open loop")]["sep"] for s in range(n_seeds)])
+        sig = {name: sum(table[(m, s, name)]["p_db"] < 0.01 and table[(m, s, name)]["p_bs"] < 0.01
+                         for s in range(n_seeds)) for name in runs}  # fmt: skip
+        d = c - o
+        se = d.std(ddof=1) / np.sqrt(n_seeds) if n_seeds > 1 else float("nan")
+        diffs.append(d.mean())
+        ratios.append(c.mean() / o.mean())
+        sig_closed += sig["closed loop"]
+        n_closed += n_seeds
+        print(f"{m:12s} {MEMBERS[m].describe():58s} {c.mean():7.2f} {o.mean():7.2f} {d.mean():+7.2f} +- {se:4.2f} "
+              f"{ratios[-1]:6.2f} {sig['closed loop']:>9d}/{n_seeds} {sig['open loop']:>3d}/{n_seeds}")  # fmt: skip
+    diffs = np.array(diffs)
+    pick = np.random.default_rng(0).integers(0, len(diffs), (10_000, len(diffs)))
+    lo, hi = np.percentile(diffs[pick].mean(1), [5, 95])
+    print(f"population ({len(members)} participants x {n_seeds} seeds): closed - open separation {diffs.mean():+.2f} "
+          f"SD (90 % interval over participants {lo:+.2f} to {hi:+.2f}); lowest closed/open ratio "
+          f"{min(ratios):.2f} (target >= 0.9); closed loop D > B > S at p < 0.01 in {sig_closed}/{n_closed} "
+          f"sessions ({100 * sig_closed / n_closed:.0f} %, target >= 90 %)")  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="closed loop against open loop at equal scanner time")
     parser.add_argument("seeds", nargs="?", type=int, default=5)
@@ -153,6 +221,18 @@ if __name__ == "__main__":
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--reference", type=Path, help="a twin file both loops start from (text)")
     which.add_argument("--prior", type=Path, help="a prior (or twin) file both loops' twins borrow from")
+    parser.add_argument(
+        "--population",
+        nargs="*",
+        metavar="NAME",
+        help="run against every member of the population of simulated participants (or those named)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="sessions at a time (--population)")
     args = parser.parse_args()
+    if args.population is not None:
+        from simulation.population import MEMBERS
+
+        population(args.population or list(MEMBERS), args.seeds, args.work, args.jobs)
+        sys.exit(0)
     twin = {k: v for k, v in (("reference", args.reference), ("prior", args.prior)) if v is not None}
     main(args.seeds, args.modality, args.work, twin)

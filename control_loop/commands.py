@@ -114,8 +114,9 @@ def _run_simulated(protocol: Protocol, out: Path, peers: dict, report: bool) -> 
     help="Simulated time speed (default: the protocol's).",
 )
 @click.option("--subject", default=None,
-              help="Simulated subject: a registered name (language; images: v4, gabor; or one another installed "
-                   "package adds) or module:attr (default: the protocol's, else language; v4 for images).")  # fmt: skip
+              help="Simulated subject: a registered name (language, population:p01 to population:p08; images: v4, "
+                   "gabor; or one another installed package adds) or module:attr (default: the protocol's, else "
+                   "language; v4 for images).")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the protocol's seed.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML report at the end.")
 def simulate_cmd(protocol_file: Path, out: Path | None, speed: float | None, subject: str | None, seed: int | None,

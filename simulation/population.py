@@ -5,8 +5,9 @@ saturating output, the single-participant signal and noise of Tuckute et al. 202
 
 * a **feature basis**: all-MiniLM-L6-v2 layer 3 (as the default subject) or layer 6 (its last), each with word
   frequency and length, fit by ridge to the Pereira 2018 language-network responses (the group's weights);
-* an **individual deviation**: the group's weights plus a random deviation (seeded per member), scaled so that the
-  member's linear response to the Pereira sentences correlates :data:`AGREEMENT` with the group's. Tuckute et al.
+* an **individual deviation**: the group's weights plus a random deviation (seeded per member; independent normal
+  per standardized feature, so no feature's units decide how much it deviates), scaled so that the member's linear
+  response to the Pereira sentences correlates :data:`AGREEMENT` with the group's. Tuckute et al.
   2024's encoding model, fit on other participants, predicted a held-out participant's single-trial responses at
   r of about 0.2; at the single-participant SNR of 0.30 (signal SD 0.188, noise SD 0.623) a perfect model of that
   participant would reach r = 0.188 / sqrt(0.188^2 + 0.623^2) = 0.289, so the group's true response agrees with

@@ -66,7 +66,8 @@ def population() -> None:
                 continue
             mine = coef
             if m.seed is not None:  # the group's weights plus a deviation, scaled to the agreement
-                delta = np.random.default_rng(m.seed).normal(0, 1, coef.shape) * coef.std()
+                # (isotropic over standardized features: no feature's units decide how much it deviates)
+                delta = np.random.default_rng(m.seed).normal(0, 1, coef.shape) / X.std(0).clip(1e-12)
                 shared, own = Xc @ coef, Xc @ delta
 
                 def agreement(scale: float, shared=shared, own=own) -> float:
