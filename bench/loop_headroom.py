@@ -27,6 +27,9 @@ same order, with the same noise for the same sentence; each line prints its mean
 difference from the open loop at 300 trials and that difference's SE.
 
 ``--noise-sd`` changes the per-trial noise (e.g. 0.188 for SNR 1), to see how the edge depends on SNR.
+``--subject NAME`` replays the designs against another simulated subject (e.g. ``population:p03``);
+``--population`` against every member of the population (``simulation.population``), then prints per design its
+mean over members of the paired difference from the open loop and its lowest ratio to it.
 
 Run: .venv/bin/python bench/loop_headroom.py [seeds, default 40] [--cache FILE] [--prior FILE|none] [--noise-sd SD]
 (about 2.5 min on 2 cores, 4 more the first time to embed the pool).
@@ -45,28 +48,48 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench._common import PRIOR, new_sentences
-from simulation.language import NOISE_SD, SIGNAL_SD, LanguageSubject
+from simulation.language import NOISE_SD, SIGNAL_SD
 
 RUN_SD = 0.26
 RUN = 60  # trials per run
-DESIGNS = [  # label, random trials, rounds, conditions of each round's run (suppress/drive by UCB, beta 1)
-    ("closed loop, 180 + 2 x (30 suppress + 30 random)", 180, 2, ("suppress", "baseline")),
-    ("  rounds of 60 suppress", 180, 2, ("suppress",)),
-    ("  rounds of 30 drive + 30 suppress", 180, 2, ("drive", "suppress")),
-    ("  120 + 3 x (30 suppress + 30 random)", 120, 3, ("suppress", "baseline")),
+DESIGNS = [  # label, random trials, rounds, each round's run: trials per condition (suppress/drive by UCB, beta 1)
+    ("closed loop, 180 + 2 x (30 suppress + 30 random)", 180, 2, {"suppress": 30, "baseline": 30}),
+    ("  rounds of 60 suppress", 180, 2, {"suppress": 60}),
+    ("  rounds of 30 drive + 30 suppress", 180, 2, {"drive": 30, "suppress": 30}),
+    ("  120 + 3 x (30 suppress + 30 random)", 120, 3, {"suppress": 30, "baseline": 30}),
+    ("  180 + 2 x (15 drive + 15 suppress + 30 random)", 180, 2, {"drive": 15, "suppress": 15, "baseline": 30}),
+    ("  180 + 2 x (30 drive + 30 random)", 180, 2, {"drive": 30, "baseline": 30}),
 ]
 
 
-def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, noise_sd: float = NOISE_SD) -> None:
+def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, noise_sd: float = NOISE_SD,
+         subjects: tuple[str, ...] = ("language",)) -> None:  # fmt: skip
+    from simulation.subjects import load_subject
+
+    sentences = new_sentences(4000, seed=11)
+    table = {}
+    for name in subjects:
+        print(f"\n== subject {name}")
+        table[name] = replay(n_seeds, cache, prior_file, noise_sd, sentences, load_subject(name)(sentences)[:, 0])
+    if len(subjects) > 1:
+        print(f"\nover {len(subjects)} subjects: per design, the mean of each subject's paired difference from the "
+              "open loop at 300 trials, and the lowest ratio to it:")  # fmt: skip
+        for label in table[subjects[0]]:
+            d = [table[n][label][0] for n in subjects]
+            r = [table[n][label][1] for n in subjects]
+            print(f"  {label:50s} {np.mean(d):+.2f}   lowest x{min(r):.2f} ({subjects[int(np.argmin(r))]})")
+
+
+def replay(n_seeds: int, cache: Path | None, prior_file: Path | None, noise_sd: float, sentences: list[str],
+           truth: np.ndarray) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Every design against one subject's true responses ``truth``; label -> (paired difference from the open
+    loop at 300 trials, ratio to it)."""
     from stimulus_synthesis import Goal, objective
     from twin import FeaturePlan, Prior, TextFeatures, Twin
 
     prior = Prior.load(prior_file) if prior_file else None
     print(f"twins borrow the hyperparameters of {prior_file}" if prior else "twins choose their own hyperparameters")
     print(f"per-trial noise SD {noise_sd:g} (SNR {SIGNAL_SD / noise_sd:.2f})")
-
-    sentences = new_sentences(4000, seed=11)
-    truth = LanguageSubject()(sentences)[:, 0]
     features = TextFeatures(FeaturePlan(), cache=cache or Path(tempfile.mkdtemp()) / "f.h5", progress=True)
     blocks = features(sentences)
     words = np.array([len(s.split()) for s in sentences])
@@ -118,9 +141,8 @@ def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, nois
             for round_ in range(rounds):
                 twin = fit(shown, y)
                 new = np.array([], int)
-                for cond in conditions:
+                for cond, k in conditions.items():
                     free = np.setdiff1d(candidates, [*shown, *new])
-                    k = RUN // len(conditions)
                     if cond == "baseline":  # the next random sentences, as the open loop measures them
                         new = np.concatenate([new, order[np.isin(order, free)][:k]])
                     else:
@@ -134,11 +156,14 @@ def main(n_seeds: int, cache: Path | None, prior_file: Path | None = PRIOR, nois
     open300 = np.array(results["open loop, 300 trials"])
     print(f"\ndrive - suppress separation (true response, SDs of the candidates), {n_seeds} seeds "
           "(mean +- SD over seeds; paired difference from the open loop at 300 trials +- its SE):")  # fmt: skip
+    out = {}
     for label, seps in results.items():
         s = np.array(seps)
         d = s - open300
+        out[label] = (float(d.mean()), float(s.mean() / open300.mean()))
         print(f"  {label:50s} {s.mean():.2f} +- {s.std():.2f}   x{s.mean() / open300.mean():.2f}   "
-              f"{d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(len(d)):.2f}")  # fmt: skip
+              f"{d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(len(d)):.2f}", flush=True)  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
@@ -148,5 +173,14 @@ if __name__ == "__main__":
     parser.add_argument("--prior", default=str(PRIOR), help="prior the twins borrow ('none': choose their own)")
     parser.add_argument("--noise-sd", type=float, default=NOISE_SD,
                         help=f"per-trial noise SD (default {NOISE_SD}, the subject's: SNR 0.3)")  # fmt: skip
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--subject", default="language", help="the simulated subject (e.g. population:p03)")
+    who.add_argument("--population", action="store_true", help="every member of the population, in turn")
     args = parser.parse_args()
-    main(args.seeds, args.cache, None if args.prior == "none" else Path(args.prior), args.noise_sd)
+    if args.population:
+        from simulation.population import MEMBERS
+
+        subjects = tuple(f"population:{m}" for m in MEMBERS)
+    else:
+        subjects = (args.subject,)
+    main(args.seeds, args.cache, None if args.prior == "none" else Path(args.prior), args.noise_sd, subjects)
