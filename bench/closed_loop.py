@@ -32,6 +32,11 @@ seed with its SE, their ratio, and in how many sessions drive > baseline > suppr
 population's mean paired difference with its 90 % interval (participants resampled), and the lowest ratio.
 Target: the closed loop's mean separation at least the open loop's, on no participant below 0.9 x of it, and
 drive > baseline > suppress at p < 0.01 in at least 90 % of closed-loop sessions.
+With ``--population --others`` each participant also gets a reference twin fit on the other members (their mean
+true response to the Pereira 2018 sentences, plus the trial noise of one trial from each of them; made once into
+the work folder), and two more sessions per seed: the reference alone (no measurement of this participant, every
+trial on evaluation, as Tuckute et al. 2024's new participants) and the closed loop starting from that reference;
+the table adds their separations.
 """
 
 from __future__ import annotations
@@ -161,8 +166,30 @@ def simulate(protocol: Path, out: Path, seed: int, subject: str | None = None) -
     return proc.stderr[-2000:] if proc.returncode else None
 
 
-def population(members: list[str], n_seeds: int, work: Path | None, jobs: int = 2) -> None:
-    """Closed against open loop on every member of the population, at ``n_seeds`` seeds."""
+def reference_from_others(member: str, work: Path) -> Path:
+    """A reference twin for ``member`` fit on the other population members (see the module's docstring)."""
+    from bench._common import PEREIRA, PRIOR
+    from simulation.language import NOISE_SD
+    from simulation.population import MEMBERS
+    from simulation.subjects import load_subject
+    from twin import FeaturePlan, Prior, TextFeatures, Twin, load_dataset
+
+    path = work / f"reference-without-{member}.h5"
+    if path.exists():
+        return path
+    data = load_dataset(PEREIRA)
+    others = [m for m in MEMBERS if m != member]
+    truth = np.mean([load_subject(f"population:{m}")(data.sentences)[:, 0] for m in others], axis=0)
+    rng = np.random.default_rng(list(member.encode()))
+    y = truth + rng.normal(0, NOISE_SD / np.sqrt(len(others)), len(truth))
+    features = TextFeatures(FeaturePlan(), cache=work / "pereira-features.h5")
+    Twin.fit(data.sentences, y[:, None], ["lang"], features=features, prior=Prior.load(PRIOR)).save(path)
+    return path
+
+
+def population(members: list[str], n_seeds: int, work: Path | None, jobs: int = 2, others: bool = False) -> None:
+    """Closed against open loop on every member of the population, at ``n_seeds`` seeds (with ``others``, also
+    from a reference fit on the other members: the reference alone and the closed loop from it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from simulation.population import MEMBERS
@@ -173,6 +200,14 @@ def population(members: list[str], n_seeds: int, work: Path | None, jobs: int = 
     runs = protocols("language", {}, work)
     jobs_ = [(m, seed, name, stem, protocol) for m in members for seed in range(n_seeds)
              for name, (stem, protocol) in runs.items()]  # fmt: skip
+    if others:
+        for m in members:
+            folder = work / f"from-others-{m}"
+            folder.mkdir(exist_ok=True)
+            made = protocols("language", {"reference": reference_from_others(m, work)}, folder)
+            for name in ("closed loop + reference", "reference alone"):
+                stem, protocol = made[name]
+                jobs_ += [(m, seed, name, f"{stem}-others", protocol) for seed in range(n_seeds)]
 
     def one(job: tuple) -> tuple:
         m, seed, name, stem, protocol = job
@@ -188,6 +223,16 @@ def population(members: list[str], n_seeds: int, work: Path | None, jobs: int = 
     with ThreadPoolExecutor(jobs) as pool:
         done = list(pool.map(one, jobs_))
     table = {(m, seed, name): r for m, seed, name, r in done}
+    if others:
+        print(f"\nfrom a reference fit on the other members (mean separation over {n_seeds} seeds; D > B > S at "
+              "p < 0.01):")  # fmt: skip
+        for m in members:
+            cells = []
+            for name in ("reference alone", "closed loop + reference", "closed loop", "open loop"):
+                rs = [table[(m, s, name)] for s in range(n_seeds)]
+                sig = sum(r["p_db"] < 0.01 and r["p_bs"] < 0.01 for r in rs)
+                cells.append(f"{name} {np.mean([r['sep'] for r in rs]):.2f} ({sig}/{n_seeds})")
+            print(f"  {m}: " + "; ".join(cells))
     print(f"\n{'participant':12s} {'make-up':58s} {'closed':>7s} {'open':>7s} {'closed-open':>13s} {'ratio':>6s} "
           f"{'D>B>S closed':>12s} {'open':>5s}")  # fmt: skip
     diffs, ratios, sig_closed, n_closed = [], [], 0, 0
@@ -228,11 +273,14 @@ if __name__ == "__main__":
         help="run against every member of the population of simulated participants (or those named)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="sessions at a time (--population)")
+    parser.add_argument(
+        "--others", action="store_true", help="with --population: also from a reference fit on the other members"
+    )
     args = parser.parse_args()
     if args.population is not None:
         from simulation.population import MEMBERS
 
-        population(args.population or list(MEMBERS), args.seeds, args.work, args.jobs)
+        population(args.population or list(MEMBERS), args.seeds, args.work, args.jobs, args.others)
         sys.exit(0)
     twin = {k: v for k, v in (("reference", args.reference), ("prior", args.prior)) if v is not None}
     main(args.seeds, args.modality, args.work, twin)
