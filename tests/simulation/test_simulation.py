@@ -95,7 +95,8 @@ def test_a_subject_from_another_installed_package_runs_with_simulate(plugin_site
     code = "from simulation import SUBJECTS; print(' '.join(SUBJECTS.names()))"
     listed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=True)  # fmt: skip
-    assert listed.stdout.split() == ["language", "gabor", "v4", "lab-length"]
+    population = [f"population:p{k:02d}" for k in range(1, 9)]
+    assert listed.stdout.split() == ["language", *population, "gabor", "v4", "lab-length"]
     protocol = tmp_path / "lab.toml"
     protocol.write_text(PROTOCOL)
     out = tmp_path / "lab.h5"
@@ -123,8 +124,9 @@ def test_an_unknown_subject_name_lists_the_registered_ones(plugin_site, tmp_path
                            "lab-lenght", "--out", str(tmp_path / "x.h5")], cwd=ROOT,
                           env=_env(plugin_site, tmp_path / "cache"), capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert ("simulation.subject: unknown subject 'lab-lenght': give one of language, gabor, v4, lab-length, or "
-            "module:attr") in done.stderr  # fmt: skip
+    assert (
+        "simulation.subject: unknown subject 'lab-lenght': give one of language, population:p01, population:p02"
+    ) in done.stderr and "population:p08, gabor, v4, lab-length, or module:attr" in done.stderr
     assert not (tmp_path / "x.h5").exists()
 
 
