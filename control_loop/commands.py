@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
+import numpy as np
 
 from acquisition.cli import session_group
 from acquisition.session import FLUSH_RESERVE, SessionError
@@ -229,13 +230,20 @@ def protocol_group() -> None:
     default=None,
     help="Folder to keep the dry runs' session files in (default: a temporary folder, removed).",
 )
-def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | None, keep: Path | None) -> None:
+@click.option(
+    "--population",
+    is_flag=True,
+    help="Dry runs against every member of the population of simulated participants (sentences: other features, "
+    "weights and response shapes), --seeds each; then each member's make-up and separation.",
+)
+def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | None, keep: Path | None,
+              population: bool) -> None:  # fmt: skip
     """Validate PROTOCOL and print what it will do: duration, stimuli per condition, constraints, safety limits;
-    with --dry-run, also what it does to the simulated subject."""
+    with --dry-run, also what it does to the simulated subject (with --population, to each simulated participant)."""
     from .simulate import simulation_peers, subject_rois
 
-    if not dry_run and (seeds != 1 or speed is not None or keep is not None):
-        raise click.UsageError("--seeds, --speed and --keep set up the dry run: add --dry-run")
+    if not dry_run and (seeds != 1 or speed is not None or keep is not None or population):
+        raise click.UsageError("--seeds, --speed, --keep and --population set up the dry run: add --dry-run")
     protocol = load_protocol(protocol_file)
     rois = subject_rois(protocol, simulation_peers(protocol))
     unknown = [r for r in protocol.target.rois if r not in rois]
@@ -297,12 +305,28 @@ def check_cmd(protocol_file: Path, dry_run: bool, seeds: int, speed: float | Non
             found = s.candidates
         click.echo(f"  candidates: {found} for {protocol.candidates_needed} trials that each show a new one")
     click.echo("  valid")
-    if dry_run:
+    if dry_run and population:
+        if protocol.modality != "text":
+            raise click.UsageError("--population: the population's participants respond to sentences")
+        from simulation.population import MEMBERS
+
+        found = {name: _dry_runs(protocol, protocol_file, seeds, speed, keep, f"population:{name}")
+                 for name in MEMBERS}  # fmt: skip
+        click.echo("  the population (drive - suppress in SDs of the baseline sentences' true response, mean over "
+                   f"{seeds} dry run(s); drive > baseline > suppress at p < 0.01):")  # fmt: skip
+        for name, summaries in found.items():
+            true = [s["true"]["contrasts"] for s in summaries if s.get("true", {}).get("contrasts")]
+            sep = np.mean([t["drive - suppress"]["sds"] for t in true]) if true else float("nan")
+            hits = sum(t["drive - baseline"]["p"] < 0.01 and t["baseline - suppress"]["p"] < 0.01 for t in true)
+            click.echo(f"    {name} ({MEMBERS[name].describe()}): {sep:.2f} SDs; {hits} of {len(true)}")
+    elif dry_run:
         _dry_runs(protocol, protocol_file, seeds, speed, keep)
 
 
-def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float | None, keep: Path | None) -> None:
-    """Run the protocol `seeds` times in simulation and print what each run showed and measured."""
+def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float | None, keep: Path | None,
+              subject: str | None = None) -> list[dict]:  # fmt: skip
+    """Run the protocol `seeds` times in simulation (against ``subject``, else the protocol's) and print what each
+    run showed and measured; the runs' summaries."""
     import tempfile
 
     from .dryrun import describe, describe_spread, dry_run_summary
@@ -312,13 +336,15 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
         folder = keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         summaries = []
+        who = f"-{subject.replace(':', '-')}" if subject else ""
         for k in range(seeds):
             p = protocol.model_copy(update={"seed": protocol.seed + k})
-            out = folder / f"{protocol_file.stem}-dry-run-seed{p.seed}.h5"
+            out = folder / f"{protocol_file.stem}-dry-run{who}-seed{p.seed}.h5"
             if out.exists():
                 raise ProtocolError(f"dry run: '{out}' already exists; choose another --keep folder")
-            peers = simulation_peers(p, speed=speed)
-            click.echo(f"  dry run {k + 1}/{seeds} (seed {p.seed}, simulated at {peers['speed']:g}x real time):")
+            peers = simulation_peers(p, subject, speed=speed)
+            click.echo(f"  dry run {k + 1}/{seeds} (seed {p.seed}{', ' + subject if subject else ''}, simulated at "
+                       f"{peers['speed']:g}x real time):")  # fmt: skip
             start = time.perf_counter()
             with _simulated_runner(p, out, peers, lambda _msg: None) as runner:
                 runner.run()
@@ -333,6 +359,7 @@ def _dry_runs(protocol: Protocol, protocol_file: Path, seeds: int, speed: float 
         failing = sum(len(s["stimuli"]["failing"]) for s in summaries)
         if failing:
             raise ProtocolError(f"dry run: {failing} shown stimuli broke the protocol's constraints or safety limits")
+    return summaries
 
 
 @click.command("report")

@@ -1006,3 +1006,21 @@ def test_start_disagreement_flags_a_presenter_and_rig_that_do_not_start_together
     one_late = {**scheduled, 5: scheduled[5] + 1.0}  # a single late flip does not move the median
     assert start_disagreement(one_late, scheduled, tr=0.5) is None
     assert start_disagreement({}, scheduled, tr=0.5) is None  # nothing shown
+
+
+@pytest.mark.slow  # (eight dry runs: about three minutes)
+def test_a_dry_run_against_the_population_names_each_participant_and_its_separation(uninterrupted, tmp_path):
+    """`protocol check --dry-run --population`: a dry run against every simulated participant, then per
+    participant its make-up (features, response shape, weights) and the separation the protocol gave it."""
+    from simulation.population import MEMBERS
+
+    work, _, _ = uninterrupted
+    keep = tmp_path / "keep"
+    proc = subprocess.run(_cmd("protocol", "check", TINY, "--dry-run", "--population", "--keep", keep), cwd=ROOT,
+                          env=_env(work / "cache"), capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("the population (drive - suppress")[1].splitlines()[1:]
+    assert len(table) == len(MEMBERS)
+    for name, line in zip(MEMBERS, table, strict=True):
+        assert line.startswith(f"    {name} ({MEMBERS[name].describe()}): ") and " SDs; " in line
+        assert (keep / f"tiny_language-dry-run-population-{name}-seed3.h5").exists()
