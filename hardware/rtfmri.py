@@ -42,6 +42,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient space (LPS) to N
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]  # mm, radians (fMRIPrep's confound names)
 FD = "framewise_displacement"  # mm (Power et al. 2012: rotations as arcs on a 50-mm sphere)
 HEAD_RADIUS = 50.0
+MAX_SHIFT, MAX_ROTATION = 25.0, 25.0  # mm, degrees: beyond these from the reference, a realignment lost the head
 
 
 class VolumeError(ValueError):
@@ -322,13 +323,29 @@ class Realigner:
         method.SetShrinkFactorsPerLevel([2, 1])
         method.SetSmoothingSigmasPerLevel([1.0, 0.0])
         method.SetInitialTransform(self.transform, inPlace=True)  # (from the volume before's)
-        method.Execute(self.fixed, moving)
+        try:
+            method.Execute(self.fixed, moving)
+        except RuntimeError as exc:
+            self._undo()
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise VolumeError(f"'{volume.path.name}' could not be realigned ({why})") from None
         angles, shifts = np.array(self.transform.GetParameters()[:3]), np.array(self.transform.GetParameters()[3:])
         params = np.concatenate([shifts, angles])
+        # (a registration that lost the head, e.g. one whose samples all left the volume, returns without an error)
+        if np.abs(shifts).max() > MAX_SHIFT or np.rad2deg(np.abs(angles)).max() > MAX_ROTATION:
+            self._undo()
+            shift, turn = np.abs(shifts).max(), np.rad2deg(np.abs(angles)).max()
+            raise VolumeError(f"'{volume.path.name}' could not be realigned: the estimate ({shift:.1f} mm, {turn:.1f} "
+                              f"degrees from the reference) is beyond what a head moves in the coil ({MAX_SHIFT:g} mm, "
+                              f"{MAX_ROTATION:g} degrees)")  # fmt: skip
         realigned = sitk.Resample(moving, self.fixed, self.transform, sitk.sitkBSpline, 0.0)  # (as SPM: a spline)
         fd = framewise_displacement(self.previous, params)
         self.previous = params
         return sitk.GetArrayFromImage(realigned).T, params, fd
+
+    def _undo(self) -> None:
+        """Back to the volume before's transform (the next volume starts from it)."""
+        self.transform.SetParameters([*map(float, self.previous[3:]), *map(float, self.previous[:3])])
 
 
 def framewise_displacement(before: np.ndarray, after: np.ndarray) -> float:
@@ -421,7 +438,11 @@ def volume_lines(folder: str | Path, masks: RoiMasks, clock: Callable[[], float]
             raise RuntimeError(str(exc)) from None
         data, extra = volume.data, []
         if realigner is not None:
-            data, params, fd = realigner(volume)
+            try:
+                data, params, fd = realigner(volume)
+            except VolumeError as exc:
+                log.error("%s: its volume is missing", exc)
+                continue
             extra = [*params.tolist(), fd]
         when = volume.time if volume.time is not None else arrived - latency
         values = masks.means(data)

@@ -312,3 +312,24 @@ def test_the_rig_realigns_dicom_mosaics_and_sends_motion_with_each_sample(tmp_pa
     assert np.corrcoef(sent, [signal[m["volume"]] for m in samples])[0, 1] > 0.9
     assert "'vol_00003_000.dcm' is not a DICOM file" in err and "its volume is missing" in err, err[-2000:]
     assert "volume(s) 5-5 never came" in err, err[-2000:]
+
+
+def test_a_volume_that_cannot_be_realigned_is_named_and_the_next_one_realigns(tmp_path):
+    """A registration that fails (here: started from an estimate 500 mm away, every sample outside the volume)
+    names its volume (the rig leaves it missing), and the realigner goes on from the transform before it."""
+    from hardware.rtfmri import Realigner
+
+    writer = _export(tmp_path / "m", "nifti", [[0.0, 0.0], [0.5, 0.0]], motion=_motion())
+    reference, moved = _watch(tmp_path / "m", 2)
+    realign = Realigner(reference)
+    realign.transform.SetParameters((0.0, 0.0, 0.0, 500.0, 0.0, 0.0))  # (a runaway estimate)
+    with pytest.raises(VolumeError, match=r"'vol_00001.nii' could not be realigned: the estimate \(500.0 mm"):
+        realign(moved)
+    _data, params, _fd = realign(moved)
+    np.testing.assert_allclose(params, writer.truth[1][3], atol=0.05)
+
+
+def _motion():
+    from simulation.export_scanner import HeadMotion
+
+    return HeadMotion(2.0, 2.0, seed=4)
