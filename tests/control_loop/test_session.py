@@ -33,9 +33,12 @@ def _cmd(*args) -> list[str]:
 
 def _signal_during(out: Path, cache: Path, prefix: str, sig: int, delay: float, protocol: Path = TINY
                    ) -> subprocess.Popen:  # fmt: skip
-    """Simulate a protocol into out; send sig `delay` s after the controller prints a line starting with prefix."""
+    """Simulate a protocol into out; send sig `delay` s after the controller prints a line starting with prefix.
+    (Ctrl-C as a terminal would send it, to a controller that has Python's handler for it, even when these tests
+    run in the background, which a non-interactive shell starts with SIGINT ignored.)"""
     proc = subprocess.Popen(_cmd("simulate", protocol, "--out", out, "--no-report"), cwd=ROOT, env=_env(cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     for line in proc.stdout:
         if line.startswith(prefix):
             time.sleep(delay)
@@ -582,12 +585,14 @@ def test_ctrl_c_is_not_lost_when_python_ignores_it():
             for _ in range(1000):  # the handler runs here, inside __del__
                 pass
 
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal, also when run in background)
     with _Interrupts() as interrupts:
         Finalized()  # made and finalized at once: the KeyboardInterrupt inside __del__ is ignored
         assert interrupts.pending
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, before)
 
 
 def test_protocol_check_dry_run_reports_what_the_session_showed_and_measured(uninterrupted, tmp_path):
