@@ -216,7 +216,9 @@ def stack_slices(slices: list[Volume]) -> Volume:
 
 def geometry(shape: tuple[int, ...], affine: np.ndarray) -> str:
     """A volume's geometry as a person reads it: voxels, their size and the affine's origin."""
-    sizes = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    from nibabel.affines import voxel_sizes
+
+    sizes = voxel_sizes(np.asarray(affine))
     return (f"{'x'.join(map(str, shape))} voxels of {'x'.join(f'{s:g}' for s in np.round(sizes, 3))} mm, origin "
             f"({', '.join(f'{o:g}' for o in np.round(np.asarray(affine)[:3, 3], 2))})")  # fmt: skip
 
@@ -277,27 +279,17 @@ class Realigner:
         if reference is not None:
             self._set_reference(reference)
 
-    @staticmethod
-    def _image(volume: Volume):
-        import SimpleITK as sitk
-
-        image = sitk.GetImageFromArray(np.ascontiguousarray(volume.data.T, np.float32))  # (index order x, y, z)
-        image.SetSpacing([float(v) for v in np.sqrt((volume.affine[:3, :3] ** 2).sum(axis=0))])
-        return image
-
     def _set_reference(self, volume: Volume) -> None:
         import SimpleITK as sitk
 
-        self.fixed = self._image(volume)
+        self.fixed = sitk_image(volume.data, volume.affine)
         self.shape = volume.data.shape
         # the head: voxels brighter than a fifth of the bright voxels' mean (background and noise left out)
         bright = volume.data[volume.data > volume.data.mean()]
         head = (volume.data > 0.2 * (bright.mean() if bright.size else 0.0)).astype(np.uint8)
         self.head = sitk.GetImageFromArray(np.ascontiguousarray(head.T))
         self.head.CopyInformation(self.fixed)
-        centre = self.fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in self.fixed.GetSize()])
-        self.transform = sitk.Euler3DTransform()
-        self.transform.SetCenter(centre)
+        self.transform = rigid_transform(self.fixed, self.previous)
 
     def __call__(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, float]:
         """(the volume realigned to the reference, its motion parameters (trans x, y, z in mm; rot x, y, z in
@@ -309,7 +301,7 @@ class Realigner:
             return volume.data, np.zeros(6), 0.0
         if volume.data.shape != self.shape:
             raise VolumeError(f"'{volume.path.name}' has {volume.data.shape} voxels; the reference has {self.shape}")
-        moving = self._image(volume)
+        moving = sitk_image(volume.data, volume.affine)
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsMeanSquares()
         method.SetMetricFixedMask(self.head)
@@ -345,7 +337,28 @@ class Realigner:
 
     def _undo(self) -> None:
         """Back to the volume before's transform (the next volume starts from it)."""
-        self.transform.SetParameters([*map(float, self.previous[3:]), *map(float, self.previous[:3])])
+        self.transform = rigid_transform(self.fixed, self.previous)
+
+
+def sitk_image(data: np.ndarray, affine: np.ndarray):
+    """A volume as a SimpleITK image: index order x, y, z, spaced by the affine's voxel sizes (origin 0, axes as
+    the voxels')."""
+    import SimpleITK as sitk
+    from nibabel.affines import voxel_sizes
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).T, np.float32))
+    image.SetSpacing([float(v) for v in voxel_sizes(np.asarray(affine))])
+    return image
+
+
+def rigid_transform(image, params: np.ndarray):
+    """The rigid transform of motion parameters ``params`` (as :data:`MOTION`), about ``image``'s centre."""
+    import SimpleITK as sitk
+
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    transform.SetParameters([*map(float, params[3:]), *map(float, params[:3])])  # (SimpleITK: angles first)
+    return transform
 
 
 def framewise_displacement(before: np.ndarray, after: np.ndarray) -> float:

@@ -12,6 +12,7 @@ file appears whole (written under a hidden name, then renamed).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.lsl import clock_origin
+from hardware.rtfmri import rigid_transform, sitk_image
 from kit.clock import sim_clock
 
 from .dicom import write_dicom
@@ -116,11 +118,8 @@ def move(volume: np.ndarray, params: np.ndarray) -> np.ndarray:
     """``volume`` with the head moved by ``params`` (the transform a realignment to the unmoved head finds)."""
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.T, np.float32))
-    image.SetSpacing([VOXEL] * 3)
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    transform.SetParameters([*map(float, params[3:]), *map(float, params[:3])])
+    image = sitk_image(volume, affine())
+    transform = rigid_transform(image, params)
     return sitk.GetArrayFromImage(sitk.Resample(image, image, transform.GetInverse(), sitk.sitkBSpline, 0.0)).T
 
 
@@ -183,20 +182,14 @@ class VolumeWriter:
 
             image = nib.Nifti1Image(data, self.affine)
             image.header["descrip"] = f"time={when:.6f}".encode()
-            files = {f"vol_{k:05d}.nii": image}
+            saves = {f"vol_{k:05d}.nii": image.to_filename}
         else:
-            files = {
-                f"vol_{k:05d}_{i:03d}.dcm": ds
-                for i, ds in enumerate(
-                    write_dicom(data, self.affine, k + 1, when, self.series, mosaic=self.file_format == "mosaic")
-                )
-            }
-        for name, content in files.items():
+            datasets = write_dicom(data, self.affine, k + 1, when, self.series, mosaic=self.file_format == "mosaic")
+            saves = {f"vol_{k:05d}_{i:03d}.dcm": functools.partial(ds.save_as, enforce_file_format=True)
+                     for i, ds in enumerate(datasets)}  # fmt: skip
+        for name, save in saves.items():
             tmp = self.folder / f".{name}"
-            if self.file_format == "nifti":
-                content.to_filename(tmp)
-            else:
-                content.save_as(tmp, enforce_file_format=True)
+            save(tmp)
             os.replace(tmp, self.folder / name)  # (whole at once, as the rig sees it)
         complete = time.time()
         for old in self.folder.glob(f"vol_{k - self.keep:05d}*"):
