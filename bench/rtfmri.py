@@ -56,6 +56,7 @@ def main() -> None:
 
     from hardware import PeerClient
     from hardware.rtfmri import FD, MOTION, RoiMasks, new_volumes
+    from kit.net import free_port
     from simulation.export_scanner import HeadMotion, VolumeWriter, write_masks
 
     work = Path(tempfile.mkdtemp(prefix="rtfmri-bench-"))
@@ -67,11 +68,7 @@ def main() -> None:
     motion = HeadMotion(args.max_shift, args.max_rotation, args.seed) if args.max_shift or args.max_rotation else None
     writer = VolumeWriter(folder, rois, 1.0, seed=args.seed, file_format=args.file_format, motion=motion, keep=n + 1)
 
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "control_loop.cli", "rig", "rtfmri", "--watch", str(folder), "--realign",
            "--bind", f"tcp://127.0.0.1:{port}", "--heartbeat", "0.5"]  # fmt: skip
     for roi, path in masks.items():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from kit.net import free_port
 
 from .protocol import Protocol, ProtocolError
 
@@ -25,12 +26,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def simulation_peers(protocol: Protocol, subject: str | None = None, speed: float | None = None) -> dict:
@@ -49,7 +44,7 @@ def simulation_peers(protocol: Protocol, subject: str | None = None, speed: floa
 def simulated_peers(protocol: Protocol, peers: dict, log_dir: Path) -> Iterator[tuple[str, str, Callable]]:
     """Start the rig and the presenter; yields their endpoints and a check that says which of them has exited
     (with its exit status and the last line of its log), or None; stops them on exit."""
-    rig_port, presenter_port = _free_port(), _free_port()
+    rig_port, presenter_port = free_port(), free_port()
     rig_ep, pres_ep = f"tcp://127.0.0.1:{rig_port}", f"tcp://127.0.0.1:{presenter_port}"
     exe = [sys.executable, "-m", "control_loop.cli"]
     speed = str(peers["speed"])

@@ -10,13 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+from kit.net import free_port  # noqa: F401 (the tests' helper, from here as before)
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_up(client, timeout: float, what: str = "the rig", synced: bool = False) -> float:
